@@ -1,0 +1,403 @@
+//! Types shared by the Ferry resources: storage endpoints, credentials references,
+//! streams and compliance rules, and schema helpers.
+//!
+//! No field here takes a secret value: credentials are always a reference to a
+//! Secret of the Connector's own namespace, or a workload identity.
+
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use serde::{Deserialize, Serialize};
+
+/// One end of a transfer. Exactly one of `s3`, `azureBlob`, `sftp` or `local` is set.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "(has(self.s3) ? 1 : 0) + (has(self.azureBlob) ? 1 : 0) + (has(self.sftp) ? 1 : 0) + (has(self.local) ? 1 : 0) == 1",
+    "message": "exactly one of s3, azureBlob, sftp or local must be set"
+}]))]
+pub struct Endpoint {
+    /// An Amazon S3 bucket, or a bucket of an S3-compatible store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3Endpoint>,
+    /// An Azure Blob Storage container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub azure_blob: Option<AzureBlobEndpoint>,
+    /// A folder on an SFTP server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sftp: Option<SftpEndpoint>,
+    /// A local folder of the runner (demos and tests).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local: Option<LocalEndpoint>,
+}
+
+/// The backend of an endpoint, borrowed.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum EndpointKind<'a> {
+    S3(&'a S3Endpoint),
+    AzureBlob(&'a AzureBlobEndpoint),
+    Sftp(&'a SftpEndpoint),
+    Local(&'a LocalEndpoint),
+}
+
+impl Endpoint {
+    /// The one backend that is set, or `None` when zero or several are (which the
+    /// schema forbids, but a hand-written file may still contain).
+    pub fn kind(&self) -> Option<EndpointKind<'_>> {
+        match (&self.s3, &self.azure_blob, &self.sftp, &self.local) {
+            (Some(s), None, None, None) => Some(EndpointKind::S3(s)),
+            (None, Some(a), None, None) => Some(EndpointKind::AzureBlob(a)),
+            (None, None, Some(s), None) => Some(EndpointKind::Sftp(s)),
+            (None, None, None, Some(l)) => Some(EndpointKind::Local(l)),
+            _ => None,
+        }
+    }
+}
+
+/// An S3 bucket and the prefix inside it that a run is confined to.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "!has(self.endpoint) || self.endpoint.startsWith('https://') || (self.endpoint.startsWith('http://') && has(self.insecurePlainHttpOnLoopback) && self.insecurePlainHttpOnLoopback)",
+    "message": "endpoint must use https://; plain http:// is only accepted for a loopback endpoint with insecurePlainHttpOnLoopback: true"
+}]))]
+pub struct S3Endpoint {
+    /// Bucket name.
+    #[schemars(length(min = 3, max = 63), regex(pattern = r"^[a-z0-9][a-z0-9.-]*[a-z0-9]$"))]
+    pub bucket: String,
+    /// Key prefix (usually ending in `/`). A run never lists or reads outside it.
+    #[serde(default)]
+    #[schemars(length(max = 1024))]
+    pub prefix: String,
+    /// Region of the bucket, e.g. `eu-west-1`. Checked against the tenant's region
+    /// when the Connector requires in-region residency.
+    #[schemars(length(min = 1, max = 64))]
+    pub region: String,
+    /// Endpoint URL of an S3-compatible store; AWS's regional endpoint when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
+    pub endpoint: Option<String>,
+    /// Address buckets as `endpoint/bucket` rather than `bucket.endpoint`
+    /// (most S3-compatible stores need this).
+    #[serde(default)]
+    pub force_path_style: bool,
+    /// Accept a plain `http://` endpoint. Only honoured for a loopback address
+    /// (127.0.0.0/8, ::1, localhost): meant for tests, never for real data.
+    #[serde(default)]
+    pub insecure_plain_http_on_loopback: bool,
+    /// How the runner authenticates to S3.
+    pub credentials: S3Credentials,
+}
+
+/// S3 credentials: a Secret with static keys, or web identity (no Secret at all).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "has(self.secretRef) != has(self.webIdentity)",
+    "message": "exactly one of secretRef or webIdentity must be set"
+}]))]
+pub struct S3Credentials {
+    /// A Secret of this namespace with the keys `accessKeyId`, `secretAccessKey`
+    /// and optionally `sessionToken`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<SecretRef>,
+    /// Assume this IAM role with the run pod's projected service-account token
+    /// (IRSA-style web identity). Preferred: no long-lived key exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub web_identity: Option<WebIdentity>,
+}
+
+/// An IAM role assumed with a projected service-account token.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WebIdentity {
+    /// ARN of the role, e.g. `arn:aws:iam::123456789012:role/ferry-reader`.
+    #[schemars(length(min = 20, max = 2048), regex(pattern = r"^arn:[a-z-]+:iam::[0-9]{12}:role/.+$"))]
+    pub role_arn: String,
+    /// Audience of the projected token.
+    #[serde(default = "default_sts_audience")]
+    #[schemars(length(min = 1, max = 253))]
+    pub audience: String,
+}
+
+fn default_sts_audience() -> String {
+    "sts.amazonaws.com".to_string()
+}
+
+/// An Azure Blob Storage container and the prefix inside it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "!has(self.endpoint) || self.endpoint.startsWith('https://') || (self.endpoint.startsWith('http://') && has(self.insecurePlainHttpOnLoopback) && self.insecurePlainHttpOnLoopback)",
+    "message": "endpoint must use https://; plain http:// is only accepted for a loopback endpoint with insecurePlainHttpOnLoopback: true"
+}]))]
+pub struct AzureBlobEndpoint {
+    /// Storage account name.
+    #[schemars(length(min = 3, max = 24), regex(pattern = r"^[a-z0-9]+$"))]
+    pub account: String,
+    /// Container name.
+    #[schemars(length(min = 3, max = 63), regex(pattern = r"^[a-z0-9](-?[a-z0-9])*$"))]
+    pub container: String,
+    /// Blob name prefix (usually ending in `/`). A run never lists or reads outside it.
+    #[serde(default)]
+    #[schemars(length(max = 1024))]
+    pub prefix: String,
+    /// Azure region of the storage account, e.g. `westeurope`.
+    #[schemars(length(min = 1, max = 64))]
+    pub region: String,
+    /// Blob service URL, for sovereign clouds or an emulator; the public cloud's
+    /// `https://<account>.blob.core.windows.net` when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
+    pub endpoint: Option<String>,
+    /// Accept a plain `http://` endpoint. Only honoured for a loopback address:
+    /// meant for tests, never for real data.
+    #[serde(default)]
+    pub insecure_plain_http_on_loopback: bool,
+    /// How the runner authenticates to Azure.
+    pub credentials: AzureCredentials,
+}
+
+/// Azure credentials: a Secret, or workload identity (no Secret at all).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "has(self.secretRef) != has(self.workloadIdentity)",
+    "message": "exactly one of secretRef or workloadIdentity must be set"
+}]))]
+pub struct AzureCredentials {
+    /// A Secret of this namespace holding `accountKey`, or `sasToken`, or
+    /// `tenantId`, `clientId` and `clientSecret`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<SecretRef>,
+    /// Federated credential of an Entra ID application, exchanged for the run
+    /// pod's projected service-account token. Preferred: no long-lived key exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload_identity: Option<AzureWorkloadIdentity>,
+}
+
+/// An Entra ID application with a federated credential for the run's identity.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AzureWorkloadIdentity {
+    /// Application (client) id.
+    #[schemars(length(min = 1, max = 64))]
+    pub client_id: String,
+    /// Directory (tenant) id.
+    #[schemars(length(min = 1, max = 64))]
+    pub tenant_id: String,
+}
+
+/// A folder on an SFTP server.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SftpEndpoint {
+    /// Host name or IP address.
+    #[schemars(length(min = 1, max = 253))]
+    pub host: String,
+    /// SSH port.
+    #[serde(default = "default_ssh_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+    /// Folder on the server; a run never lists or reads outside it.
+    #[serde(default)]
+    #[schemars(length(max = 1024))]
+    pub path: String,
+    /// Declared region of the server (SFTP cannot report it).
+    #[schemars(length(min = 1, max = 64))]
+    pub region: String,
+    /// A Secret of this namespace holding `username` and `privateKey`
+    /// (and `passphrase` if the key has one), or `username` and `password`.
+    pub credentials: SftpCredentials,
+    /// The server's host key, always verified.
+    pub host_key: HostKey,
+    /// Allow password authentication. Off by default: keys are expected, and a run
+    /// that uses a password raises a Warning Event.
+    #[serde(default)]
+    pub allow_password_auth: bool,
+}
+
+fn default_ssh_port() -> i32 {
+    22
+}
+
+/// SFTP credentials: always a Secret.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SftpCredentials {
+    /// The Secret with `username` and `privateKey` [+ `passphrase`] or `password`.
+    pub secret_ref: SecretRef,
+}
+
+/// How the SFTP server's host key is known. Exactly one of the two.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "has(self.secretRef) != has(self.fingerprint)",
+    "message": "exactly one of secretRef or fingerprint must be set"
+}]))]
+pub struct HostKey {
+    /// A Secret whose key `knownHosts` holds the server's public key in
+    /// `known_hosts` or `.pub` format.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<SecretRef>,
+    /// The host key's SHA-256 fingerprint as OpenSSH prints it (`SHA256:...`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 50, max = 64), regex(pattern = r"^SHA256:[A-Za-z0-9+/]{43}=?$"))]
+    pub fingerprint: Option<String>,
+}
+
+/// A folder on the runner's own file system (demos and tests).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LocalEndpoint {
+    /// Absolute or relative folder path.
+    #[schemars(length(min = 1, max = 4096))]
+    pub path: String,
+    /// Declared region of this folder, for the residency rule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    pub region: Option<String>,
+}
+
+/// A Secret in the same namespace. Cross-namespace references do not exist.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretRef {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"))]
+    pub name: String,
+}
+
+/// One key of a Secret in the same namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// The Secret.
+    pub secret_ref: SecretRef,
+    /// The key inside it.
+    #[serde(default = "default_kek_key")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub key: String,
+}
+
+fn default_kek_key() -> String {
+    "kek".to_string()
+}
+
+/// Encryption at rest: every object gets a fresh data key, wrapped by this
+/// key-encryption key (KEK).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EncryptionSpec {
+    /// The Secret key holding the 32-byte KEK (raw, or base64 of 32 bytes).
+    /// `job-runner keygen` makes one.
+    pub key_ref: SecretKeyRef,
+}
+
+/// A sensitivity tag.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Sensitivity {
+    /// Personally identifiable information.
+    Pii,
+    /// Payment card data.
+    Pci,
+    /// Protected health information.
+    Phi,
+}
+
+impl Sensitivity {
+    /// The tag as written in YAML.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Sensitivity::Pii => "pii",
+            Sensitivity::Pci => "pci",
+            Sensitivity::Phi => "phi",
+        }
+    }
+}
+
+/// A named subset of the source objects.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamSpec {
+    /// Name of the stream, unique in the Connector.
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    pub name: String,
+    /// Glob, relative to the source prefix, of the objects in this stream.
+    #[serde(rename = "match")]
+    #[schemars(length(min = 1, max = 512))]
+    pub match_glob: String,
+    /// Sensitivity tags of the data in this stream.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 3))]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub sensitivity: Vec<Sensitivity>,
+    /// Data minimisation: keep only these columns (CSV with a header row, or NDJSON
+    /// fields). Empty keeps every column.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256), inner(length(min = 1, max = 256)))]
+    pub fields: Vec<String>,
+}
+
+/// Data residency rule.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum DataResidency {
+    /// Both ends must be in the tenant's region (namespace label `ferry.dev/region`).
+    #[default]
+    InRegionOnly,
+    /// No residency restriction.
+    Any,
+}
+
+/// Compliance rules of a Connector.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Compliance {
+    /// Sensitivity tags this Connector may move. A stream tagged with anything else
+    /// is refused and audited. Capped by the namespace annotation
+    /// `ferry.dev/allowed-sensitivity`, which only the platform team sets.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 3))]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub allowed_sensitivity: Vec<Sensitivity>,
+    /// `in-region-only` (the default) requires both ends to be in the tenant's
+    /// region; `any` lifts the rule.
+    #[serde(default)]
+    pub data_residency: DataResidency,
+}
+
+/// Schema of `status.conditions`: standard Conditions, merged by `type` under
+/// server-side apply.
+pub fn conditions_schema(generator: &mut SchemaGenerator) -> Schema {
+    let mut item = generator.subschema_for::<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>();
+    // Generated subschemas may be references; the CRD generator inlines them.
+    item.remove("nullable");
+    json_schema!({
+        "type": "array",
+        "maxItems": 16,
+        "items": item,
+        "x-kubernetes-list-type": "map",
+        "x-kubernetes-list-map-keys": ["type"],
+    })
+}
+
+/// Schema of include / exclude glob lists.
+pub fn glob_list_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "array",
+        "maxItems": 64,
+        "items": {"type": "string", "minLength": 1, "maxLength": 512},
+    })
+}
+
+/// Schema of a map of label or annotation strings.
+pub fn string_map_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "object",
+        "maxProperties": 64,
+        "additionalProperties": {"type": "string", "maxLength": 4096},
+    })
+}

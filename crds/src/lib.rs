@@ -1,0 +1,24 @@
+//! Ferry's Kubernetes API: the `Connector` and `ConnectorRun` custom resources
+//! (group `ferry.dev`, version `v1alpha1`), and the generation of their CRDs.
+//!
+//! This crate does no I/O: it holds types, their schemas and pure helpers.
+#![forbid(unsafe_code)]
+
+pub mod common;
+pub mod connector;
+pub mod crdgen;
+pub mod run;
+
+pub use common::*;
+pub use connector::*;
+pub use run::*;
+
+/// The API group of every Ferry resource.
+pub const GROUP: &str = "ferry.dev";
+/// The API version of every Ferry resource.
+pub const VERSION: &str = "v1alpha1";
+/// Namespace label, set by the platform team, naming the tenant's region.
+pub const REGION_LABEL: &str = "ferry.dev/region";
+/// Namespace annotation, set by the platform team, capping the sensitivity tags
+/// any Connector of the namespace may allow (comma separated, e.g. `pii,phi`).
+pub const ALLOWED_SENSITIVITY_ANNOTATION: &str = "ferry.dev/allowed-sensitivity";

@@ -1,0 +1,218 @@
+//! `ConnectorRun`: one execution of a Connector, and the run history.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::common::conditions_schema;
+
+/// Desired state of a ConnectorRun. The whole spec is fixed at creation: to run
+/// again, create another ConnectorRun.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "ferry.dev",
+    version = "v1alpha1",
+    kind = "ConnectorRun",
+    doc = "A ConnectorRun is one execution of a Connector: created by the schedule or by hand, it runs in a pod of its own and records what it moved.",
+    plural = "connectorruns",
+    namespaced,
+    status = "ConnectorRunStatus",
+    shortname = "frun",
+    category = "ferry",
+    printcolumn = r#"{"name":"Connector","type":"string","jsonPath":".spec.connectorRef.name"}"#,
+    printcolumn = r#"{"name":"Mode","type":"string","jsonPath":".spec.mode","priority":1}"#,
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Bytes","type":"integer","jsonPath":".status.progress.bytes"}"#,
+    printcolumn = r#"{"name":"Objects","type":"integer","jsonPath":".status.progress.objects","priority":1}"#,
+    printcolumn = r#"{"name":"Duration","type":"string","jsonPath":".status.duration"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.reason","priority":1}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "self == oldSelf",
+        "message": "the spec of a ConnectorRun is immutable: create a new ConnectorRun instead"
+    },
+    {
+        "rule": "self.mode == 'erase' ? (has(self.erase) && size(self.erase.keys) > 0) : !has(self.erase)",
+        "message": "erase (with at least one key) is required when mode is erase, and only allowed then"
+    }
+]))]
+pub struct ConnectorRunSpec {
+    /// The Connector, in this namespace, to run.
+    pub connector_ref: ConnectorRef,
+
+    /// `sync` moves data; `plan` lists what would move and moves nothing;
+    /// `erase` carries out a right-to-erasure request.
+    #[serde(default)]
+    pub mode: RunMode,
+
+    /// The erasure request, for `mode: erase`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub erase: Option<EraseSpec>,
+}
+
+/// Reference to the Connector of a run.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "self == oldSelf",
+    "message": "connectorRef is immutable"
+}]))]
+pub struct ConnectorRef {
+    /// Name of the Connector.
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"))]
+    pub name: String,
+}
+
+/// What a run does.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RunMode {
+    /// Copy the data.
+    #[default]
+    Sync,
+    /// List what would be copied; copy nothing.
+    Plan,
+    /// Erase what came from the listed source keys.
+    Erase,
+}
+
+/// A right-to-erasure request.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EraseSpec {
+    /// Source keys (relative to the source prefix) whose copies are erased from
+    /// the destination.
+    #[schemars(length(min = 1, max = 1000), inner(length(min = 1, max = 1024)))]
+    pub keys: Vec<String>,
+    /// Also delete the source objects, where the source allows it.
+    #[serde(default)]
+    pub from_source: bool,
+}
+
+/// Where a run is in its life.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum RunPhase {
+    /// Accepted, not started yet.
+    Pending,
+    /// Its pod is running.
+    Running,
+    /// Finished and all data moved.
+    Succeeded,
+    /// Finished with an error after all retries.
+    Failed,
+    /// Refused by policy before anything started.
+    Rejected,
+}
+
+impl RunPhase {
+    /// Whether the run has ended.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, RunPhase::Succeeded | RunPhase::Failed | RunPhase::Rejected)
+    }
+}
+
+/// Observed state of a ConnectorRun. Written by the operator, and for `progress`
+/// and `result` by the run's own runner.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectorRunStatus {
+    /// The metadata.generation this status was computed from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// Phase of the run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<RunPhase>,
+
+    /// Standard conditions: `Complete`, `Failed`, `PolicyViolation`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "conditions_schema")]
+    pub conditions: Vec<Condition>,
+
+    /// Generation of the Connector this run was pinned to at creation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connector_generation: Option<i64>,
+
+    /// SHA-256 of the Connector spec pinned at creation; the run uses that spec
+    /// even if the Connector is edited meanwhile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 71))]
+    pub connector_spec_hash: Option<String>,
+
+    /// When the run's pod started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+
+    /// When the run ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<Time>,
+
+    /// How long the run took, e.g. `2m13s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    pub duration: Option<String>,
+
+    /// How many pods have been started for this run (1 + retries).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<i32>,
+
+    /// Name of the current or last pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_name: Option<String>,
+
+    /// Live progress, reported by the runner.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<RunProgress>,
+
+    /// Outcome, reported by the runner at the end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<RunResult>,
+
+    /// Machine-readable reason of the phase, e.g. `InvalidCredentials`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 128))]
+    pub reason: Option<String>,
+
+    /// Human-readable explanation. Never holds a secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096))]
+    pub message: Option<String>,
+}
+
+/// Counters of a run in progress.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RunProgress {
+    /// Objects finished so far.
+    pub objects: i64,
+    /// Bytes written so far.
+    pub bytes: i64,
+}
+
+/// Outcome of a run.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RunResult {
+    /// Objects copied.
+    pub objects_copied: i64,
+    /// Objects left alone (unchanged since the last successful run).
+    pub objects_skipped: i64,
+    /// Objects refused by policy or that failed.
+    #[serde(default)]
+    pub objects_failed: i64,
+    /// Objects erased (erase mode).
+    #[serde(default)]
+    pub objects_erased: i64,
+    /// Plaintext bytes read from the source.
+    pub bytes_read: i64,
+    /// Encrypted bytes written to the destination.
+    pub bytes_written: i64,
+    /// Key of the run's manifest under the destination prefix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub manifest: Option<String>,
+}
