@@ -1,1 +1,5 @@
+//! Ferry's runner: reads a Connector, streams the objects it selects from the
+//! source to the destination, encrypted at rest, and writes a signed manifest.
+#![forbid(unsafe_code)]
 
+pub mod crypto;

@@ -1,0 +1,209 @@
+//! Key-encryption keys (KEKs): parsing, ids, wrapping of data keys, and the
+//! keys derived from them. Key bytes are zeroized on drop and never printed.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use hkdf::Hkdf;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use zeroize::Zeroizing;
+
+use super::aead::{Aes256Gcm, KEY_LEN, NONCE_LEN, TAG_LEN, random_bytes};
+
+/// A wrapped data key: the DEK encrypted under a KEK.
+pub const WRAPPED_LEN: usize = KEY_LEN + TAG_LEN;
+
+/// Why a key could not be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    #[error("a key-encryption key must be 32 bytes, raw, base64 or hex encoded (got {0} bytes that are none of these)")]
+    BadLength(usize),
+    #[error("no key-encryption key with id {0} was supplied")]
+    UnknownKek(String),
+    #[error("the data key does not unwrap under key {kek_id} for object {object:?}: wrong key, or the object was moved or swapped")]
+    Unwrap { kek_id: String, object: String },
+    #[error("failed to initialise AES-256-GCM or the random generator")]
+    Primitive,
+}
+
+/// A 256-bit data key, zeroized on drop.
+pub type DataKey = Zeroizing<[u8; KEY_LEN]>;
+
+/// A key-encryption key with its id.
+pub struct Kek {
+    key: Zeroizing<[u8; KEY_LEN]>,
+    id: String,
+}
+
+impl std::fmt::Debug for Kek {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Kek").field("id", &self.id).finish_non_exhaustive()
+    }
+}
+
+impl Kek {
+    /// A KEK from 32 raw bytes.
+    pub fn from_bytes(key: [u8; KEY_LEN]) -> Self {
+        let key = Zeroizing::new(key);
+        let id = key_id(&key);
+        Self { key, id }
+    }
+
+    /// A KEK from the content of a Secret key or file: 32 raw bytes, or the
+    /// base64 or hex encoding of 32 bytes (surrounding white space ignored).
+    pub fn parse(content: &[u8]) -> Result<Self, KeyError> {
+        if content.len() == KEY_LEN {
+            let mut k = [0u8; KEY_LEN];
+            k.copy_from_slice(content);
+            return Ok(Self::from_bytes(k));
+        }
+        let text = Zeroizing::new(String::from_utf8_lossy(content).trim().to_string());
+        let decoded = Zeroizing::new(if text.len() == 2 * KEY_LEN {
+            hex::decode(text.as_bytes()).ok()
+        } else {
+            BASE64.decode(text.as_bytes()).ok()
+        });
+        match decoded.as_deref() {
+            Some(bytes) if bytes.len() == KEY_LEN => {
+                let mut k = [0u8; KEY_LEN];
+                k.copy_from_slice(bytes);
+                Ok(Self::from_bytes(k))
+            }
+            _ => Err(KeyError::BadLength(content.len())),
+        }
+    }
+
+    /// A fresh random KEK.
+    pub fn generate() -> Result<Self, KeyError> {
+        let mut k = [0u8; KEY_LEN];
+        random_bytes(&mut k).map_err(|_| KeyError::Primitive)?;
+        Ok(Self::from_bytes(k))
+    }
+
+    /// The KEK encoded as base64, for writing it into a Secret or a file.
+    pub fn to_base64(&self) -> Zeroizing<String> {
+        Zeroizing::new(BASE64.encode(self.key.as_ref()))
+    }
+
+    /// The key id: 16 hex digits of HMAC-SHA256(KEK, "ferry/kek-id/v1"). It names
+    /// the key without revealing anything about it, and changes when it rotates.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn wrap_aad(&self, object_key: &str) -> Vec<u8> {
+        let mut aad = b"ferry/dek/v1\0".to_vec();
+        aad.extend_from_slice(self.id.as_bytes());
+        aad.push(0);
+        aad.extend_from_slice(object_key.as_bytes());
+        aad
+    }
+
+    /// Wraps `dek` for `object_key`: AES-256-GCM under the KEK with a random nonce,
+    /// the associated data binding it to this KEK id and object key.
+    pub fn wrap(&self, dek: &DataKey, object_key: &str) -> Result<([u8; NONCE_LEN], [u8; WRAPPED_LEN]), KeyError> {
+        let cipher = Aes256Gcm::new(&self.key).map_err(|_| KeyError::Primitive)?;
+        let mut nonce = [0u8; NONCE_LEN];
+        random_bytes(&mut nonce).map_err(|_| KeyError::Primitive)?;
+        let mut out = [0u8; WRAPPED_LEN];
+        out[..KEY_LEN].copy_from_slice(dek.as_ref());
+        let tag = cipher
+            .seal_in_place(&nonce, &self.wrap_aad(object_key), &mut out[..KEY_LEN])
+            .map_err(|_| KeyError::Primitive)?;
+        out[KEY_LEN..].copy_from_slice(&tag);
+        Ok((nonce, out))
+    }
+
+    /// Unwraps a data key wrapped for `object_key`.
+    pub fn unwrap(&self, nonce: &[u8; NONCE_LEN], wrapped: &[u8; WRAPPED_LEN], object_key: &str) -> Result<DataKey, KeyError> {
+        let cipher = Aes256Gcm::new(&self.key).map_err(|_| KeyError::Primitive)?;
+        let mut buf = Zeroizing::new(*wrapped);
+        let err = || KeyError::Unwrap { kek_id: self.id.clone(), object: object_key.to_string() };
+        let len = cipher.open_in_place(nonce, &self.wrap_aad(object_key), buf.as_mut()).map_err(|_| err())?;
+        if len != KEY_LEN {
+            return Err(err());
+        }
+        let mut dek = Zeroizing::new([0u8; KEY_LEN]);
+        dek.copy_from_slice(&buf[..KEY_LEN]);
+        Ok(dek)
+    }
+
+    /// The key that authenticates manifests: HKDF-SHA256(KEK, info =
+    /// "ferry/manifest-mac/v1"), distinct from every other use of the KEK.
+    pub fn manifest_mac_key(&self) -> Zeroizing<[u8; KEY_LEN]> {
+        let mut out = Zeroizing::new([0u8; KEY_LEN]);
+        // 32 bytes is always a valid HKDF-SHA256 output length.
+        let _ = Hkdf::<Sha256>::new(None, self.key.as_ref()).expand(b"ferry/manifest-mac/v1", out.as_mut());
+        out
+    }
+}
+
+/// A fresh random data key.
+pub fn generate_data_key() -> Result<DataKey, KeyError> {
+    let mut dek = Zeroizing::new([0u8; KEY_LEN]);
+    random_bytes(dek.as_mut()).map_err(|_| KeyError::Primitive)?;
+    Ok(dek)
+}
+
+fn key_id(key: &[u8; KEY_LEN]) -> String {
+    // HMAC accepts keys of any length: the error branch cannot be taken.
+    let mut mac = match <Hmac<Sha256> as Mac>::new_from_slice(key) {
+        Ok(m) => m,
+        Err(_) => return String::from("invalid"),
+    };
+    mac.update(b"ferry/kek-id/v1");
+    hex::encode(&mac.finalize().into_bytes()[..8])
+}
+
+/// The KEKs a reader may need: the current one and, after a rotation, older ones.
+#[derive(Debug, Default)]
+pub struct KeyRing {
+    keys: Vec<Kek>,
+}
+
+impl KeyRing {
+    /// A ring of the given keys.
+    pub fn new(keys: Vec<Kek>) -> Self {
+        Self { keys }
+    }
+
+    /// The KEK with this id.
+    pub fn get(&self, id: &str) -> Result<&Kek, KeyError> {
+        self.keys.iter().find(|k| k.id() == id).ok_or_else(|| KeyError::UnknownKek(id.to_string()))
+    }
+
+    /// Every key, current first.
+    pub fn keys(&self) -> &[Kek] {
+        &self.keys
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_raw_base64_and_hex_and_never_prints_the_key() {
+        let raw = [42u8; 32];
+        let a = Kek::parse(&raw).unwrap();
+        let b = Kek::parse(format!("{}\n", BASE64.encode(raw)).as_bytes()).unwrap();
+        let c = Kek::parse(hex::encode(raw).as_bytes()).unwrap();
+        assert_eq!(a.id(), b.id());
+        assert_eq!(a.id(), c.id());
+        assert_eq!(a.id().len(), 16);
+        assert!(!format!("{a:?}").contains(&BASE64.encode(raw)));
+        assert!(!format!("{a:?}").contains("42, 42"));
+        assert_eq!(Kek::parse(b"short").unwrap_err(), KeyError::BadLength(5));
+    }
+
+    #[test]
+    fn wrapped_keys_are_bound_to_kek_and_object() {
+        let kek = Kek::from_bytes([1; 32]);
+        let other = Kek::from_bytes([2; 32]);
+        let dek = generate_data_key().unwrap();
+        let (nonce, wrapped) = kek.wrap(&dek, "a.csv").unwrap();
+        assert_eq!(*kek.unwrap(&nonce, &wrapped, "a.csv").unwrap(), *dek);
+        assert!(matches!(kek.unwrap(&nonce, &wrapped, "b.csv"), Err(KeyError::Unwrap { .. })));
+        assert!(matches!(other.unwrap(&nonce, &wrapped, "a.csv"), Err(KeyError::Unwrap { .. })));
+    }
+}

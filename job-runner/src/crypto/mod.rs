@@ -1,0 +1,14 @@
+//! Encryption at rest, with no I/O of its own: Tink's streaming AEAD format
+//! ([`streaming`]), the per-object envelope with the wrapped data key
+//! ([`envelope`]), key-encryption keys ([`keys`]) and signed run manifests
+//! ([`manifest`]). The format is written down in `docs/encryption.md`.
+
+pub mod aead;
+pub mod envelope;
+pub mod keys;
+pub mod manifest;
+pub mod streaming;
+
+pub use envelope::{EnvelopeError, ObjectDecrypter, ObjectEncrypter};
+pub use keys::{KeyError, KeyRing, Kek};
+pub use manifest::{Finding, Manifest, ManifestEntry, ManifestError};
