@@ -1,6 +1,8 @@
 //! The generated CRDs: committed and current, structural, carrying what kubectl
 //! and server-side apply rely on, with CEL rules that compile within cost limits.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
 mod support;
 
 use std::path::PathBuf;

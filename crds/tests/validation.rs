@@ -1,6 +1,8 @@
 //! `kubectl apply` must reject bad specs before the operator sees them: each case
 //! here is checked against the generated schema and its CEL rules.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
 mod support;
 
 use std::path::{Path, PathBuf};

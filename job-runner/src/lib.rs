@@ -3,3 +3,9 @@
 #![forbid(unsafe_code)]
 
 pub mod crypto;
+pub mod audit;
+pub mod config;
+pub mod readback;
+pub mod select;
+pub mod storage;
+pub mod transfer;

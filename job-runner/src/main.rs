@@ -1,1 +1,372 @@
-fn main() {}
+//! `job-runner`: Ferry's runner and its tools.
+//!
+//! - `run`: run a Connector from a file, with Secrets from a folder (local mode).
+//! - `decrypt`: decrypt one object, or a whole destination with its manifest.
+//! - `verify`: check a destination against its signed manifest.
+//! - `keygen`: make a key-encryption key, as a file or a Kubernetes Secret.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use futures::StreamExt;
+use tokio::io::AsyncWriteExt;
+
+use ferry_runner::audit::{AuditLog, Outcome};
+use ferry_runner::config::{self, SecretsDir};
+use ferry_runner::crypto::{Kek, KeyRing};
+use ferry_runner::readback;
+use ferry_runner::storage::ObjectStore;
+use ferry_runner::storage::local::LocalStore;
+use ferry_runner::transfer::{self, Mode, Options, Progress};
+
+#[derive(Parser)]
+#[command(name = "job-runner", version, about = "Ferry's runner: moves data between stores, encrypted at rest")]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "FERRY_LOG_FORMAT")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum RunMode {
+    Sync,
+    Plan,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a Connector outside a cluster.
+    Run {
+        /// The Connector manifest (YAML).
+        #[arg(long)]
+        connector: PathBuf,
+        /// Secrets as Kubernetes mounts them: DIR/<secret-name>/<key>.
+        #[arg(long)]
+        secrets_dir: PathBuf,
+        /// `sync` copies; `plan` lists what would be copied.
+        #[arg(long, value_enum, default_value_t = RunMode::Sync)]
+        mode: RunMode,
+        /// The tenant's region, for `dataResidency: in-region-only`.
+        #[arg(long)]
+        tenant_region: Option<String>,
+        /// Run id (names the manifest); generated from the time when unset.
+        #[arg(long)]
+        run_id: Option<String>,
+        /// Objects copied at once.
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
+        concurrency: u16,
+        /// Append audit lines to this file instead of stderr.
+        #[arg(long)]
+        audit_log: Option<PathBuf>,
+        /// Base folder of relative local paths in the Connector.
+        #[arg(long, default_value = ".")]
+        base_dir: PathBuf,
+    },
+    /// Decrypt one object (--file) or every object of a destination folder (--dir).
+    Decrypt {
+        /// KEK files (raw, base64 or hex); give older keys too after a rotation.
+        #[arg(long = "kek", required = true)]
+        keks: Vec<PathBuf>,
+        /// A destination folder written by Ferry: verified against its manifest, then decrypted.
+        #[arg(long, conflicts_with = "file")]
+        dir: Option<PathBuf>,
+        /// The manifest to use (key under --dir); the newest when unset.
+        #[arg(long, requires = "dir")]
+        manifest: Option<String>,
+        /// One encrypted object.
+        #[arg(long, requires = "object_key")]
+        file: Option<PathBuf>,
+        /// The object's key relative to the destination prefix (its associated data).
+        #[arg(long)]
+        object_key: Option<String>,
+        /// Output file (--file) or folder (--dir); `-` for stdout with --file.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Verify a destination folder against its signed manifest.
+    Verify {
+        /// KEK files (raw, base64 or hex).
+        #[arg(long = "kek", required = true)]
+        keks: Vec<PathBuf>,
+        /// The destination folder.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The manifest to use; the newest when unset.
+        #[arg(long)]
+        manifest: Option<String>,
+        /// Also decrypt every object and check its plaintext digest.
+        #[arg(long)]
+        deep: bool,
+    },
+    /// Make a new random 256-bit key-encryption key.
+    Keygen {
+        /// Write the key (base64) to this file, readable by its owner only.
+        #[arg(long, conflicts_with = "secret", required_unless_present = "secret")]
+        out: Option<PathBuf>,
+        /// Print a Kubernetes Secret manifest with this name instead.
+        #[arg(long)]
+        secret: Option<String>,
+        /// Namespace of the Secret.
+        #[arg(long, requires = "secret")]
+        namespace: Option<String>,
+        /// Key inside the Secret.
+        #[arg(long, default_value = "kek")]
+        key: String,
+        /// Replace an existing key file (its data becomes unreadable without a copy).
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        );
+    match cli.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.without_time().with_target(false).init(),
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("job-runner: error: failed to start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("job-runner: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+async fn dispatch(command: Command) -> Result<(), BoxError> {
+    match command {
+        Command::Run { connector, secrets_dir, mode, tenant_region, run_id, concurrency, audit_log, base_dir } => {
+            run(connector, secrets_dir, mode, tenant_region, run_id, concurrency, audit_log, base_dir).await
+        }
+        Command::Decrypt { keks, dir, manifest, file, object_key, out } => {
+            let keys = Arc::new(load_keys(&keks)?);
+            match (dir, file, object_key) {
+                (Some(dir), None, _) => {
+                    let store = LocalStore::new(dir);
+                    let (m, bytes) =
+                        readback::decrypt_all(&store, keys, manifest.as_deref(), &LocalStore::new(&out)).await?;
+                    println!(
+                        "decrypted {} object(s), {bytes} bytes, into {} (manifest of run {} verified)",
+                        m.objects.len(),
+                        out.display(),
+                        m.run
+                    );
+                    Ok(())
+                }
+                (None, Some(file), Some(object_key)) => decrypt_file(keys, file, object_key, out).await,
+                _ => Err("give either --dir, or --file with --object-key".into()),
+            }
+        }
+        Command::Verify { keks, dir, manifest, deep } => {
+            let keys = Arc::new(load_keys(&keks)?);
+            let (key, m) = readback::verify(&LocalStore::new(&dir), keys, manifest.as_deref(), deep).await?;
+            println!("ok: {} object(s) match manifest {key} (run {}, key {})", m.objects.len(), m.run, m.kek_id);
+            Ok(())
+        }
+        Command::Keygen { out, secret, namespace, key, force } => keygen(out, secret, namespace, key, force),
+    }
+}
+
+fn load_keys(paths: &[PathBuf]) -> Result<KeyRing, BoxError> {
+    let mut keys = Vec::new();
+    for p in paths {
+        let bytes = zeroize::Zeroizing::new(std::fs::read(p).map_err(|e| format!("failed to read key file {}: {e}", p.display()))?);
+        keys.push(Kek::parse(&bytes).map_err(|e| format!("key file {}: {e}", p.display()))?);
+    }
+    Ok(KeyRing::new(keys))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run(
+    connector_path: PathBuf,
+    secrets_dir: PathBuf,
+    mode: RunMode,
+    tenant_region: Option<String>,
+    run_id: Option<String>,
+    concurrency: u16,
+    audit_log: Option<PathBuf>,
+    base_dir: PathBuf,
+) -> Result<(), BoxError> {
+    let connector = config::load_connector(&connector_path)?;
+    let namespace = connector.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+    let name = connector.metadata.name.clone().unwrap_or_else(|| "connector".into());
+    let run_id = run_id.unwrap_or_else(|| {
+        let now = jiff::Timestamp::now();
+        format!("{name}-{}", now.strftime("%Y%m%dT%H%M%S%.3fZ")).replace('.', "")
+    });
+    let src = config::open_store("source", &connector.spec.source, &base_dir)?;
+    let dst = config::open_store("destination", &connector.spec.destination, &base_dir)?;
+    let audit_out: Box<dyn Write + Send> = match &audit_log {
+        Some(p) => Box::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .map_err(|e| format!("failed to open audit log {}: {e}", p.display()))?,
+        ),
+        None => Box::new(std::io::stderr()),
+    };
+    let audit = AuditLog::new(audit_out, &name, &namespace, &run_id, &src.describe(), &dst.describe());
+    audit.record("run.started", Outcome::Success, None, None);
+    let result = run_inner(&connector, &SecretsDir::new(secrets_dir), mode, tenant_region.as_deref(), &run_id, concurrency, src, dst, &audit).await;
+    match &result {
+        Ok(()) => audit.record("run.finished", Outcome::Success, None, None),
+        Err((reason, _)) => audit.record("run.finished", Outcome::Failure, Some(reason), None),
+    }
+    result.map_err(|(_, e)| e)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_inner(
+    connector: &ferry_crds::Connector,
+    secrets: &SecretsDir,
+    mode: RunMode,
+    tenant_region: Option<&str>,
+    run_id: &str,
+    concurrency: u16,
+    src: Arc<dyn ObjectStore>,
+    dst: Arc<dyn ObjectStore>,
+    audit: &AuditLog,
+) -> Result<(), (&'static str, BoxError)> {
+    if let Err(e) = config::check_residency(connector, tenant_region) {
+        audit.record("policy.residency", Outcome::Denied, Some(e.reason()), None);
+        return Err((e.reason(), e.into()));
+    }
+    let keys = match secrets.kek(connector) {
+        Ok(k) => {
+            audit.record("secret.read", Outcome::Success, None, None);
+            Arc::new(KeyRing::new(vec![k]))
+        }
+        Err(e) => {
+            audit.record("secret.read", Outcome::Failure, Some(e.reason()), None);
+            return Err((e.reason(), e.into()));
+        }
+    };
+    let opts = Options {
+        mode: match mode {
+            RunMode::Sync => Mode::Sync,
+            RunMode::Plan => Mode::Plan,
+        },
+        run_id: run_id.to_string(),
+        connector: format!(
+            "{}/{}",
+            connector.metadata.namespace.as_deref().unwrap_or("default"),
+            connector.metadata.name.as_deref().unwrap_or("connector")
+        ),
+        concurrency: usize::from(concurrency),
+        ..Options::default()
+    };
+    let progress = Arc::new(Progress::default());
+    let report = transfer::run(&connector.spec, src, dst, keys, &opts, audit, progress)
+        .await
+        .map_err(|e| (e.reason(), BoxError::from(e)))?;
+    for (key, reason) in &report.refused {
+        println!("refused {key}: {reason}");
+    }
+    match opts.mode {
+        Mode::Plan => {
+            for p in &report.planned {
+                println!("would copy {} ({} bytes)", p.key, p.size);
+            }
+            println!("plan: {} to copy, {} unchanged", report.planned.len(), report.objects_skipped);
+        }
+        Mode::Sync => println!(
+            "copied {} object(s) ({} bytes, {} encrypted), skipped {} unchanged; manifest {}",
+            report.objects_copied,
+            report.bytes_read,
+            report.bytes_written,
+            report.objects_skipped,
+            report.manifest.as_deref().unwrap_or("-")
+        ),
+    }
+    Ok(())
+}
+
+async fn decrypt_file(keys: Arc<KeyRing>, file: PathBuf, object_key: String, out: PathBuf) -> Result<(), BoxError> {
+    let dir = file.parent().map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    let name = file.file_name().and_then(|n| n.to_str()).ok_or("--file must name a file")?.to_string();
+    let input = LocalStore::new(dir).get(&name, None).await?;
+    let mut plain = readback::decrypt_stream(input, keys, object_key.clone());
+    if out.as_os_str() == "-" {
+        let mut stdout = tokio::io::stdout();
+        while let Some(chunk) = plain.next().await {
+            let chunk = chunk.map_err(|e| format!("object {object_key:?}: {e}"))?;
+            stdout.write_all(&chunk).await?;
+        }
+        stdout.flush().await?;
+        return Ok(());
+    }
+    let out_dir = out.parent().map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    let out_name = out.file_name().and_then(|n| n.to_str()).ok_or("--out must name a file")?.to_string();
+    let n = LocalStore::new(out_dir).put(&out_name, plain).await.map_err(|e| format!("object {object_key:?}: {e}"))?;
+    println!("decrypted {object_key} ({n} bytes) to {}", out.display());
+    Ok(())
+}
+
+fn keygen(out: Option<PathBuf>, secret: Option<String>, namespace: Option<String>, key: String, force: bool) -> Result<(), BoxError> {
+    let kek = Kek::generate()?;
+    if let Some(path) = out {
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true);
+        if force {
+            opts.create(true).truncate(true);
+        } else {
+            opts.create_new(true);
+        }
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)?;
+        }
+        let mut f = opts.open(&path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => {
+                format!("{} exists: refusing to replace a key (data encrypted under it would be lost); use --force", path.display())
+            }
+            _ => format!("failed to create {}: {e}", path.display()),
+        })?;
+        f.write_all(kek.to_base64().as_bytes())?;
+        f.write_all(b"\n")?;
+        f.sync_all()?;
+        eprintln!("wrote a new key-encryption key (id {}) to {}", kek.id(), path.display());
+        return Ok(());
+    }
+    let name = secret.ok_or("give --out or --secret")?;
+    let ns = namespace.map(|n| format!("  namespace: {n}\n")).unwrap_or_default();
+    let mut stdout = std::io::stdout().lock();
+    write!(
+        stdout,
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\n{ns}  annotations:\n    ferry.dev/kek-id: \"{}\"\ntype: Opaque\ndata:\n  {key}: ",
+        kek.id()
+    )?;
+    // base64 of the base64 text: the Secret's data holds the key file's content.
+    use base64::Engine;
+    let encoded = zeroize::Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(kek.to_base64().as_bytes()));
+    stdout.write_all(encoded.as_bytes())?;
+    stdout.write_all(b"\n")?;
+    Ok(())
+}

@@ -2,6 +2,8 @@
 //! `tests/bootstrap.sh`): Ferry's ciphertext decrypts under Tink, Tink's under
 //! Ferry, at every segment boundary. A missing Tink is a failure, not a skip.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
 use std::path::PathBuf;
 use std::process::Command;
 

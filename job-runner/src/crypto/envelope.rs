@@ -13,6 +13,8 @@
 //! in the object itself, not in store metadata, so that it survives every store
 //! (SFTP has no metadata) and any copy.
 
+use std::sync::Arc;
+
 use super::aead::NONCE_LEN;
 use super::keys::{DataKey, KeyError, KeyRing, Kek, WRAPPED_LEN, generate_data_key};
 use super::streaming::{Decrypter, Encrypter, StreamError};
@@ -129,16 +131,16 @@ impl Envelope {
 
 /// Decrypts one object: parses the envelope, unwraps the data key, then
 /// decrypts the stream.
-pub struct ObjectDecrypter<'k> {
-    keys: &'k KeyRing,
+pub struct ObjectDecrypter {
+    keys: Arc<KeyRing>,
     object_key: String,
     pending: Vec<u8>,
     inner: Option<Decrypter>,
 }
 
-impl<'k> ObjectDecrypter<'k> {
+impl ObjectDecrypter {
     /// A decrypter for the object stored under `object_key`.
-    pub fn new(keys: &'k KeyRing, object_key: &str) -> Self {
+    pub fn new(keys: Arc<KeyRing>, object_key: &str) -> Self {
         Self { keys, object_key: object_key.to_string(), pending: Vec::new(), inner: None }
     }
 
@@ -149,7 +151,7 @@ impl<'k> ObjectDecrypter<'k> {
         }
         self.pending.extend_from_slice(data);
         if let Some((env, len)) = Envelope::parse(&self.pending)? {
-            let dek = env.data_key(self.keys, &self.object_key)?;
+            let dek = env.data_key(&self.keys, &self.object_key)?;
             let mut inner = Decrypter::new(&dek, self.object_key.as_bytes());
             let rest = self.pending.split_off(len);
             self.pending = Vec::new();

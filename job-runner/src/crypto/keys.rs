@@ -22,6 +22,8 @@ pub enum KeyError {
     UnknownKek(String),
     #[error("the data key does not unwrap under key {kek_id} for object {object:?}: wrong key, or the object was moved or swapped")]
     Unwrap { kek_id: String, object: String },
+    #[error("no key-encryption key was supplied")]
+    NoKey,
     #[error("failed to initialise AES-256-GCM or the random generator")]
     Primitive,
 }
@@ -155,7 +157,8 @@ fn key_id(key: &[u8; KEY_LEN]) -> String {
     hex::encode(&mac.finalize().into_bytes()[..8])
 }
 
-/// The KEKs a reader may need: the current one and, after a rotation, older ones.
+/// The KEKs a run or a reader may need: the current one first and, after a
+/// rotation, older ones.
 #[derive(Debug, Default)]
 pub struct KeyRing {
     keys: Vec<Kek>,
@@ -170,6 +173,11 @@ impl KeyRing {
     /// The KEK with this id.
     pub fn get(&self, id: &str) -> Result<&Kek, KeyError> {
         self.keys.iter().find(|k| k.id() == id).ok_or_else(|| KeyError::UnknownKek(id.to_string()))
+    }
+
+    /// The current key: the one new data is encrypted under.
+    pub fn current(&self) -> Result<&Kek, KeyError> {
+        self.keys.first().ok_or(KeyError::NoKey)
     }
 
     /// Every key, current first.

@@ -1,0 +1,139 @@
+//! Local mode inputs: a Connector from a YAML file and Secrets from a folder laid
+//! out as Kubernetes mounts them (a folder per Secret, a file per key).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use ferry_crds::{Connector, DataResidency, Endpoint, EndpointKind};
+use zeroize::Zeroizing;
+
+use crate::crypto::{Kek, KeyError};
+use crate::storage::ObjectStore;
+use crate::storage::local::LocalStore;
+
+/// Why the inputs of a run are unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("failed to read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path} is not a valid Connector: {reason}")]
+    Parse { path: PathBuf, reason: String },
+    #[error("{0}: exactly one of s3, azureBlob, sftp or local must be set")]
+    Endpoint(&'static str),
+    #[error("{side}: the {backend} backend is not available in this build of the runner yet")]
+    Unsupported { side: &'static str, backend: &'static str },
+    #[error("secret {secret:?} has no key {key:?} (looked for {path})")]
+    MissingSecretKey { secret: String, key: String, path: PathBuf },
+    #[error("secret {secret:?} key {key:?}: {source}")]
+    BadKey { secret: String, key: String, source: KeyError },
+    #[error("{0}")]
+    Residency(String),
+}
+
+impl ConfigError {
+    /// A stable, machine-readable reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ConfigError::Read { .. } | ConfigError::Parse { .. } | ConfigError::Endpoint(_) => "InvalidSpec",
+            ConfigError::Unsupported { .. } => "UnsupportedBackend",
+            ConfigError::MissingSecretKey { .. } => "SecretKeyMissing",
+            ConfigError::BadKey { .. } => "InvalidEncryptionKey",
+            ConfigError::Residency(_) => "ResidencyViolation",
+        }
+    }
+}
+
+/// Reads a Connector manifest. Unknown fields are refused, as strict field
+/// validation on the API server would.
+pub fn load_connector(path: &Path) -> Result<Connector, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+    let value: serde_json::Value =
+        serde_saphyr::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), reason: e.to_string() })?;
+    if value.get("kind").and_then(|k| k.as_str()) != Some("Connector") {
+        return Err(ConfigError::Parse { path: path.into(), reason: "kind must be Connector".into() });
+    }
+    serde_json::from_value(value).map_err(|e| ConfigError::Parse { path: path.into(), reason: e.to_string() })
+}
+
+/// Secrets mounted as folders.
+#[derive(Debug, Clone)]
+pub struct SecretsDir {
+    root: PathBuf,
+}
+
+impl SecretsDir {
+    /// Secrets under `root`.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    /// The bytes of one key of one Secret, zeroized on drop. Errors name the
+    /// Secret and key, never the content.
+    pub fn read(&self, secret: &str, key: &str) -> Result<Zeroizing<Vec<u8>>, ConfigError> {
+        let path = self.root.join(secret).join(key);
+        std::fs::read(&path).map(Zeroizing::new).map_err(|_| ConfigError::MissingSecretKey {
+            secret: secret.into(),
+            key: key.into(),
+            path,
+        })
+    }
+
+    /// The Connector's KEK.
+    pub fn kek(&self, connector: &Connector) -> Result<Kek, ConfigError> {
+        let r = &connector.spec.encryption.key_ref;
+        let bytes = self.read(&r.secret_ref.name, &r.key)?;
+        Kek::parse(&bytes).map_err(|source| ConfigError::BadKey {
+            secret: r.secret_ref.name.clone(),
+            key: r.key.clone(),
+            source,
+        })
+    }
+}
+
+/// Opens the store of one end. Relative local paths are taken from `base`.
+pub fn open_store(side: &'static str, endpoint: &Endpoint, base: &Path) -> Result<Arc<dyn ObjectStore>, ConfigError> {
+    match endpoint.kind().ok_or(ConfigError::Endpoint(side))? {
+        EndpointKind::Local(l) => Ok(Arc::new(LocalStore::new(base.join(&l.path)))),
+        EndpointKind::S3(_) => Err(ConfigError::Unsupported { side, backend: "s3" }),
+        EndpointKind::AzureBlob(_) => Err(ConfigError::Unsupported { side, backend: "azureBlob" }),
+        EndpointKind::Sftp(_) => Err(ConfigError::Unsupported { side, backend: "sftp" }),
+    }
+}
+
+fn declared_region(endpoint: &Endpoint) -> Option<&str> {
+    match endpoint.kind()? {
+        EndpointKind::S3(s) => Some(&s.region),
+        EndpointKind::AzureBlob(a) => Some(&a.region),
+        EndpointKind::Sftp(s) => Some(&s.region),
+        EndpointKind::Local(l) => l.region.as_deref(),
+    }
+}
+
+/// The residency rule on declared regions: with `in-region-only`, both ends must
+/// declare the tenant's region.
+pub fn check_residency(connector: &Connector, tenant_region: Option<&str>) -> Result<(), ConfigError> {
+    if connector.spec.compliance.data_residency == DataResidency::Any {
+        return Ok(());
+    }
+    let Some(tenant) = tenant_region else {
+        return Err(ConfigError::Residency(
+            "dataResidency is in-region-only but the tenant's region is unknown: pass --tenant-region, or set compliance.dataResidency: any".into(),
+        ));
+    };
+    for (side, ep) in [("source", &connector.spec.source), ("destination", &connector.spec.destination)] {
+        match declared_region(ep) {
+            Some(r) if r == tenant => {}
+            Some(r) => {
+                return Err(ConfigError::Residency(format!(
+                    "{side} is in region {r:?}, outside the tenant's region {tenant:?} (dataResidency: in-region-only)"
+                )));
+            }
+            None => {
+                return Err(ConfigError::Residency(format!(
+                    "{side} declares no region, and dataResidency is in-region-only"
+                )));
+            }
+        }
+    }
+    Ok(())
+}

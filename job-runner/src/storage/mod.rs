@@ -1,0 +1,139 @@
+//! One trait at the storage boundary, one folder per backend.
+//!
+//! Keys are always relative to the endpoint's prefix (or folder) and use `/` as
+//! separator; a backend never lists, reads or writes outside its prefix.
+
+use std::ops::Range;
+
+use bytes::Bytes;
+use futures::stream::BoxStream;
+
+pub mod local;
+
+/// A stream of object bytes.
+pub type ByteStream = BoxStream<'static, Result<Bytes, StorageError>>;
+
+/// What a listing says of one object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectMeta {
+    /// Key relative to the prefix.
+    pub key: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Last modification time, RFC 3339.
+    pub modified: Option<String>,
+    /// ETag or another version tag, where the store has one.
+    pub etag: Option<String>,
+}
+
+/// Storage failures, each naming the endpoint (never a credential) and, where
+/// there is one, the object.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("{endpoint}: object {key:?} not found")]
+    NotFound { endpoint: String, key: String },
+    #[error("{endpoint}: {what} does not exist")]
+    NoSuchContainer { endpoint: String, what: String },
+    #[error("{endpoint}: access denied{}", key_suffix(.key))]
+    AccessDenied { endpoint: String, key: Option<String> },
+    #[error("{endpoint}: invalid credentials")]
+    InvalidCredentials { endpoint: String },
+    #[error("{endpoint}: unreachable: {reason}")]
+    Unreachable { endpoint: String, reason: String },
+    #[error("{endpoint}: no space left while writing {key:?}")]
+    NoSpace { endpoint: String, key: String },
+    #[error("{endpoint}: object {key:?} changed while it was read")]
+    ChangedDuringRead { endpoint: String, key: String },
+    #[error("{endpoint}: invalid object key {key:?}: {reason}")]
+    InvalidKey { endpoint: String, key: String, reason: &'static str },
+    #[error("{endpoint}: failed to {action}{}: {source}", key_suffix(.key))]
+    Io {
+        endpoint: String,
+        action: &'static str,
+        key: Option<String>,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{endpoint}: failed to produce the data for {key:?}: {reason}")]
+    Source { endpoint: String, key: String, reason: String },
+}
+
+fn key_suffix(key: &Option<String>) -> String {
+    key.as_ref().map(|k| format!(" on object {k:?}")).unwrap_or_default()
+}
+
+impl StorageError {
+    /// Whether retrying the same call may succeed (timeouts, throttling, resets).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StorageError::Unreachable { .. } => true,
+            StorageError::Io { source, .. } => matches!(
+                source.kind(),
+                std::io::ErrorKind::TimedOut
+                    | std::io::ErrorKind::Interrupted
+                    | std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::WouldBlock
+            ),
+            _ => false,
+        }
+    }
+
+    /// A stable, machine-readable reason (for conditions, metrics and audit).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            StorageError::NotFound { .. } => "ObjectNotFound",
+            StorageError::NoSuchContainer { .. } => "ContainerNotFound",
+            StorageError::AccessDenied { .. } => "AccessDenied",
+            StorageError::InvalidCredentials { .. } => "InvalidCredentials",
+            StorageError::Unreachable { .. } => "EndpointUnreachable",
+            StorageError::NoSpace { .. } => "NoSpace",
+            StorageError::ChangedDuringRead { .. } => "ObjectChanged",
+            StorageError::InvalidKey { .. } => "InvalidKey",
+            StorageError::Io { .. } => "StorageError",
+            StorageError::Source { .. } => "SourceError",
+        }
+    }
+}
+
+/// An object store confined to one prefix.
+#[async_trait::async_trait]
+pub trait ObjectStore: Send + Sync + std::fmt::Debug {
+    /// A human-readable name of the endpoint for messages, e.g. `local:/data/in`
+    /// or `s3://bucket/prefix`. Never holds a credential.
+    fn describe(&self) -> String;
+
+    /// Every object under the prefix, sorted by key.
+    async fn list(&self) -> Result<Vec<ObjectMeta>, StorageError>;
+
+    /// The object's bytes, or a byte range of them.
+    async fn get(&self, key: &str, range: Option<Range<u64>>) -> Result<ByteStream, StorageError>;
+
+    /// Writes an object from a stream, atomically: readers see the old object or
+    /// the whole new one, never a part; on error nothing new is visible.
+    /// Returns the number of bytes written.
+    async fn put(&self, key: &str, data: ByteStream) -> Result<u64, StorageError>;
+
+    /// Deletes an object; deleting a missing object succeeds.
+    async fn delete(&self, key: &str) -> Result<(), StorageError>;
+
+    /// The region the store reports for this endpoint, if it can tell
+    /// (S3 bucket location, Azure account location); `None` otherwise.
+    async fn region(&self) -> Result<Option<String>, StorageError>;
+}
+
+/// Checks a relative key: no empty segment, no `.` or `..`, no NUL, no leading `/`.
+pub fn check_key(endpoint: &str, key: &str) -> Result<(), StorageError> {
+    let bad = |reason| StorageError::InvalidKey { endpoint: endpoint.to_string(), key: key.to_string(), reason };
+    if key.is_empty() {
+        return Err(bad("empty key"));
+    }
+    if key.contains('\0') {
+        return Err(bad("NUL byte"));
+    }
+    if key.split('/').any(|s| s.is_empty() || s == "." || s == "..") {
+        return Err(bad("empty, '.' or '..' path segment"));
+    }
+    Ok(())
+}
