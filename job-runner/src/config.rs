@@ -52,7 +52,50 @@ pub fn load_connector(path: &Path) -> Result<Connector, ConfigError> {
     if value.get("kind").and_then(|k| k.as_str()) != Some("Connector") {
         return Err(ConfigError::Parse { path: path.into(), reason: "kind must be Connector".into() });
     }
-    serde_json::from_value(value).map_err(|e| ConfigError::Parse { path: path.into(), reason: e.to_string() })
+    let connector: Connector = serde_json::from_value(value.clone())
+        .map_err(|e| ConfigError::Parse { path: path.into(), reason: e.to_string() })?;
+    let read_back = serde_json::to_value(&connector)
+        .map_err(|e| ConfigError::Parse { path: path.into(), reason: e.to_string() })?;
+    let mut unknown = Vec::new();
+    unknown_fields(&value, &read_back, "", &mut unknown);
+    if !unknown.is_empty() {
+        return Err(ConfigError::Parse { path: path.into(), reason: format!("unknown field(s): {}", unknown.join(", ")) });
+    }
+    Ok(connector)
+}
+
+/// Fields of `written` that the types dropped: present with a non-empty value
+/// in the file, absent once read. (Empty values may be dropped when serialized
+/// back, so they are not reported.)
+fn unknown_fields(written: &serde_json::Value, read: &serde_json::Value, at: &str, out: &mut Vec<String>) {
+    use serde_json::Value;
+    let empty = |v: &Value| match v {
+        Value::Null => true,
+        Value::Bool(b) => !b,
+        Value::String(s) => s.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        Value::Object(o) => o.is_empty(),
+        Value::Number(_) => false,
+    };
+    match (written, read) {
+        (Value::Object(w), Value::Object(r)) => {
+            for (k, v) in w {
+                let path = if at.is_empty() { k.clone() } else { format!("{at}.{k}") };
+                match r.get(k) {
+                    Some(rv) => unknown_fields(v, rv, &path, out),
+                    None if at == "metadata" || path.starts_with("metadata.") => {}
+                    None if !empty(v) => out.push(path),
+                    None => {}
+                }
+            }
+        }
+        (Value::Array(w), Value::Array(r)) => {
+            for (i, (a, b)) in w.iter().zip(r).enumerate() {
+                unknown_fields(a, b, &format!("{at}[{i}]"), out);
+            }
+        }
+        _ => {}
+    }
 }
 
 /// Secrets mounted as folders.

@@ -1,0 +1,149 @@
+//! The `job-runner` binary as a user runs it: keygen, run, verify, decrypt, and
+//! the errors a user sees. Key material never appears in any output.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn runner(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_job-runner")).current_dir(dir).args(args).output().unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+const CONNECTOR: &str = r#"
+apiVersion: ferry.dev/v1alpha1
+kind: Connector
+metadata: {name: cli, namespace: tenant-a}
+spec:
+  source: {local: {path: src, region: eu-west-1}}
+  destination: {local: {path: dst, region: eu-west-1}}
+  include: ["**/*.csv"]
+  compliance: {dataResidency: in-region-only}
+  encryption: {keyRef: {secretRef: {name: kek}, key: kek}}
+"#;
+
+fn setup() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("src/d")).unwrap();
+    std::fs::write(dir.path().join("src/a.csv"), "id,email\n1,a@example.com\n").unwrap();
+    std::fs::write(dir.path().join("src/d/b.csv"), vec![b'x'; 2_500_000]).unwrap();
+    std::fs::write(dir.path().join("src/skip.txt"), "not included").unwrap();
+    std::fs::write(dir.path().join("connector.yaml"), CONNECTOR).unwrap();
+    dir
+}
+
+#[test]
+fn keygen_run_verify_decrypt() {
+    let dir = setup();
+    let d = dir.path();
+    let o = runner(d, &["keygen", "--out", "secrets/kek/kek"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let key = std::fs::read_to_string(d.join("secrets/kek/kek")).unwrap();
+    let key = key.trim();
+    assert_eq!(key.len(), 44, "base64 of 32 bytes");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(d.join("secrets/kek/kek")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "key file readable by others");
+    }
+    assert!(!text(&o).contains(key), "keygen printed the key");
+    let again = runner(d, &["keygen", "--out", "secrets/kek/kek"]);
+    assert!(!again.status.success());
+    assert!(text(&again).contains("refusing to replace a key"), "{}", text(&again));
+
+    let args = ["run", "--connector", "connector.yaml", "--secrets-dir", "secrets", "--tenant-region", "eu-west-1", "--run-id", "r1"];
+    let o = runner(d, &args);
+    assert!(o.status.success(), "{}", text(&o));
+    let out = text(&o);
+    assert!(out.contains("copied 2 object(s)"), "{out}");
+    assert!(!out.contains(key), "run printed the key");
+    assert!(out.contains(r#""action":"run.finished","outcome":"success""#), "audit lines: {out}");
+    assert!(!d.join("dst/skip.txt").exists());
+
+    let o = runner(d, &["verify", "--kek", "secrets/kek/kek", "--dir", "dst", "--deep"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("ok: 2 object(s)"));
+
+    let o = runner(d, &["decrypt", "--kek", "secrets/kek/kek", "--dir", "dst", "--out", "plain"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(std::fs::read(d.join("plain/d/b.csv")).unwrap(), vec![b'x'; 2_500_000]);
+    let o = runner(d, &["decrypt", "--kek", "secrets/kek/kek", "--file", "dst/a.csv", "--object-key", "a.csv", "--out", "-"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "id,email\n1,a@example.com\n");
+
+    // Incremental: a second run copies nothing.
+    let o = runner(d, &["run", "--connector", "connector.yaml", "--secrets-dir", "secrets", "--tenant-region", "eu-west-1", "--run-id", "r2"]);
+    assert!(text(&o).contains("copied 0 object(s)") && text(&o).contains("skipped 2 unchanged"), "{}", text(&o));
+
+    // Plan mode lists and moves nothing.
+    std::fs::write(d.join("src/new.csv"), "n").unwrap();
+    let o = runner(d, &["run", "--connector", "connector.yaml", "--secrets-dir", "secrets", "--tenant-region", "eu-west-1", "--mode", "plan"]);
+    assert!(text(&o).contains("would copy new.csv"), "{}", text(&o));
+    assert!(!d.join("dst/new.csv").exists());
+}
+
+#[test]
+fn errors_are_clear_and_name_the_object() {
+    let dir = setup();
+    let d = dir.path();
+    // A KEK that is not 32 bytes: the error names the Secret and key, not the content.
+    std::fs::create_dir_all(d.join("secrets/kek")).unwrap();
+    std::fs::write(d.join("secrets/kek/kek"), "CANARY-not-a-key").unwrap();
+    let o = runner(d, &["run", "--connector", "connector.yaml", "--secrets-dir", "secrets", "--tenant-region", "eu-west-1"]);
+    assert!(!o.status.success());
+    let out = text(&o);
+    assert!(out.contains("secret \"kek\" key \"kek\""), "{out}");
+    assert!(!out.contains("CANARY"), "the secret's content leaked: {out}");
+
+    // Residency: a tenant in another region is refused before anything moves.
+    std::fs::write(d.join("secrets/kek/kek"), [7u8; 32]).unwrap();
+    let o = runner(d, &["run", "--connector", "connector.yaml", "--secrets-dir", "secrets", "--tenant-region", "us-east-1"]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("outside the tenant's region"), "{}", text(&o));
+    assert!(text(&o).contains(r#""action":"policy.residency","outcome":"denied""#), "{}", text(&o));
+    assert!(!d.join("dst").exists());
+
+    // Missing secret key.
+    let o = runner(d, &["run", "--connector", "connector.yaml", "--secrets-dir", "nowhere", "--tenant-region", "eu-west-1"]);
+    assert!(text(&o).contains("secret \"kek\" has no key \"kek\""), "{}", text(&o));
+
+    // A corrupt object: decrypt fails naming it, writes nothing.
+    let o = runner(d, &["run", "--connector", "connector.yaml", "--secrets-dir", "secrets", "--tenant-region", "eu-west-1"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let mut bytes = std::fs::read(d.join("dst/d/b.csv")).unwrap();
+    bytes[1_500_000] ^= 0x80;
+    std::fs::write(d.join("dst/d/b.csv"), bytes).unwrap();
+    let o = runner(d, &["decrypt", "--kek", "secrets/kek/kek", "--file", "dst/d/b.csv", "--object-key", "d/b.csv", "--out", "b.out"]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("d/b.csv") && text(&o).contains("failed authentication"), "{}", text(&o));
+    assert!(!d.join("b.out").exists(), "partial plaintext written");
+    let o = runner(d, &["verify", "--kek", "secrets/kek/kek", "--dir", "dst"]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("object \"d/b.csv\": stored SHA-256 does not match"), "{}", text(&o));
+
+    // Invalid YAML / unknown field / wrong kind.
+    std::fs::write(d.join("bad.yaml"), "kind: Connector\nspec: [").unwrap();
+    let o = runner(d, &["run", "--connector", "bad.yaml", "--secrets-dir", "secrets"]);
+    assert!(!o.status.success() && text(&o).contains("bad.yaml is not a valid Connector"), "{}", text(&o));
+}
+
+#[test]
+fn an_inline_secret_field_is_refused_not_ignored() {
+    let dir = setup();
+    let d = dir.path();
+    let with_secret = CONNECTOR.replace(
+        "  include:",
+        "  credentials: {secretAccessKey: CANARY-inline}\n  include:",
+    );
+    std::fs::write(d.join("c.yaml"), with_secret).unwrap();
+    let o = runner(d, &["run", "--connector", "c.yaml", "--secrets-dir", "secrets"]);
+    assert!(!o.status.success());
+    let out = text(&o);
+    assert!(out.contains("unknown field(s): spec.credentials"), "{out}");
+    assert!(!out.contains("CANARY"), "{out}");
+}
