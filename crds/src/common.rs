@@ -61,7 +61,10 @@ impl Endpoint {
 }]))]
 pub struct S3Endpoint {
     /// Bucket name.
-    #[schemars(length(min = 3, max = 63), regex(pattern = r"^[a-z0-9][a-z0-9.-]*[a-z0-9]$"))]
+    #[schemars(
+        length(min = 3, max = 63),
+        regex(pattern = r"^[a-z0-9][a-z0-9.-]*[a-z0-9]$")
+    )]
     pub bucket: String,
     /// Key prefix (usually ending in `/`). A run never lists or reads outside it.
     #[serde(default)]
@@ -110,7 +113,10 @@ pub struct S3Credentials {
 #[serde(rename_all = "camelCase")]
 pub struct WebIdentity {
     /// ARN of the role, e.g. `arn:aws:iam::123456789012:role/ferry-reader`.
-    #[schemars(length(min = 20, max = 2048), regex(pattern = r"^arn:[a-z-]+:iam::[0-9]{12}:role/.+$"))]
+    #[schemars(
+        length(min = 20, max = 2048),
+        regex(pattern = r"^arn:[a-z-]+:iam::[0-9]{12}:role/.+$")
+    )]
     pub role_arn: String,
     /// Audience of the projected token.
     #[serde(default = "default_sts_audience")]
@@ -241,7 +247,10 @@ pub struct HostKey {
     pub secret_ref: Option<SecretRef>,
     /// The host key's SHA-256 fingerprint as OpenSSH prints it (`SHA256:...`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 50, max = 64), regex(pattern = r"^SHA256:[A-Za-z0-9+/]{43}=?$"))]
+    #[schemars(
+        length(min = 50, max = 64),
+        regex(pattern = r"^SHA256:[A-Za-z0-9+/]{43}=?$")
+    )]
     pub fingerprint: Option<String>,
 }
 
@@ -263,7 +272,10 @@ pub struct LocalEndpoint {
 #[serde(rename_all = "camelCase")]
 pub struct SecretRef {
     /// Name of the Secret.
-    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"))]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
     pub name: String,
 }
 
@@ -323,7 +335,10 @@ impl Sensitivity {
 #[serde(rename_all = "camelCase")]
 pub struct StreamSpec {
     /// Name of the stream, unique in the Connector.
-    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
     pub name: String,
     /// Glob, relative to the source prefix, of the objects in this stream.
     #[serde(rename = "match")]
@@ -372,7 +387,8 @@ pub struct Compliance {
 /// Schema of `status.conditions`: standard Conditions, merged by `type` under
 /// server-side apply.
 pub fn conditions_schema(generator: &mut SchemaGenerator) -> Schema {
-    let mut item = generator.subschema_for::<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>();
+    let mut item =
+        generator.subschema_for::<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>();
     // Generated subschemas may be references; the CRD generator inlines them.
     item.remove("nullable");
     json_schema!({

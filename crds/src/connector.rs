@@ -9,7 +9,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::common::{
-    Compliance, Endpoint, EncryptionSpec, StreamSpec, conditions_schema, glob_list_schema,
+    Compliance, EncryptionSpec, Endpoint, StreamSpec, conditions_schema, glob_list_schema,
     string_map_schema,
 };
 

@@ -63,7 +63,10 @@ pub struct ConnectorRunSpec {
 }]))]
 pub struct ConnectorRef {
     /// Name of the Connector.
-    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"))]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
     pub name: String,
 }
 
@@ -111,7 +114,10 @@ pub enum RunPhase {
 impl RunPhase {
     /// Whether the run has ended.
     pub fn is_terminal(self) -> bool {
-        matches!(self, RunPhase::Succeeded | RunPhase::Failed | RunPhase::Rejected)
+        matches!(
+            self,
+            RunPhase::Succeeded | RunPhase::Failed | RunPhase::Rejected
+        )
     }
 }
 

@@ -60,32 +60,49 @@ fn check_structural(path: &str, node: &Value, errors: &mut Vec<String>) {
         if let Some(v) = obj.get(junctor) {
             let branches = v.as_array().cloned().unwrap_or_else(|| vec![v.clone()]);
             for b in &branches {
-                for banned in ["type", "default", "description", "additionalProperties", "nullable"] {
+                for banned in [
+                    "type",
+                    "default",
+                    "description",
+                    "additionalProperties",
+                    "nullable",
+                ] {
                     if b.get(banned).is_some() {
                         errors.push(format!("{path}: {junctor} branch sets {banned}"));
                     }
                 }
             }
             if !int_or_string {
-                errors.push(format!("{path}: {junctor} (Ferry keeps schemas free of junctors)"));
+                errors.push(format!(
+                    "{path}: {junctor} (Ferry keeps schemas free of junctors)"
+                ));
             }
         }
     }
     if obj.contains_key("properties") && obj.contains_key("additionalProperties") {
-        errors.push(format!("{path}: properties and additionalProperties together"));
+        errors.push(format!(
+            "{path}: properties and additionalProperties together"
+        ));
     }
     if obj.get("x-kubernetes-list-type") == Some(&json!("map")) {
-        let keys = obj.get("x-kubernetes-list-map-keys").and_then(Value::as_array);
+        let keys = obj
+            .get("x-kubernetes-list-map-keys")
+            .and_then(Value::as_array);
         let item = &obj["items"];
         match keys {
             None => errors.push(format!("{path}: list-map without keys")),
             Some(keys) => {
-                let required: Vec<&Value> =
-                    item.get("required").and_then(Value::as_array).map(|r| r.iter().collect()).unwrap_or_default();
+                let required: Vec<&Value> = item
+                    .get("required")
+                    .and_then(Value::as_array)
+                    .map(|r| r.iter().collect())
+                    .unwrap_or_default();
                 for key in keys {
                     let prop = &item["properties"][key.as_str().unwrap()];
                     if !required.contains(&key) && prop.get("default").is_none() {
-                        errors.push(format!("{path}: list-map key {key} neither required nor defaulted"));
+                        errors.push(format!(
+                            "{path}: list-map key {key} neither required nor defaulted"
+                        ));
                     }
                     if !matches!(prop["type"].as_str(), Some("string" | "integer")) {
                         errors.push(format!("{path}: list-map key {key} is not a scalar"));
@@ -114,8 +131,15 @@ fn schemas_are_structural() {
         let mut errors = Vec::new();
         check_structural(kind, &schema, &mut errors);
         // The root may only restrict metadata.name / generateName.
-        assert!(schema["properties"].get("metadata").is_none(), "{kind}: metadata must not be specified");
-        assert!(errors.is_empty(), "{kind} is not structural:\n{}", errors.join("\n"));
+        assert!(
+            schema["properties"].get("metadata").is_none(),
+            "{kind}: metadata must not be specified"
+        );
+        assert!(
+            errors.is_empty(),
+            "{kind} is not structural:\n{}",
+            errors.join("\n")
+        );
     }
 }
 
@@ -123,21 +147,43 @@ fn schemas_are_structural() {
 fn crds_carry_names_columns_and_subresources() {
     let crds = crdgen::crds();
     let expect = [
-        ("Connector", "connectors", "fconn", vec!["Ready", "Schedule", "Last Success", "Age"]),
-        ("ConnectorRun", "connectorruns", "frun", vec!["Phase", "Bytes", "Duration", "Age"]),
+        (
+            "Connector",
+            "connectors",
+            "fconn",
+            vec!["Ready", "Schedule", "Last Success", "Age"],
+        ),
+        (
+            "ConnectorRun",
+            "connectorruns",
+            "frun",
+            vec!["Phase", "Bytes", "Duration", "Age"],
+        ),
     ];
     for (kind, plural, short, columns) in expect {
-        let (_, crd) = crds.iter().find(|(_, c)| c.spec.names.kind == kind).unwrap();
+        let (_, crd) = crds
+            .iter()
+            .find(|(_, c)| c.spec.names.kind == kind)
+            .unwrap();
         assert_eq!(crd.spec.group, "ferry.dev");
         assert_eq!(crd.spec.scope, "Namespaced");
         assert_eq!(crd.spec.names.plural, plural);
-        assert_eq!(crd.spec.names.short_names.as_deref(), Some(&[short.to_string()][..]));
-        assert_eq!(crd.spec.names.categories.as_deref(), Some(&["ferry".to_string()][..]));
+        assert_eq!(
+            crd.spec.names.short_names.as_deref(),
+            Some(&[short.to_string()][..])
+        );
+        assert_eq!(
+            crd.spec.names.categories.as_deref(),
+            Some(&["ferry".to_string()][..])
+        );
         assert_eq!(crd.spec.versions.len(), 1);
         let version = &crd.spec.versions[0];
         assert_eq!(version.name, "v1alpha1");
         assert!(version.served && version.storage);
-        assert!(version.subresources.as_ref().unwrap().status.is_some(), "{kind}: status subresource");
+        assert!(
+            version.subresources.as_ref().unwrap().status.is_some(),
+            "{kind}: status subresource"
+        );
         let names: Vec<&str> = version
             .additional_printer_columns
             .as_ref()
@@ -146,20 +192,36 @@ fn crds_carry_names_columns_and_subresources() {
             .map(|c| c.name.as_str())
             .collect();
         for col in columns {
-            assert!(names.contains(&col), "{kind}: printer column {col} missing from {names:?}");
+            assert!(
+                names.contains(&col),
+                "{kind}: printer column {col} missing from {names:?}"
+            );
         }
         let conditions = &schema_of(kind)["properties"]["status"]["properties"]["conditions"];
-        assert_eq!(conditions["x-kubernetes-list-type"], "map", "{kind}: conditions list-map");
+        assert_eq!(
+            conditions["x-kubernetes-list-type"], "map",
+            "{kind}: conditions list-map"
+        );
         assert_eq!(conditions["x-kubernetes-list-map-keys"], json!(["type"]));
         for field in ["type", "status", "reason", "message", "lastTransitionTime"] {
             assert!(
-                conditions["items"]["required"].as_array().unwrap().contains(&json!(field)),
+                conditions["items"]["required"]
+                    .as_array()
+                    .unwrap()
+                    .contains(&json!(field)),
                 "{kind}: condition field {field} required"
             );
         }
-        assert!(conditions["items"]["properties"].get("observedGeneration").is_some());
+        assert!(
+            conditions["items"]["properties"]
+                .get("observedGeneration")
+                .is_some()
+        );
         let status = &schema_of(kind)["properties"]["status"]["properties"];
-        assert!(status.get("observedGeneration").is_some(), "{kind}: status.observedGeneration");
+        assert!(
+            status.get("observedGeneration").is_some(),
+            "{kind}: status.observedGeneration"
+        );
     }
 }
 
@@ -168,7 +230,10 @@ fn crds_carry_names_columns_and_subresources() {
 #[test]
 fn cel_rules_compile_within_cost_limits() {
     fn rules(node: &Value, out: &mut Vec<String>) {
-        if let Some(list) = node.get("x-kubernetes-validations").and_then(Value::as_array) {
+        if let Some(list) = node
+            .get("x-kubernetes-validations")
+            .and_then(Value::as_array)
+        {
             out.extend(list.iter().map(|r| r["rule"].as_str().unwrap().to_string()));
         }
         for key in ["properties"] {
@@ -211,7 +276,10 @@ fn cel_rules_compile_within_cost_limits() {
             assert!(warnings.is_empty(), "{kind}: rule {rule:?}: {warnings:?}");
         }
     }
-    assert!(total >= 9, "expected the one-of, credential, TLS, erase and immutability rules");
+    assert!(
+        total >= 9,
+        "expected the one-of, credential, TLS, erase and immutability rules"
+    );
 }
 
 /// `self == oldSelf` on the ConnectorRun spec costs in proportion to the spec's
@@ -239,7 +307,11 @@ fn immutable_spec_is_bounded() {
         }
     }
     let mut errors = Vec::new();
-    check("spec", &schema_of("ConnectorRun")["properties"]["spec"], &mut errors);
+    check(
+        "spec",
+        &schema_of("ConnectorRun")["properties"]["spec"],
+        &mut errors,
+    );
     assert!(errors.is_empty(), "{errors:?}");
 }
 
@@ -248,8 +320,18 @@ fn immutable_spec_is_bounded() {
 #[test]
 fn no_field_takes_a_secret_value() {
     const SECRETISH: [&str; 12] = [
-        "password", "secret", "token", "accesskey", "secretaccesskey", "accountkey", "sastoken",
-        "privatekey", "passphrase", "clientsecret", "kek", "apikey",
+        "password",
+        "secret",
+        "token",
+        "accesskey",
+        "secretaccesskey",
+        "accountkey",
+        "sastoken",
+        "privatekey",
+        "passphrase",
+        "clientsecret",
+        "kek",
+        "apikey",
     ];
     fn walk(path: &str, node: &Value, hits: &mut Vec<String>) {
         if let Some(props) = node.get("properties").and_then(Value::as_object) {
@@ -270,7 +352,10 @@ fn no_field_takes_a_secret_value() {
     for kind in ["Connector", "ConnectorRun"] {
         let mut hits = Vec::new();
         walk(kind, &schema_of(kind), &mut hits);
-        assert!(hits.is_empty(), "fields that could carry a secret value: {hits:?}");
+        assert!(
+            hits.is_empty(),
+            "fields that could carry a secret value: {hits:?}"
+        );
     }
 }
 
@@ -281,7 +366,11 @@ fn every_spec_field_is_documented() {
         if let Some(props) = node.get("properties").and_then(Value::as_object) {
             for (name, child) in props {
                 let p = format!("{path}.{name}");
-                if child.get("description").and_then(Value::as_str).is_none_or(str::is_empty) {
+                if child
+                    .get("description")
+                    .and_then(Value::as_str)
+                    .is_none_or(str::is_empty)
+                {
                     missing.push(p.clone());
                 }
                 // Kubernetes' own types (affinity, tolerations, resources) are documented upstream.
@@ -299,6 +388,9 @@ fn every_spec_field_is_documented() {
         let mut missing = Vec::new();
         walk("spec", &schema["properties"]["spec"], &mut missing);
         walk("status", &schema["properties"]["status"], &mut missing);
-        assert!(missing.is_empty(), "{kind}: undocumented fields: {missing:?}");
+        assert!(
+            missing.is_empty(),
+            "{kind}: undocumented fields: {missing:?}"
+        );
     }
 }

@@ -17,7 +17,11 @@ fn with(mut obj: Value, path: &str, value: Value) -> Value {
     let (last, parents) = parts.split_last().unwrap();
     let mut node = &mut obj;
     for p in parents {
-        node = node.as_object_mut().unwrap().entry(p.to_string()).or_insert(json!({}));
+        node = node
+            .as_object_mut()
+            .unwrap()
+            .entry(p.to_string())
+            .or_insert(json!({}));
     }
     if value.is_null() {
         node.as_object_mut().unwrap().remove(*last);
@@ -29,7 +33,10 @@ fn with(mut obj: Value, path: &str, value: Value) -> Value {
 
 fn assert_rejected(obj: &Value, old: Option<&Value>, needle: &str) {
     let errors = validate(obj, old);
-    assert!(!errors.is_empty(), "accepted but should be rejected ({needle}):\n{obj:#}");
+    assert!(
+        !errors.is_empty(),
+        "accepted but should be rejected ({needle}):\n{obj:#}"
+    );
     assert!(
         errors.iter().any(|e| e.contains(needle)),
         "rejected, but not for {needle:?}: {errors:?}"
@@ -55,7 +62,11 @@ fn each_endpoint_needs_exactly_one_backend() {
     assert_rejected(&two, None, "exactly one of s3, azureBlob, sftp or local");
     let none = with(connector(), "spec.destination", json!({}));
     assert_rejected(&none, None, "exactly one of s3, azureBlob, sftp or local");
-    let local = with(connector(), "spec.destination", json!({"local": {"path": "/out"}}));
+    let local = with(
+        connector(),
+        "spec.destination",
+        json!({"local": {"path": "/out"}}),
+    );
     assert_accepted(&local, None);
 }
 
@@ -72,7 +83,11 @@ fn required_fields_are_required() {
     ] {
         assert_rejected(&with(connector(), path, Value::Null), None, "required");
     }
-    assert_rejected(&with(run(), "spec.connectorRef", Value::Null), None, "required");
+    assert_rejected(
+        &with(run(), "spec.connectorRef", Value::Null),
+        None,
+        "required",
+    );
 }
 
 #[test]
@@ -81,12 +96,22 @@ fn enums_are_enforced() {
         ("spec.syncMode", json!("sometimes")),
         ("spec.concurrencyPolicy", json!("forbid")),
         ("spec.compliance.dataResidency", json!("eu-only")),
-        ("spec.compliance.allowedSensitivity", json!(["pii", "secret"])),
-        ("spec.streams", json!([{"name": "s", "match": "**", "sensitivity": ["gdpr"]}])),
+        (
+            "spec.compliance.allowedSensitivity",
+            json!(["pii", "secret"]),
+        ),
+        (
+            "spec.streams",
+            json!([{"name": "s", "match": "**", "sensitivity": ["gdpr"]}]),
+        ),
     ] {
         assert_rejected(&with(connector(), path, value), None, "is not one of");
     }
-    assert_rejected(&with(run(), "spec.mode", json!("delete")), None, "is not one of");
+    assert_rejected(
+        &with(run(), "spec.mode", json!("delete")),
+        None,
+        "is not one of",
+    );
 }
 
 #[test]
@@ -104,7 +129,10 @@ fn numbers_are_bounded() {
     }
     let sftp = json!({"sftp": {"host": "h", "port": 70000, "path": "/", "region": "r",
         "credentials": {"secretRef": {"name": "s"}}, "hostKey": {"fingerprint": format!("SHA256:{}", "A".repeat(43))}}});
-    assert!(!validate(&with(connector(), "spec.source", sftp), None).is_empty(), "port 70000");
+    assert!(
+        !validate(&with(connector(), "spec.source", sftp), None).is_empty(),
+        "port 70000"
+    );
 }
 
 #[test]
@@ -122,15 +150,29 @@ fn credentials_are_one_of_and_only_references() {
         "spec.destination.azureBlob.credentials.workloadIdentity",
         json!({"clientId": "c", "tenantId": "t"}),
     );
-    assert_rejected(&az_both, None, "exactly one of secretRef or workloadIdentity");
+    assert_rejected(
+        &az_both,
+        None,
+        "exactly one of secretRef or workloadIdentity",
+    );
     // A secret value written inline is an unknown field: strict field validation
     // (kubectl apply's default) rejects it, and it could never reach the operator.
     for (path, value) in [
-        ("spec.source.s3.credentials.secretAccessKey", json!("AKIA-CANARY")),
-        ("spec.destination.azureBlob.credentials.accountKey", json!("CANARY")),
+        (
+            "spec.source.s3.credentials.secretAccessKey",
+            json!("AKIA-CANARY"),
+        ),
+        (
+            "spec.destination.azureBlob.credentials.accountKey",
+            json!("CANARY"),
+        ),
         ("spec.encryption.keyRef.value", json!("CANARY")),
     ] {
-        assert_rejected(&with(connector(), path, value), None, "Additional properties");
+        assert_rejected(
+            &with(connector(), path, value),
+            None,
+            "Additional properties",
+        );
     }
 }
 
@@ -140,11 +182,22 @@ fn sftp_host_key_is_mandatory_and_one_of() {
     let no_key = with(connector(), "spec.source", json!({"sftp": base.clone()}));
     assert_rejected(&no_key, None, "hostKey");
     let mut both = base.clone();
-    both["hostKey"] = json!({"secretRef": {"name": "k"}, "fingerprint": format!("SHA256:{}", "A".repeat(43))});
-    assert_rejected(&with(connector(), "spec.source", json!({"sftp": both})), None, "exactly one of secretRef or fingerprint");
+    both["hostKey"] =
+        json!({"secretRef": {"name": "k"}, "fingerprint": format!("SHA256:{}", "A".repeat(43))});
+    assert_rejected(
+        &with(connector(), "spec.source", json!({"sftp": both})),
+        None,
+        "exactly one of secretRef or fingerprint",
+    );
     let mut bad_fp = base.clone();
     bad_fp["hostKey"] = json!({"fingerprint": "MD5:aa:bb"});
-    assert!(!validate(&with(connector(), "spec.source", json!({"sftp": bad_fp})), None).is_empty());
+    assert!(
+        !validate(
+            &with(connector(), "spec.source", json!({"sftp": bad_fp})),
+            None
+        )
+        .is_empty()
+    );
     let mut ok = base;
     ok["hostKey"] = json!({"fingerprint": format!("SHA256:{}", "A".repeat(43))});
     assert_accepted(&with(connector(), "spec.source", json!({"sftp": ok})), None);
@@ -152,26 +205,54 @@ fn sftp_host_key_is_mandatory_and_one_of() {
 
 #[test]
 fn plain_http_needs_the_loud_opt_out() {
-    let http = with(connector(), "spec.source.s3.endpoint", json!("http://127.0.0.1:9000"));
+    let http = with(
+        connector(),
+        "spec.source.s3.endpoint",
+        json!("http://127.0.0.1:9000"),
+    );
     assert_rejected(&http, None, "endpoint must use https://");
-    let opted = with(http, "spec.source.s3.insecurePlainHttpOnLoopback", json!(true));
+    let opted = with(
+        http,
+        "spec.source.s3.insecurePlainHttpOnLoopback",
+        json!(true),
+    );
     assert_accepted(&opted, None);
-    let https = with(connector(), "spec.destination.azureBlob.endpoint", json!("https://blob.example"));
+    let https = with(
+        connector(),
+        "spec.destination.azureBlob.endpoint",
+        json!("https://blob.example"),
+    );
     assert_accepted(&https, None);
-    let ftp = with(connector(), "spec.destination.azureBlob.endpoint", json!("ftp://blob.example"));
+    let ftp = with(
+        connector(),
+        "spec.destination.azureBlob.endpoint",
+        json!("ftp://blob.example"),
+    );
     assert_rejected(&ftp, None, "endpoint must use https://");
 }
 
 #[test]
 fn schedule_and_time_zone_rules() {
-    assert_rejected(&with(connector(), "spec.schedule", json!("")), None, "schedule must not be empty");
-    let tz_only = with(with(connector(), "spec.schedule", Value::Null), "spec.timeZone", json!("UTC"));
+    assert_rejected(
+        &with(connector(), "spec.schedule", json!("")),
+        None,
+        "schedule must not be empty",
+    );
+    let tz_only = with(
+        with(connector(), "spec.schedule", Value::Null),
+        "spec.timeZone",
+        json!("UTC"),
+    );
     assert_rejected(&tz_only, None, "timeZone needs a schedule");
 }
 
 #[test]
 fn streams_are_a_list_map_with_unique_names() {
-    let bad_name = with(connector(), "spec.streams", json!([{"name": "Bad Name", "match": "**"}]));
+    let bad_name = with(
+        connector(),
+        "spec.streams",
+        json!([{"name": "Bad Name", "match": "**"}]),
+    );
     assert!(!validate(&bad_name, None).is_empty());
     let too_many_tags = with(
         connector(),
@@ -187,7 +268,11 @@ fn erase_is_required_exactly_in_erase_mode() {
     assert_rejected(&erase_no_keys, None, "erase (with at least one key)");
     let sync_with_erase = with(run(), "spec.erase", json!({"keys": ["a"]}));
     assert_rejected(&sync_with_erase, None, "only allowed then");
-    let empty_keys = with(with(run(), "spec.mode", json!("erase")), "spec.erase", json!({"keys": []}));
+    let empty_keys = with(
+        with(run(), "spec.mode", json!("erase")),
+        "spec.erase",
+        json!({"keys": []}),
+    );
     assert!(!validate(&empty_keys, None).is_empty());
 }
 
@@ -213,13 +298,18 @@ fn examples() -> Vec<(PathBuf, Value)> {
         }
     }
     let mut files = Vec::new();
-    walk(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples"), &mut files);
+    walk(
+        &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples"),
+        &mut files,
+    );
     files.sort();
     files
         .into_iter()
         .flat_map(|f| {
             let text = std::fs::read_to_string(&f).unwrap();
-            yaml_documents(&text).into_iter().map(move |d| (f.clone(), d))
+            yaml_documents(&text)
+                .into_iter()
+                .map(move |d| (f.clone(), d))
         })
         .collect()
 }
@@ -231,7 +321,9 @@ fn every_example_is_valid() {
     let docs = examples();
     let mut kinds = std::collections::BTreeMap::<String, usize>::new();
     for (file, doc) in &docs {
-        let kind = doc["kind"].as_str().unwrap_or_else(|| panic!("{}: no kind", file.display()));
+        let kind = doc["kind"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{}: no kind", file.display()));
         *kinds.entry(kind.to_string()).or_default() += 1;
         match kind {
             "Connector" => {
@@ -249,7 +341,9 @@ fn every_example_is_valid() {
             }
             "Secret" => {
                 assert_eq!(doc["apiVersion"], "v1");
-                let data = doc["stringData"].as_object().expect("example Secrets use stringData");
+                let data = doc["stringData"]
+                    .as_object()
+                    .expect("example Secrets use stringData");
                 for (k, v) in data {
                     assert!(
                         v.as_str().unwrap().contains("REPLACE_ME"),
@@ -261,8 +355,14 @@ fn every_example_is_valid() {
             other => panic!("{}: unexpected kind {other}", file.display()),
         }
     }
-    assert!(kinds["Connector"] >= 4, "a Connector per backend pair: {kinds:?}");
-    assert!(kinds["ConnectorRun"] >= 2, "a manual run and an erase run: {kinds:?}");
+    assert!(
+        kinds["Connector"] >= 4,
+        "a Connector per backend pair: {kinds:?}"
+    );
+    assert!(
+        kinds["ConnectorRun"] >= 2,
+        "a manual run and an erase run: {kinds:?}"
+    );
     assert!(kinds["Secret"] >= 4, "{kinds:?}");
 }
 
@@ -271,7 +371,9 @@ fn assert_subset(written: &Value, read: &Value, at: &str) {
     match (written, read) {
         (Value::Object(w), Value::Object(r)) => {
             for (k, v) in w {
-                let other = r.get(k).unwrap_or_else(|| panic!("{at}: field {k} lost in the round trip"));
+                let other = r
+                    .get(k)
+                    .unwrap_or_else(|| panic!("{at}: field {k} lost in the round trip"));
                 assert_subset(v, other, &format!("{at}.{k}"));
             }
         }
@@ -296,7 +398,12 @@ fn examples_cover_every_backend_pair_asked_for() {
             (key(&d["spec"]["source"]), key(&d["spec"]["destination"]))
         })
         .collect();
-    for pair in [("s3", "azureBlob"), ("sftp", "s3"), ("azureBlob", "sftp"), ("local", "local")] {
+    for pair in [
+        ("s3", "azureBlob"),
+        ("sftp", "s3"),
+        ("azureBlob", "sftp"),
+        ("local", "local"),
+    ] {
         assert!(
             pairs.contains(&(pair.0.to_string(), pair.1.to_string())),
             "no example for {pair:?}: {pairs:?}"

@@ -46,13 +46,22 @@ pub struct AuditLog {
 
 impl std::fmt::Debug for AuditLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AuditLog").field("run", &self.run).finish_non_exhaustive()
+        f.debug_struct("AuditLog")
+            .field("run", &self.run)
+            .finish_non_exhaustive()
     }
 }
 
 impl AuditLog {
     /// An audit log writing to `out`.
-    pub fn new(out: Box<dyn Write + Send>, connector: &str, tenant: &str, run: &str, source: &str, destination: &str) -> Self {
+    pub fn new(
+        out: Box<dyn Write + Send>,
+        connector: &str,
+        tenant: &str,
+        run: &str,
+        source: &str,
+        destination: &str,
+    ) -> Self {
         Self {
             out: Arc::new(Mutex::new(out)),
             connector: connector.into(),
@@ -65,7 +74,13 @@ impl AuditLog {
 
     /// Writes one record. An audit line that cannot be written is reported on
     /// stderr: losing it silently would defeat its purpose.
-    pub fn record(&self, action: &str, outcome: Outcome, reason: Option<&str>, object: Option<&str>) {
+    pub fn record(
+        &self,
+        action: &str,
+        outcome: Outcome,
+        reason: Option<&str>,
+        object: Option<&str>,
+    ) {
         let rec = Record {
             timestamp: jiff::Timestamp::now().to_string(),
             action,

@@ -15,17 +15,31 @@ use crate::storage::local::LocalStore;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("failed to read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path} is not a valid Connector: {reason}")]
     Parse { path: PathBuf, reason: String },
     #[error("{0}: exactly one of s3, azureBlob, sftp or local must be set")]
     Endpoint(&'static str),
     #[error("{side}: the {backend} backend is not available in this build of the runner yet")]
-    Unsupported { side: &'static str, backend: &'static str },
+    Unsupported {
+        side: &'static str,
+        backend: &'static str,
+    },
     #[error("secret {secret:?} has no key {key:?} (looked for {path})")]
-    MissingSecretKey { secret: String, key: String, path: PathBuf },
+    MissingSecretKey {
+        secret: String,
+        key: String,
+        path: PathBuf,
+    },
     #[error("secret {secret:?} key {key:?}: {source}")]
-    BadKey { secret: String, key: String, source: KeyError },
+    BadKey {
+        secret: String,
+        key: String,
+        source: KeyError,
+    },
     #[error("{0}")]
     Residency(String),
 }
@@ -34,7 +48,9 @@ impl ConfigError {
     /// A stable, machine-readable reason.
     pub fn reason(&self) -> &'static str {
         match self {
-            ConfigError::Read { .. } | ConfigError::Parse { .. } | ConfigError::Endpoint(_) => "InvalidSpec",
+            ConfigError::Read { .. } | ConfigError::Parse { .. } | ConfigError::Endpoint(_) => {
+                "InvalidSpec"
+            }
             ConfigError::Unsupported { .. } => "UnsupportedBackend",
             ConfigError::MissingSecretKey { .. } => "SecretKeyMissing",
             ConfigError::BadKey { .. } => "InvalidEncryptionKey",
@@ -46,20 +62,37 @@ impl ConfigError {
 /// Reads a Connector manifest. Unknown fields are refused, as strict field
 /// validation on the API server would.
 pub fn load_connector(path: &Path) -> Result<Connector, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.into(),
+        source,
+    })?;
     let value: serde_json::Value =
-        serde_saphyr::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), reason: e.to_string() })?;
+        serde_saphyr::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.into(),
+            reason: e.to_string(),
+        })?;
     if value.get("kind").and_then(|k| k.as_str()) != Some("Connector") {
-        return Err(ConfigError::Parse { path: path.into(), reason: "kind must be Connector".into() });
+        return Err(ConfigError::Parse {
+            path: path.into(),
+            reason: "kind must be Connector".into(),
+        });
     }
-    let connector: Connector = serde_json::from_value(value.clone())
-        .map_err(|e| ConfigError::Parse { path: path.into(), reason: e.to_string() })?;
-    let read_back = serde_json::to_value(&connector)
-        .map_err(|e| ConfigError::Parse { path: path.into(), reason: e.to_string() })?;
+    let connector: Connector =
+        serde_json::from_value(value.clone()).map_err(|e| ConfigError::Parse {
+            path: path.into(),
+            reason: e.to_string(),
+        })?;
+    let read_back = serde_json::to_value(&connector).map_err(|e| ConfigError::Parse {
+        path: path.into(),
+        reason: e.to_string(),
+    })?;
     let mut unknown = Vec::new();
     unknown_fields(&value, &read_back, "", &mut unknown);
     if !unknown.is_empty() {
-        return Err(ConfigError::Parse { path: path.into(), reason: format!("unknown field(s): {}", unknown.join(", ")) });
+        return Err(ConfigError::Parse {
+            path: path.into(),
+            reason: format!("unknown field(s): {}", unknown.join(", ")),
+        });
     }
     Ok(connector)
 }
@@ -67,7 +100,12 @@ pub fn load_connector(path: &Path) -> Result<Connector, ConfigError> {
 /// Fields of `written` that the types dropped: present with a non-empty value
 /// in the file, absent once read. (Empty values may be dropped when serialized
 /// back, so they are not reported.)
-fn unknown_fields(written: &serde_json::Value, read: &serde_json::Value, at: &str, out: &mut Vec<String>) {
+fn unknown_fields(
+    written: &serde_json::Value,
+    read: &serde_json::Value,
+    at: &str,
+    out: &mut Vec<String>,
+) {
     use serde_json::Value;
     let empty = |v: &Value| match v {
         Value::Null => true,
@@ -80,7 +118,11 @@ fn unknown_fields(written: &serde_json::Value, read: &serde_json::Value, at: &st
     match (written, read) {
         (Value::Object(w), Value::Object(r)) => {
             for (k, v) in w {
-                let path = if at.is_empty() { k.clone() } else { format!("{at}.{k}") };
+                let path = if at.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{at}.{k}")
+                };
                 match r.get(k) {
                     Some(rv) => unknown_fields(v, rv, &path, out),
                     None if at == "metadata" || path.starts_with("metadata.") => {}
@@ -114,11 +156,13 @@ impl SecretsDir {
     /// Secret and key, never the content.
     pub fn read(&self, secret: &str, key: &str) -> Result<Zeroizing<Vec<u8>>, ConfigError> {
         let path = self.root.join(secret).join(key);
-        std::fs::read(&path).map(Zeroizing::new).map_err(|_| ConfigError::MissingSecretKey {
-            secret: secret.into(),
-            key: key.into(),
-            path,
-        })
+        std::fs::read(&path)
+            .map(Zeroizing::new)
+            .map_err(|_| ConfigError::MissingSecretKey {
+                secret: secret.into(),
+                key: key.into(),
+                path,
+            })
     }
 
     /// The Connector's KEK.
@@ -134,12 +178,25 @@ impl SecretsDir {
 }
 
 /// Opens the store of one end. Relative local paths are taken from `base`.
-pub fn open_store(side: &'static str, endpoint: &Endpoint, base: &Path) -> Result<Arc<dyn ObjectStore>, ConfigError> {
+pub fn open_store(
+    side: &'static str,
+    endpoint: &Endpoint,
+    base: &Path,
+) -> Result<Arc<dyn ObjectStore>, ConfigError> {
     match endpoint.kind().ok_or(ConfigError::Endpoint(side))? {
         EndpointKind::Local(l) => Ok(Arc::new(LocalStore::new(base.join(&l.path)))),
-        EndpointKind::S3(_) => Err(ConfigError::Unsupported { side, backend: "s3" }),
-        EndpointKind::AzureBlob(_) => Err(ConfigError::Unsupported { side, backend: "azureBlob" }),
-        EndpointKind::Sftp(_) => Err(ConfigError::Unsupported { side, backend: "sftp" }),
+        EndpointKind::S3(_) => Err(ConfigError::Unsupported {
+            side,
+            backend: "s3",
+        }),
+        EndpointKind::AzureBlob(_) => Err(ConfigError::Unsupported {
+            side,
+            backend: "azureBlob",
+        }),
+        EndpointKind::Sftp(_) => Err(ConfigError::Unsupported {
+            side,
+            backend: "sftp",
+        }),
     }
 }
 
@@ -154,7 +211,10 @@ fn declared_region(endpoint: &Endpoint) -> Option<&str> {
 
 /// The residency rule on declared regions: with `in-region-only`, both ends must
 /// declare the tenant's region.
-pub fn check_residency(connector: &Connector, tenant_region: Option<&str>) -> Result<(), ConfigError> {
+pub fn check_residency(
+    connector: &Connector,
+    tenant_region: Option<&str>,
+) -> Result<(), ConfigError> {
     if connector.spec.compliance.data_residency == DataResidency::Any {
         return Ok(());
     }
@@ -163,7 +223,10 @@ pub fn check_residency(connector: &Connector, tenant_region: Option<&str>) -> Re
             "dataResidency is in-region-only but the tenant's region is unknown: pass --tenant-region, or set compliance.dataResidency: any".into(),
         ));
     };
-    for (side, ep) in [("source", &connector.spec.source), ("destination", &connector.spec.destination)] {
+    for (side, ep) in [
+        ("source", &connector.spec.source),
+        ("destination", &connector.spec.destination),
+    ] {
         match declared_region(ep) {
             Some(r) if r == tenant => {}
             Some(r) => {

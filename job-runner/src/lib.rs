@@ -2,9 +2,9 @@
 //! source to the destination, encrypted at rest, and writes a signed manifest.
 #![forbid(unsafe_code)]
 
-pub mod crypto;
 pub mod audit;
 pub mod config;
+pub mod crypto;
 pub mod readback;
 pub mod select;
 pub mod storage;

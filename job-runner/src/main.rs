@@ -23,7 +23,11 @@ use ferry_runner::storage::local::LocalStore;
 use ferry_runner::transfer::{self, Mode, Options, Progress};
 
 #[derive(Parser)]
-#[command(name = "job-runner", version, about = "Ferry's runner: moves data between stores, encrypted at rest")]
+#[command(
+    name = "job-runner",
+    version,
+    about = "Ferry's runner: moves data between stores, encrypted at rest"
+)]
 struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "FERRY_LOG_FORMAT")]
@@ -140,7 +144,10 @@ fn main() -> ExitCode {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.without_time().with_target(false).init(),
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("job-runner: error: failed to start the runtime: {e}");
@@ -160,16 +167,47 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 async fn dispatch(command: Command) -> Result<(), BoxError> {
     match command {
-        Command::Run { connector, secrets_dir, mode, tenant_region, run_id, concurrency, audit_log, base_dir } => {
-            run(connector, secrets_dir, mode, tenant_region, run_id, concurrency, audit_log, base_dir).await
+        Command::Run {
+            connector,
+            secrets_dir,
+            mode,
+            tenant_region,
+            run_id,
+            concurrency,
+            audit_log,
+            base_dir,
+        } => {
+            run(
+                connector,
+                secrets_dir,
+                mode,
+                tenant_region,
+                run_id,
+                concurrency,
+                audit_log,
+                base_dir,
+            )
+            .await
         }
-        Command::Decrypt { keks, dir, manifest, file, object_key, out } => {
+        Command::Decrypt {
+            keks,
+            dir,
+            manifest,
+            file,
+            object_key,
+            out,
+        } => {
             let keys = Arc::new(load_keys(&keks)?);
             match (dir, file, object_key) {
                 (Some(dir), None, _) => {
                     let store = LocalStore::new(dir);
-                    let (m, bytes) =
-                        readback::decrypt_all(&store, keys, manifest.as_deref(), &LocalStore::new(&out)).await?;
+                    let (m, bytes) = readback::decrypt_all(
+                        &store,
+                        keys,
+                        manifest.as_deref(),
+                        &LocalStore::new(&out),
+                    )
+                    .await?;
                     println!(
                         "decrypted {} object(s), {bytes} bytes, into {} (manifest of run {} verified)",
                         m.objects.len(),
@@ -178,24 +216,46 @@ async fn dispatch(command: Command) -> Result<(), BoxError> {
                     );
                     Ok(())
                 }
-                (None, Some(file), Some(object_key)) => decrypt_file(keys, file, object_key, out).await,
+                (None, Some(file), Some(object_key)) => {
+                    decrypt_file(keys, file, object_key, out).await
+                }
                 _ => Err("give either --dir, or --file with --object-key".into()),
             }
         }
-        Command::Verify { keks, dir, manifest, deep } => {
+        Command::Verify {
+            keks,
+            dir,
+            manifest,
+            deep,
+        } => {
             let keys = Arc::new(load_keys(&keks)?);
-            let (key, m) = readback::verify(&LocalStore::new(&dir), keys, manifest.as_deref(), deep).await?;
-            println!("ok: {} object(s) match manifest {key} (run {}, key {})", m.objects.len(), m.run, m.kek_id);
+            let (key, m) =
+                readback::verify(&LocalStore::new(&dir), keys, manifest.as_deref(), deep).await?;
+            println!(
+                "ok: {} object(s) match manifest {key} (run {}, key {})",
+                m.objects.len(),
+                m.run,
+                m.kek_id
+            );
             Ok(())
         }
-        Command::Keygen { out, secret, namespace, key, force } => keygen(out, secret, namespace, key, force),
+        Command::Keygen {
+            out,
+            secret,
+            namespace,
+            key,
+            force,
+        } => keygen(out, secret, namespace, key, force),
     }
 }
 
 fn load_keys(paths: &[PathBuf]) -> Result<KeyRing, BoxError> {
     let mut keys = Vec::new();
     for p in paths {
-        let bytes = zeroize::Zeroizing::new(std::fs::read(p).map_err(|e| format!("failed to read key file {}: {e}", p.display()))?);
+        let bytes = zeroize::Zeroizing::new(
+            std::fs::read(p)
+                .map_err(|e| format!("failed to read key file {}: {e}", p.display()))?,
+        );
         keys.push(Kek::parse(&bytes).map_err(|e| format!("key file {}: {e}", p.display()))?);
     }
     Ok(KeyRing::new(keys))
@@ -213,8 +273,16 @@ async fn run(
     base_dir: PathBuf,
 ) -> Result<(), BoxError> {
     let connector = config::load_connector(&connector_path)?;
-    let namespace = connector.metadata.namespace.clone().unwrap_or_else(|| "default".into());
-    let name = connector.metadata.name.clone().unwrap_or_else(|| "connector".into());
+    let namespace = connector
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    let name = connector
+        .metadata
+        .name
+        .clone()
+        .unwrap_or_else(|| "connector".into());
     let run_id = run_id.unwrap_or_else(|| {
         let now = jiff::Timestamp::now();
         format!("{name}-{}", now.strftime("%Y%m%dT%H%M%S%.3fZ")).replace('.', "")
@@ -231,9 +299,27 @@ async fn run(
         ),
         None => Box::new(std::io::stderr()),
     };
-    let audit = AuditLog::new(audit_out, &name, &namespace, &run_id, &src.describe(), &dst.describe());
+    let audit = AuditLog::new(
+        audit_out,
+        &name,
+        &namespace,
+        &run_id,
+        &src.describe(),
+        &dst.describe(),
+    );
     audit.record("run.started", Outcome::Success, None, None);
-    let result = run_inner(&connector, &SecretsDir::new(secrets_dir), mode, tenant_region.as_deref(), &run_id, concurrency, src, dst, &audit).await;
+    let result = run_inner(
+        &connector,
+        &SecretsDir::new(secrets_dir),
+        mode,
+        tenant_region.as_deref(),
+        &run_id,
+        concurrency,
+        src,
+        dst,
+        &audit,
+    )
+    .await;
     match &result {
         Ok(()) => audit.record("run.finished", Outcome::Success, None, None),
         Err((reason, _)) => audit.record("run.finished", Outcome::Failure, Some(reason), None),
@@ -293,7 +379,11 @@ async fn run_inner(
             for p in &report.planned {
                 println!("would copy {} ({} bytes)", p.key, p.size);
             }
-            println!("plan: {} to copy, {} unchanged", report.planned.len(), report.objects_skipped);
+            println!(
+                "plan: {} to copy, {} unchanged",
+                report.planned.len(),
+                report.objects_skipped
+            );
         }
         Mode::Sync => println!(
             "copied {} object(s) ({} bytes, {} encrypted), skipped {} unchanged; manifest {}",
@@ -307,9 +397,21 @@ async fn run_inner(
     Ok(())
 }
 
-async fn decrypt_file(keys: Arc<KeyRing>, file: PathBuf, object_key: String, out: PathBuf) -> Result<(), BoxError> {
-    let dir = file.parent().map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
-    let name = file.file_name().and_then(|n| n.to_str()).ok_or("--file must name a file")?.to_string();
+async fn decrypt_file(
+    keys: Arc<KeyRing>,
+    file: PathBuf,
+    object_key: String,
+    out: PathBuf,
+) -> Result<(), BoxError> {
+    let dir = file
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let name = file
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or("--file must name a file")?
+        .to_string();
     let input = LocalStore::new(dir).get(&name, None).await?;
     let mut plain = readback::decrypt_stream(input, keys, object_key.clone());
     if out.as_os_str() == "-" {
@@ -321,14 +423,30 @@ async fn decrypt_file(keys: Arc<KeyRing>, file: PathBuf, object_key: String, out
         stdout.flush().await?;
         return Ok(());
     }
-    let out_dir = out.parent().map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
-    let out_name = out.file_name().and_then(|n| n.to_str()).ok_or("--out must name a file")?.to_string();
-    let n = LocalStore::new(out_dir).put(&out_name, plain).await.map_err(|e| format!("object {object_key:?}: {e}"))?;
+    let out_dir = out
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let out_name = out
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or("--out must name a file")?
+        .to_string();
+    let n = LocalStore::new(out_dir)
+        .put(&out_name, plain)
+        .await
+        .map_err(|e| format!("object {object_key:?}: {e}"))?;
     println!("decrypted {object_key} ({n} bytes) to {}", out.display());
     Ok(())
 }
 
-fn keygen(out: Option<PathBuf>, secret: Option<String>, namespace: Option<String>, key: String, force: bool) -> Result<(), BoxError> {
+fn keygen(
+    out: Option<PathBuf>,
+    secret: Option<String>,
+    namespace: Option<String>,
+    key: String,
+    force: bool,
+) -> Result<(), BoxError> {
     let kek = Kek::generate()?;
     if let Some(path) = out {
         let mut opts = std::fs::OpenOptions::new();
@@ -352,11 +470,17 @@ fn keygen(out: Option<PathBuf>, secret: Option<String>, namespace: Option<String
         f.write_all(kek.to_base64().as_bytes())?;
         f.write_all(b"\n")?;
         f.sync_all()?;
-        eprintln!("wrote a new key-encryption key (id {}) to {}", kek.id(), path.display());
+        eprintln!(
+            "wrote a new key-encryption key (id {}) to {}",
+            kek.id(),
+            path.display()
+        );
         return Ok(());
     }
     let name = secret.ok_or("give --out or --secret")?;
-    let ns = namespace.map(|n| format!("  namespace: {n}\n")).unwrap_or_default();
+    let ns = namespace
+        .map(|n| format!("  namespace: {n}\n"))
+        .unwrap_or_default();
     let mut stdout = std::io::stdout().lock();
     write!(
         stdout,
@@ -365,7 +489,9 @@ fn keygen(out: Option<PathBuf>, secret: Option<String>, namespace: Option<String
     )?;
     // base64 of the base64 text: the Secret's data holds the key file's content.
     use base64::Engine;
-    let encoded = zeroize::Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(kek.to_base64().as_bytes()));
+    let encoded = zeroize::Zeroizing::new(
+        base64::engine::general_purpose::STANDARD.encode(kek.to_base64().as_bytes()),
+    );
     stdout.write_all(encoded.as_bytes())?;
     stdout.write_all(b"\n")?;
     Ok(())

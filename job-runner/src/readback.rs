@@ -53,7 +53,12 @@ pub fn decrypt_stream(mut input: ByteStream, keys: Arc<KeyRing>, key: String) ->
                 let _ = tx.send(Err(err(e))).await;
                 return;
             }
-            if !out.is_empty() && tx.send(Ok(Bytes::from(std::mem::take(&mut out)))).await.is_err() {
+            if !out.is_empty()
+                && tx
+                    .send(Ok(Bytes::from(std::mem::take(&mut out))))
+                    .await
+                    .is_err()
+            {
                 return;
             }
         }
@@ -70,10 +75,19 @@ pub fn decrypt_stream(mut input: ByteStream, keys: Arc<KeyRing>, key: String) ->
 }
 
 /// The manifest at `key`, or the newest one.
-pub async fn manifest(store: &dyn ObjectStore, keys: &KeyRing, key: Option<&str>) -> Result<(String, Manifest), ReadbackError> {
+pub async fn manifest(
+    store: &dyn ObjectStore,
+    keys: &KeyRing,
+    key: Option<&str>,
+) -> Result<(String, Manifest), ReadbackError> {
     match key {
-        Some(k) => Ok((k.to_string(), transfer::read_manifest(store, k, keys).await?)),
-        None => transfer::latest_manifest(store, keys).await?.ok_or_else(|| ReadbackError::NoManifest(store.describe())),
+        Some(k) => Ok((
+            k.to_string(),
+            transfer::read_manifest(store, k, keys).await?,
+        )),
+        None => transfer::latest_manifest(store, keys)
+            .await?
+            .ok_or_else(|| ReadbackError::NoManifest(store.describe())),
     }
 }
 
@@ -89,7 +103,11 @@ async fn digest(store: &dyn ObjectStore, key: &str) -> Result<(u64, String), Sto
     Ok((n, hex::encode(h.finalize())))
 }
 
-async fn plaintext_digest(store: &dyn ObjectStore, keys: Arc<KeyRing>, key: &str) -> Result<(u64, String), ReadbackError> {
+async fn plaintext_digest(
+    store: &dyn ObjectStore,
+    keys: Arc<KeyRing>,
+    key: &str,
+) -> Result<(u64, String), ReadbackError> {
     let mut s = decrypt_stream(store.get(key, None).await?, keys, key.to_string());
     let mut h = Sha256::new();
     let mut n = 0u64;
@@ -149,20 +167,39 @@ pub async fn verify(
     }
 }
 
-async fn check_entry(store: &dyn ObjectStore, keys: Arc<KeyRing>, e: &ManifestEntry, deep: bool) -> Result<Option<Finding>, ReadbackError> {
+async fn check_entry(
+    store: &dyn ObjectStore,
+    keys: Arc<KeyRing>,
+    e: &ManifestEntry,
+    deep: bool,
+) -> Result<Option<Finding>, ReadbackError> {
     let (size, sha) = digest(store, &e.key).await?;
     if size != e.encrypted_size {
-        return Ok(Some(Finding::Changed { key: e.key.clone(), what: "stored size" }));
+        return Ok(Some(Finding::Changed {
+            key: e.key.clone(),
+            what: "stored size",
+        }));
     }
     if sha != e.encrypted_sha256 {
-        return Ok(Some(Finding::Changed { key: e.key.clone(), what: "stored SHA-256" }));
+        return Ok(Some(Finding::Changed {
+            key: e.key.clone(),
+            what: "stored SHA-256",
+        }));
     }
     if deep {
         match plaintext_digest(store, keys, &e.key).await {
             Ok((n, p)) if n == e.size && p == e.sha256 => {}
-            Ok(_) => return Ok(Some(Finding::Changed { key: e.key.clone(), what: "plaintext" })),
+            Ok(_) => {
+                return Ok(Some(Finding::Changed {
+                    key: e.key.clone(),
+                    what: "plaintext",
+                }));
+            }
             Err(ReadbackError::Decrypt { .. }) => {
-                return Ok(Some(Finding::Changed { key: e.key.clone(), what: "decryption" }));
+                return Ok(Some(Finding::Changed {
+                    key: e.key.clone(),
+                    what: "decryption",
+                }));
             }
             Err(other) => return Err(other),
         }
@@ -181,7 +218,10 @@ pub async fn decrypt_all(
     let (_, manifest) = verify(store, keys.clone(), manifest_key, false).await?;
     let mut bytes = 0;
     for e in &manifest.objects {
-        let plain = checked(decrypt_stream(store.get(&e.key, None).await?, keys.clone(), e.key.clone()), e.clone());
+        let plain = checked(
+            decrypt_stream(store.get(&e.key, None).await?, keys.clone(), e.key.clone()),
+            e.clone(),
+        );
         bytes += out.put(&e.key, plain).await.map_err(from_stream)?;
     }
     Ok((manifest, bytes))

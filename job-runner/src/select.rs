@@ -18,7 +18,11 @@ fn glob(field: &str, pattern: &str) -> Result<Glob, GlobError> {
         .literal_separator(true)
         .backslash_escape(true)
         .build()
-        .map_err(|e| GlobError { field: field.to_string(), glob: pattern.to_string(), reason: e.kind().to_string() })
+        .map_err(|e| GlobError {
+            field: field.to_string(),
+            glob: pattern.to_string(),
+            reason: e.kind().to_string(),
+        })
 }
 
 fn set(field: &str, patterns: &[String]) -> Result<GlobSet, GlobError> {
@@ -26,7 +30,11 @@ fn set(field: &str, patterns: &[String]) -> Result<GlobSet, GlobError> {
     for p in patterns {
         b.add(glob(field, p)?);
     }
-    b.build().map_err(|e| GlobError { field: field.to_string(), glob: String::new(), reason: e.to_string() })
+    b.build().map_err(|e| GlobError {
+        field: field.to_string(),
+        glob: String::new(),
+        reason: e.to_string(),
+    })
 }
 
 /// A stream an object belongs to.
@@ -57,17 +65,35 @@ pub enum Selection {
 impl Selector {
     /// Compiles the globs of `spec`.
     pub fn new(spec: &ConnectorSpec) -> Result<Self, GlobError> {
-        let include = if spec.include.is_empty() { None } else { Some(set("include", &spec.include)?) };
+        let include = if spec.include.is_empty() {
+            None
+        } else {
+            Some(set("include", &spec.include)?)
+        };
         let exclude = set("exclude", &spec.exclude)?;
         let streams = spec
             .streams
             .iter()
             .map(|s| {
-                let g = set(&format!("streams[{}].match", s.name), std::slice::from_ref(&s.match_glob))?;
-                Ok((g, StreamMatch { name: s.name.clone(), sensitivity: s.sensitivity.clone(), fields: s.fields.clone() }))
+                let g = set(
+                    &format!("streams[{}].match", s.name),
+                    std::slice::from_ref(&s.match_glob),
+                )?;
+                Ok((
+                    g,
+                    StreamMatch {
+                        name: s.name.clone(),
+                        sensitivity: s.sensitivity.clone(),
+                        fields: s.fields.clone(),
+                    },
+                ))
             })
             .collect::<Result<_, GlobError>>()?;
-        Ok(Self { include, exclude, streams })
+        Ok(Self {
+            include,
+            exclude,
+            streams,
+        })
     }
 
     /// The decision for a key relative to the source prefix.
@@ -76,7 +102,13 @@ impl Selector {
         if !included || self.exclude.is_match(key) {
             return Selection::Skip;
         }
-        Selection::Take(self.streams.iter().filter(|(g, _)| g.is_match(key)).map(|(_, s)| s.clone()).collect())
+        Selection::Take(
+            self.streams
+                .iter()
+                .filter(|(g, _)| g.is_match(key))
+                .map(|(_, s)| s.clone())
+                .collect(),
+        )
     }
 }
 

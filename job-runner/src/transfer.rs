@@ -72,7 +72,9 @@ pub enum TransferError {
     ManifestParse { key: String, reason: String },
     #[error("failed to encrypt object {key:?}: {reason}")]
     Encrypt { key: String, reason: String },
-    #[error("{failed} object(s) failed or were refused; the manifest was not written and the cursor did not move")]
+    #[error(
+        "{failed} object(s) failed or were refused; the manifest was not written and the cursor did not move"
+    )]
     Incomplete { failed: u64 },
 }
 
@@ -82,7 +84,9 @@ impl TransferError {
         match self {
             TransferError::Glob(_) => "InvalidSpec",
             TransferError::Storage(e) => e.reason(),
-            TransferError::Integrity { .. } | TransferError::ManifestParse { .. } => "IntegrityFailure",
+            TransferError::Integrity { .. } | TransferError::ManifestParse { .. } => {
+                "IntegrityFailure"
+            }
             TransferError::Encrypt { .. } => "EncryptionFailure",
             TransferError::Incomplete { .. } => "ObjectsFailed",
         }
@@ -121,7 +125,10 @@ pub struct Progress {
 }
 
 /// The newest manifest under the destination, verified.
-pub async fn latest_manifest(dst: &dyn ObjectStore, keys: &KeyRing) -> Result<Option<(String, Manifest)>, TransferError> {
+pub async fn latest_manifest(
+    dst: &dyn ObjectStore,
+    keys: &KeyRing,
+) -> Result<Option<(String, Manifest)>, TransferError> {
     let listed = match dst.list().await {
         Ok(l) => l,
         Err(StorageError::NoSuchContainer { .. }) => return Ok(None),
@@ -140,7 +147,11 @@ pub async fn latest_manifest(dst: &dyn ObjectStore, keys: &KeyRing) -> Result<Op
 }
 
 /// Reads and verifies the manifest at `key`.
-pub async fn read_manifest(dst: &dyn ObjectStore, key: &str, keys: &KeyRing) -> Result<Manifest, TransferError> {
+pub async fn read_manifest(
+    dst: &dyn ObjectStore,
+    key: &str,
+    keys: &KeyRing,
+) -> Result<Manifest, TransferError> {
     let bytes: Vec<u8> = dst
         .get(key, None)
         .await?
@@ -149,9 +160,17 @@ pub async fn read_manifest(dst: &dyn ObjectStore, key: &str, keys: &KeyRing) -> 
             Ok(acc)
         })
         .await?;
-    let manifest: Manifest = serde_json::from_slice(&bytes)
-        .map_err(|e| TransferError::ManifestParse { key: key.to_string(), reason: e.to_string() })?;
-    manifest.verify(keys).map_err(|source| TransferError::Integrity { key: key.to_string(), source })?;
+    let manifest: Manifest =
+        serde_json::from_slice(&bytes).map_err(|e| TransferError::ManifestParse {
+            key: key.to_string(),
+            reason: e.to_string(),
+        })?;
+    manifest
+        .verify(keys)
+        .map_err(|source| TransferError::Integrity {
+            key: key.to_string(),
+            source,
+        })?;
     Ok(manifest)
 }
 
@@ -195,18 +214,35 @@ pub async fn run(
     progress: Arc<Progress>,
 ) -> Result<Report, TransferError> {
     let selector = Selector::new(spec)?;
-    let kek = keys.current().map_err(|e| TransferError::Encrypt { key: String::new(), reason: e.to_string() })?;
+    let kek = keys.current().map_err(|e| TransferError::Encrypt {
+        key: String::new(),
+        reason: e.to_string(),
+    })?;
     let listed = src.list().await?;
     let previous = match spec.sync_mode {
-        SyncMode::Incremental => latest_manifest(dst.as_ref(), &keys).await.inspect_err(|e| {
-            if e.reason() == "IntegrityFailure" {
-                audit.record("integrity.check", Outcome::Failure, Some("IntegrityFailure"), None);
-            }
-        })?,
+        SyncMode::Incremental => latest_manifest(dst.as_ref(), &keys)
+            .await
+            .inspect_err(|e| {
+                if e.reason() == "IntegrityFailure" {
+                    audit.record(
+                        "integrity.check",
+                        Outcome::Failure,
+                        Some("IntegrityFailure"),
+                        None,
+                    );
+                }
+            })?,
         SyncMode::Full => None,
     };
-    let mut entries: BTreeMap<String, ManifestEntry> =
-        previous.as_ref().map(|(_, m)| m.objects.iter().map(|e| (e.key.clone(), e.clone())).collect()).unwrap_or_default();
+    let mut entries: BTreeMap<String, ManifestEntry> = previous
+        .as_ref()
+        .map(|(_, m)| {
+            m.objects
+                .iter()
+                .map(|e| (e.key.clone(), e.clone()))
+                .collect()
+        })
+        .unwrap_or_default();
 
     let mut report = Report::default();
     let mut to_copy = Vec::new();
@@ -216,7 +252,12 @@ pub async fn run(
             Selection::Take(s) => s,
         };
         if let Some(reason) = refusal(&streams, &spec.compliance.allowed_sensitivity) {
-            audit.record("object.refused", Outcome::Denied, Some("PolicyViolation"), Some(&obj.key));
+            audit.record(
+                "object.refused",
+                Outcome::Denied,
+                Some("PolicyViolation"),
+                Some(&obj.key),
+            );
             report.objects_failed += 1;
             report.refused.push((obj.key.clone(), reason));
             continue;
@@ -245,7 +286,9 @@ pub async fn run(
                 let r = copy_with_retry(src.as_ref(), dst.as_ref(), kek, &obj, opts).await;
                 if let Ok(e) = &r {
                     progress.objects.fetch_add(1, Ordering::Relaxed);
-                    progress.bytes.fetch_add(e.encrypted_size, Ordering::Relaxed);
+                    progress
+                        .bytes
+                        .fetch_add(e.encrypted_size, Ordering::Relaxed);
                 }
                 (obj, r)
             }
@@ -254,7 +297,12 @@ pub async fn run(
         .map(|(obj, r)| {
             match &r {
                 Ok(_) => audit.record("object.copied", Outcome::Success, None, Some(&obj.key)),
-                Err(e) => audit.record("object.copy", Outcome::Failure, Some(e.reason()), Some(&obj.key)),
+                Err(e) => audit.record(
+                    "object.copy",
+                    Outcome::Failure,
+                    Some(e.reason()),
+                    Some(&obj.key),
+                ),
             }
             r
         })
@@ -282,14 +330,24 @@ pub async fn run(
         // copied is complete and will be recognised (or re-copied) next time.
         return Err(match first_error {
             Some(e) if report.objects_failed == 1 && report.refused.is_empty() => e,
-            _ => TransferError::Incomplete { failed: report.objects_failed },
+            _ => TransferError::Incomplete {
+                failed: report.objects_failed,
+            },
         });
     }
 
     let created = jiff::Timestamp::now().to_string();
-    let manifest = Manifest::sign(kek, &opts.run_id, &opts.connector, &created, entries.into_values().collect());
-    let body = serde_json::to_vec_pretty(&manifest)
-        .map_err(|e| TransferError::Encrypt { key: "manifest".into(), reason: e.to_string() })?;
+    let manifest = Manifest::sign(
+        kek,
+        &opts.run_id,
+        &opts.connector,
+        &created,
+        entries.into_values().collect(),
+    );
+    let body = serde_json::to_vec_pretty(&manifest).map_err(|e| TransferError::Encrypt {
+        key: "manifest".into(),
+        reason: e.to_string(),
+    })?;
     let key = format!("{MANIFEST_DIR}{}.json", opts.run_id);
     let stream: ByteStream = futures::stream::once(async move { Ok(Bytes::from(body)) }).boxed();
     dst.put(&key, stream).await?;
@@ -322,16 +380,25 @@ async fn copy_with_retry(
 /// A delay between half and all of `d`.
 fn jitter(d: Duration) -> Duration {
     let mut b = [0u8; 2];
-    let r = crate::crypto::aead::random_bytes(&mut b).map(|()| u16::from_le_bytes(b)).unwrap_or(u16::MAX);
+    let r = crate::crypto::aead::random_bytes(&mut b)
+        .map(|()| u16::from_le_bytes(b))
+        .unwrap_or(u16::MAX);
     d / 2 + d.mul_f64(f64::from(r) / f64::from(u16::MAX) / 2.0)
 }
 
 /// Copies one object: read, hash, encrypt, hash, write atomically.
-async fn copy_one(src: &dyn ObjectStore, dst: &dyn ObjectStore, kek: &Kek, obj: &ObjectMeta) -> Result<ManifestEntry, TransferError> {
+async fn copy_one(
+    src: &dyn ObjectStore,
+    dst: &dyn ObjectStore,
+    kek: &Kek,
+    obj: &ObjectMeta,
+) -> Result<ManifestEntry, TransferError> {
     let started = Instant::now();
     let mut input = src.get(&obj.key, None).await?;
-    let mut enc = ObjectEncrypter::new(kek, &obj.key)
-        .map_err(|e| TransferError::Encrypt { key: obj.key.clone(), reason: e.to_string() })?;
+    let mut enc = ObjectEncrypter::new(kek, &obj.key).map_err(|e| TransferError::Encrypt {
+        key: obj.key.clone(),
+        reason: e.to_string(),
+    })?;
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, StorageError>>(4);
     let key = obj.key.clone();
     let src_name = src.describe();
@@ -340,7 +407,11 @@ async fn copy_one(src: &dyn ObjectStore, dst: &dyn ObjectStore, kek: &Kek, obj: 
         let mut cipher_hash = Sha256::new();
         let (mut plain_len, mut cipher_len) = (0u64, 0u64);
         let mut out = Vec::with_capacity(WRITE_CHUNK + (1 << 16));
-        let fail = |reason: String| StorageError::Source { endpoint: src_name.clone(), key: key.clone(), reason };
+        let fail = |reason: String| StorageError::Source {
+            endpoint: src_name.clone(),
+            key: key.clone(),
+            reason,
+        };
         let send = |buf: Vec<u8>, hash: &mut Sha256, len: &mut u64| {
             hash.update(&buf);
             *len += buf.len() as u64;
@@ -370,7 +441,10 @@ async fn copy_one(src: &dyn ObjectStore, dst: &dyn ObjectStore, kek: &Kek, obj: 
             }
         }
         if plain_len != obj.size {
-            let e = StorageError::ChangedDuringRead { endpoint: src_name.clone(), key: key.clone() };
+            let e = StorageError::ChangedDuringRead {
+                endpoint: src_name.clone(),
+                key: key.clone(),
+            };
             let reason = e.to_string();
             let _ = tx.send(Err(e)).await;
             return Err(reason);
@@ -383,13 +457,23 @@ async fn copy_one(src: &dyn ObjectStore, dst: &dyn ObjectStore, kek: &Kek, obj: 
             return Err("destination closed".into());
         }
         drop(tx);
-        Ok((plain_len, hex::encode(plain_hash.finalize()), cipher_len, hex::encode(cipher_hash.finalize())))
+        Ok((
+            plain_len,
+            hex::encode(plain_hash.finalize()),
+            cipher_len,
+            hex::encode(cipher_hash.finalize()),
+        ))
     };
-    let body: ByteStream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) }).boxed();
+    let body: ByteStream =
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) })
+            .boxed();
     let (produced, written) = tokio::join!(producer, dst.put(&obj.key, body));
     let written = written?;
     let (size, sha256, encrypted_size, encrypted_sha256) =
-        produced.map_err(|reason| TransferError::Encrypt { key: obj.key.clone(), reason })?;
+        produced.map_err(|reason| TransferError::Encrypt {
+            key: obj.key.clone(),
+            reason,
+        })?;
     debug_assert_eq!(written, encrypted_size);
     tracing::debug!(key = %obj.key, size, elapsed_ms = started.elapsed().as_millis() as u64, "copied");
     Ok(ManifestEntry {

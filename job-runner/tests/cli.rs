@@ -7,11 +7,19 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 fn runner(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_job-runner")).current_dir(dir).args(args).output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_job-runner"))
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 const CONNECTOR: &str = r#"
@@ -48,41 +56,131 @@ fn keygen_run_verify_decrypt() {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(d.join("secrets/kek/kek")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(d.join("secrets/kek/kek"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o077, 0, "key file readable by others");
     }
     assert!(!text(&o).contains(key), "keygen printed the key");
     let again = runner(d, &["keygen", "--out", "secrets/kek/kek"]);
     assert!(!again.status.success());
-    assert!(text(&again).contains("refusing to replace a key"), "{}", text(&again));
+    assert!(
+        text(&again).contains("refusing to replace a key"),
+        "{}",
+        text(&again)
+    );
 
-    let args = ["run", "--connector", "connector.yaml", "--secrets-dir", "secrets", "--tenant-region", "eu-west-1", "--run-id", "r1"];
+    let args = [
+        "run",
+        "--connector",
+        "connector.yaml",
+        "--secrets-dir",
+        "secrets",
+        "--tenant-region",
+        "eu-west-1",
+        "--run-id",
+        "r1",
+    ];
     let o = runner(d, &args);
     assert!(o.status.success(), "{}", text(&o));
     let out = text(&o);
     assert!(out.contains("copied 2 object(s)"), "{out}");
     assert!(!out.contains(key), "run printed the key");
-    assert!(out.contains(r#""action":"run.finished","outcome":"success""#), "audit lines: {out}");
+    assert!(
+        out.contains(r#""action":"run.finished","outcome":"success""#),
+        "audit lines: {out}"
+    );
     assert!(!d.join("dst/skip.txt").exists());
 
-    let o = runner(d, &["verify", "--kek", "secrets/kek/kek", "--dir", "dst", "--deep"]);
+    let o = runner(
+        d,
+        &[
+            "verify",
+            "--kek",
+            "secrets/kek/kek",
+            "--dir",
+            "dst",
+            "--deep",
+        ],
+    );
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("ok: 2 object(s)"));
 
-    let o = runner(d, &["decrypt", "--kek", "secrets/kek/kek", "--dir", "dst", "--out", "plain"]);
+    let o = runner(
+        d,
+        &[
+            "decrypt",
+            "--kek",
+            "secrets/kek/kek",
+            "--dir",
+            "dst",
+            "--out",
+            "plain",
+        ],
+    );
     assert!(o.status.success(), "{}", text(&o));
-    assert_eq!(std::fs::read(d.join("plain/d/b.csv")).unwrap(), vec![b'x'; 2_500_000]);
-    let o = runner(d, &["decrypt", "--kek", "secrets/kek/kek", "--file", "dst/a.csv", "--object-key", "a.csv", "--out", "-"]);
+    assert_eq!(
+        std::fs::read(d.join("plain/d/b.csv")).unwrap(),
+        vec![b'x'; 2_500_000]
+    );
+    let o = runner(
+        d,
+        &[
+            "decrypt",
+            "--kek",
+            "secrets/kek/kek",
+            "--file",
+            "dst/a.csv",
+            "--object-key",
+            "a.csv",
+            "--out",
+            "-",
+        ],
+    );
     assert!(o.status.success(), "{}", text(&o));
-    assert_eq!(String::from_utf8_lossy(&o.stdout), "id,email\n1,a@example.com\n");
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "id,email\n1,a@example.com\n"
+    );
 
     // Incremental: a second run copies nothing.
-    let o = runner(d, &["run", "--connector", "connector.yaml", "--secrets-dir", "secrets", "--tenant-region", "eu-west-1", "--run-id", "r2"]);
-    assert!(text(&o).contains("copied 0 object(s)") && text(&o).contains("skipped 2 unchanged"), "{}", text(&o));
+    let o = runner(
+        d,
+        &[
+            "run",
+            "--connector",
+            "connector.yaml",
+            "--secrets-dir",
+            "secrets",
+            "--tenant-region",
+            "eu-west-1",
+            "--run-id",
+            "r2",
+        ],
+    );
+    assert!(
+        text(&o).contains("copied 0 object(s)") && text(&o).contains("skipped 2 unchanged"),
+        "{}",
+        text(&o)
+    );
 
     // Plan mode lists and moves nothing.
     std::fs::write(d.join("src/new.csv"), "n").unwrap();
-    let o = runner(d, &["run", "--connector", "connector.yaml", "--secrets-dir", "secrets", "--tenant-region", "eu-west-1", "--mode", "plan"]);
+    let o = runner(
+        d,
+        &[
+            "run",
+            "--connector",
+            "connector.yaml",
+            "--secrets-dir",
+            "secrets",
+            "--tenant-region",
+            "eu-west-1",
+            "--mode",
+            "plan",
+        ],
+    );
     assert!(text(&o).contains("would copy new.csv"), "{}", text(&o));
     assert!(!d.join("dst/new.csv").exists());
 }
@@ -94,42 +192,129 @@ fn errors_are_clear_and_name_the_object() {
     // A KEK that is not 32 bytes: the error names the Secret and key, not the content.
     std::fs::create_dir_all(d.join("secrets/kek")).unwrap();
     std::fs::write(d.join("secrets/kek/kek"), "CANARY-not-a-key").unwrap();
-    let o = runner(d, &["run", "--connector", "connector.yaml", "--secrets-dir", "secrets", "--tenant-region", "eu-west-1"]);
+    let o = runner(
+        d,
+        &[
+            "run",
+            "--connector",
+            "connector.yaml",
+            "--secrets-dir",
+            "secrets",
+            "--tenant-region",
+            "eu-west-1",
+        ],
+    );
     assert!(!o.status.success());
     let out = text(&o);
     assert!(out.contains("secret \"kek\" key \"kek\""), "{out}");
-    assert!(!out.contains("CANARY"), "the secret's content leaked: {out}");
+    assert!(
+        !out.contains("CANARY"),
+        "the secret's content leaked: {out}"
+    );
 
     // Residency: a tenant in another region is refused before anything moves.
     std::fs::write(d.join("secrets/kek/kek"), [7u8; 32]).unwrap();
-    let o = runner(d, &["run", "--connector", "connector.yaml", "--secrets-dir", "secrets", "--tenant-region", "us-east-1"]);
+    let o = runner(
+        d,
+        &[
+            "run",
+            "--connector",
+            "connector.yaml",
+            "--secrets-dir",
+            "secrets",
+            "--tenant-region",
+            "us-east-1",
+        ],
+    );
     assert!(!o.status.success());
-    assert!(text(&o).contains("outside the tenant's region"), "{}", text(&o));
-    assert!(text(&o).contains(r#""action":"policy.residency","outcome":"denied""#), "{}", text(&o));
+    assert!(
+        text(&o).contains("outside the tenant's region"),
+        "{}",
+        text(&o)
+    );
+    assert!(
+        text(&o).contains(r#""action":"policy.residency","outcome":"denied""#),
+        "{}",
+        text(&o)
+    );
     assert!(!d.join("dst").exists());
 
     // Missing secret key.
-    let o = runner(d, &["run", "--connector", "connector.yaml", "--secrets-dir", "nowhere", "--tenant-region", "eu-west-1"]);
-    assert!(text(&o).contains("secret \"kek\" has no key \"kek\""), "{}", text(&o));
+    let o = runner(
+        d,
+        &[
+            "run",
+            "--connector",
+            "connector.yaml",
+            "--secrets-dir",
+            "nowhere",
+            "--tenant-region",
+            "eu-west-1",
+        ],
+    );
+    assert!(
+        text(&o).contains("secret \"kek\" has no key \"kek\""),
+        "{}",
+        text(&o)
+    );
 
     // A corrupt object: decrypt fails naming it, writes nothing.
-    let o = runner(d, &["run", "--connector", "connector.yaml", "--secrets-dir", "secrets", "--tenant-region", "eu-west-1"]);
+    let o = runner(
+        d,
+        &[
+            "run",
+            "--connector",
+            "connector.yaml",
+            "--secrets-dir",
+            "secrets",
+            "--tenant-region",
+            "eu-west-1",
+        ],
+    );
     assert!(o.status.success(), "{}", text(&o));
     let mut bytes = std::fs::read(d.join("dst/d/b.csv")).unwrap();
     bytes[1_500_000] ^= 0x80;
     std::fs::write(d.join("dst/d/b.csv"), bytes).unwrap();
-    let o = runner(d, &["decrypt", "--kek", "secrets/kek/kek", "--file", "dst/d/b.csv", "--object-key", "d/b.csv", "--out", "b.out"]);
+    let o = runner(
+        d,
+        &[
+            "decrypt",
+            "--kek",
+            "secrets/kek/kek",
+            "--file",
+            "dst/d/b.csv",
+            "--object-key",
+            "d/b.csv",
+            "--out",
+            "b.out",
+        ],
+    );
     assert!(!o.status.success());
-    assert!(text(&o).contains("d/b.csv") && text(&o).contains("failed authentication"), "{}", text(&o));
+    assert!(
+        text(&o).contains("d/b.csv") && text(&o).contains("failed authentication"),
+        "{}",
+        text(&o)
+    );
     assert!(!d.join("b.out").exists(), "partial plaintext written");
     let o = runner(d, &["verify", "--kek", "secrets/kek/kek", "--dir", "dst"]);
     assert!(!o.status.success());
-    assert!(text(&o).contains("object \"d/b.csv\": stored SHA-256 does not match"), "{}", text(&o));
+    assert!(
+        text(&o).contains("object \"d/b.csv\": stored SHA-256 does not match"),
+        "{}",
+        text(&o)
+    );
 
     // Invalid YAML / unknown field / wrong kind.
     std::fs::write(d.join("bad.yaml"), "kind: Connector\nspec: [").unwrap();
-    let o = runner(d, &["run", "--connector", "bad.yaml", "--secrets-dir", "secrets"]);
-    assert!(!o.status.success() && text(&o).contains("bad.yaml is not a valid Connector"), "{}", text(&o));
+    let o = runner(
+        d,
+        &["run", "--connector", "bad.yaml", "--secrets-dir", "secrets"],
+    );
+    assert!(
+        !o.status.success() && text(&o).contains("bad.yaml is not a valid Connector"),
+        "{}",
+        text(&o)
+    );
 }
 
 #[test]
@@ -141,7 +326,10 @@ fn an_inline_secret_field_is_refused_not_ignored() {
         "  credentials: {secretAccessKey: CANARY-inline}\n  include:",
     );
     std::fs::write(d.join("c.yaml"), with_secret).unwrap();
-    let o = runner(d, &["run", "--connector", "c.yaml", "--secrets-dir", "secrets"]);
+    let o = runner(
+        d,
+        &["run", "--connector", "c.yaml", "--secrets-dir", "secrets"],
+    );
     assert!(!o.status.success());
     let out = text(&o);
     assert!(out.contains("unknown field(s): spec.credentials"), "{out}");

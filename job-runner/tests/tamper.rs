@@ -6,8 +6,10 @@
 use std::sync::Arc;
 
 use ferry_runner::crypto::envelope::EnvelopeError;
-use ferry_runner::crypto::streaming::{FIRST_PLAINTEXT_SEGMENT, HEADER_LEN, PLAINTEXT_SEGMENT, SEGMENT_SIZE};
-use ferry_runner::crypto::{KeyRing, Kek, ObjectDecrypter, ObjectEncrypter};
+use ferry_runner::crypto::streaming::{
+    FIRST_PLAINTEXT_SEGMENT, HEADER_LEN, PLAINTEXT_SEGMENT, SEGMENT_SIZE,
+};
+use ferry_runner::crypto::{Kek, KeyRing, ObjectDecrypter, ObjectEncrypter};
 use proptest::prelude::*;
 
 fn kek() -> Kek {
@@ -28,7 +30,12 @@ fn encrypt(key: &str, data: &[u8], chunk: usize) -> Vec<u8> {
     out
 }
 
-fn decrypt_with(keys: Arc<KeyRing>, key: &str, ct: &[u8], chunk: usize) -> Result<Vec<u8>, EnvelopeError> {
+fn decrypt_with(
+    keys: Arc<KeyRing>,
+    key: &str,
+    ct: &[u8],
+    chunk: usize,
+) -> Result<Vec<u8>, EnvelopeError> {
     let mut d = ObjectDecrypter::new(keys, key);
     let mut out = Vec::new();
     for c in ct.chunks(chunk.max(1)) {
@@ -44,7 +51,9 @@ fn decrypt(key: &str, ct: &[u8]) -> Result<Vec<u8>, EnvelopeError> {
 
 /// Plaintext of three segments and a bit.
 fn data() -> Vec<u8> {
-    (0..FIRST_PLAINTEXT_SEGMENT + 2 * PLAINTEXT_SEGMENT + 1000).map(|i| (i * 7 % 256) as u8).collect()
+    (0..FIRST_PLAINTEXT_SEGMENT + 2 * PLAINTEXT_SEGMENT + 1000)
+        .map(|i| (i * 7 % 256) as u8)
+        .collect()
 }
 
 /// Length of the FERRY envelope in front of the Tink ciphertext.
@@ -59,18 +68,18 @@ fn bit_flips_anywhere_fail() {
     assert_eq!(decrypt("a.csv", &ct).unwrap(), plain);
     let env = envelope_len(&ct);
     let positions = [
-        0,                                 // magic
-        5,                                 // version
-        7,                                 // kek id
-        env - 50,                          // wrap nonce / wrapped key
-        env - 1,                           // wrapped key tag
-        env,                               // Tink header length byte
-        env + 5,                           // salt
-        env + HEADER_LEN - 1,              // nonce prefix
-        env + HEADER_LEN,                  // first segment body
-        env + SEGMENT_SIZE - 1,            // first segment tag
-        env + SEGMENT_SIZE + 10,           // second segment
-        ct.len() - 1,                      // last tag
+        0,                       // magic
+        5,                       // version
+        7,                       // kek id
+        env - 50,                // wrap nonce / wrapped key
+        env - 1,                 // wrapped key tag
+        env,                     // Tink header length byte
+        env + 5,                 // salt
+        env + HEADER_LEN - 1,    // nonce prefix
+        env + HEADER_LEN,        // first segment body
+        env + SEGMENT_SIZE - 1,  // first segment tag
+        env + SEGMENT_SIZE + 10, // second segment
+        ct.len() - 1,            // last tag
     ];
     for pos in positions {
         let mut bad = ct.clone();
@@ -84,14 +93,27 @@ fn bit_flips_anywhere_fail() {
 fn truncation_at_every_segment_boundary_fails() {
     let ct = encrypt("a.csv", &data(), 1 << 20);
     let env = envelope_len(&ct);
-    let mut cuts = vec![0, 3, env - 1, env, env + 1, env + HEADER_LEN, ct.len() - 1, ct.len() - 16];
+    let mut cuts = vec![
+        0,
+        3,
+        env - 1,
+        env,
+        env + 1,
+        env + HEADER_LEN,
+        ct.len() - 1,
+        ct.len() - 16,
+    ];
     let mut boundary = env + SEGMENT_SIZE;
     while boundary < ct.len() {
         cuts.extend([boundary - 1, boundary, boundary + 1]);
         boundary += SEGMENT_SIZE;
     }
     for cut in cuts {
-        assert!(decrypt("a.csv", &ct[..cut]).is_err(), "truncation to {cut} of {} accepted", ct.len());
+        assert!(
+            decrypt("a.csv", &ct[..cut]).is_err(),
+            "truncation to {cut} of {} accepted",
+            ct.len()
+        );
     }
 }
 
@@ -101,7 +123,10 @@ fn appended_bytes_fail() {
     for extra in [1usize, 16, 1000, SEGMENT_SIZE] {
         let mut bad = ct.clone();
         bad.extend(std::iter::repeat_n(0u8, extra));
-        assert!(decrypt("a.csv", &bad).is_err(), "{extra} appended bytes accepted");
+        assert!(
+            decrypt("a.csv", &bad).is_err(),
+            "{extra} appended bytes accepted"
+        );
     }
     // Appending a copy of the last segment (a valid-looking segment) fails too.
     let mut bad = ct.clone();
@@ -133,13 +158,19 @@ fn swapped_objects_and_wrong_keys_fail_with_the_object_named() {
     let b = encrypt("b.csv", b"bravo", 3);
     // b's bytes stored under a's key: the wrapped data key is bound to the key.
     let err = decrypt("a.csv", &b).unwrap_err();
-    assert!(err.to_string().contains("b.csv") || err.to_string().contains("a.csv"), "{err}");
+    assert!(
+        err.to_string().contains("b.csv") || err.to_string().contains("a.csv"),
+        "{err}"
+    );
     assert!(matches!(err, EnvelopeError::Key(_)));
     assert_eq!(decrypt("a.csv", &a).unwrap(), b"alpha");
     // Wrong KEK: not the same id.
     let other = Arc::new(KeyRing::new(vec![Kek::from_bytes([0x22; 32])]));
     let err = decrypt_with(other, "a.csv", &a, 7).unwrap_err();
-    assert!(err.to_string().contains("no key-encryption key with id"), "{err}");
+    assert!(
+        err.to_string().contains("no key-encryption key with id"),
+        "{err}"
+    );
     // A rotated-out key still reads old data when supplied.
     let rotated = Arc::new(KeyRing::new(vec![Kek::from_bytes([0x22; 32]), kek()]));
     assert_eq!(decrypt_with(rotated, "a.csv", &a, 7).unwrap(), b"alpha");
@@ -148,9 +179,18 @@ fn swapped_objects_and_wrong_keys_fail_with_the_object_named() {
 #[test]
 fn non_ferry_and_empty_input_fail() {
     assert!(matches!(decrypt("a", b""), Err(EnvelopeError::NotFerry)));
-    assert!(matches!(decrypt("a", b"PK\x03\x04 zip file"), Err(EnvelopeError::NotFerry)));
-    assert!(matches!(decrypt("a", b"FERRY"), Err(EnvelopeError::Truncated)));
-    assert!(matches!(decrypt("a", b"FERRY\x02\x00"), Err(EnvelopeError::Version(2))));
+    assert!(matches!(
+        decrypt("a", b"PK\x03\x04 zip file"),
+        Err(EnvelopeError::NotFerry)
+    ));
+    assert!(matches!(
+        decrypt("a", b"FERRY"),
+        Err(EnvelopeError::Truncated)
+    ));
+    assert!(matches!(
+        decrypt("a", b"FERRY\x02\x00"),
+        Err(EnvelopeError::Version(2))
+    ));
 }
 
 proptest! {

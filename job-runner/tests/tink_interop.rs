@@ -12,11 +12,22 @@ use ferry_runner::crypto::streaming::{
 };
 
 fn python() -> PathBuf {
-    let py = std::env::var_os("FERRY_PYTHON").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/ferry/venv/bin/python")
-    });
-    let ok = Command::new(&py).args(["-c", "import tink"]).status().map(|s| s.success()).unwrap_or(false);
-    assert!(ok, "Google Tink is not importable by {}: run tests/bootstrap.sh (or `make test`)", py.display());
+    let py = std::env::var_os("FERRY_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME is set"))
+                .join(".cache/ferry/venv/bin/python")
+        });
+    let ok = Command::new(&py)
+        .args(["-c", "import tink"])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(
+        ok,
+        "Google Tink is not importable by {}: run tests/bootstrap.sh (or `make test`)",
+        py.display()
+    );
     py
 }
 
@@ -63,11 +74,23 @@ fn ferry_decrypt(key: &[u8; 32], aad: &[u8], ct: &[u8], chunk: usize) -> Result<
 }
 
 fn sizes() -> Vec<usize> {
-    vec![0, 1, FIRST - 1, FIRST, FIRST + 1, FIRST + SEG - 1, FIRST + SEG, FIRST + SEG + 1, 5 * (1 << 20) + 12345]
+    vec![
+        0,
+        1,
+        FIRST - 1,
+        FIRST,
+        FIRST + 1,
+        FIRST + SEG - 1,
+        FIRST + SEG,
+        FIRST + SEG + 1,
+        5 * (1 << 20) + 12345,
+    ]
 }
 
 fn data(len: usize, seed: u8) -> Vec<u8> {
-    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
 }
 
 #[test]
@@ -77,10 +100,14 @@ fn tink_decrypts_what_ferry_encrypts() {
         let aad = format!("objects/part-{i}.csv");
         let plain = data(len, i as u8);
         let ct = ferry_encrypt(&key, aad.as_bytes(), &plain, 7919);
-        let back = tink("decrypt", &key, aad.as_bytes(), &ct).unwrap_or_else(|e| panic!("size {len}: {e}"));
+        let back = tink("decrypt", &key, aad.as_bytes(), &ct)
+            .unwrap_or_else(|e| panic!("size {len}: {e}"));
         assert!(back == plain, "size {len}: Tink returned different bytes");
         // Tink enforces the associated data too.
-        assert!(tink("decrypt", &key, b"another/key", &ct).is_err(), "size {len}: wrong aad accepted");
+        assert!(
+            tink("decrypt", &key, b"another/key", &ct).is_err(),
+            "size {len}: wrong aad accepted"
+        );
     }
 }
 
@@ -92,7 +119,8 @@ fn ferry_decrypts_what_tink_encrypts() {
         let plain = data(len, 100 + i as u8);
         let ct = tink("encrypt", &key, aad.as_bytes(), &plain).unwrap();
         for chunk in [1usize << 20, 65536, 1000003] {
-            let back = ferry_decrypt(&key, aad.as_bytes(), &ct, chunk).unwrap_or_else(|e| panic!("size {len}: {e}"));
+            let back = ferry_decrypt(&key, aad.as_bytes(), &ct, chunk)
+                .unwrap_or_else(|e| panic!("size {len}: {e}"));
             assert!(back == plain, "size {len}, chunk {chunk}: different bytes");
         }
         assert!(ferry_decrypt(&key, b"wrong", &ct, 65536).is_err());

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use ferry_crds::ConnectorSpec;
 use ferry_runner::audit::AuditLog;
-use ferry_runner::crypto::{Finding, KeyRing, Kek};
+use ferry_runner::crypto::{Finding, Kek, KeyRing};
 use ferry_runner::readback::{self, ReadbackError};
 use ferry_runner::storage::local::LocalStore;
 use ferry_runner::storage::{ByteStream, ObjectMeta, ObjectStore, StorageError};
@@ -19,7 +19,11 @@ use ferry_runner::transfer::{self, Mode, Options, Progress, Report, TransferErro
 use futures::StreamExt;
 
 fn spec(extra: &str) -> ConnectorSpec {
-    let compliance = if extra.contains("compliance:") { "" } else { "compliance: {dataResidency: any}\n" };
+    let compliance = if extra.contains("compliance:") {
+        ""
+    } else {
+        "compliance: {dataResidency: any}\n"
+    };
     serde_saphyr::from_str(&format!(
         "source: {{local: {{path: src}}}}\ndestination: {{local: {{path: dst}}}}\nencryption: {{keyRef: {{secretRef: {{name: k}}}}}}\n{compliance}{extra}"
     ))
@@ -51,16 +55,34 @@ impl Lines {
 }
 
 fn audit(lines: &Lines) -> AuditLog {
-    AuditLog::new(Box::new(lines.clone()), "c", "tenant", "run", "local:src", "local:dst")
+    AuditLog::new(
+        Box::new(lines.clone()),
+        "c",
+        "tenant",
+        "run",
+        "local:src",
+        "local:dst",
+    )
 }
 
 fn write_tree(root: &Path) -> Vec<(String, Vec<u8>)> {
     let files: Vec<(String, Vec<u8>)> = vec![
         ("empty.csv".into(), vec![]),
         ("one.csv".into(), b"x".to_vec()),
-        ("nested/deeper/table.csv".into(), (0..300_000u32).flat_map(|i| i.to_le_bytes()).collect()),
-        ("with space/ünïcode naïve.csv".into(), b"id,name\n1,\"a, b\"\n".to_vec()),
-        ("big/three-segments.bin".into(), (0..3 * (1 << 20) + 77).map(|i: usize| (i % 253) as u8).collect()),
+        (
+            "nested/deeper/table.csv".into(),
+            (0..300_000u32).flat_map(|i| i.to_le_bytes()).collect(),
+        ),
+        (
+            "with space/ünïcode naïve.csv".into(),
+            b"id,name\n1,\"a, b\"\n".to_vec(),
+        ),
+        (
+            "big/three-segments.bin".into(),
+            (0..3 * (1 << 20) + 77)
+                .map(|i: usize| (i % 253) as u8)
+                .collect(),
+        ),
     ];
     for (k, v) in &files {
         let p = root.join(k);
@@ -84,7 +106,16 @@ async fn run_once(
         backoff: std::time::Duration::from_millis(1),
         ..Options::default()
     };
-    transfer::run(spec, src, dst, keys(), &opts, &audit(lines), Arc::new(Progress::default())).await
+    transfer::run(
+        spec,
+        src,
+        dst,
+        keys(),
+        &opts,
+        &audit(lines),
+        Arc::new(Progress::default()),
+    )
+    .await
 }
 
 #[tokio::test]
@@ -96,10 +127,15 @@ async fn round_trip_incremental_and_changes() {
     let lines = Lines::default();
     let spec = spec("");
 
-    let r1 = run_once(&spec, src.clone(), dst.clone(), "r1", Mode::Sync, &lines).await.unwrap();
+    let r1 = run_once(&spec, src.clone(), dst.clone(), "r1", Mode::Sync, &lines)
+        .await
+        .unwrap();
     assert_eq!(r1.objects_copied, files.len() as u64);
     assert_eq!(r1.objects_skipped, 0);
-    assert_eq!(r1.bytes_read, files.iter().map(|(_, v)| v.len() as u64).sum::<u64>());
+    assert_eq!(
+        r1.bytes_read,
+        files.iter().map(|(_, v)| v.len() as u64).sum::<u64>()
+    );
     assert!(r1.bytes_written > r1.bytes_read);
 
     // Stored objects are encrypted: no plaintext appears in them.
@@ -107,29 +143,57 @@ async fn round_trip_incremental_and_changes() {
     assert!(stored.starts_with(b"FERRY"));
     assert!(!stored.windows(7).any(|w| w == b"id,name"));
 
-    readback::verify(dst.as_ref(), keys(), None, true).await.unwrap();
+    readback::verify(dst.as_ref(), keys(), None, true)
+        .await
+        .unwrap();
     let out = LocalStore::new(dir.path().join("out"));
-    let (_, n) = readback::decrypt_all(dst.as_ref(), keys(), None, &out).await.unwrap();
+    let (_, n) = readback::decrypt_all(dst.as_ref(), keys(), None, &out)
+        .await
+        .unwrap();
     assert_eq!(n, r1.bytes_read);
     for (k, v) in &files {
-        assert_eq!(&std::fs::read(dir.path().join("out").join(k)).unwrap(), v, "{k}");
+        assert_eq!(
+            &std::fs::read(dir.path().join("out").join(k)).unwrap(),
+            v,
+            "{k}"
+        );
     }
 
     // Second run: nothing new.
-    let r2 = run_once(&spec, src.clone(), dst.clone(), "r2", Mode::Sync, &lines).await.unwrap();
-    assert_eq!((r2.objects_copied, r2.objects_skipped), (0, files.len() as u64));
+    let r2 = run_once(&spec, src.clone(), dst.clone(), "r2", Mode::Sync, &lines)
+        .await
+        .unwrap();
+    assert_eq!(
+        (r2.objects_copied, r2.objects_skipped),
+        (0, files.len() as u64)
+    );
 
     // A changed object (other size) and a new one are copied again, the rest skipped.
     std::fs::write(dir.path().join("src/one.csv"), b"changed").unwrap();
     std::fs::write(dir.path().join("src/new.csv"), b"new").unwrap();
-    let r3 = run_once(&spec, src.clone(), dst.clone(), "r3", Mode::Sync, &lines).await.unwrap();
-    assert_eq!((r3.objects_copied, r3.objects_skipped), (2, files.len() as u64 - 1));
-    let (key, manifest) = readback::verify(dst.as_ref(), keys(), None, true).await.unwrap();
+    let r3 = run_once(&spec, src.clone(), dst.clone(), "r3", Mode::Sync, &lines)
+        .await
+        .unwrap();
+    assert_eq!(
+        (r3.objects_copied, r3.objects_skipped),
+        (2, files.len() as u64 - 1)
+    );
+    let (key, manifest) = readback::verify(dst.as_ref(), keys(), None, true)
+        .await
+        .unwrap();
     assert_eq!(key, ".ferry/manifests/r3.json");
-    assert_eq!(manifest.objects.len(), files.len() + 1, "the manifest describes the whole destination");
+    assert_eq!(
+        manifest.objects.len(),
+        files.len() + 1,
+        "the manifest describes the whole destination"
+    );
 
     let audit = lines.text();
-    assert!(audit.lines().all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()));
+    assert!(
+        audit
+            .lines()
+            .all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok())
+    );
     assert!(audit.contains(r#""action":"object.copied""#));
 }
 
@@ -140,9 +204,14 @@ async fn plan_moves_nothing_and_globs_select() {
     let src: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir.path().join("src")));
     let dst: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir.path().join("dst")));
     let spec = spec("include: ['**/*.csv']\nexclude: ['nested/**']\n");
-    let r = run_once(&spec, src, dst, "p", Mode::Plan, &Lines::default()).await.unwrap();
+    let r = run_once(&spec, src, dst, "p", Mode::Plan, &Lines::default())
+        .await
+        .unwrap();
     let keys: Vec<&str> = r.planned.iter().map(|p| p.key.as_str()).collect();
-    assert_eq!(keys, ["empty.csv", "one.csv", "with space/ünïcode naïve.csv"]);
+    assert_eq!(
+        keys,
+        ["empty.csv", "one.csv", "with space/ünïcode naïve.csv"]
+    );
     assert!(!dir.path().join("dst").exists(), "plan wrote something");
 }
 
@@ -152,15 +221,30 @@ async fn disallowed_sensitivity_is_refused_not_read() {
     write_tree(&dir.path().join("src"));
     let src: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir.path().join("src")));
     let dst: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir.path().join("dst")));
-    let spec = spec("streams: [{name: cards, match: 'nested/**', sensitivity: [pci]}]\ncompliance: {allowedSensitivity: [pii], dataResidency: any}\n");
+    let spec = spec(
+        "streams: [{name: cards, match: 'nested/**', sensitivity: [pci]}]\ncompliance: {allowedSensitivity: [pii], dataResidency: any}\n",
+    );
     let lines = Lines::default();
-    let err = run_once(&spec, src, dst, "s", Mode::Sync, &lines).await.unwrap_err();
+    let err = run_once(&spec, src, dst, "s", Mode::Sync, &lines)
+        .await
+        .unwrap_err();
     assert_eq!(err.reason(), "ObjectsFailed");
-    assert!(!dir.path().join("dst/nested").exists(), "refused object was copied");
-    assert!(!dir.path().join("dst/.ferry").exists(), "a failed run wrote a manifest");
+    assert!(
+        !dir.path().join("dst/nested").exists(),
+        "refused object was copied"
+    );
+    assert!(
+        !dir.path().join("dst/.ferry").exists(),
+        "a failed run wrote a manifest"
+    );
     let audit = lines.text();
-    let refused: serde_json::Value =
-        serde_json::from_str(audit.lines().find(|l| l.contains("object.refused")).unwrap()).unwrap();
+    let refused: serde_json::Value = serde_json::from_str(
+        audit
+            .lines()
+            .find(|l| l.contains("object.refused"))
+            .unwrap(),
+    )
+    .unwrap();
     assert_eq!(refused["outcome"], "denied");
     assert_eq!(refused["reason"], "PolicyViolation");
     assert_eq!(refused["object"], "nested/deeper/table.csv");
@@ -222,7 +306,11 @@ fn no_temp_files(root: &Path) {
         if p.is_dir() {
             no_temp_files(&p);
         } else {
-            assert!(!p.to_string_lossy().contains(".ferry-tmp-"), "partial object left: {}", p.display());
+            assert!(
+                !p.to_string_lossy().contains(".ferry-tmp-"),
+                "partial object left: {}",
+                p.display()
+            );
         }
     }
 }
@@ -237,9 +325,20 @@ async fn transient_cut_is_retried_and_completes() {
         kind: std::io::ErrorKind::ConnectionReset,
     });
     let dst: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir.path().join("dst")));
-    let r = run_once(&spec(""), src, dst.clone(), "t", Mode::Sync, &Lines::default()).await.unwrap();
+    let r = run_once(
+        &spec(""),
+        src,
+        dst.clone(),
+        "t",
+        Mode::Sync,
+        &Lines::default(),
+    )
+    .await
+    .unwrap();
     assert_eq!(r.objects_copied, files.len() as u64);
-    readback::verify(dst.as_ref(), keys(), None, true).await.unwrap();
+    readback::verify(dst.as_ref(), keys(), None, true)
+        .await
+        .unwrap();
     no_temp_files(&dir.path().join("dst"));
 }
 
@@ -253,18 +352,48 @@ async fn permanent_cut_leaves_no_partial_object_and_a_rerun_completes() {
         failures_left: AtomicU32::new(1),
         kind: std::io::ErrorKind::PermissionDenied,
     });
-    let err = run_once(&spec(""), flaky, dst.clone(), "f1", Mode::Sync, &Lines::default()).await.unwrap_err();
+    let err = run_once(
+        &spec(""),
+        flaky,
+        dst.clone(),
+        "f1",
+        Mode::Sync,
+        &Lines::default(),
+    )
+    .await
+    .unwrap_err();
     assert!(err.to_string().contains("flaky"), "{err}");
-    assert!(!dir.path().join("dst/.ferry").exists(), "failed run advanced the cursor");
+    assert!(
+        !dir.path().join("dst/.ferry").exists(),
+        "failed run advanced the cursor"
+    );
     no_temp_files(&dir.path().join("dst"));
     // Every object present is complete (it decrypts) — nothing half-written.
-    let present = LocalStore::new(dir.path().join("dst")).list().await.unwrap();
+    let present = LocalStore::new(dir.path().join("dst"))
+        .list()
+        .await
+        .unwrap();
     assert!(present.len() < files.len());
 
     let src: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir.path().join("src")));
-    let r = run_once(&spec(""), src, dst.clone(), "f2", Mode::Sync, &Lines::default()).await.unwrap();
-    assert_eq!(r.objects_copied, files.len() as u64, "the rerun copies everything once");
-    let (_, m) = readback::verify(dst.as_ref(), keys(), None, true).await.unwrap();
+    let r = run_once(
+        &spec(""),
+        src,
+        dst.clone(),
+        "f2",
+        Mode::Sync,
+        &Lines::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        r.objects_copied,
+        files.len() as u64,
+        "the rerun copies everything once"
+    );
+    let (_, m) = readback::verify(dst.as_ref(), keys(), None, true)
+        .await
+        .unwrap();
     assert_eq!(m.objects.len(), files.len(), "no duplicates");
 }
 
@@ -275,20 +404,40 @@ async fn verify_finds_changed_missing_extra_and_swapped_objects() {
     let src: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir.path().join("src")));
     let dst_path = dir.path().join("dst");
     let dst: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(&dst_path));
-    run_once(&spec(""), src, dst.clone(), "v", Mode::Sync, &Lines::default()).await.unwrap();
+    run_once(
+        &spec(""),
+        src,
+        dst.clone(),
+        "v",
+        Mode::Sync,
+        &Lines::default(),
+    )
+    .await
+    .unwrap();
 
     // Swap two objects' bytes: sizes differ, so swap two of equal ciphertext size.
-    std::fs::write(dst_path.join("a-copy.csv"), std::fs::read(dst_path.join("one.csv")).unwrap()).unwrap();
+    std::fs::write(
+        dst_path.join("a-copy.csv"),
+        std::fs::read(dst_path.join("one.csv")).unwrap(),
+    )
+    .unwrap();
     std::fs::remove_file(dst_path.join("empty.csv")).unwrap();
     let mut big = std::fs::read(dst_path.join("nested/deeper/table.csv")).unwrap();
     let mid = big.len() / 2;
     big[mid] ^= 1;
     std::fs::write(dst_path.join("nested/deeper/table.csv"), big).unwrap();
-    let err = readback::verify(dst.as_ref(), keys(), None, false).await.unwrap_err();
-    let ReadbackError::Findings(findings) = err else { panic!("{err}") };
+    let err = readback::verify(dst.as_ref(), keys(), None, false)
+        .await
+        .unwrap_err();
+    let ReadbackError::Findings(findings) = err else {
+        panic!("{err}")
+    };
     assert!(findings.contains(&Finding::Missing("empty.csv".into())));
     assert!(findings.contains(&Finding::Extra("a-copy.csv".into())));
-    assert!(findings.contains(&Finding::Changed { key: "nested/deeper/table.csv".into(), what: "stored SHA-256" }));
+    assert!(findings.contains(&Finding::Changed {
+        key: "nested/deeper/table.csv".into(),
+        what: "stored SHA-256"
+    }));
 
     // Decrypting a manifest-less swapped object under another key fails naming it.
     let moved = std::fs::read(dst_path.join("one.csv")).unwrap();
@@ -305,8 +454,12 @@ async fn verify_finds_changed_missing_extra_and_swapped_objects() {
 
     // A tampered manifest does not verify.
     let mpath = dst_path.join(".ferry/manifests/v.json");
-    let text = std::fs::read_to_string(&mpath).unwrap().replacen("\"size\": 1,", "\"size\": 2,", 1);
+    let text = std::fs::read_to_string(&mpath)
+        .unwrap()
+        .replacen("\"size\": 1,", "\"size\": 2,", 1);
     std::fs::write(&mpath, text).unwrap();
-    let err = readback::verify(dst.as_ref(), keys(), None, false).await.unwrap_err();
+    let err = readback::verify(dst.as_ref(), keys(), None, false)
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("MAC does not verify"), "{err}");
 }

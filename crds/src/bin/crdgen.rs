@@ -19,9 +19,8 @@ fn main() -> ExitCode {
             other => dir = Some(PathBuf::from(other)),
         }
     }
-    let dir = dir.unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../charts/ferry/crds")
-    });
+    let dir = dir
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../charts/ferry/crds"));
     let mut stale = Vec::new();
     for (file, crd) in ferry_crds::crdgen::crds() {
         let yaml = match ferry_crds::crdgen::to_yaml(&crd) {
@@ -36,7 +35,9 @@ fn main() -> ExitCode {
             if std::fs::read_to_string(&path).ok().as_deref() != Some(yaml.as_str()) {
                 stale.push(path.display().to_string());
             }
-        } else if let Err(e) = std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, yaml)) {
+        } else if let Err(e) =
+            std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, yaml))
+        {
             eprintln!("crdgen: failed to write {}: {e}", path.display());
             return ExitCode::FAILURE;
         } else {
@@ -44,7 +45,10 @@ fn main() -> ExitCode {
         }
     }
     if !stale.is_empty() {
-        eprintln!("crdgen: stale CRDs, run `make generate`: {}", stale.join(", "));
+        eprintln!(
+            "crdgen: stale CRDs, run `make generate`: {}",
+            stale.join(", ")
+        );
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS

@@ -14,7 +14,13 @@ pub fn schema_of(kind: &str) -> Value {
         .into_iter()
         .find(|(_, crd)| crd.spec.names.kind == kind)
         .unwrap_or_else(|| panic!("no CRD of kind {kind}"));
-    let schema = crd.spec.versions[0].schema.as_ref().unwrap().open_api_v3_schema.as_ref().unwrap();
+    let schema = crd.spec.versions[0]
+        .schema
+        .as_ref()
+        .unwrap()
+        .open_api_v3_schema
+        .as_ref()
+        .unwrap();
     serde_json::to_value(schema).unwrap()
 }
 
@@ -43,7 +49,10 @@ fn strict_json_schema(schema: &Value) -> Value {
                 out.insert(k.clone(), v);
             }
             let preserve = map.get("x-kubernetes-preserve-unknown-fields") == Some(&json!(true));
-            if map.contains_key("properties") && !map.contains_key("additionalProperties") && !preserve {
+            if map.contains_key("properties")
+                && !map.contains_key("additionalProperties")
+                && !preserve
+            {
                 out.insert("additionalProperties".into(), json!(false));
             }
             if map.get("nullable") == Some(&json!(true))

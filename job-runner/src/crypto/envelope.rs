@@ -16,7 +16,7 @@
 use std::sync::Arc;
 
 use super::aead::NONCE_LEN;
-use super::keys::{DataKey, KeyError, KeyRing, Kek, WRAPPED_LEN, generate_data_key};
+use super::keys::{DataKey, Kek, KeyError, KeyRing, WRAPPED_LEN, generate_data_key};
 use super::streaming::{Decrypter, Encrypter, StreamError};
 
 /// First bytes of every object Ferry writes.
@@ -65,7 +65,10 @@ impl ObjectEncrypter {
         env.extend_from_slice(id);
         env.extend_from_slice(&nonce);
         env.extend_from_slice(&wrapped);
-        Ok(Self { envelope: Some(env), inner: Encrypter::new(dek, object_key.as_bytes())? })
+        Ok(Self {
+            envelope: Some(env),
+            inner: Encrypter::new(dek, object_key.as_bytes())?,
+        })
     }
 
     /// Encrypts `data`, appending to `out`.
@@ -120,12 +123,20 @@ impl Envelope {
         nonce.copy_from_slice(&buf[FIXED_LEN + id_len..FIXED_LEN + id_len + NONCE_LEN]);
         let mut wrapped = [0u8; WRAPPED_LEN];
         wrapped.copy_from_slice(&buf[FIXED_LEN + id_len + NONCE_LEN..total]);
-        Ok(Some((Self { kek_id, nonce, wrapped }, total)))
+        Ok(Some((
+            Self {
+                kek_id,
+                nonce,
+                wrapped,
+            },
+            total,
+        )))
     }
 
     /// The data key, unwrapped with the matching KEK of `keys`.
     pub fn data_key(&self, keys: &KeyRing, object_key: &str) -> Result<DataKey, KeyError> {
-        keys.get(&self.kek_id)?.unwrap(&self.nonce, &self.wrapped, object_key)
+        keys.get(&self.kek_id)?
+            .unwrap(&self.nonce, &self.wrapped, object_key)
     }
 }
 
@@ -141,7 +152,12 @@ pub struct ObjectDecrypter {
 impl ObjectDecrypter {
     /// A decrypter for the object stored under `object_key`.
     pub fn new(keys: Arc<KeyRing>, object_key: &str) -> Self {
-        Self { keys, object_key: object_key.to_string(), pending: Vec::new(), inner: None }
+        Self {
+            keys,
+            object_key: object_key.to_string(),
+            pending: Vec::new(),
+            inner: None,
+        }
     }
 
     /// Decrypts `data`, appending authenticated plaintext to `out`.

@@ -16,11 +16,15 @@ pub const WRAPPED_LEN: usize = KEY_LEN + TAG_LEN;
 /// Why a key could not be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KeyError {
-    #[error("a key-encryption key must be 32 bytes, raw, base64 or hex encoded (got {0} bytes that are none of these)")]
+    #[error(
+        "a key-encryption key must be 32 bytes, raw, base64 or hex encoded (got {0} bytes that are none of these)"
+    )]
     BadLength(usize),
     #[error("no key-encryption key with id {0} was supplied")]
     UnknownKek(String),
-    #[error("the data key does not unwrap under key {kek_id} for object {object:?}: wrong key, or the object was moved or swapped")]
+    #[error(
+        "the data key does not unwrap under key {kek_id} for object {object:?}: wrong key, or the object was moved or swapped"
+    )]
     Unwrap { kek_id: String, object: String },
     #[error("no key-encryption key was supplied")]
     NoKey,
@@ -39,7 +43,9 @@ pub struct Kek {
 
 impl std::fmt::Debug for Kek {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Kek").field("id", &self.id).finish_non_exhaustive()
+        f.debug_struct("Kek")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -103,7 +109,11 @@ impl Kek {
 
     /// Wraps `dek` for `object_key`: AES-256-GCM under the KEK with a random nonce,
     /// the associated data binding it to this KEK id and object key.
-    pub fn wrap(&self, dek: &DataKey, object_key: &str) -> Result<([u8; NONCE_LEN], [u8; WRAPPED_LEN]), KeyError> {
+    pub fn wrap(
+        &self,
+        dek: &DataKey,
+        object_key: &str,
+    ) -> Result<([u8; NONCE_LEN], [u8; WRAPPED_LEN]), KeyError> {
         let cipher = Aes256Gcm::new(&self.key).map_err(|_| KeyError::Primitive)?;
         let mut nonce = [0u8; NONCE_LEN];
         random_bytes(&mut nonce).map_err(|_| KeyError::Primitive)?;
@@ -117,11 +127,21 @@ impl Kek {
     }
 
     /// Unwraps a data key wrapped for `object_key`.
-    pub fn unwrap(&self, nonce: &[u8; NONCE_LEN], wrapped: &[u8; WRAPPED_LEN], object_key: &str) -> Result<DataKey, KeyError> {
+    pub fn unwrap(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        wrapped: &[u8; WRAPPED_LEN],
+        object_key: &str,
+    ) -> Result<DataKey, KeyError> {
         let cipher = Aes256Gcm::new(&self.key).map_err(|_| KeyError::Primitive)?;
         let mut buf = Zeroizing::new(*wrapped);
-        let err = || KeyError::Unwrap { kek_id: self.id.clone(), object: object_key.to_string() };
-        let len = cipher.open_in_place(nonce, &self.wrap_aad(object_key), buf.as_mut()).map_err(|_| err())?;
+        let err = || KeyError::Unwrap {
+            kek_id: self.id.clone(),
+            object: object_key.to_string(),
+        };
+        let len = cipher
+            .open_in_place(nonce, &self.wrap_aad(object_key), buf.as_mut())
+            .map_err(|_| err())?;
         if len != KEY_LEN {
             return Err(err());
         }
@@ -135,7 +155,8 @@ impl Kek {
     pub fn manifest_mac_key(&self) -> Zeroizing<[u8; KEY_LEN]> {
         let mut out = Zeroizing::new([0u8; KEY_LEN]);
         // 32 bytes is always a valid HKDF-SHA256 output length.
-        let _ = Hkdf::<Sha256>::new(None, self.key.as_ref()).expand(b"ferry/manifest-mac/v1", out.as_mut());
+        let _ = Hkdf::<Sha256>::new(None, self.key.as_ref())
+            .expand(b"ferry/manifest-mac/v1", out.as_mut());
         out
     }
 }
@@ -172,7 +193,10 @@ impl KeyRing {
 
     /// The KEK with this id.
     pub fn get(&self, id: &str) -> Result<&Kek, KeyError> {
-        self.keys.iter().find(|k| k.id() == id).ok_or_else(|| KeyError::UnknownKek(id.to_string()))
+        self.keys
+            .iter()
+            .find(|k| k.id() == id)
+            .ok_or_else(|| KeyError::UnknownKek(id.to_string()))
     }
 
     /// The current key: the one new data is encrypted under.
@@ -211,7 +235,13 @@ mod tests {
         let dek = generate_data_key().unwrap();
         let (nonce, wrapped) = kek.wrap(&dek, "a.csv").unwrap();
         assert_eq!(*kek.unwrap(&nonce, &wrapped, "a.csv").unwrap(), *dek);
-        assert!(matches!(kek.unwrap(&nonce, &wrapped, "b.csv"), Err(KeyError::Unwrap { .. })));
-        assert!(matches!(other.unwrap(&nonce, &wrapped, "a.csv"), Err(KeyError::Unwrap { .. })));
+        assert!(matches!(
+            kek.unwrap(&nonce, &wrapped, "b.csv"),
+            Err(KeyError::Unwrap { .. })
+        ));
+        assert!(matches!(
+            other.unwrap(&nonce, &wrapped, "a.csv"),
+            Err(KeyError::Unwrap { .. })
+        ));
     }
 }

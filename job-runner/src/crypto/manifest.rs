@@ -22,7 +22,7 @@ use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
-use super::keys::{KeyError, KeyRing, Kek};
+use super::keys::{Kek, KeyError, KeyRing};
 
 /// The format tag of manifests this code writes.
 pub const FORMAT: &str = "ferry-manifest/v1";
@@ -74,7 +74,9 @@ pub struct Manifest {
 pub enum ManifestError {
     #[error("manifest format {0:?} is not supported (this build reads {FORMAT})")]
     Format(String),
-    #[error("manifest MAC does not verify: the manifest was altered, reordered or made with another key")]
+    #[error(
+        "manifest MAC does not verify: the manifest was altered, reordered or made with another key"
+    )]
     Mac,
     #[error("manifest lists object {0:?} twice")]
     Duplicate(String),
@@ -103,7 +105,13 @@ fn put_opt(out: &mut Vec<u8>, s: Option<&str>) {
 
 impl Manifest {
     /// A signed manifest of `objects`.
-    pub fn sign(kek: &Kek, run: &str, connector: &str, created: &str, objects: Vec<ManifestEntry>) -> Self {
+    pub fn sign(
+        kek: &Kek,
+        run: &str,
+        connector: &str,
+        created: &str,
+        objects: Vec<ManifestEntry>,
+    ) -> Self {
         let mut m = Self {
             format: FORMAT.to_string(),
             run: run.to_string(),
@@ -154,7 +162,9 @@ impl Manifest {
         }
         let kek = keys.get(&self.kek_id)?;
         let tag = hex::decode(&self.mac).map_err(|_| ManifestError::Mac)?;
-        self.mac_with(kek).verify_slice(&tag).map_err(|_| ManifestError::Mac)?;
+        self.mac_with(kek)
+            .verify_slice(&tag)
+            .map_err(|_| ManifestError::Mac)?;
         let mut seen = BTreeSet::new();
         for e in &self.objects {
             if !seen.insert(e.key.as_str()) {
@@ -186,7 +196,9 @@ impl std::fmt::Display for Finding {
         match self {
             Finding::Missing(k) => write!(f, "object {k:?}: listed in the manifest but missing"),
             Finding::Extra(k) => write!(f, "object {k:?}: present but not in the manifest"),
-            Finding::Changed { key, what } => write!(f, "object {key:?}: {what} does not match the manifest"),
+            Finding::Changed { key, what } => {
+                write!(f, "object {key:?}: {what} does not match the manifest")
+            }
         }
     }
 }
@@ -211,7 +223,13 @@ mod tests {
     fn detects_changes_reorders_and_foreign_keys() {
         let kek = Kek::from_bytes([9; 32]);
         let ring = KeyRing::new(vec![Kek::from_bytes([9; 32])]);
-        let m = Manifest::sign(&kek, "r1", "ns/c", "2026-01-01T00:00:00Z", vec![entry("a", 1), entry("b", 2)]);
+        let m = Manifest::sign(
+            &kek,
+            "r1",
+            "ns/c",
+            "2026-01-01T00:00:00Z",
+            vec![entry("a", 1), entry("b", 2)],
+        );
         m.verify(&ring).unwrap();
         let json = serde_json::to_string_pretty(&m).unwrap();
         let back: Manifest = serde_json::from_str(&json).unwrap();
@@ -227,7 +245,10 @@ mod tests {
         dropped.objects.pop();
         assert_eq!(dropped.verify(&ring), Err(ManifestError::Mac));
         let other = KeyRing::new(vec![Kek::from_bytes([8; 32])]);
-        assert!(matches!(m.verify(&other), Err(ManifestError::Key(KeyError::UnknownKek(_)))));
+        assert!(matches!(
+            m.verify(&other),
+            Err(ManifestError::Key(KeyError::UnknownKek(_)))
+        ));
         let dup = Manifest::sign(&kek, "r", "c", "t", vec![entry("a", 1), entry("a", 1)]);
         assert_eq!(dup.verify(&ring), Err(ManifestError::Duplicate("a".into())));
     }

@@ -10,5 +10,5 @@ pub mod manifest;
 pub mod streaming;
 
 pub use envelope::{EnvelopeError, ObjectDecrypter, ObjectEncrypter};
-pub use keys::{KeyError, KeyRing, Kek};
+pub use keys::{Kek, KeyError, KeyRing};
 pub use manifest::{Finding, Manifest, ManifestEntry, ManifestError};

@@ -42,7 +42,9 @@ pub enum StreamError {
     TruncatedHeader,
     #[error("ciphertext header is invalid (length byte {0}, expected {HEADER_LEN})")]
     BadHeader(u8),
-    #[error("segment {0} failed authentication (altered, truncated, reordered, wrong key or wrong associated data)")]
+    #[error(
+        "segment {0} failed authentication (altered, truncated, reordered, wrong key or wrong associated data)"
+    )]
     Authentication(u32),
     #[error("ciphertext is truncated inside segment {0}")]
     TruncatedSegment(u32),
@@ -111,7 +113,11 @@ impl Encrypter {
     }
 
     fn capacity(&self) -> usize {
-        if self.segment == 0 { FIRST_PLAINTEXT_SEGMENT } else { PLAINTEXT_SEGMENT }
+        if self.segment == 0 {
+            FIRST_PLAINTEXT_SEGMENT
+        } else {
+            PLAINTEXT_SEGMENT
+        }
     }
 
     fn emit_header(&mut self, out: &mut Vec<u8>) {
@@ -130,7 +136,10 @@ impl Encrypter {
             .map_err(|_| StreamError::Primitive)?;
         out.extend_from_slice(&tag);
         self.buf.clear();
-        self.segment = self.segment.checked_add(1).ok_or(StreamError::TooManySegments)?;
+        self.segment = self
+            .segment
+            .checked_add(1)
+            .ok_or(StreamError::TooManySegments)?;
         Ok(())
     }
 
@@ -181,7 +190,11 @@ impl Decrypter {
     }
 
     fn segment_len(&self) -> usize {
-        if self.segment == 0 { SEGMENT_SIZE - HEADER_LEN } else { SEGMENT_SIZE }
+        if self.segment == 0 {
+            SEGMENT_SIZE - HEADER_LEN
+        } else {
+            SEGMENT_SIZE
+        }
     }
 
     fn read_header(&mut self) -> Result<bool, StreamError> {
@@ -205,7 +218,12 @@ impl Decrypter {
         Ok(true)
     }
 
-    fn open_segment(&mut self, len: usize, last: bool, out: &mut Vec<u8>) -> Result<(), StreamError> {
+    fn open_segment(
+        &mut self,
+        len: usize,
+        last: bool,
+        out: &mut Vec<u8>,
+    ) -> Result<(), StreamError> {
         let Some((key, prefix)) = &self.state else {
             return Err(StreamError::TruncatedHeader);
         };
@@ -223,7 +241,10 @@ impl Decrypter {
             }
         }
         self.buf.drain(..len);
-        self.segment = self.segment.checked_add(1).ok_or(StreamError::TooManySegments)?;
+        self.segment = self
+            .segment
+            .checked_add(1)
+            .ok_or(StreamError::TooManySegments)?;
         Ok(())
     }
 
@@ -254,7 +275,11 @@ impl Decrypter {
 pub fn ciphertext_len(plaintext_len: u64) -> u64 {
     let first = FIRST_PLAINTEXT_SEGMENT as u64;
     let full = PLAINTEXT_SEGMENT as u64;
-    let segments = if plaintext_len <= first { 1 } else { 1 + (plaintext_len - first).div_ceil(full) };
+    let segments = if plaintext_len <= first {
+        1
+    } else {
+        1 + (plaintext_len - first).div_ceil(full)
+    };
     HEADER_LEN as u64 + plaintext_len + segments * TAG_LEN as u64
 }
 
@@ -272,7 +297,12 @@ mod tests {
         out
     }
 
-    fn decrypt(dek: &[u8; 32], aad: &[u8], ct: &[u8], chunk: usize) -> Result<Vec<u8>, StreamError> {
+    fn decrypt(
+        dek: &[u8; 32],
+        aad: &[u8],
+        ct: &[u8],
+        chunk: usize,
+    ) -> Result<Vec<u8>, StreamError> {
         let mut d = Decrypter::new(dek, aad);
         let mut out = Vec::new();
         for c in ct.chunks(chunk.max(1)) {
@@ -297,18 +327,71 @@ mod tests {
             let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
             let ct = encrypt(&dek, b"key", &data, 65536);
             assert_eq!(ct.len() as u64, ciphertext_len(len as u64), "len {len}");
-            assert_eq!(decrypt(&dek, b"key", &ct, 100_000).unwrap(), data, "len {len}");
+            assert_eq!(
+                decrypt(&dek, b"key", &ct, 100_000).unwrap(),
+                data,
+                "len {len}"
+            );
         }
     }
 
     #[test]
     fn wrong_aad_and_key_fail_cleanly() {
         let ct = encrypt(&[1u8; 32], b"a.csv", b"hello", 3);
-        assert_eq!(decrypt(&[1u8; 32], b"b.csv", &ct, 7), Err(StreamError::Authentication(0)));
-        assert_eq!(decrypt(&[2u8; 32], b"a.csv", &ct, 7), Err(StreamError::Authentication(0)));
-        assert_eq!(decrypt(&[1u8; 32], b"a.csv", &ct[..10], 7), Err(StreamError::TruncatedHeader));
+        assert_eq!(
+            decrypt(&[1u8; 32], b"b.csv", &ct, 7),
+            Err(StreamError::Authentication(0))
+        );
+        assert_eq!(
+            decrypt(&[2u8; 32], b"a.csv", &ct, 7),
+            Err(StreamError::Authentication(0))
+        );
+        assert_eq!(
+            decrypt(&[1u8; 32], b"a.csv", &ct[..10], 7),
+            Err(StreamError::TruncatedHeader)
+        );
         let mut bad = ct.clone();
         bad[0] = 16;
-        assert_eq!(decrypt(&[1u8; 32], b"a.csv", &bad, 7), Err(StreamError::BadHeader(16)));
+        assert_eq!(
+            decrypt(&[1u8; 32], b"a.csv", &bad, 7),
+            Err(StreamError::BadHeader(16))
+        );
+    }
+}
+
+/// The test vector of `docs/encryption.md`.
+#[cfg(test)]
+mod vector {
+    use super::*;
+
+    pub const DEK: [u8; 32] = [
+        0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25,
+        26, 27, 28, 29, 30, 31,
+    ];
+    pub const AAD: &[u8] = b"customers/2026-11-01.csv";
+    pub const PLAINTEXT: &[u8] = b"id,country\n1,FR\n2,DE\n";
+
+    pub fn salt() -> [u8; SALT_LEN] {
+        std::array::from_fn(|i| 0x20 + i as u8)
+    }
+
+    pub fn prefix() -> [u8; NONCE_PREFIX_LEN] {
+        std::array::from_fn(|i| 0x40 + i as u8)
+    }
+
+    pub const CIPHERTEXT_HEX: &str = "28202122232425262728292a2b2c2d2e2f303132333435363738393a3b3c3d3e3f40414243444546562962279931205c5dcfcad157603ba9a5548dccd4eeefaddbe71270acd70d31bac0655f37";
+
+    #[test]
+    fn documented_vector() {
+        let mut e = Encrypter::with_salt_and_prefix(&DEK, AAD, salt(), prefix()).unwrap();
+        let mut out = Vec::new();
+        e.push(PLAINTEXT, &mut out).unwrap();
+        e.finish(&mut out).unwrap();
+        assert_eq!(hex::encode(&out), CIPHERTEXT_HEX);
+        let mut d = Decrypter::new(&DEK, AAD);
+        let mut plain = Vec::new();
+        d.push(&hex::decode(CIPHERTEXT_HEX).unwrap(), &mut plain).unwrap();
+        d.finish(&mut plain).unwrap();
+        assert_eq!(plain, PLAINTEXT);
     }
 }

@@ -37,12 +37,24 @@ impl LocalStore {
     fn io(&self, action: &'static str, key: Option<&str>, source: std::io::Error) -> StorageError {
         let endpoint = self.describe();
         match (source.kind(), key) {
-            (std::io::ErrorKind::NotFound, Some(k)) => StorageError::NotFound { endpoint, key: k.to_string() },
-            (std::io::ErrorKind::PermissionDenied, k) => {
-                StorageError::AccessDenied { endpoint, key: k.map(str::to_string) }
-            }
-            (std::io::ErrorKind::StorageFull, Some(k)) => StorageError::NoSpace { endpoint, key: k.to_string() },
-            _ => StorageError::Io { endpoint, action, key: key.map(str::to_string), source },
+            (std::io::ErrorKind::NotFound, Some(k)) => StorageError::NotFound {
+                endpoint,
+                key: k.to_string(),
+            },
+            (std::io::ErrorKind::PermissionDenied, k) => StorageError::AccessDenied {
+                endpoint,
+                key: k.map(str::to_string),
+            },
+            (std::io::ErrorKind::StorageFull, Some(k)) => StorageError::NoSpace {
+                endpoint,
+                key: k.to_string(),
+            },
+            _ => StorageError::Io {
+                endpoint,
+                action,
+                key: key.map(str::to_string),
+                source,
+            },
         }
     }
 }
@@ -60,10 +72,15 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<ObjectMeta>) -> std::io::Result<(
             if name.contains(TEMP_MARKER) {
                 continue;
             }
-            let Ok(rel) = path.strip_prefix(root) else { continue };
+            let Ok(rel) = path.strip_prefix(root) else {
+                continue;
+            };
             let Some(rel) = rel.to_str() else { continue };
             let meta = entry.metadata()?;
-            let modified = meta.modified().ok().and_then(|t| jiff::Timestamp::try_from(t).ok());
+            let modified = meta
+                .modified()
+                .ok()
+                .and_then(|t| jiff::Timestamp::try_from(t).ok());
             out.push(ObjectMeta {
                 key: rel.replace(std::path::MAIN_SEPARATOR, "/"),
                 size: meta.len(),
@@ -95,64 +112,111 @@ impl ObjectStore for LocalStore {
                 objects.sort_by(|a, b| a.key.cmp(&b.key));
                 Ok(objects)
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(StorageError::NoSuchContainer {
-                endpoint: self.describe(),
-                what: "the folder".to_string(),
-            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(StorageError::NoSuchContainer {
+                    endpoint: self.describe(),
+                    what: "the folder".to_string(),
+                })
+            }
             Err(e) => Err(self.io("list", None, e)),
         }
     }
 
     async fn get(&self, key: &str, range: Option<Range<u64>>) -> Result<ByteStream, StorageError> {
         let path = self.path(key)?;
-        let mut file = tokio::fs::File::open(&path).await.map_err(|e| self.io("open", Some(key), e))?;
-        let size = file.metadata().await.map_err(|e| self.io("stat", Some(key), e))?.len();
+        let mut file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| self.io("open", Some(key), e))?;
+        let size = file
+            .metadata()
+            .await
+            .map_err(|e| self.io("stat", Some(key), e))?
+            .len();
         let range = range.unwrap_or(0..size);
         let (start, end) = (range.start.min(size), range.end.min(size));
         if start > 0 {
-            file.seek(std::io::SeekFrom::Start(start)).await.map_err(|e| self.io("seek", Some(key), e))?;
+            file.seek(std::io::SeekFrom::Start(start))
+                .await
+                .map_err(|e| self.io("seek", Some(key), e))?;
         }
         let this = self.clone();
         let key = key.to_string();
         let remaining = end.saturating_sub(start);
-        let stream = futures::stream::try_unfold((file, remaining, this, key), |(mut file, remaining, this, key)| async move {
-            if remaining == 0 {
-                return Ok(None);
-            }
-            let want = usize::try_from(remaining).unwrap_or(usize::MAX).min(READ_CHUNK);
-            let mut buf = BytesMut::zeroed(want);
-            let n = file.read(&mut buf).await.map_err(|e| this.io("read", Some(&key), e))?;
-            if n == 0 {
-                // The file shrank under us.
-                return Err(StorageError::ChangedDuringRead { endpoint: this.describe(), key });
-            }
-            buf.truncate(n);
-            Ok(Some((buf.freeze(), (file, remaining - n as u64, this, key))))
-        });
+        let stream = futures::stream::try_unfold(
+            (file, remaining, this, key),
+            |(mut file, remaining, this, key)| async move {
+                if remaining == 0 {
+                    return Ok(None);
+                }
+                let want = usize::try_from(remaining)
+                    .unwrap_or(usize::MAX)
+                    .min(READ_CHUNK);
+                let mut buf = BytesMut::zeroed(want);
+                let n = file
+                    .read(&mut buf)
+                    .await
+                    .map_err(|e| this.io("read", Some(&key), e))?;
+                if n == 0 {
+                    // The file shrank under us.
+                    return Err(StorageError::ChangedDuringRead {
+                        endpoint: this.describe(),
+                        key,
+                    });
+                }
+                buf.truncate(n);
+                Ok(Some((
+                    buf.freeze(),
+                    (file, remaining - n as u64, this, key),
+                )))
+            },
+        );
         Ok(stream.boxed())
     }
 
     async fn put(&self, key: &str, mut data: ByteStream) -> Result<u64, StorageError> {
         let path = self.path(key)?;
-        let dir = path.parent().map(Path::to_path_buf).unwrap_or_else(|| self.root.clone());
-        tokio::fs::create_dir_all(&dir).await.map_err(|e| self.io("create folder for", Some(key), e))?;
+        let dir = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| self.root.clone());
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .map_err(|e| self.io("create folder for", Some(key), e))?;
         let mut suffix = [0u8; 8];
-        crate::crypto::aead::random_bytes(&mut suffix)
-            .map_err(|_| self.io("name a temporary file for", Some(key), std::io::Error::other("random generator failed")))?;
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("object");
+        crate::crypto::aead::random_bytes(&mut suffix).map_err(|_| {
+            self.io(
+                "name a temporary file for",
+                Some(key),
+                std::io::Error::other("random generator failed"),
+            )
+        })?;
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("object");
         let tmp = dir.join(format!(".{name}{TEMP_MARKER}{}", hex::encode(suffix)));
         let result = async {
-            let mut file = tokio::fs::File::create(&tmp).await.map_err(|e| self.io("create", Some(key), e))?;
+            let mut file = tokio::fs::File::create(&tmp)
+                .await
+                .map_err(|e| self.io("create", Some(key), e))?;
             let mut written = 0u64;
             while let Some(chunk) = data.next().await {
                 let chunk: Bytes = chunk?;
-                file.write_all(&chunk).await.map_err(|e| self.io("write", Some(key), e))?;
+                file.write_all(&chunk)
+                    .await
+                    .map_err(|e| self.io("write", Some(key), e))?;
                 written += chunk.len() as u64;
             }
-            file.flush().await.map_err(|e| self.io("write", Some(key), e))?;
-            file.sync_all().await.map_err(|e| self.io("sync", Some(key), e))?;
+            file.flush()
+                .await
+                .map_err(|e| self.io("write", Some(key), e))?;
+            file.sync_all()
+                .await
+                .map_err(|e| self.io("sync", Some(key), e))?;
             drop(file);
-            tokio::fs::rename(&tmp, &path).await.map_err(|e| self.io("rename into place", Some(key), e))?;
+            tokio::fs::rename(&tmp, &path)
+                .await
+                .map_err(|e| self.io("rename into place", Some(key), e))?;
             Ok(written)
         }
         .await;

@@ -35,7 +35,10 @@ pub enum StorageError {
     #[error("{endpoint}: {what} does not exist")]
     NoSuchContainer { endpoint: String, what: String },
     #[error("{endpoint}: access denied{}", key_suffix(.key))]
-    AccessDenied { endpoint: String, key: Option<String> },
+    AccessDenied {
+        endpoint: String,
+        key: Option<String>,
+    },
     #[error("{endpoint}: invalid credentials")]
     InvalidCredentials { endpoint: String },
     #[error("{endpoint}: unreachable: {reason}")]
@@ -45,7 +48,11 @@ pub enum StorageError {
     #[error("{endpoint}: object {key:?} changed while it was read")]
     ChangedDuringRead { endpoint: String, key: String },
     #[error("{endpoint}: invalid object key {key:?}: {reason}")]
-    InvalidKey { endpoint: String, key: String, reason: &'static str },
+    InvalidKey {
+        endpoint: String,
+        key: String,
+        reason: &'static str,
+    },
     #[error("{endpoint}: failed to {action}{}: {source}", key_suffix(.key))]
     Io {
         endpoint: String,
@@ -55,11 +62,17 @@ pub enum StorageError {
         source: std::io::Error,
     },
     #[error("{endpoint}: failed to produce the data for {key:?}: {reason}")]
-    Source { endpoint: String, key: String, reason: String },
+    Source {
+        endpoint: String,
+        key: String,
+        reason: String,
+    },
 }
 
 fn key_suffix(key: &Option<String>) -> String {
-    key.as_ref().map(|k| format!(" on object {k:?}")).unwrap_or_default()
+    key.as_ref()
+        .map(|k| format!(" on object {k:?}"))
+        .unwrap_or_default()
 }
 
 impl StorageError {
@@ -125,14 +138,21 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
 
 /// Checks a relative key: no empty segment, no `.` or `..`, no NUL, no leading `/`.
 pub fn check_key(endpoint: &str, key: &str) -> Result<(), StorageError> {
-    let bad = |reason| StorageError::InvalidKey { endpoint: endpoint.to_string(), key: key.to_string(), reason };
+    let bad = |reason| StorageError::InvalidKey {
+        endpoint: endpoint.to_string(),
+        key: key.to_string(),
+        reason,
+    };
     if key.is_empty() {
         return Err(bad("empty key"));
     }
     if key.contains('\0') {
         return Err(bad("NUL byte"));
     }
-    if key.split('/').any(|s| s.is_empty() || s == "." || s == "..") {
+    if key
+        .split('/')
+        .any(|s| s.is_empty() || s == "." || s == "..")
+    {
         return Err(bad("empty, '.' or '..' path segment"));
     }
     Ok(())

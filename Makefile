@@ -1,0 +1,42 @@
+# Ferry's task runner. `make ci` is what CI runs (through tests/test-all.sh).
+SHELL := bash
+export CARGO_TARGET_DIR ?= $(HOME)/.cache/ferry/target
+export CARGO_TERM_COLOR ?= never
+
+.PHONY: help fmt fmt-check lint generate generate-check test test-rust services-up services-down demo bench ci
+
+help:
+	@echo "make fmt | fmt-check | lint | generate | generate-check | test | demo | bench | ci"
+
+fmt:
+	cargo fmt --all
+
+fmt-check:
+	cargo fmt --all -- --check
+
+lint:
+	cargo clippy --workspace --all-targets --locked -- -D warnings
+
+## Regenerate the CRDs under charts/ferry/crds from the Rust types.
+generate:
+	cargo run -q --locked -p ferry-crds --bin crdgen
+
+## Fail when the committed CRDs are stale.
+generate-check:
+	cargo run -q --locked -p ferry-crds --bin crdgen -- --check
+
+## All Rust tests; the services must be running (tests/bootstrap.sh start).
+test-rust:
+	source $(HOME)/.cache/ferry/services/env && cargo test --workspace --locked --no-fail-fast
+
+## Everything, with the services started and stopped around it.
+test:
+	bash tests/test-all.sh
+
+demo:
+	bash examples/demo.sh
+
+bench:
+	bash docs/bench/run.sh
+
+ci: fmt-check generate-check lint test-rust
