@@ -107,7 +107,7 @@ impl Encrypter {
             key: derive_key(dek, &salt, aad)?,
             prefix,
             segment: 0,
-            buf: Vec::with_capacity(FIRST_PLAINTEXT_SEGMENT),
+            buf: Vec::with_capacity(SEGMENT_SIZE),
             header: Some(header),
         })
     }
@@ -126,16 +126,23 @@ impl Encrypter {
         }
     }
 
+    /// Seals the buffered segment in place and hands it to `out`: moved when
+    /// `out` is empty (no copy), appended otherwise.
     fn seal_segment(&mut self, last: bool, out: &mut Vec<u8>) -> Result<(), StreamError> {
         let n = nonce(&self.prefix, self.segment, last);
-        let start = out.len();
-        out.extend_from_slice(&self.buf);
         let tag = self
             .key
-            .seal_in_place(&n, &[], &mut out[start..])
+            .seal_in_place(&n, &[], &mut self.buf)
             .map_err(|_| StreamError::Primitive)?;
-        out.extend_from_slice(&tag);
-        self.buf.clear();
+        self.buf.extend_from_slice(&tag);
+        if out.is_empty() {
+            std::mem::swap(out, &mut self.buf);
+            self.buf.clear();
+            self.buf.reserve(SEGMENT_SIZE);
+        } else {
+            out.extend_from_slice(&self.buf);
+            self.buf.clear();
+        }
         self.segment = self
             .segment
             .checked_add(1)
@@ -231,16 +238,23 @@ impl Decrypter {
             return Err(StreamError::TruncatedSegment(self.segment));
         }
         let n = nonce(prefix, self.segment, last);
-        let start = out.len();
-        out.extend_from_slice(&self.buf[..len]);
-        match key.open_in_place(&n, &[], &mut out[start..]) {
-            Ok(plain) => out.truncate(start + plain),
-            Err(_) => {
-                out.truncate(start);
-                return Err(StreamError::Authentication(self.segment));
-            }
+        // Split the segment off the buffer (copying only the look-ahead behind
+        // it), open it in place, and hand the plaintext over. An empty `out`
+        // lends its allocation to the next segment, so buffers are reused.
+        let mut rest = if out.is_empty() { std::mem::take(out) } else { Vec::new() };
+        rest.reserve(SEGMENT_SIZE + self.buf.len() - len);
+        rest.extend_from_slice(&self.buf[len..]);
+        self.buf.truncate(len);
+        let mut segment = std::mem::replace(&mut self.buf, rest);
+        let plain = key
+            .open_in_place(&n, &[], &mut segment)
+            .map_err(|_| StreamError::Authentication(self.segment))?;
+        segment.truncate(plain);
+        if out.is_empty() {
+            *out = segment;
+        } else {
+            out.extend_from_slice(&segment);
         }
-        self.buf.drain(..len);
         self.segment = self
             .segment
             .checked_add(1)
