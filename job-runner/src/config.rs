@@ -8,8 +8,14 @@ use ferry_crds::{Connector, DataResidency, Endpoint, EndpointKind};
 use zeroize::Zeroizing;
 
 use crate::crypto::{Kek, KeyError};
-use crate::storage::ObjectStore;
+use crate::storage::azure::{AzureAuth, AzureConfig, AzureStore};
 use crate::storage::local::LocalStore;
+use crate::storage::s3::{S3Auth, S3Config, S3Store};
+use crate::storage::{ObjectStore, StorageError};
+
+/// Where the operator mounts the run's projected service-account token for
+/// web identity (overridden by `AWS_WEB_IDENTITY_TOKEN_FILE`).
+pub const WEB_IDENTITY_TOKEN_PATH: &str = "/var/run/secrets/ferry.dev/token/token";
 
 /// Why the inputs of a run are unusable.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +48,11 @@ pub enum ConfigError {
     },
     #[error("{0}")]
     Residency(String),
+    #[error("{side}: {source}")]
+    Store {
+        side: &'static str,
+        source: StorageError,
+    },
 }
 
 impl ConfigError {
@@ -55,6 +66,7 @@ impl ConfigError {
             ConfigError::MissingSecretKey { .. } => "SecretKeyMissing",
             ConfigError::BadKey { .. } => "InvalidEncryptionKey",
             ConfigError::Residency(_) => "ResidencyViolation",
+            ConfigError::Store { source, .. } => source.reason(),
         }
     }
 }
@@ -165,6 +177,19 @@ impl SecretsDir {
             })
     }
 
+    /// One key of one Secret as text, surrounding white space removed.
+    pub fn string(&self, secret: &str, key: &str) -> Result<Zeroizing<String>, ConfigError> {
+        let bytes = self.read(secret, key)?;
+        Ok(Zeroizing::new(
+            String::from_utf8_lossy(&bytes).trim().to_string(),
+        ))
+    }
+
+    /// Like [`SecretsDir::string`], for an optional key.
+    pub fn optional_string(&self, secret: &str, key: &str) -> Option<Zeroizing<String>> {
+        self.string(secret, key).ok().filter(|s| !s.is_empty())
+    }
+
     /// The Connector's KEK.
     pub fn kek(&self, connector: &Connector) -> Result<Kek, ConfigError> {
         let r = &connector.spec.encryption.key_ref;
@@ -182,22 +207,99 @@ pub fn open_store(
     side: &'static str,
     endpoint: &Endpoint,
     base: &Path,
+    secrets: &SecretsDir,
 ) -> Result<Arc<dyn ObjectStore>, ConfigError> {
-    match endpoint.kind().ok_or(ConfigError::Endpoint(side))? {
-        EndpointKind::Local(l) => Ok(Arc::new(LocalStore::new(base.join(&l.path)))),
-        EndpointKind::S3(_) => Err(ConfigError::Unsupported {
-            side,
-            backend: "s3",
-        }),
-        EndpointKind::AzureBlob(_) => Err(ConfigError::Unsupported {
-            side,
-            backend: "azureBlob",
-        }),
-        EndpointKind::Sftp(_) => Err(ConfigError::Unsupported {
-            side,
-            backend: "sftp",
-        }),
+    let store: Arc<dyn ObjectStore> = match endpoint.kind().ok_or(ConfigError::Endpoint(side))? {
+        EndpointKind::Local(l) => Arc::new(LocalStore::new(base.join(&l.path))),
+        EndpointKind::S3(e) => {
+            let auth = match (&e.credentials.secret_ref, &e.credentials.web_identity) {
+                (Some(r), None) => S3Auth::Static {
+                    access_key_id: secrets.string(&r.name, "accessKeyId")?,
+                    secret_access_key: secrets.string(&r.name, "secretAccessKey")?,
+                    session_token: secrets.optional_string(&r.name, "sessionToken"),
+                },
+                (None, Some(w)) => S3Auth::WebIdentity {
+                    role_arn: w.role_arn.clone(),
+                    token_file: token_file("AWS_WEB_IDENTITY_TOKEN_FILE"),
+                    session_name: format!("ferry-{side}"),
+                    sts_endpoint: e.endpoint.clone(),
+                },
+                _ => return Err(ConfigError::Endpoint(side)),
+            };
+            Arc::new(
+                S3Store::new(S3Config {
+                    bucket: e.bucket.clone(),
+                    prefix: e.prefix.clone(),
+                    region: e.region.clone(),
+                    endpoint: e.endpoint.clone(),
+                    force_path_style: e.force_path_style,
+                    insecure_plain_http_on_loopback: e.insecure_plain_http_on_loopback,
+                    auth,
+                })
+                .map_err(|source| ConfigError::Store { side, source })?,
+            )
+        }
+        EndpointKind::AzureBlob(e) => {
+            let auth = match (&e.credentials.secret_ref, &e.credentials.workload_identity) {
+                (Some(r), None) => azure_secret_auth(secrets, &r.name)?,
+                (None, Some(w)) => AzureAuth::WorkloadIdentity {
+                    tenant_id: w.tenant_id.clone(),
+                    client_id: w.client_id.clone(),
+                    token_file: token_file("AZURE_FEDERATED_TOKEN_FILE"),
+                },
+                _ => return Err(ConfigError::Endpoint(side)),
+            };
+            Arc::new(
+                AzureStore::new(AzureConfig {
+                    account: e.account.clone(),
+                    container: e.container.clone(),
+                    prefix: e.prefix.clone(),
+                    endpoint: e.endpoint.clone(),
+                    insecure_plain_http_on_loopback: e.insecure_plain_http_on_loopback,
+                    auth,
+                })
+                .map_err(|source| ConfigError::Store { side, source })?,
+            )
+        }
+        EndpointKind::Sftp(_) => {
+            return Err(ConfigError::Unsupported {
+                side,
+                backend: "sftp",
+            });
+        }
+    };
+    Ok(store)
+}
+
+/// The projected token: the path in `env_var` when set, else where the operator
+/// mounts it.
+fn token_file(env_var: &str) -> PathBuf {
+    std::env::var_os(env_var)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(WEB_IDENTITY_TOKEN_PATH))
+}
+
+/// An Azure Secret holds `accountKey`, or `sasToken`, or `tenantId`, `clientId`
+/// and `clientSecret`.
+fn azure_secret_auth(secrets: &SecretsDir, name: &str) -> Result<AzureAuth, ConfigError> {
+    if let Some(key) = secrets.optional_string(name, "accountKey") {
+        return Ok(AzureAuth::AccountKey(key));
     }
+    if let Some(sas) = secrets.optional_string(name, "sasToken") {
+        return Ok(AzureAuth::Sas(sas));
+    }
+    if let Some(secret) = secrets.optional_string(name, "clientSecret") {
+        return Ok(AzureAuth::ClientSecret {
+            tenant_id: secrets.string(name, "tenantId")?.to_string(),
+            client_id: secrets.string(name, "clientId")?.to_string(),
+            client_secret: secret,
+        });
+    }
+    Err(ConfigError::MissingSecretKey {
+        secret: name.to_string(),
+        key: "accountKey, sasToken or clientSecret".to_string(),
+        path: secrets.root.join(name),
+    })
 }
 
 fn declared_region(endpoint: &Endpoint) -> Option<&str> {

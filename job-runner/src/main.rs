@@ -287,8 +287,14 @@ async fn run(
         let now = jiff::Timestamp::now();
         format!("{name}-{}", now.strftime("%Y%m%dT%H%M%S%.3fZ")).replace('.', "")
     });
-    let src = config::open_store("source", &connector.spec.source, &base_dir)?;
-    let dst = config::open_store("destination", &connector.spec.destination, &base_dir)?;
+    let secrets = SecretsDir::new(secrets_dir);
+    let src = config::open_store("source", &connector.spec.source, &base_dir, &secrets)?;
+    let dst = config::open_store(
+        "destination",
+        &connector.spec.destination,
+        &base_dir,
+        &secrets,
+    )?;
     let audit_out: Box<dyn Write + Send> = match &audit_log {
         Some(p) => Box::new(
             std::fs::OpenOptions::new()
@@ -310,7 +316,7 @@ async fn run(
     audit.record("run.started", Outcome::Success, None, None);
     let result = run_inner(
         &connector,
-        &SecretsDir::new(secrets_dir),
+        &secrets,
         mode,
         tenant_region.as_deref(),
         &run_id,

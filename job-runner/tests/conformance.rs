@@ -12,8 +12,10 @@ use ferry_runner::storage::{ByteStream, ObjectStore, StorageError};
 use futures::StreamExt;
 
 fn body(data: Vec<u8>, chunk: usize) -> ByteStream {
-    let chunks: Vec<Result<Bytes, StorageError>> =
-        data.chunks(chunk.max(1)).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
+    let chunks: Vec<Result<Bytes, StorageError>> = data
+        .chunks(chunk.max(1))
+        .map(|c| Ok(Bytes::copy_from_slice(c)))
+        .collect();
     futures::stream::iter(chunks).boxed()
 }
 
@@ -31,7 +33,9 @@ async fn conformance(store: Arc<dyn ObjectStore>) {
     let s = store.as_ref();
 
     // Nested keys, unicode and spaces, an empty object, a multi-part object.
-    let big: Vec<u8> = (0..(20 << 20) + 12345).map(|i: usize| (i % 241) as u8).collect();
+    let big: Vec<u8> = (0..(20 << 20) + 12345)
+        .map(|i: usize| (i % 241) as u8)
+        .collect();
     let objects: Vec<(&str, Vec<u8>)> = vec![
         ("a.txt", b"alpha".to_vec()),
         ("empty", vec![]),
@@ -49,13 +53,22 @@ async fn conformance(store: Arc<dyn ObjectStore>) {
     // Listing: sorted, relative keys, sizes.
     let listed = s.list().await.unwrap();
     let keys: Vec<&str> = listed.iter().map(|o| o.key.as_str()).collect();
-    assert_eq!(keys, ["a.txt", "dir/big.bin", "dir/sub dir/ünï cödé.csv", "empty"]);
+    assert_eq!(
+        keys,
+        ["a.txt", "dir/big.bin", "dir/sub dir/ünï cödé.csv", "empty"]
+    );
     assert_eq!(listed[1].size, big.len() as u64);
-    assert!(listed.iter().all(|o| o.modified.is_some()), "last-modified is reported");
+    assert!(
+        listed.iter().all(|o| o.modified.is_some()),
+        "last-modified is reported"
+    );
 
     // Ranged reads.
     assert_eq!(read(s, "dir/big.bin", Some(10..20)).await, big[10..20]);
-    assert_eq!(read(s, "dir/big.bin", Some((8 << 20) - 5..(8 << 20) + 5)).await, big[(8 << 20) - 5..(8 << 20) + 5]);
+    assert_eq!(
+        read(s, "dir/big.bin", Some((8 << 20) - 5..(8 << 20) + 5)).await,
+        big[(8 << 20) - 5..(8 << 20) + 5]
+    );
     assert_eq!(read(s, "a.txt", Some(3..100)).await, b"ha");
 
     // Overwrite replaces the whole object.
@@ -67,22 +80,42 @@ async fn conformance(store: Arc<dyn ObjectStore>) {
     for key in ["never.bin", "a.txt"] {
         let failing = futures::stream::iter(vec![
             Ok(Bytes::from(vec![1u8; 3 << 20])),
-            Err(StorageError::Source { endpoint: "test".into(), key: key.into(), reason: "cut".into() }),
+            Err(StorageError::Source {
+                endpoint: "test".into(),
+                key: key.into(),
+                reason: "cut".into(),
+            }),
         ])
         .boxed();
         assert!(s.put(key, failing).await.is_err());
     }
     let keys: Vec<String> = s.list().await.unwrap().into_iter().map(|o| o.key).collect();
-    assert!(!keys.contains(&"never.bin".to_string()), "a failed write is visible: {keys:?}");
+    assert!(
+        !keys.contains(&"never.bin".to_string()),
+        "a failed write is visible: {keys:?}"
+    );
     assert_eq!(keys.len(), 4, "{keys:?}");
     assert_eq!(read(s, "a.txt", None).await, b"A");
 
     // Errors: a missing object, invalid keys.
-    let missing = s.get("nope/missing", None).await.err().expect("missing object read");
-    assert!(matches!(missing, StorageError::NotFound { .. }), "{missing}");
+    let missing = s
+        .get("nope/missing", None)
+        .await
+        .err()
+        .expect("missing object read");
+    assert!(
+        matches!(missing, StorageError::NotFound { .. }),
+        "{missing}"
+    );
     assert!(missing.to_string().contains("nope/missing"));
     for bad in ["", "../escape", "a//b", "/abs"] {
-        assert!(matches!(s.put(bad, body(vec![1], 1)).await, Err(StorageError::InvalidKey { .. })), "{bad:?}");
+        assert!(
+            matches!(
+                s.put(bad, body(vec![1], 1)).await,
+                Err(StorageError::InvalidKey { .. })
+            ),
+            "{bad:?}"
+        );
     }
 
     // Delete, idempotent.
@@ -92,9 +125,17 @@ async fn conformance(store: Arc<dyn ObjectStore>) {
 
     // Pagination: more objects than one page of any store (S3 lists 1000).
     for i in 0..1100 {
-        s.put(&format!("many/{i:05}"), body(vec![i as u8], 1)).await.unwrap();
+        s.put(&format!("many/{i:05}"), body(vec![i as u8], 1))
+            .await
+            .unwrap();
     }
-    let many = s.list().await.unwrap().into_iter().filter(|o| o.key.starts_with("many/")).count();
+    let many = s
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|o| o.key.starts_with("many/"))
+        .count();
     assert_eq!(many, 1100);
 }
 
@@ -132,4 +173,173 @@ fn walk(p: &std::path::Path) -> Vec<String> {
         }
     }
     out
+}
+
+/// An endpoint of a test server started by `tests/bootstrap.sh`. Missing means
+/// the bootstrap did not run: a failure, not a skip.
+fn service_env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: start the test services with `bash tests/bootstrap.sh start` and source ~/.cache/ferry/services/env (make test does both)")
+    })
+}
+
+fn unique(prefix: &str) -> String {
+    let mut b = [0u8; 4];
+    ferry_runner::crypto::aead::random_bytes(&mut b).unwrap();
+    format!("{prefix}-{}", hex::encode(b))
+}
+
+mod s3 {
+    use super::*;
+    use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+    use aws_sdk_s3::types::{BucketLocationConstraint, CreateBucketConfiguration};
+    use ferry_runner::storage::s3::{S3Auth, S3Config, S3Store};
+    use zeroize::Zeroizing;
+
+    pub async fn bucket(region: &str) -> String {
+        let endpoint = service_env("FERRY_S3_ENDPOINT");
+        let conf = aws_sdk_s3::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new(region.to_string()))
+            .credentials_provider(Credentials::new("testing", "testing", None, None, "test"))
+            .endpoint_url(endpoint)
+            .force_path_style(true)
+            .build();
+        let client = aws_sdk_s3::Client::from_conf(conf);
+        let name = unique("ferry-test");
+        client
+            .create_bucket()
+            .bucket(&name)
+            .create_bucket_configuration(
+                CreateBucketConfiguration::builder()
+                    .location_constraint(BucketLocationConstraint::from(region))
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap();
+        name
+    }
+
+    pub fn config(bucket: &str, prefix: &str, region: &str) -> S3Config {
+        S3Config {
+            bucket: bucket.into(),
+            prefix: prefix.into(),
+            region: region.into(),
+            endpoint: Some(service_env("FERRY_S3_ENDPOINT")),
+            force_path_style: true,
+            insecure_plain_http_on_loopback: true,
+            auth: S3Auth::Static {
+                access_key_id: Zeroizing::new("testing".into()),
+                secret_access_key: Zeroizing::new("testing".into()),
+                session_token: None,
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn s3_store_conforms() {
+        let bucket = bucket("eu-west-1").await;
+        let store = S3Store::new(config(&bucket, "tenant/prefix/", "eu-west-1")).unwrap();
+        assert_eq!(store.region().await.unwrap().as_deref(), Some("eu-west-1"));
+        conformance(Arc::new(store)).await;
+        // The store stayed inside its prefix: a neighbour prefix sees nothing.
+        let other = S3Store::new(config(&bucket, "tenant/other/", "eu-west-1")).unwrap();
+        assert!(other.list().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn s3_errors_name_the_endpoint() {
+        let missing = S3Store::new(config("no-such-bucket-ferry", "", "eu-west-1")).unwrap();
+        let err = missing.list().await.unwrap_err();
+        assert!(matches!(err, StorageError::NoSuchContainer { .. }), "{err}");
+        assert!(
+            err.to_string().contains("s3://no-such-bucket-ferry/"),
+            "{err}"
+        );
+        let mut plain = config("b", "", "eu-west-1");
+        plain.insecure_plain_http_on_loopback = false;
+        let err = S3Store::new(plain).unwrap_err();
+        assert!(
+            err.to_string().contains("insecurePlainHttpOnLoopback"),
+            "{err}"
+        );
+        let mut down = config("b", "", "eu-west-1");
+        down.endpoint = Some("http://127.0.0.1:9".into());
+        let err = S3Store::new(down).unwrap().list().await.unwrap_err();
+        assert!(err.is_transient(), "{err}");
+    }
+}
+
+mod azure {
+    use super::*;
+    use ferry_runner::storage::azure::{AzureAuth, AzureConfig, AzureStore};
+    use zeroize::Zeroizing;
+
+    /// Azurite's documented development account key (public, not a secret).
+    const DEV_KEY: &str =
+        "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
+    pub fn config(container: &str, prefix: &str) -> AzureConfig {
+        AzureConfig {
+            account: "devstoreaccount1".into(),
+            container: container.into(),
+            prefix: prefix.into(),
+            endpoint: Some(service_env("FERRY_AZURITE_ENDPOINT")),
+            insecure_plain_http_on_loopback: true,
+            auth: AzureAuth::AccountKey(Zeroizing::new(DEV_KEY.into())),
+        }
+    }
+
+    /// Creates a container in Azurite with the Azure SDK for Python.
+    pub async fn container() -> String {
+        let name = unique("ferry-test");
+        let python = service_env("FERRY_PYTHON");
+        let script = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/azurite/create_container.py"
+        );
+        let out = std::process::Command::new(python)
+            .args([script, &service_env("FERRY_AZURITE_ENDPOINT"), &name])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "creating container {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        name
+    }
+
+    #[tokio::test]
+    async fn azure_store_conforms() {
+        let container = container().await;
+        let store = AzureStore::new(config(&container, "tenant/prefix/")).unwrap();
+        conformance(Arc::new(store)).await;
+        let other = AzureStore::new(config(&container, "tenant/other")).unwrap();
+        assert!(other.list().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn azure_errors_name_the_endpoint_and_hide_the_key() {
+        let store = AzureStore::new(config("no-such-container", "")).unwrap();
+        let err = store.list().await.unwrap_err();
+        assert!(matches!(err, StorageError::NoSuchContainer { .. }), "{err}");
+        assert!(
+            err.to_string()
+                .contains("azure://devstoreaccount1/no-such-container"),
+            "{err}"
+        );
+        let container = container().await;
+        let mut wrong = config(&container, "");
+        wrong.auth = AzureAuth::AccountKey(Zeroizing::new(
+            "Q0FOQVJZLWtleS1DQU5BUlkta2V5LUNBTkFSWQ==".into(),
+        ));
+        let err = AzureStore::new(wrong).unwrap().list().await.unwrap_err();
+        assert!(
+            matches!(err, StorageError::InvalidCredentials { .. }),
+            "{err}"
+        );
+        assert!(!err.to_string().contains("Q0FOQVJZ"), "{err}");
+    }
 }

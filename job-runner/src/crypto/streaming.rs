@@ -241,7 +241,11 @@ impl Decrypter {
         // Split the segment off the buffer (copying only the look-ahead behind
         // it), open it in place, and hand the plaintext over. An empty `out`
         // lends its allocation to the next segment, so buffers are reused.
-        let mut rest = if out.is_empty() { std::mem::take(out) } else { Vec::new() };
+        let mut rest = if out.is_empty() {
+            std::mem::take(out)
+        } else {
+            Vec::new()
+        };
         rest.reserve(SEGMENT_SIZE + self.buf.len() - len);
         rest.extend_from_slice(&self.buf[len..]);
         self.buf.truncate(len);
@@ -379,8 +383,8 @@ mod vector {
     use super::*;
 
     pub const DEK: [u8; 32] = [
-        0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25,
-        26, 27, 28, 29, 30, 31,
+        0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24,
+        25, 26, 27, 28, 29, 30, 31,
     ];
     pub const AAD: &[u8] = b"customers/2026-11-01.csv";
     pub const PLAINTEXT: &[u8] = b"id,country\n1,FR\n2,DE\n";
@@ -404,7 +408,8 @@ mod vector {
         assert_eq!(hex::encode(&out), CIPHERTEXT_HEX);
         let mut d = Decrypter::new(&DEK, AAD);
         let mut plain = Vec::new();
-        d.push(&hex::decode(CIPHERTEXT_HEX).unwrap(), &mut plain).unwrap();
+        d.push(&hex::decode(CIPHERTEXT_HEX).unwrap(), &mut plain)
+            .unwrap();
         d.finish(&mut plain).unwrap();
         assert_eq!(plain, PLAINTEXT);
     }

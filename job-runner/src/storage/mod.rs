@@ -8,7 +8,9 @@ use std::ops::Range;
 use bytes::Bytes;
 use futures::stream::BoxStream;
 
+pub mod azure;
 pub mod local;
+pub mod s3;
 
 /// A stream of object bytes.
 pub type ByteStream = BoxStream<'static, Result<Bytes, StorageError>>;
@@ -156,4 +158,75 @@ pub fn check_key(endpoint: &str, key: &str) -> Result<(), StorageError> {
         return Err(bad("empty, '.' or '..' path segment"));
     }
     Ok(())
+}
+
+/// Accepts an `https://` URL, and an `http://` one only for a loopback host
+/// (127.0.0.0/8, ::1, localhost) with the explicit opt-out. Never echoes
+/// anything after the host (a URL may carry a SAS token in its query).
+pub fn check_endpoint_url(
+    endpoint: &str,
+    url: &str,
+    allow_plain_loopback: bool,
+) -> Result<(), StorageError> {
+    let refuse = |reason: String| StorageError::Unreachable {
+        endpoint: endpoint.to_string(),
+        reason,
+    };
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or_else(|| refuse("endpoint is not a URL".into()))?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host_port = authority.rsplit('@').next().unwrap_or_default();
+    let host = if let Some(v6) = host_port.strip_prefix('[') {
+        v6.split(']').next().unwrap_or_default()
+    } else {
+        host_port.split(':').next().unwrap_or_default()
+    };
+    match scheme.to_ascii_lowercase().as_str() {
+        "https" => Ok(()),
+        "http" if allow_plain_loopback && is_loopback(host) => Ok(()),
+        "http" if is_loopback(host) => Err(refuse(format!(
+            "plain http to {host} needs insecurePlainHttpOnLoopback: true"
+        ))),
+        "http" => Err(refuse(format!(
+            "plain http to {host} is refused: use https"
+        ))),
+        other => Err(refuse(format!("unsupported scheme {other:?}: use https"))),
+    }
+}
+
+fn is_loopback(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_urls() {
+        let ok = |u, allow| check_endpoint_url("e", u, allow).is_ok();
+        assert!(ok("https://s3.eu-west-1.amazonaws.com", false));
+        assert!(ok("http://127.0.0.1:9000", true));
+        assert!(ok("http://[::1]:9000/x", true));
+        assert!(ok("http://localhost:10000/devstoreaccount1", true));
+        assert!(!ok("http://127.0.0.1:9000", false));
+        assert!(!ok("http://10.0.0.1:9000", true));
+        assert!(!ok("http://example.com@127.0.0.1.evil.com/", true));
+        assert!(!ok("ftp://127.0.0.1", true));
+        assert!(!ok("127.0.0.1:9000", true));
+        let err = check_endpoint_url("e", "http://h.example/?sig=SECRET", false).unwrap_err();
+        assert!(!err.to_string().contains("SECRET"));
+    }
+
+    #[test]
+    fn keys() {
+        assert!(check_key("e", "a/b c/ü.csv").is_ok());
+        for bad in ["", "/a", "a/", "a//b", "./a", "a/../b", "a\0b"] {
+            assert!(check_key("e", bad).is_err(), "{bad:?}");
+        }
+    }
 }

@@ -1,0 +1,100 @@
+//! S3 credentials: static keys read from a Secret, or web identity (a projected
+//! service-account token exchanged with STS for short-lived keys).
+
+use std::path::PathBuf;
+
+use aws_credential_types::Credentials;
+use aws_credential_types::provider::{ProvideCredentials, error::CredentialsError, future};
+use zeroize::Zeroizing;
+
+/// How the runner authenticates to S3. `Debug` never shows a secret.
+#[derive(Clone)]
+pub enum S3Auth {
+    /// Keys from a Secret.
+    Static {
+        access_key_id: Zeroizing<String>,
+        secret_access_key: Zeroizing<String>,
+        session_token: Option<Zeroizing<String>>,
+    },
+    /// AssumeRoleWithWebIdentity with the token in `token_file`, read afresh at
+    /// every refresh (the kubelet rotates it).
+    WebIdentity {
+        role_arn: String,
+        token_file: PathBuf,
+        session_name: String,
+        /// STS endpoint override (S3-compatible stores, tests); AWS's regional STS otherwise.
+        sts_endpoint: Option<String>,
+    },
+}
+
+impl std::fmt::Debug for S3Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            S3Auth::Static { .. } => f.write_str("S3Auth::Static { .. }"),
+            S3Auth::WebIdentity { role_arn, .. } => f
+                .debug_struct("S3Auth::WebIdentity")
+                .field("role_arn", role_arn)
+                .finish_non_exhaustive(),
+        }
+    }
+}
+
+/// A credentials provider for web identity.
+#[derive(Debug)]
+pub(super) struct WebIdentityProvider {
+    pub role_arn: String,
+    pub token_file: PathBuf,
+    pub session_name: String,
+    pub sts: aws_sdk_sts::Client,
+}
+
+impl WebIdentityProvider {
+    async fn load(&self) -> Result<Credentials, CredentialsError> {
+        let token = tokio::fs::read_to_string(&self.token_file)
+            .await
+            .map_err(|e| {
+                CredentialsError::not_loaded(format!(
+                    "failed to read the web identity token {}: {e}",
+                    self.token_file.display()
+                ))
+            })?;
+        let token = Zeroizing::new(token);
+        let resp = self
+            .sts
+            .assume_role_with_web_identity()
+            .role_arn(&self.role_arn)
+            .role_session_name(&self.session_name)
+            .web_identity_token(token.trim())
+            .send()
+            .await
+            .map_err(|e| {
+                let code = aws_sdk_sts::error::ProvideErrorMetadata::code(&e)
+                    .unwrap_or("")
+                    .to_string();
+                CredentialsError::provider_error(format!(
+                    "STS refused the web identity token for role {}: {code}",
+                    self.role_arn
+                ))
+            })?;
+        let c = resp
+            .credentials()
+            .ok_or_else(|| CredentialsError::unhandled("STS returned no credentials"))?;
+        let expiry = std::time::SystemTime::try_from(*c.expiration()).ok();
+        Ok(Credentials::new(
+            c.access_key_id(),
+            c.secret_access_key(),
+            Some(c.session_token().to_string()),
+            expiry,
+            "ferry-web-identity",
+        ))
+    }
+}
+
+impl ProvideCredentials for WebIdentityProvider {
+    fn provide_credentials<'a>(&'a self) -> future::ProvideCredentials<'a>
+    where
+        Self: 'a,
+    {
+        future::ProvideCredentials::new(self.load())
+    }
+}

@@ -1,0 +1,448 @@
+//! Amazon S3 and S3-compatible stores, with `aws-sdk-s3`.
+//!
+//! Listing pages through ListObjectsV2; reads stream the body; writes of up to
+//! one part are a single PutObject, larger ones a multipart upload with parts
+//! uploaded concurrently, completed at the end or aborted on any error, so a
+//! partial object is never visible.
+
+mod credentials;
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use aws_sdk_s3::Client;
+use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region, SharedCredentialsProvider};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream as SdkBody;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+
+pub use credentials::S3Auth;
+use credentials::WebIdentityProvider;
+
+use super::{ByteStream, ObjectMeta, ObjectStore, StorageError, check_endpoint_url, check_key};
+
+/// Size of a multipart part (S3's minimum is 5 MiB).
+pub const PART_SIZE: usize = 8 << 20;
+/// Parts uploaded at once per object.
+const PARTS_IN_FLIGHT: usize = 4;
+
+/// Where and how to reach a bucket.
+#[derive(Debug, Clone)]
+pub struct S3Config {
+    pub bucket: String,
+    /// Key prefix; the store never lists, reads or writes outside it.
+    pub prefix: String,
+    pub region: String,
+    /// Endpoint URL of an S3-compatible store.
+    pub endpoint: Option<String>,
+    pub force_path_style: bool,
+    /// Accept `http://` for a loopback endpoint.
+    pub insecure_plain_http_on_loopback: bool,
+    pub auth: S3Auth,
+}
+
+/// A bucket prefix as an object store.
+#[derive(Debug, Clone)]
+pub struct S3Store {
+    client: Client,
+    bucket: String,
+    prefix: String,
+    name: String,
+}
+
+impl S3Store {
+    /// A store for `config`. Fails on an endpoint that is neither https nor an
+    /// allowed loopback http.
+    pub fn new(config: S3Config) -> Result<Self, StorageError> {
+        let name = format!("s3://{}/{}", config.bucket, config.prefix);
+        if let Some(url) = &config.endpoint {
+            check_endpoint_url(&name, url, config.insecure_plain_http_on_loopback)?;
+        }
+        let credentials = match &config.auth {
+            S3Auth::Static {
+                access_key_id,
+                secret_access_key,
+                session_token,
+            } => SharedCredentialsProvider::new(Credentials::new(
+                access_key_id.as_str(),
+                secret_access_key.as_str(),
+                session_token.as_ref().map(|t| t.to_string()),
+                None,
+                "ferry-secret",
+            )),
+            S3Auth::WebIdentity {
+                role_arn,
+                token_file,
+                session_name,
+                sts_endpoint,
+            } => {
+                let mut sts = aws_sdk_sts::Config::builder()
+                    .behavior_version(BehaviorVersion::latest())
+                    .region(aws_sdk_sts::config::Region::new(config.region.clone()));
+                if let Some(url) = sts_endpoint {
+                    check_endpoint_url(&name, url, config.insecure_plain_http_on_loopback)?;
+                    sts = sts.endpoint_url(url);
+                }
+                SharedCredentialsProvider::new(WebIdentityProvider {
+                    role_arn: role_arn.clone(),
+                    token_file: token_file.clone(),
+                    session_name: session_name.clone(),
+                    sts: aws_sdk_sts::Client::from_conf(sts.build()),
+                })
+            }
+        };
+        let mut builder = aws_sdk_s3::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new(config.region.clone()))
+            .credentials_provider(credentials)
+            .force_path_style(config.force_path_style);
+        if let Some(url) = &config.endpoint {
+            builder = builder.endpoint_url(url.trim_end_matches('/'));
+        }
+        Ok(Self {
+            client: Client::from_conf(builder.build()),
+            bucket: config.bucket,
+            prefix: config.prefix,
+            name,
+        })
+    }
+
+    fn full_key(&self, key: &str) -> Result<String, StorageError> {
+        check_key(&self.name, key)?;
+        Ok(format!("{}{key}", self.prefix))
+    }
+
+    /// Maps an SDK error to a storage error naming the endpoint and object.
+    fn error<E>(
+        &self,
+        err: SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+        key: Option<&str>,
+    ) -> StorageError
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        let endpoint = self.name.clone();
+        let status = err.raw_response().map(|r| r.status().as_u16());
+        let code = err.code().unwrap_or_default().to_string();
+        match &err {
+            SdkError::DispatchFailure(_)
+            | SdkError::TimeoutError(_)
+            | SdkError::ResponseError(_) => {
+                return StorageError::Unreachable {
+                    endpoint,
+                    reason: aws_smithy_types::error::display::DisplayErrorContext(&err).to_string(),
+                };
+            }
+            _ => {}
+        }
+        match (code.as_str(), status) {
+            ("NoSuchBucket", _) => StorageError::NoSuchContainer {
+                endpoint,
+                what: format!("bucket {:?}", self.bucket),
+            },
+            ("NoSuchKey" | "NotFound", _) | (_, Some(404)) if key.is_some() => {
+                StorageError::NotFound {
+                    endpoint,
+                    key: key.unwrap_or_default().to_string(),
+                }
+            }
+            (
+                "InvalidAccessKeyId"
+                | "SignatureDoesNotMatch"
+                | "ExpiredToken"
+                | "InvalidToken"
+                | "TokenRefreshRequired",
+                _,
+            ) => StorageError::InvalidCredentials { endpoint },
+            ("AccessDenied" | "AllAccessDisabled", _) | (_, Some(401 | 403)) => {
+                StorageError::AccessDenied {
+                    endpoint,
+                    key: key.map(str::to_string),
+                }
+            }
+            (_, Some(s)) if s == 429 || s >= 500 => StorageError::Unreachable {
+                endpoint,
+                reason: format!("HTTP {s} {code}"),
+            },
+            _ => StorageError::Io {
+                endpoint,
+                action: "call S3",
+                key: key.map(str::to_string),
+                source: std::io::Error::other(format!("{code} (HTTP {})", status.unwrap_or(0))),
+            },
+        }
+    }
+
+    async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: i32,
+        body: Bytes,
+    ) -> Result<CompletedPart, StorageError> {
+        let out = self
+            .client
+            .upload_part()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .part_number(number)
+            .body(SdkBody::from(body))
+            .send()
+            .await
+            .map_err(|e| self.error(e, Some(key)))?;
+        Ok(CompletedPart::builder()
+            .part_number(number)
+            .set_e_tag(out.e_tag().map(str::to_string))
+            .build())
+    }
+
+    async fn multipart(
+        &self,
+        key: &str,
+        first: Bytes,
+        reader: &mut PartReader,
+    ) -> Result<(), StorageError> {
+        let created = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| self.error(e, Some(key)))?;
+        let upload_id = created
+            .upload_id()
+            .ok_or_else(|| StorageError::Io {
+                endpoint: self.name.clone(),
+                action: "start a multipart upload",
+                key: Some(key.to_string()),
+                source: std::io::Error::other("no upload id returned"),
+            })?
+            .to_string();
+        let result = async {
+            let mut parts = Vec::new();
+            let mut in_flight = FuturesUnordered::new();
+            let mut next = Some(first);
+            let mut number = 0;
+            while let Some(body) = next.take() {
+                number += 1;
+                in_flight.push(self.upload_part(key, &upload_id, number, body));
+                while in_flight.len() >= PARTS_IN_FLIGHT {
+                    if let Some(done) = in_flight.next().await {
+                        parts.push(done?);
+                    }
+                }
+                next = reader.next_part().await?;
+            }
+            while let Some(done) = in_flight.next().await {
+                parts.push(done?);
+            }
+            parts.sort_by_key(|p| p.part_number());
+            self.client
+                .complete_multipart_upload()
+                .bucket(&self.bucket)
+                .key(key)
+                .upload_id(&upload_id)
+                .multipart_upload(
+                    CompletedMultipartUpload::builder()
+                        .set_parts(Some(parts))
+                        .build(),
+                )
+                .send()
+                .await
+                .map_err(|e| self.error(e, Some(key)))?;
+            Ok(())
+        }
+        .await;
+        if result.is_err() {
+            // Never leave a half-done upload behind (it would also be billed).
+            if let Err(e) = self
+                .client
+                .abort_multipart_upload()
+                .bucket(&self.bucket)
+                .key(key)
+                .upload_id(&upload_id)
+                .send()
+                .await
+            {
+                tracing::warn!(endpoint = %self.name, key, error = %self.error(e, Some(key)), "failed to abort a multipart upload");
+            }
+        }
+        result
+    }
+}
+
+/// Cuts a byte stream into parts of PART_SIZE (the last may be shorter).
+struct PartReader {
+    input: ByteStream,
+    buf: BytesMut,
+    done: bool,
+    total: u64,
+}
+
+impl PartReader {
+    async fn next_part(&mut self) -> Result<Option<Bytes>, StorageError> {
+        while !self.done && self.buf.len() < PART_SIZE {
+            match self.input.next().await {
+                Some(chunk) => {
+                    let chunk = chunk?;
+                    self.total += chunk.len() as u64;
+                    self.buf.extend_from_slice(&chunk);
+                }
+                None => self.done = true,
+            }
+        }
+        if self.buf.is_empty() && self.done {
+            return Ok(None);
+        }
+        let take = self.buf.len().min(PART_SIZE);
+        Ok(Some(self.buf.split_to(take).freeze()))
+    }
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for S3Store {
+    fn describe(&self) -> String {
+        self.name.clone()
+    }
+
+    async fn list(&self) -> Result<Vec<ObjectMeta>, StorageError> {
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(&self.prefix)
+            .into_paginator()
+            .send();
+        let mut out = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| self.error(e, None))?;
+            for o in page.contents() {
+                let Some(full) = o.key() else { continue };
+                let Some(key) = full.strip_prefix(self.prefix.as_str()) else {
+                    continue;
+                };
+                if key.is_empty() || key.ends_with('/') {
+                    continue; // folder markers
+                }
+                out.push(ObjectMeta {
+                    key: key.to_string(),
+                    size: o.size().and_then(|s| u64::try_from(s).ok()).unwrap_or(0),
+                    modified: o
+                        .last_modified()
+                        .and_then(|t| t.fmt(aws_smithy_types::date_time::Format::DateTime).ok()),
+                    etag: o.e_tag().map(str::to_string),
+                });
+            }
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    async fn get(&self, key: &str, range: Option<Range<u64>>) -> Result<ByteStream, StorageError> {
+        let full = self.full_key(key)?;
+        if let Some(r) = &range
+            && r.start >= r.end
+        {
+            return Ok(futures::stream::empty().boxed());
+        }
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(&full)
+            .set_range(range.map(|r| format!("bytes={}-{}", r.start, r.end - 1)))
+            .send()
+            .await;
+        let out = match out {
+            Ok(o) => o,
+            // A range past the end of the object is empty, as for the other stores.
+            Err(e) if e.raw_response().map(|r| r.status().as_u16()) == Some(416) => {
+                return Ok(futures::stream::empty().boxed());
+            }
+            Err(e) => return Err(self.error(e, Some(key))),
+        };
+        let (name, key) = (self.name.clone(), key.to_string());
+        let body = out.body;
+        Ok(futures::stream::unfold(Some(body), move |body| {
+            let (name, key) = (name.clone(), key.clone());
+            async move {
+                let mut body = body?;
+                match body.next().await {
+                    None => None,
+                    Some(Ok(b)) => Some((Ok(b), Some(body))),
+                    Some(Err(e)) => Some((
+                        Err(StorageError::Unreachable {
+                            endpoint: name,
+                            reason: format!("reading {key:?}: {e}"),
+                        }),
+                        None,
+                    )),
+                }
+            }
+        })
+        .boxed())
+    }
+
+    async fn put(&self, key: &str, data: ByteStream) -> Result<u64, StorageError> {
+        let full = self.full_key(key)?;
+        let mut reader = PartReader {
+            input: data,
+            buf: BytesMut::new(),
+            done: false,
+            total: 0,
+        };
+        let first = reader.next_part().await?.unwrap_or_default();
+        if reader.done && reader.buf.is_empty() {
+            self.client
+                .put_object()
+                .bucket(&self.bucket)
+                .key(&full)
+                .body(SdkBody::from(first))
+                .send()
+                .await
+                .map_err(|e| self.error(e, Some(key)))?;
+        } else {
+            self.multipart(&full, first, &mut reader).await?;
+        }
+        Ok(reader.total)
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        let full = self.full_key(key)?;
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(&full)
+            .send()
+            .await
+            .map_err(|e| self.error(e, Some(key)))?;
+        Ok(())
+    }
+
+    async fn region(&self) -> Result<Option<String>, StorageError> {
+        let out = self
+            .client
+            .get_bucket_location()
+            .bucket(&self.bucket)
+            .send()
+            .await
+            .map_err(|e| self.error(e, None))?;
+        // An empty constraint is us-east-1; the legacy "EU" is eu-west-1.
+        let region = match out.location_constraint().map(|c| c.as_str()) {
+            None | Some("") => "us-east-1",
+            Some("EU") => "eu-west-1",
+            Some(r) => r,
+        };
+        Ok(Some(region.to_string()))
+    }
+}
+
+/// Shared by tests and tools: the store as a trait object.
+pub fn open(config: S3Config) -> Result<Arc<dyn ObjectStore>, StorageError> {
+    Ok(Arc::new(S3Store::new(config)?))
+}
