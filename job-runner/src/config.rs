@@ -11,6 +11,7 @@ use crate::crypto::{Kek, KeyError};
 use crate::storage::azure::{AzureAuth, AzureConfig, AzureStore};
 use crate::storage::local::LocalStore;
 use crate::storage::s3::{S3Auth, S3Config, S3Store};
+use crate::storage::sftp::{HostKeyCheck, SftpAuth, SftpConfig, SftpStore};
 use crate::storage::{ObjectStore, StorageError};
 
 /// Where the operator mounts the run's projected service-account token for
@@ -53,6 +54,10 @@ pub enum ConfigError {
         side: &'static str,
         source: StorageError,
     },
+    #[error(
+        "secret {secret:?} key \"knownHosts\" holds no public key in known_hosts or .pub format"
+    )]
+    BadHostKey { secret: String },
 }
 
 impl ConfigError {
@@ -67,6 +72,7 @@ impl ConfigError {
             ConfigError::BadKey { .. } => "InvalidEncryptionKey",
             ConfigError::Residency(_) => "ResidencyViolation",
             ConfigError::Store { source, .. } => source.reason(),
+            ConfigError::BadHostKey { .. } => "InvalidHostKey",
         }
     }
 }
@@ -261,11 +267,49 @@ pub fn open_store(
                 .map_err(|source| ConfigError::Store { side, source })?,
             )
         }
-        EndpointKind::Sftp(_) => {
-            return Err(ConfigError::Unsupported {
-                side,
-                backend: "sftp",
-            });
+        EndpointKind::Sftp(e) => {
+            let secret = &e.credentials.secret_ref.name;
+            let auth = match secrets.optional_string(secret, "privateKey") {
+                Some(private_key) => SftpAuth::Key {
+                    private_key,
+                    passphrase: secrets.optional_string(secret, "passphrase"),
+                },
+                None if e.allow_password_auth => {
+                    tracing::warn!(
+                        side,
+                        "SFTP password authentication is in use (allowPasswordAuth: true)"
+                    );
+                    SftpAuth::Password(secrets.string(secret, "password")?)
+                }
+                None => {
+                    return Err(ConfigError::MissingSecretKey {
+                        secret: secret.clone(),
+                        key: "privateKey (password authentication needs allowPasswordAuth: true)"
+                            .into(),
+                        path: secrets.root.join(secret),
+                    });
+                }
+            };
+            let host_key = match (&e.host_key.fingerprint, &e.host_key.secret_ref) {
+                (Some(fp), None) => HostKeyCheck::Fingerprint(fp.clone()),
+                (None, Some(r)) => {
+                    let text = secrets.string(&r.name, "knownHosts")?;
+                    HostKeyCheck::from_known_hosts(&text).ok_or_else(|| {
+                        ConfigError::BadHostKey {
+                            secret: r.name.clone(),
+                        }
+                    })?
+                }
+                _ => return Err(ConfigError::Endpoint(side)),
+            };
+            Arc::new(SftpStore::new(SftpConfig {
+                host: e.host.clone(),
+                port: u16::try_from(e.port).map_err(|_| ConfigError::Endpoint(side))?,
+                path: e.path.clone(),
+                username: secrets.string(secret, "username")?.to_string(),
+                auth,
+                host_key,
+            }))
         }
     };
     Ok(store)

@@ -343,3 +343,102 @@ mod azure {
         assert!(!err.to_string().contains("Q0FOQVJZ"), "{err}");
     }
 }
+
+mod sftp {
+    use super::*;
+    use ferry_runner::storage::sftp::{HostKeyCheck, SftpAuth, SftpConfig, SftpStore};
+    use zeroize::Zeroizing;
+
+    pub fn config(path: &str) -> SftpConfig {
+        let host_key = std::fs::read_to_string(service_env("FERRY_SFTP_HOST_KEY")).unwrap();
+        SftpConfig {
+            host: service_env("FERRY_SFTP_HOST"),
+            port: service_env("FERRY_SFTP_PORT").parse().unwrap(),
+            path: path.into(),
+            username: service_env("FERRY_SFTP_USER"),
+            auth: SftpAuth::Key {
+                private_key: Zeroizing::new(
+                    std::fs::read_to_string(service_env("FERRY_SFTP_KEY")).unwrap(),
+                ),
+                passphrase: None,
+            },
+            host_key: HostKeyCheck::from_known_hosts(&host_key).expect("host key parses"),
+        }
+    }
+
+    #[tokio::test]
+    async fn sftp_store_conforms() {
+        let root = unique("tenant");
+        conformance(Arc::new(SftpStore::new(config(&format!("{root}/prefix"))))).await;
+        let other = SftpStore::new(config(&format!("{root}/other")));
+        assert!(matches!(
+            other.list().await,
+            Err(StorageError::NoSuchContainer { .. })
+        ));
+        // Nothing half-written stays behind on the server.
+        let leftovers: Vec<_> =
+            walk(&std::path::Path::new(&service_env("FERRY_SFTP_ROOT")).join(&root))
+                .into_iter()
+                .filter(|p| p.contains(".ferry-tmp-"))
+                .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+
+    #[tokio::test]
+    async fn sftp_verifies_the_host_key_and_credentials() {
+        // A pinned fingerprint of the right key works.
+        let pub_line = std::fs::read_to_string(service_env("FERRY_SFTP_HOST_KEY")).unwrap();
+        let out = std::process::Command::new("ssh-keygen")
+            .args(["-lf", &service_env("FERRY_SFTP_HOST_KEY")])
+            .output()
+            .unwrap();
+        let fingerprint = String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .to_string();
+        let mut pinned = config(".");
+        pinned.host_key = HostKeyCheck::Fingerprint(fingerprint);
+        SftpStore::new(pinned).list().await.unwrap();
+        assert!(pub_line.starts_with("ssh-ed25519 "));
+
+        // Another key is refused before authentication, with what was presented.
+        let mut wrong = config(".");
+        wrong.host_key =
+            HostKeyCheck::Fingerprint("SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".into());
+        let err = SftpStore::new(wrong).list().await.unwrap_err();
+        assert!(matches!(err, StorageError::HostKeyMismatch { .. }), "{err}");
+        assert!(err.to_string().contains("SHA256:"), "{err}");
+
+        // A client key the server does not know: invalid credentials, no key in the message.
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("k");
+        let st = std::process::Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(&key)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let private = std::fs::read_to_string(&key).unwrap();
+        let mut stranger = config(".");
+        stranger.auth = SftpAuth::Key {
+            private_key: Zeroizing::new(private.clone()),
+            passphrase: None,
+        };
+        let err = SftpStore::new(stranger).list().await.unwrap_err();
+        assert!(
+            matches!(err, StorageError::InvalidCredentials { .. }),
+            "{err}"
+        );
+        assert!(
+            !err.to_string().contains(private.lines().nth(1).unwrap()),
+            "{err}"
+        );
+
+        // Nobody listening: unreachable, transient.
+        let mut down = config(".");
+        down.port = 9;
+        let err = SftpStore::new(down).list().await.unwrap_err();
+        assert!(err.is_transient(), "{err}");
+    }
+}

@@ -81,6 +81,23 @@ fn endpoint(kind: &str, secrets: &Path, scratch: &Path) -> String {
                 env("FERRY_AZURITE_ENDPOINT")
             )
         }
+        "sftp" => {
+            std::fs::create_dir_all(secrets.join("ssh")).unwrap();
+            std::fs::write(secrets.join("ssh/username"), env("FERRY_SFTP_USER")).unwrap();
+            std::fs::copy(env("FERRY_SFTP_KEY"), secrets.join("ssh/privateKey")).unwrap();
+            std::fs::create_dir_all(secrets.join("hostkey")).unwrap();
+            std::fs::copy(
+                env("FERRY_SFTP_HOST_KEY"),
+                secrets.join("hostkey/knownHosts"),
+            )
+            .unwrap();
+            format!(
+                "sftp: {{host: \"{}\", port: {}, path: pairs-{}/data, region: eu-west-1, credentials: {{secretRef: {{name: ssh}}}}, hostKey: {{secretRef: {{name: hostkey}}}}}}",
+                env("FERRY_SFTP_HOST"),
+                env("FERRY_SFTP_PORT"),
+                unique()
+            )
+        }
         "local" => {
             let dir = scratch.join(format!("local-{}", unique()));
             format!("local: {{path: \"{}\"}}", dir.display())
@@ -235,6 +252,22 @@ async fn azure_to_s3() {
 #[tokio::test]
 async fn s3_to_s3() {
     pair("s3", "s3").await;
+}
+
+#[tokio::test]
+async fn sftp_to_s3() {
+    pair("sftp", "s3").await;
+}
+
+#[tokio::test]
+async fn azure_to_sftp() {
+    pair("azure", "sftp").await;
+}
+
+#[tokio::test]
+async fn s3_to_sftp_and_sftp_to_azure() {
+    pair("s3", "sftp").await;
+    pair("sftp", "azure").await;
 }
 
 #[tokio::test]

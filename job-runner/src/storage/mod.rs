@@ -11,6 +11,7 @@ use futures::stream::BoxStream;
 pub mod azure;
 pub mod local;
 pub mod s3;
+pub mod sftp;
 
 /// A stream of object bytes.
 pub type ByteStream = BoxStream<'static, Result<Bytes, StorageError>>;
@@ -43,6 +44,10 @@ pub enum StorageError {
     },
     #[error("{endpoint}: invalid credentials")]
     InvalidCredentials { endpoint: String },
+    #[error(
+        "{endpoint}: host key mismatch: the server presented {presented}, which is not the expected key"
+    )]
+    HostKeyMismatch { endpoint: String, presented: String },
     #[error("{endpoint}: unreachable: {reason}")]
     Unreachable { endpoint: String, reason: String },
     #[error("{endpoint}: no space left while writing {key:?}")]
@@ -102,6 +107,7 @@ impl StorageError {
             StorageError::NoSuchContainer { .. } => "ContainerNotFound",
             StorageError::AccessDenied { .. } => "AccessDenied",
             StorageError::InvalidCredentials { .. } => "InvalidCredentials",
+            StorageError::HostKeyMismatch { .. } => "HostKeyMismatch",
             StorageError::Unreachable { .. } => "EndpointUnreachable",
             StorageError::NoSpace { .. } => "NoSpace",
             StorageError::ChangedDuringRead { .. } => "ObjectChanged",
