@@ -1,6 +1,9 @@
 # Ferry's task runner. `make ci` is what CI runs (through tests/test-all.sh).
 SHELL := bash
-export CARGO_TARGET_DIR ?= $(HOME)/.cache/ferry/target
+.SHELLFLAGS := -o pipefail -c
+TEST_LOG ?= $(FERRY_CACHE)/test-rust.log
+export FERRY_CACHE ?= $(HOME)/.cache/ferry
+export CARGO_TARGET_DIR ?= $(FERRY_CACHE)/target
 export CARGO_TERM_COLOR ?= never
 
 .PHONY: help fmt fmt-check lint generate generate-check test test-rust services-up services-down demo bench ci
@@ -27,7 +30,7 @@ generate-check:
 
 ## All Rust tests; the services must be running (tests/bootstrap.sh start).
 test-rust:
-	source $(HOME)/.cache/ferry/services/env && cargo test --workspace --locked --no-fail-fast
+	source $(FERRY_CACHE)/services/env && cargo test --workspace --lib --bins --tests --locked --no-fail-fast 2>&1 | tee $(TEST_LOG)
 
 ## Everything, with the services started and stopped around it.
 test:

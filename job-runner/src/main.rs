@@ -83,10 +83,16 @@ enum Command {
         #[arg(long = "kek", required = true)]
         keks: Vec<PathBuf>,
         /// A destination folder written by Ferry: verified against its manifest, then decrypted.
-        #[arg(long, conflicts_with = "file")]
+        #[arg(long, conflicts_with_all = ["file", "connector"])]
         dir: Option<PathBuf>,
-        /// The manifest to use (key under --dir); the newest when unset.
-        #[arg(long, requires = "dir")]
+        /// Or the destination of this Connector (any backend), verified then decrypted.
+        #[arg(long, conflicts_with = "file", requires = "secrets_dir")]
+        connector: Option<PathBuf>,
+        /// Secrets for --connector: DIR/<secret-name>/<key>.
+        #[arg(long)]
+        secrets_dir: Option<PathBuf>,
+        /// The manifest to use (its key under the destination); the newest when unset.
+        #[arg(long)]
         manifest: Option<String>,
         /// One encrypted object.
         #[arg(long, requires = "object_key")]
@@ -104,8 +110,18 @@ enum Command {
         #[arg(long = "kek", required = true)]
         keks: Vec<PathBuf>,
         /// The destination folder.
+        #[arg(
+            long,
+            conflicts_with = "connector",
+            required_unless_present = "connector"
+        )]
+        dir: Option<PathBuf>,
+        /// Or the destination of this Connector (any backend).
+        #[arg(long, requires = "secrets_dir")]
+        connector: Option<PathBuf>,
+        /// Secrets for --connector: DIR/<secret-name>/<key>.
         #[arg(long)]
-        dir: PathBuf,
+        secrets_dir: Option<PathBuf>,
         /// The manifest to use; the newest when unset.
         #[arg(long)]
         manifest: Option<String>,
@@ -192,45 +208,49 @@ async fn dispatch(command: Command) -> Result<(), BoxError> {
         Command::Decrypt {
             keks,
             dir,
+            connector,
+            secrets_dir,
             manifest,
             file,
             object_key,
             out,
         } => {
             let keys = Arc::new(load_keys(&keks)?);
-            match (dir, file, object_key) {
-                (Some(dir), None, _) => {
-                    let store = LocalStore::new(dir);
+            match (file, object_key) {
+                (Some(file), Some(object_key)) => decrypt_file(keys, file, object_key, out).await,
+                (None, _) => {
+                    let store = destination(dir, connector, secrets_dir)?;
                     let (m, bytes) = readback::decrypt_all(
-                        &store,
+                        store.as_ref(),
                         keys,
                         manifest.as_deref(),
                         &LocalStore::new(&out),
                     )
                     .await?;
                     println!(
-                        "decrypted {} object(s), {bytes} bytes, into {} (manifest of run {} verified)",
+                        "decrypted {} object(s), {bytes} bytes, from {} into {} (manifest of run {} verified)",
                         m.objects.len(),
+                        store.describe(),
                         out.display(),
                         m.run
                     );
                     Ok(())
                 }
-                (None, Some(file), Some(object_key)) => {
-                    decrypt_file(keys, file, object_key, out).await
-                }
-                _ => Err("give either --dir, or --file with --object-key".into()),
+                (Some(_), None) => Err("--file needs --object-key".into()),
             }
         }
         Command::Verify {
             keks,
             dir,
+            connector,
+            secrets_dir,
             manifest,
             deep,
         } => {
             let keys = Arc::new(load_keys(&keks)?);
+            let store = destination(dir, connector, secrets_dir)?;
             let (key, m) =
-                readback::verify(&LocalStore::new(&dir), keys, manifest.as_deref(), deep).await?;
+                readback::verify(store.as_ref(), keys, manifest.as_deref(), deep).await?;
             println!(
                 "ok: {} object(s) match manifest {key} (run {}, key {})",
                 m.objects.len(),
@@ -246,6 +266,28 @@ async fn dispatch(command: Command) -> Result<(), BoxError> {
             key,
             force,
         } => keygen(out, secret, namespace, key, force),
+    }
+}
+
+/// The store to read back: a local folder, or a Connector's destination.
+fn destination(
+    dir: Option<PathBuf>,
+    connector: Option<PathBuf>,
+    secrets_dir: Option<PathBuf>,
+) -> Result<Arc<dyn ObjectStore>, BoxError> {
+    match (dir, connector, secrets_dir) {
+        (Some(dir), None, _) => Ok(Arc::new(LocalStore::new(dir))),
+        (None, Some(file), Some(secrets)) => {
+            let connector = config::load_connector(&file)?;
+            let secrets = SecretsDir::new(secrets);
+            Ok(config::open_store(
+                "destination",
+                &connector.spec.destination,
+                std::path::Path::new("."),
+                &secrets,
+            )?)
+        }
+        _ => Err("give --dir, or --connector with --secrets-dir".into()),
     }
 }
 

@@ -335,3 +335,93 @@ fn an_inline_secret_field_is_refused_not_ignored() {
     assert!(out.contains("unknown field(s): spec.credentials"), "{out}");
     assert!(!out.contains("CANARY"), "{out}");
 }
+
+/// Local folder to S3 (the moto server of the test services) through the CLI,
+/// then verify and decrypt the remote destination through the Connector.
+#[test]
+fn run_verify_and_decrypt_a_remote_destination() {
+    let endpoint =
+        std::env::var("FERRY_S3_ENDPOINT").expect("FERRY_S3_ENDPOINT: run through `make test`");
+    let dir = setup();
+    let d = dir.path();
+    let mut b = [0u8; 4];
+    ferry_runner::crypto::aead::random_bytes(&mut b).unwrap();
+    let bucket = format!("cli-{}", hex::encode(b));
+    let created = Command::new("curl")
+        .args([
+            "-sf",
+            "-o",
+            "/dev/null",
+            "-X",
+            "PUT",
+            &format!("{endpoint}/{bucket}"),
+        ])
+        .status()
+        .unwrap();
+    assert!(created.success());
+    std::fs::create_dir_all(d.join("secrets/s3")).unwrap();
+    std::fs::write(d.join("secrets/s3/accessKeyId"), "testing").unwrap();
+    std::fs::write(d.join("secrets/s3/secretAccessKey"), "CANARY-s3-secret").unwrap();
+    std::fs::create_dir_all(d.join("secrets/kek")).unwrap();
+    std::fs::write(d.join("secrets/kek/kek"), [9u8; 32]).unwrap();
+    let connector = CONNECTOR
+        .replace(
+            "destination: {local: {path: dst, region: eu-west-1}}",
+            &format!("destination: {{s3: {{bucket: {bucket}, prefix: out/, region: eu-west-1, endpoint: \"{endpoint}\", forcePathStyle: true, insecurePlainHttpOnLoopback: true, credentials: {{secretRef: {{name: s3}}}}}}}}"),
+        );
+    std::fs::write(d.join("s3.yaml"), connector).unwrap();
+    let o = runner(
+        d,
+        &[
+            "run",
+            "--connector",
+            "s3.yaml",
+            "--secrets-dir",
+            "secrets",
+            "--tenant-region",
+            "eu-west-1",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(!text(&o).contains("CANARY"), "{}", text(&o));
+    std::fs::write(d.join("kek.bin"), [9u8; 32]).unwrap();
+    let o = runner(
+        d,
+        &[
+            "verify",
+            "--kek",
+            "kek.bin",
+            "--connector",
+            "s3.yaml",
+            "--secrets-dir",
+            "secrets",
+            "--deep",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("ok: 2 object(s)"), "{}", text(&o));
+    let o = runner(
+        d,
+        &[
+            "decrypt",
+            "--kek",
+            "kek.bin",
+            "--connector",
+            "s3.yaml",
+            "--secrets-dir",
+            "secrets",
+            "--out",
+            "back",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(
+        std::fs::read(d.join("back/d/b.csv")).unwrap(),
+        vec![b'x'; 2_500_000]
+    );
+    assert!(
+        text(&o).contains(&format!("s3://{bucket}/out/")),
+        "{}",
+        text(&o)
+    );
+}

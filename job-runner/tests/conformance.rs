@@ -248,6 +248,42 @@ mod s3 {
         assert!(other.list().await.unwrap().is_empty());
     }
 
+    /// Web identity: the projected token is exchanged with STS (moto serves STS
+    /// on the same endpoint) for short-lived keys; no Secret is involved.
+    #[tokio::test]
+    async fn s3_web_identity() {
+        let bucket = bucket("eu-west-1").await;
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(
+            &token,
+            "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6dDpydW4ifQ.c2ln\n",
+        )
+        .unwrap();
+        let mut cfg = config(&bucket, "wi/", "eu-west-1");
+        cfg.auth = S3Auth::WebIdentity {
+            role_arn: "arn:aws:iam::123456789012:role/ferry-run".into(),
+            token_file: token.clone(),
+            session_name: "ferry-test".into(),
+            sts_endpoint: Some(service_env("FERRY_S3_ENDPOINT")),
+        };
+        let store = S3Store::new(cfg.clone()).unwrap();
+        store
+            .put("a", body(b"web identity".to_vec(), 4))
+            .await
+            .unwrap();
+        assert_eq!(read(&store, "a", None).await, b"web identity");
+        // No token file: the failure says so, and is not an endless retry.
+        std::fs::remove_file(&token).unwrap();
+        let fresh = S3Store::new(cfg).unwrap();
+        let err = fresh.list().await.unwrap_err();
+        assert!(
+            matches!(err, StorageError::InvalidCredentials { .. }),
+            "{err}"
+        );
+        assert!(!err.is_transient(), "{err}");
+    }
+
     #[tokio::test]
     async fn s3_errors_name_the_endpoint() {
         let missing = S3Store::new(config("no-such-bucket-ferry", "", "eu-west-1")).unwrap();

@@ -127,6 +127,17 @@ impl S3Store {
         let endpoint = self.name.clone();
         let status = err.raw_response().map(|r| r.status().as_u16());
         let code = err.code().unwrap_or_default().to_string();
+        // A credentials provider that failed (no token, STS refused it) is an
+        // authentication failure, not a network one: never retried as transient.
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&err);
+        while let Some(e) = source {
+            if e.downcast_ref::<aws_credential_types::provider::error::CredentialsError>()
+                .is_some()
+            {
+                return StorageError::InvalidCredentials { endpoint };
+            }
+            source = e.source();
+        }
         match &err {
             SdkError::DispatchFailure(_)
             | SdkError::TimeoutError(_)
