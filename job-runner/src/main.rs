@@ -269,6 +269,19 @@ async fn dispatch(command: Command) -> Result<(), BoxError> {
     }
 }
 
+/// A file path as (the folder as a store, the file name as its key).
+fn split_file(path: &std::path::Path, flag: &str) -> Result<(LocalStore, String), BoxError> {
+    let folder = path
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| format!("{flag} must name a file"))?;
+    Ok((LocalStore::new(folder), name.to_string()))
+}
+
 /// The store to read back: a local folder, or a Connector's destination.
 fn destination(
     dir: Option<PathBuf>,
@@ -451,16 +464,8 @@ async fn decrypt_file(
     object_key: String,
     out: PathBuf,
 ) -> Result<(), BoxError> {
-    let dir = file
-        .parent()
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("."));
-    let name = file
-        .file_name()
-        .and_then(|n| n.to_str())
-        .ok_or("--file must name a file")?
-        .to_string();
-    let input = LocalStore::new(dir).get(&name, None).await?;
+    let (folder, name) = split_file(&file, "--file")?;
+    let input = folder.get(&name, None).await?;
     let mut plain = readback::decrypt_stream(input, keys, object_key.clone());
     if out.as_os_str() == "-" {
         let mut stdout = tokio::io::stdout();
@@ -471,16 +476,8 @@ async fn decrypt_file(
         stdout.flush().await?;
         return Ok(());
     }
-    let out_dir = out
-        .parent()
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("."));
-    let out_name = out
-        .file_name()
-        .and_then(|n| n.to_str())
-        .ok_or("--out must name a file")?
-        .to_string();
-    let n = LocalStore::new(out_dir)
+    let (out_folder, out_name) = split_file(&out, "--out")?;
+    let n = out_folder
         .put(&out_name, plain)
         .await
         .map_err(|e| format!("object {object_key:?}: {e}"))?;

@@ -14,6 +14,20 @@ fn runner(dir: &Path, args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// `job-runner run` of the test Connector, with the tenant in its region.
+fn run_local(dir: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "run",
+        "--connector",
+        "connector.yaml",
+        "--secrets-dir",
+        "secrets",
+    ];
+    args.extend(["--tenant-region", "eu-west-1"]);
+    args.extend(extra);
+    runner(dir, &args)
+}
+
 fn text(o: &Output) -> String {
     format!(
         "{}{}",
@@ -71,18 +85,7 @@ fn keygen_run_verify_decrypt() {
         text(&again)
     );
 
-    let args = [
-        "run",
-        "--connector",
-        "connector.yaml",
-        "--secrets-dir",
-        "secrets",
-        "--tenant-region",
-        "eu-west-1",
-        "--run-id",
-        "r1",
-    ];
-    let o = runner(d, &args);
+    let o = run_local(d, &["--run-id", "r1"]);
     assert!(o.status.success(), "{}", text(&o));
     let out = text(&o);
     assert!(out.contains("copied 2 object(s)"), "{out}");
@@ -145,20 +148,7 @@ fn keygen_run_verify_decrypt() {
     );
 
     // Incremental: a second run copies nothing.
-    let o = runner(
-        d,
-        &[
-            "run",
-            "--connector",
-            "connector.yaml",
-            "--secrets-dir",
-            "secrets",
-            "--tenant-region",
-            "eu-west-1",
-            "--run-id",
-            "r2",
-        ],
-    );
+    let o = run_local(d, &["--run-id", "r2"]);
     assert!(
         text(&o).contains("copied 0 object(s)") && text(&o).contains("skipped 2 unchanged"),
         "{}",
@@ -167,20 +157,7 @@ fn keygen_run_verify_decrypt() {
 
     // Plan mode lists and moves nothing.
     std::fs::write(d.join("src/new.csv"), "n").unwrap();
-    let o = runner(
-        d,
-        &[
-            "run",
-            "--connector",
-            "connector.yaml",
-            "--secrets-dir",
-            "secrets",
-            "--tenant-region",
-            "eu-west-1",
-            "--mode",
-            "plan",
-        ],
-    );
+    let o = run_local(d, &["--mode", "plan"]);
     assert!(text(&o).contains("would copy new.csv"), "{}", text(&o));
     assert!(!d.join("dst/new.csv").exists());
 }
@@ -192,18 +169,7 @@ fn errors_are_clear_and_name_the_object() {
     // A KEK that is not 32 bytes: the error names the Secret and key, not the content.
     std::fs::create_dir_all(d.join("secrets/kek")).unwrap();
     std::fs::write(d.join("secrets/kek/kek"), "CANARY-not-a-key").unwrap();
-    let o = runner(
-        d,
-        &[
-            "run",
-            "--connector",
-            "connector.yaml",
-            "--secrets-dir",
-            "secrets",
-            "--tenant-region",
-            "eu-west-1",
-        ],
-    );
+    let o = run_local(d, &[]);
     assert!(!o.status.success());
     let out = text(&o);
     assert!(out.contains("secret \"kek\" key \"kek\""), "{out}");
@@ -259,18 +225,7 @@ fn errors_are_clear_and_name_the_object() {
     );
 
     // A corrupt object: decrypt fails naming it, writes nothing.
-    let o = runner(
-        d,
-        &[
-            "run",
-            "--connector",
-            "connector.yaml",
-            "--secrets-dir",
-            "secrets",
-            "--tenant-region",
-            "eu-west-1",
-        ],
-    );
+    let o = run_local(d, &[]);
     assert!(o.status.success(), "{}", text(&o));
     let mut bytes = std::fs::read(d.join("dst/d/b.csv")).unwrap();
     bytes[1_500_000] ^= 0x80;
