@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Reproduces docs/benchmarks.md: Ferry's encryption against `openssl speed` in the
-# same run, on one core, and the peak memory of encrypting 4 GiB.
-#   bash docs/bench/run.sh            (rewrites docs/benchmarks.md)
+# Ferry's encryption against `openssl speed` in the same run, on one core, and
+# the peak memory of encrypting 4 GiB. Writes docs/bench/crypto.md, then
+# docs/benchmarks.md (with docs/bench/transfer.md from transfer.sh).
+#   bash docs/bench/run.sh
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/ferry/target}
-out=docs/benchmarks.md
+out=docs/bench/crypto.md
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
@@ -45,13 +46,13 @@ run_rss=$(cut -f2 <<<"$run")
 
 cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)
 {
-  echo "# Benchmarks"
+  echo "## Encryption"
   echo
   echo "Reproduce with \`bash docs/bench/run.sh\` (release build, pinned to one core with"
-  echo "\`taskset -c 0\`; it rewrites this file). Measured $(date -u +%Y-%m-%d) on: $cpu,"
+  echo "\`taskset -c 0\`). Measured $(date -u +%Y-%m-%d) on: $cpu,"
   echo "$(nproc) cores, $(openssl version | cut -d' ' -f1-2), $(rustc --version | cut -d' ' -f1-2)."
   echo
-  echo "## AES-256-GCM on one core (MB/s, 10^6 bytes/s)"
+  echo "### AES-256-GCM on one core (MB/s, 10^6 bytes/s)"
   echo
   echo "| what | MB/s |"
   echo "| --- | ---: |"
@@ -66,7 +67,7 @@ cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)
   echo "the envelope and the SHA-256 of plaintext and ciphertext that every manifest"
   echo "entry records: that is a transfer's CPU cost per core."
   echo
-  echo "## Memory while encrypting 4 GiB"
+  echo "### Memory while encrypting 4 GiB"
   echo
   echo "| what | result |"
   echo "| --- | --- |"
@@ -76,5 +77,4 @@ cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)
   echo "Memory does not grow with the object: one 1 MiB segment is buffered per object"
   echo "in flight, plus at most four 1 MiB chunks queued towards the destination."
 } > "$out"
-echo "wrote $out" >&2
-cat "$out"
+bash docs/bench/assemble.sh

@@ -1,0 +1,213 @@
+#!/usr/bin/env bash
+# Ferry against rclone (plain and through a crypt remote), side by side in one
+# run, on the same local servers: s3s-fs (S3), Azurite (Azure Blob) and OpenSSH
+# (SFTP), all on 127.0.0.1. Writes docs/bench/transfer.md.
+#   bash docs/bench/transfer.sh [SIZE_MIB] [SMALL_COUNT]
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+export FERRY_CACHE=${FERRY_CACHE:-$HOME/.cache/ferry}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$FERRY_CACHE/target}
+BIG_MIB=${1:-1024}
+SMALL=${2:-1000}
+S3S_PORT=8014
+out=docs/bench/transfer.md
+work=$(mktemp -d /var/tmp/ferry-bench.XXXXXX)
+s3s_pid=""
+cleanup() {
+  [ -n "$s3s_pid" ] && kill "$s3s_pid" 2>/dev/null || true
+  bash tests/bootstrap.sh stop >/dev/null 2>&1 || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+echo "installing and building..." >&2
+bash tests/bootstrap.sh install
+if [ ! -x "$FERRY_CACHE/s3s/bin/s3s-fs" ]; then
+  cargo install -q s3s-fs --version 0.14.1 --locked --features binary --root "$FERRY_CACHE/s3s"
+fi
+cargo build -q --locked --release -p ferry-job-runner --bin job-runner
+runner="$CARGO_TARGET_DIR/release/job-runner"
+bash tests/bootstrap.sh start >/dev/null
+# shellcheck disable=SC1091
+source "$FERRY_CACHE/services/env"
+
+mkdir -p "$work/s3root/src/big" "$work/s3root/src/small" "$work/s3root/dst"
+"$FERRY_CACHE/s3s/bin/s3s-fs" --host 127.0.0.1 --port $S3S_PORT --access-key bench --secret-key bench-secret \
+  "$work/s3root" >"$work/s3s.log" 2>&1 &
+s3s_pid=$!
+for _ in $(seq 1 50); do (exec 3<>/dev/tcp/127.0.0.1/$S3S_PORT) 2>/dev/null && break; sleep 0.2; done
+
+echo "making data: 1 x ${BIG_MIB} MiB, ${SMALL} x 64 KiB..." >&2
+head -c $((BIG_MIB << 20)) /dev/urandom > "$work/s3root/src/big/object.bin"
+python3 - "$work/s3root/src/small" "$SMALL" <<'PY'
+import os, sys
+d, n = sys.argv[1], int(sys.argv[2])
+for i in range(n):
+    with open(os.path.join(d, f"part-{i:05}.bin"), "wb") as f:
+        f.write(os.urandom(64 * 1024))
+PY
+# The SFTP source holds the same data.
+sftp_src="$FERRY_SFTP_ROOT/src"
+mkdir -p "$sftp_src"
+cp -r "$work/s3root/src/big" "$work/s3root/src/small" "$sftp_src/"
+# Azurite container for the destinations.
+"$FERRY_PYTHON" tests/azurite/create_container.py "$FERRY_AZURITE_ENDPOINT" bench
+
+# rclone remotes.
+dev_key=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==
+crypt_pw=$(rclone obscure bench-crypt-password)
+cat > "$work/rclone.conf" <<EOF
+[s3]
+type = s3
+provider = Other
+access_key_id = bench
+secret_access_key = bench-secret
+endpoint = http://127.0.0.1:$S3S_PORT
+region = us-east-1
+force_path_style = true
+
+[azure]
+type = azureblob
+account = devstoreaccount1
+key = $dev_key
+endpoint = $FERRY_AZURITE_ENDPOINT
+
+[sftp]
+type = sftp
+host = 127.0.0.1
+port = $FERRY_SFTP_PORT
+user = $FERRY_SFTP_USER
+key_file = $FERRY_SFTP_KEY
+known_hosts_file = $FERRY_CACHE/services/known_hosts
+
+[s3crypt]
+type = crypt
+remote = s3:dst/rclone-crypt
+password = $crypt_pw
+
+[azurecrypt]
+type = crypt
+remote = azure:bench/rclone-crypt
+password = $crypt_pw
+
+[sftpcrypt]
+type = crypt
+remote = sftp:dst/rclone-crypt
+password = $crypt_pw
+EOF
+
+# Ferry's secrets and endpoints.
+mkdir -p "$work/secrets/s3" "$work/secrets/az" "$work/secrets/ssh" "$work/secrets/hostkey" "$work/secrets/kek"
+printf bench > "$work/secrets/s3/accessKeyId"
+printf bench-secret > "$work/secrets/s3/secretAccessKey"
+printf '%s' "$dev_key" > "$work/secrets/az/accountKey"
+printf '%s' "$FERRY_SFTP_USER" > "$work/secrets/ssh/username"
+cp "$FERRY_SFTP_KEY" "$work/secrets/ssh/privateKey"
+cp "$FERRY_SFTP_HOST_KEY" "$work/secrets/hostkey/knownHosts"
+"$runner" keygen --force --out "$work/secrets/kek/kek" 2>/dev/null
+
+ferry_end() { # kind, bucket-or-path prefix
+  case $1 in
+    s3) echo "s3: {bucket: $2, prefix: \"$3\", region: us-east-1, endpoint: \"http://127.0.0.1:$S3S_PORT\", forcePathStyle: true, insecurePlainHttpOnLoopback: true, credentials: {secretRef: {name: s3}}}" ;;
+    azure) echo "azureBlob: {account: devstoreaccount1, container: bench, prefix: \"$3\", region: r, endpoint: \"$FERRY_AZURITE_ENDPOINT\", insecurePlainHttpOnLoopback: true, credentials: {secretRef: {name: az}}}" ;;
+    sftp) echo "sftp: {host: \"127.0.0.1\", port: $FERRY_SFTP_PORT, path: \"$2/$3\", region: r, credentials: {secretRef: {name: ssh}}, hostKey: {secretRef: {name: hostkey}}}" ;;
+  esac
+}
+
+# Runs a command, prints "seconds<TAB>peak RSS KiB".
+measure() {
+  python3 - "$@" <<'PY'
+import resource, subprocess, sys, time
+t = time.time()
+r = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+secs = time.time() - t
+if r.returncode != 0:
+    sys.stderr.write(r.stderr.decode(errors="replace")[-2000:])
+    sys.exit(r.returncode)
+print(f"{secs:.2f}\t{resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}")
+PY
+}
+
+mbps() { python3 -c "print(f'{$1 / $2 / 1e6:.0f}')"; }
+
+rows=()
+n=0
+bench_route() { # src-kind dst-kind dataset bytes
+  local src=$1 dst=$2 set=$3 bytes=$4 t r
+  n=$((n + 1))
+  local src_remote dst_remote
+  case $src in s3) src_remote="s3:src/$set" ;; sftp) src_remote="sftp:src/$set" ;; esac
+  case $dst in
+    s3) dst_remote="s3:dst/rclone-$n"; crypt_remote="s3crypt:$n" ;;
+    azure) dst_remote="azure:bench/rclone-$n"; crypt_remote="azurecrypt:$n" ;;
+    sftp) dst_remote="sftp:dst/rclone-$n"; crypt_remote="sftpcrypt:$n" ;;
+  esac
+  echo "  $src -> $dst, $set: rclone" >&2
+  r=$(measure rclone --config "$work/rclone.conf" copy "$src_remote" "$dst_remote")
+  local plain_s=${r%%$'\t'*} plain_rss=${r##*$'\t'}
+  echo "  $src -> $dst, $set: rclone crypt" >&2
+  r=$(measure rclone --config "$work/rclone.conf" copy "$src_remote" "$crypt_remote")
+  local crypt_s=${r%%$'\t'*} crypt_rss=${r##*$'\t'}
+  echo "  $src -> $dst, $set: ferry" >&2
+  cat > "$work/c$n.yaml" <<EOF
+apiVersion: ferry.dev/v1alpha1
+kind: Connector
+metadata: {name: bench, namespace: bench}
+spec:
+  source: {$(ferry_end "$src" src "$set/")}
+  destination: {$(ferry_end "$dst" dst "ferry-$n/")}
+  syncMode: full
+  compliance: {dataResidency: any}
+  encryption: {keyRef: {secretRef: {name: kek}}}
+EOF
+  r=$(measure "$runner" run --connector "$work/c$n.yaml" --secrets-dir "$work/secrets" --audit-log "$work/audit")
+  local ferry_s=${r%%$'\t'*} ferry_rss=${r##*$'\t'}
+  rows+=("| $src → $dst | $set | $(mbps "$bytes" "$plain_s") | $(mbps "$bytes" "$crypt_s") | **$(mbps "$bytes" "$ferry_s")** | $(python3 -c "print(f'{$plain_s / $ferry_s:.2f}')")× | $(python3 -c "print(f'{$crypt_s / $ferry_s:.2f}')")× | $((plain_rss / 1024)) / $((crypt_rss / 1024)) / **$((ferry_rss / 1024))** |")
+}
+
+big_bytes=$((BIG_MIB << 20))
+small_bytes=$((SMALL * 65536))
+echo "running..." >&2
+for route in "s3 sftp" "s3 azure" "sftp s3" "s3 s3"; do
+  set -- $route
+  bench_route "$1" "$2" big "$big_bytes"
+  bench_route "$1" "$2" small "$small_bytes"
+done
+
+# Standalone throughput of each endpoint (rclone, 1 big object, to or from a RAM disk).
+echo "standalone endpoints..." >&2
+shm=$(mktemp -d /dev/shm/ferry-bench.XXXXXX)
+cp "$work/s3root/src/big/object.bin" "$shm/"
+standalone=()
+for ep in "s3 read:s3:src/big" "sftp read:sftp:src/big" "s3 write:s3:dst/standalone" "azure write:azure:bench/standalone" "sftp write:sftp:dst/standalone"; do
+  name=${ep%%:*}; remote=${ep#*:}
+  if [[ $name == *read ]]; then
+    r=$(measure rclone --config "$work/rclone.conf" copy "$remote" "$shm/read-${name%% *}")
+  else
+    r=$(measure rclone --config "$work/rclone.conf" copy "$shm/object.bin" "$remote")
+  fi
+  standalone+=("| $name | $(mbps "$big_bytes" "${r%%$'\t'*}") |")
+done
+rm -rf "$shm"
+
+cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)
+{
+  echo "## Transfers: Ferry (encrypted) against rclone $(rclone version | head -1 | awk '{print $2}')"
+  echo
+  echo "Reproduce with \`bash docs/bench/transfer.sh $BIG_MIB $SMALL\`. Measured $(date -u +%Y-%m-%d) on $cpu, $(nproc) cores;"
+  echo "servers on 127.0.0.1: s3s-fs 0.14.1 (S3), Azurite $(cat "$FERRY_CACHE/node/lib/node_modules/azurite/package.json" | python3 -c 'import json,sys; print(json.load(sys.stdin)["version"])') (Azure Blob), OpenSSH (SFTP)."
+  echo "Datasets: *big* = one ${BIG_MIB} MiB object, *small* = ${SMALL} objects of 64 KiB. rclone runs with its"
+  echo "defaults (4 transfers); Ferry with its defaults (4 objects at once), encrypting everything,"
+  echo "hashing plaintext and ciphertext, and writing its signed manifest."
+  echo
+  echo "| route | data | rclone MB/s | rclone crypt MB/s | Ferry MB/s | Ferry vs rclone | Ferry vs crypt | peak RSS MiB (rclone / crypt / Ferry) |"
+  echo "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+  printf '%s\n' "${rows[@]}"
+  echo
+  echo "Standalone throughput of each endpoint (rclone, one ${BIG_MIB} MiB object, from or to a RAM disk):"
+  echo
+  echo "| endpoint | MB/s |"
+  echo "| --- | ---: |"
+  printf '%s\n' "${standalone[@]}"
+} > "$out"
+bash docs/bench/assemble.sh
