@@ -72,6 +72,8 @@ pub enum TransferError {
     ManifestParse { key: String, reason: String },
     #[error("failed to encrypt object {key:?}: {reason}")]
     Encrypt { key: String, reason: String },
+    #[error(transparent)]
+    Key(#[from] crate::crypto::KeyError),
     #[error(
         "{failed} object(s) failed or were refused; the manifest was not written and the cursor did not move"
     )]
@@ -88,6 +90,7 @@ impl TransferError {
                 "IntegrityFailure"
             }
             TransferError::Encrypt { .. } => "EncryptionFailure",
+            TransferError::Key(_) => "InvalidEncryptionKey",
             TransferError::Incomplete { .. } => "ObjectsFailed",
         }
     }
@@ -214,10 +217,7 @@ pub async fn run(
     progress: Arc<Progress>,
 ) -> Result<Report, TransferError> {
     let selector = Selector::new(spec)?;
-    let kek = keys.current().map_err(|e| TransferError::Encrypt {
-        key: String::new(),
-        reason: e.to_string(),
-    })?;
+    let kek = keys.current()?;
     let listed = src.list().await?;
     let previous = match spec.sync_mode {
         SyncMode::Incremental => latest_manifest(dst.as_ref(), &keys)
@@ -474,7 +474,12 @@ async fn copy_one(
             key: obj.key.clone(),
             reason,
         })?;
-    debug_assert_eq!(written, encrypted_size);
+    if written != encrypted_size {
+        return Err(TransferError::Encrypt {
+            key: obj.key.clone(),
+            reason: format!("the destination stored {written} bytes of {encrypted_size}"),
+        });
+    }
     tracing::debug!(key = %obj.key, size, elapsed_ms = started.elapsed().as_millis() as u64, "copied");
     Ok(ManifestEntry {
         key: obj.key.clone(),
