@@ -121,7 +121,7 @@ impl client::Handler for Verifier {
 
 struct Connection {
     sftp: RawSftpSession,
-    _session: client::Handle<Verifier>,
+    session: client::Handle<Verifier>,
 }
 
 /// A folder on an SFTP server as an object store.
@@ -217,7 +217,11 @@ impl SftpStore {
 
     async fn connect(&self) -> Result<Arc<Connection>, StorageError> {
         let mut guard = self.conn.lock().await;
-        if let Some(c) = guard.as_ref() {
+        // Reuse the connection unless the server or the network closed it, so a
+        // retry after a dropped connection reconnects.
+        if let Some(c) = guard.as_ref()
+            && !c.session.is_closed()
+        {
             return Ok(c.clone());
         }
         // AES-256-GCM first: the fastest cipher OpenSSH offers on AES-NI machines.
@@ -305,10 +309,7 @@ impl SftpStore {
         sftp.init()
             .await
             .map_err(|e| self.unreachable(format!("SFTP handshake: {e}")))?;
-        let conn = Arc::new(Connection {
-            sftp,
-            _session: session,
-        });
+        let conn = Arc::new(Connection { sftp, session });
         *guard = Some(conn.clone());
         Ok(conn)
     }
