@@ -48,35 +48,39 @@ enum RunMode {
     Plan,
 }
 
+/// Arguments of `job-runner run`.
+#[derive(clap::Args)]
+struct RunArgs {
+    /// The Connector manifest (YAML).
+    #[arg(long)]
+    connector: PathBuf,
+    /// Secrets as Kubernetes mounts them: DIR/<secret-name>/<key>.
+    #[arg(long)]
+    secrets_dir: PathBuf,
+    /// `sync` copies; `plan` lists what would be copied.
+    #[arg(long, value_enum, default_value_t = RunMode::Sync)]
+    mode: RunMode,
+    /// The tenant's region, for `dataResidency: in-region-only`.
+    #[arg(long)]
+    tenant_region: Option<String>,
+    /// Run id (names the manifest); generated from the time when unset.
+    #[arg(long)]
+    run_id: Option<String>,
+    /// Objects copied at once.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
+    concurrency: u16,
+    /// Append audit lines to this file instead of stderr.
+    #[arg(long)]
+    audit_log: Option<PathBuf>,
+    /// Base folder of relative local paths in the Connector.
+    #[arg(long, default_value = ".")]
+    base_dir: PathBuf,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run a Connector outside a cluster.
-    Run {
-        /// The Connector manifest (YAML).
-        #[arg(long)]
-        connector: PathBuf,
-        /// Secrets as Kubernetes mounts them: DIR/<secret-name>/<key>.
-        #[arg(long)]
-        secrets_dir: PathBuf,
-        /// `sync` copies; `plan` lists what would be copied.
-        #[arg(long, value_enum, default_value_t = RunMode::Sync)]
-        mode: RunMode,
-        /// The tenant's region, for `dataResidency: in-region-only`.
-        #[arg(long)]
-        tenant_region: Option<String>,
-        /// Run id (names the manifest); generated from the time when unset.
-        #[arg(long)]
-        run_id: Option<String>,
-        /// Objects copied at once.
-        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
-        concurrency: u16,
-        /// Append audit lines to this file instead of stderr.
-        #[arg(long)]
-        audit_log: Option<PathBuf>,
-        /// Base folder of relative local paths in the Connector.
-        #[arg(long, default_value = ".")]
-        base_dir: PathBuf,
-    },
+    Run(RunArgs),
     /// Decrypt one object (--file) or every object of a destination folder (--dir).
     Decrypt {
         /// KEK files (raw, base64 or hex); give older keys too after a rotation.
@@ -183,28 +187,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 async fn dispatch(command: Command) -> Result<(), BoxError> {
     match command {
-        Command::Run {
-            connector,
-            secrets_dir,
-            mode,
-            tenant_region,
-            run_id,
-            concurrency,
-            audit_log,
-            base_dir,
-        } => {
-            run(
-                connector,
-                secrets_dir,
-                mode,
-                tenant_region,
-                run_id,
-                concurrency,
-                audit_log,
-                base_dir,
-            )
-            .await
-        }
+        Command::Run(args) => run(args).await,
         Command::Decrypt {
             keks,
             dir,
@@ -316,17 +299,17 @@ fn load_keys(paths: &[PathBuf]) -> Result<KeyRing, BoxError> {
     Ok(KeyRing::new(keys))
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn run(
-    connector_path: PathBuf,
-    secrets_dir: PathBuf,
-    mode: RunMode,
-    tenant_region: Option<String>,
-    run_id: Option<String>,
-    concurrency: u16,
-    audit_log: Option<PathBuf>,
-    base_dir: PathBuf,
-) -> Result<(), BoxError> {
+async fn run(args: RunArgs) -> Result<(), BoxError> {
+    let RunArgs {
+        connector: connector_path,
+        secrets_dir,
+        mode,
+        tenant_region,
+        run_id,
+        concurrency,
+        audit_log,
+        base_dir,
+    } = args;
     let connector = config::load_connector(&connector_path)?;
     let namespace = connector
         .metadata
