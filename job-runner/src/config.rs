@@ -30,11 +30,6 @@ pub enum ConfigError {
     Parse { path: PathBuf, reason: String },
     #[error("{0}: exactly one of s3, azureBlob, sftp or local must be set")]
     Endpoint(&'static str),
-    #[error("{side}: the {backend} backend is not available in this build of the runner yet")]
-    Unsupported {
-        side: &'static str,
-        backend: &'static str,
-    },
     #[error("secret {secret:?} has no key {key:?} (looked for {path})")]
     MissingSecretKey {
         secret: String,
@@ -67,7 +62,6 @@ impl ConfigError {
             ConfigError::Read { .. } | ConfigError::Parse { .. } | ConfigError::Endpoint(_) => {
                 "InvalidSpec"
             }
-            ConfigError::Unsupported { .. } => "UnsupportedBackend",
             ConfigError::MissingSecretKey { .. } => "SecretKeyMissing",
             ConfigError::BadKey { .. } => "InvalidEncryptionKey",
             ConfigError::Residency(_) => "ResidencyViolation",

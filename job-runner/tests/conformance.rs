@@ -1,6 +1,6 @@
 //! The storage conformance suite: what every backend must do, run against each
-//! one. Backends for remote stores join here, against the real servers that
-//! `tests/bootstrap.sh` starts.
+//! one: local folders, and S3, Azure Blob and SFTP on the real servers (moto,
+//! Azurite, OpenSSH) that `tests/bootstrap.sh` starts.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 

@@ -8,7 +8,6 @@
 mod credentials;
 
 use std::ops::Range;
-use std::sync::Arc;
 
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region, SharedCredentialsProvider};
@@ -451,9 +450,4 @@ impl ObjectStore for S3Store {
         };
         Ok(Some(region.to_string()))
     }
-}
-
-/// Shared by tests and tools: the store as a trait object.
-pub fn open(config: S3Config) -> Result<Arc<dyn ObjectStore>, StorageError> {
-    Ok(Arc::new(S3Store::new(config)?))
 }
