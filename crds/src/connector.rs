@@ -15,11 +15,13 @@ use crate::common::{
 
 /// Desired state of a Connector: a source, a destination, what to take from the
 /// source, and the security rules every run of it must follow.
-#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[kube(
     group = "ferry.dev",
     version = "v1alpha1",
     kind = "Connector",
+    derive = "Default",
+    derive = "PartialEq",
     doc = "A Connector moves files from a source store to a destination store, encrypted at rest, under the tenant's sensitivity and residency rules.",
     plural = "connectors",
     namespaced,

@@ -8,10 +8,12 @@ pub mod common;
 pub mod connector;
 pub mod crdgen;
 pub mod run;
+pub mod secrets;
 
 pub use common::*;
 pub use connector::*;
 pub use run::*;
+pub use secrets::{SecretNeed, secret_names, secret_needs};
 
 /// The API group of every Ferry resource.
 pub const GROUP: &str = "ferry.dev";

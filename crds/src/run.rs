@@ -9,11 +9,13 @@ use crate::common::conditions_schema;
 
 /// Desired state of a ConnectorRun. The whole spec is fixed at creation: to run
 /// again, create another ConnectorRun.
-#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[kube(
     group = "ferry.dev",
     version = "v1alpha1",
     kind = "ConnectorRun",
+    derive = "Default",
+    derive = "PartialEq",
     doc = "A ConnectorRun is one execution of a Connector: created by the schedule or by hand, it runs in a pod of its own and records what it moved.",
     plural = "connectorruns",
     namespaced,
@@ -149,6 +151,16 @@ pub struct ConnectorRunStatus {
     #[schemars(length(max = 71))]
     pub connector_spec_hash: Option<String>,
 
+    /// The Connector's spec as it was when the operator first saw this run. The
+    /// run (checks, pod and runner) uses this copy, so editing the Connector never
+    /// changes a run in flight. It holds references to Secrets, never their values.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connector_spec: Option<crate::ConnectorSpec>,
+
+    /// After a failed attempt, when the next one may start (exponential backoff).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt_time: Option<Time>,
+
     /// When the run's pod started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_time: Option<Time>,
@@ -221,4 +233,25 @@ pub struct RunResult {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 1024))]
     pub manifest: Option<String>,
+    /// The attempt (pod) that reported this result.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<i32>,
+    /// Why the attempt failed, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<RunError>,
+}
+
+/// A failure reported by the runner. Never holds a secret.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RunError {
+    /// Stable reason, e.g. `InvalidCredentials`, `HostKeyMismatch`, `Unreachable`.
+    #[schemars(length(max = 128))]
+    pub reason: String,
+    /// What failed, naming the endpoint and object.
+    #[schemars(length(max = 4096))]
+    pub message: String,
+    /// Whether another attempt may succeed. Authentication and policy failures
+    /// are not retried.
+    pub retryable: bool,
 }

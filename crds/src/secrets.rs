@@ -1,0 +1,183 @@
+//! Which Secrets, and which keys in them, a Connector needs. Used by the operator
+//! to check a run before it starts (and to name the Secrets in the run's Role),
+//! and by the runner to read them.
+
+use crate::{ConnectorSpec, Endpoint, EndpointKind};
+
+/// One Secret a run reads, and the keys it must hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretNeed {
+    /// Name of the Secret, in the Connector's namespace.
+    pub name: String,
+    /// What uses it, for messages: `source credentials`, `encryption key`, ...
+    pub purpose: String,
+    /// The Secret is usable when it holds every key of at least one of these sets.
+    pub any_of: Vec<Vec<String>>,
+}
+
+impl SecretNeed {
+    fn new(name: &str, purpose: String, any_of: &[&[&str]]) -> Self {
+        Self {
+            name: name.to_string(),
+            purpose,
+            any_of: any_of
+                .iter()
+                .map(|set| set.iter().map(|k| k.to_string()).collect())
+                .collect(),
+        }
+    }
+
+    /// Whether a Secret holding these keys (names only) satisfies the need.
+    pub fn satisfied_by<'a>(&self, keys: impl IntoIterator<Item = &'a str> + Clone) -> bool {
+        self.any_of.iter().any(|set| {
+            set.iter()
+                .all(|wanted| keys.clone().into_iter().any(|k| k == wanted))
+        })
+    }
+
+    /// The expected keys, for a message: `accessKeyId+secretAccessKey`, or
+    /// alternatives separated by ` | `.
+    pub fn describe_keys(&self) -> String {
+        self.any_of
+            .iter()
+            .map(|set| set.join("+"))
+            .collect::<Vec<_>>()
+            .join(" | ")
+    }
+}
+
+/// Every Secret the Connector's runs read, in a stable order, one entry per
+/// (Secret, purpose). The same Secret may appear more than once.
+pub fn secret_needs(spec: &ConnectorSpec) -> Vec<SecretNeed> {
+    let mut needs = Vec::new();
+    endpoint_needs("source", &spec.source, &mut needs);
+    endpoint_needs("destination", &spec.destination, &mut needs);
+    let key = &spec.encryption.key_ref;
+    needs.push(SecretNeed::new(
+        &key.secret_ref.name,
+        "encryption key".to_string(),
+        &[&[key.key.as_str()]],
+    ));
+    needs
+}
+
+/// The distinct names of the Secrets a run reads, sorted.
+pub fn secret_names(spec: &ConnectorSpec) -> Vec<String> {
+    let mut names: Vec<String> = secret_needs(spec).into_iter().map(|n| n.name).collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+fn endpoint_needs(side: &str, endpoint: &Endpoint, needs: &mut Vec<SecretNeed>) {
+    let purpose = format!("{side} credentials");
+    match endpoint.kind() {
+        Some(EndpointKind::S3(s3)) => {
+            if let Some(r) = &s3.credentials.secret_ref {
+                needs.push(SecretNeed::new(
+                    &r.name,
+                    purpose,
+                    &[&["accessKeyId", "secretAccessKey"]],
+                ));
+            }
+        }
+        Some(EndpointKind::AzureBlob(az)) => {
+            if let Some(r) = &az.credentials.secret_ref {
+                needs.push(SecretNeed::new(
+                    &r.name,
+                    purpose,
+                    &[
+                        &["accountKey"],
+                        &["sasToken"],
+                        &["tenantId", "clientId", "clientSecret"],
+                    ],
+                ));
+            }
+        }
+        Some(EndpointKind::Sftp(sftp)) => {
+            let sets: &[&[&str]] = if sftp.allow_password_auth {
+                &[&["username", "privateKey"], &["username", "password"]]
+            } else {
+                &[&["username", "privateKey"]]
+            };
+            needs.push(SecretNeed::new(
+                &sftp.credentials.secret_ref.name,
+                purpose,
+                sets,
+            ));
+            if let Some(r) = &sftp.host_key.secret_ref {
+                needs.push(SecretNeed::new(
+                    &r.name,
+                    format!("{side} SFTP host key"),
+                    &[&["knownHosts"]],
+                ));
+            }
+        }
+        Some(EndpointKind::Local(_)) | None => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(yaml: &str) -> ConnectorSpec {
+        serde_saphyr::from_str(yaml).expect("fixture parses")
+    }
+
+    #[test]
+    fn lists_every_secret_with_its_keys() {
+        let s = spec(
+            r#"
+source: {s3: {bucket: b, region: eu-west-1, credentials: {secretRef: {name: s3-reader}}}}
+destination:
+  sftp:
+    host: h
+    path: /in
+    region: eu-west-1
+    credentials: {secretRef: {name: sftp-writer}}
+    hostKey: {secretRef: {name: sftp-host}}
+encryption: {keyRef: {secretRef: {name: kek}, key: k1}}
+"#,
+        );
+        let needs = secret_needs(&s);
+        let names: Vec<_> = needs.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, ["s3-reader", "sftp-writer", "sftp-host", "kek"]);
+        assert_eq!(needs[0].describe_keys(), "accessKeyId+secretAccessKey");
+        assert_eq!(needs[1].describe_keys(), "username+privateKey");
+        assert_eq!(needs[3].any_of, vec![vec!["k1".to_string()]]);
+        assert_eq!(secret_names(&s), ["kek", "s3-reader", "sftp-host", "sftp-writer"]);
+    }
+
+    #[test]
+    fn workload_identity_needs_no_secret_and_alternatives_are_honoured() {
+        let s = spec(
+            r#"
+source: {s3: {bucket: b, region: r, credentials: {webIdentity: {roleArn: "arn:aws:iam::1:role/x"}}}}
+destination: {azureBlob: {account: a, container: c, region: r, credentials: {secretRef: {name: az}}}}
+encryption: {keyRef: {secretRef: {name: kek}}}
+"#,
+        );
+        let needs = secret_needs(&s);
+        assert_eq!(needs.len(), 2);
+        let az = &needs[0];
+        assert!(az.satisfied_by(["sasToken"]));
+        assert!(az.satisfied_by(["tenantId", "clientId", "clientSecret", "x"]));
+        assert!(!az.satisfied_by(["tenantId", "clientId"]));
+        assert!(!az.satisfied_by([]));
+    }
+
+    #[test]
+    fn password_only_counts_when_allowed() {
+        let base = r#"
+source: {local: {path: /x}}
+destination:
+  sftp: {host: h, path: /p, region: r, credentials: {secretRef: {name: s}}, hostKey: {fingerprint: "SHA256:abc"}ALLOW}
+encryption: {keyRef: {secretRef: {name: kek}}}
+"#;
+        let denied = spec(&base.replace("ALLOW", ""));
+        assert!(!secret_needs(&denied)[0].satisfied_by(["username", "password"]));
+        let allowed = spec(&base.replace("ALLOW", ", allowPasswordAuth: true"));
+        assert!(secret_needs(&allowed)[0].satisfied_by(["username", "password"]));
+    }
+}
