@@ -417,3 +417,27 @@ pub fn string_map_schema(_: &mut SchemaGenerator) -> Schema {
         "additionalProperties": {"type": "string", "maxLength": 4096},
     })
 }
+
+impl Endpoint {
+    /// The system of an endpoint as audit records and messages name it:
+    /// `s3://bucket/prefix`, `azure://account/container/prefix`,
+    /// `sftp://host:port/path`, `local:path`. Never a credential.
+    pub fn system(&self) -> String {
+        match self.kind() {
+            Some(EndpointKind::S3(s)) => format!("s3://{}/{}", s.bucket, s.prefix),
+            Some(EndpointKind::AzureBlob(a)) => {
+                format!("azure://{}/{}/{}", a.account, a.container, a.prefix)
+            }
+            Some(EndpointKind::Sftp(s)) => {
+                format!(
+                    "sftp://{}:{}/{}",
+                    s.host,
+                    s.port,
+                    s.path.trim_start_matches('/')
+                )
+            }
+            Some(EndpointKind::Local(l)) => format!("local:{}", l.path),
+            None => "invalid".to_string(),
+        }
+    }
+}

@@ -146,7 +146,10 @@ encryption: {keyRef: {secretRef: {name: kek}, key: k1}}
         assert_eq!(needs[0].describe_keys(), "accessKeyId+secretAccessKey");
         assert_eq!(needs[1].describe_keys(), "username+privateKey");
         assert_eq!(needs[3].any_of, vec![vec!["k1".to_string()]]);
-        assert_eq!(secret_names(&s), ["kek", "s3-reader", "sftp-host", "sftp-writer"]);
+        assert_eq!(
+            secret_names(&s),
+            ["kek", "s3-reader", "sftp-host", "sftp-writer"]
+        );
     }
 
     #[test]

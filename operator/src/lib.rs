@@ -1,0 +1,15 @@
+//! Ferry's operator: the Connector and ConnectorRun controllers, the pure
+//! builders of a run's objects, policy checks, schedules and metrics.
+#![forbid(unsafe_code)]
+
+pub mod audit;
+pub mod conditions;
+pub mod config;
+pub mod connector;
+pub mod context;
+pub mod error;
+pub mod metrics;
+pub mod names;
+pub mod policy;
+pub mod run;
+pub mod schedule;

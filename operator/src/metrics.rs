@@ -1,0 +1,275 @@
+//! The operator's Prometheus metrics (docs/metrics.md). Labels are namespace,
+//! connector, result, reason, controller and error category: never a run name,
+//! which would grow without bound.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use prometheus::{
+    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+/// Every metric, registered in one registry.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    pub runs_total: IntCounterVec,
+    pub run_duration_seconds: HistogramVec,
+    pub bytes_transferred_total: IntCounterVec,
+    pub objects_transferred_total: IntCounterVec,
+    pub objects_failed_total: IntCounterVec,
+    pub runs_active: Gauge,
+    pub last_success_timestamp_seconds: GaugeVec,
+    pub policy_denials_total: IntCounterVec,
+    pub missed_schedules_total: IntCounterVec,
+    pub integrity_failures_total: IntCounterVec,
+    pub reconcile_total: IntCounterVec,
+    pub reconcile_errors_total: IntCounterVec,
+    pub reconcile_duration_seconds: HistogramVec,
+    pub queue_depth: IntGaugeVec,
+}
+
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("metric registered once");
+    c
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    #[allow(clippy::expect_used)] // static definitions: a failure is a programming error caught by tests
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let nc = &["namespace", "connector"];
+        let run_duration_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "ferry_run_duration_seconds",
+                "Duration of finished runs, from pod start to end.",
+            )
+            .buckets(vec![
+                1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 21600.0,
+            ]),
+            nc,
+        )
+        .expect("valid metric definition");
+        registry
+            .register(Box::new(run_duration_seconds.clone()))
+            .expect("metric registered once");
+        let runs_active = Gauge::new("ferry_runs_active", "Runs that have started and not ended.")
+            .expect("valid metric definition");
+        registry
+            .register(Box::new(runs_active.clone()))
+            .expect("metric registered once");
+        let last_success_timestamp_seconds = GaugeVec::new(
+            Opts::new(
+                "ferry_last_success_timestamp_seconds",
+                "Unix time of the last successful run of each Connector.",
+            ),
+            nc,
+        )
+        .expect("valid metric definition");
+        registry
+            .register(Box::new(last_success_timestamp_seconds.clone()))
+            .expect("metric registered once");
+        let reconcile_duration_seconds = HistogramVec::new(
+            HistogramOpts::new("ferry_reconcile_duration_seconds", "Time of one reconcile.")
+                .buckets(vec![
+                    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                ]),
+            &["controller"],
+        )
+        .expect("valid metric definition");
+        registry
+            .register(Box::new(reconcile_duration_seconds.clone()))
+            .expect("metric registered once");
+        let queue_depth = IntGaugeVec::new(
+            Opts::new(
+                "ferry_reconcile_queue_depth",
+                "Objects changed and waiting for a reconcile, per controller.",
+            ),
+            &["controller"],
+        )
+        .expect("valid metric definition");
+        registry
+            .register(Box::new(queue_depth.clone()))
+            .expect("metric registered once");
+        Self {
+            runs_total: counter(
+                &registry,
+                "ferry_runs_total",
+                "Finished runs by result (succeeded, failed, rejected).",
+                &["namespace", "connector", "result"],
+            ),
+            run_duration_seconds,
+            bytes_transferred_total: counter(
+                &registry,
+                "ferry_bytes_transferred_total",
+                "Bytes written to destinations by finished runs.",
+                nc,
+            ),
+            objects_transferred_total: counter(
+                &registry,
+                "ferry_objects_transferred_total",
+                "Objects copied by finished runs.",
+                nc,
+            ),
+            objects_failed_total: counter(
+                &registry,
+                "ferry_objects_failed_total",
+                "Objects refused or failed in finished runs.",
+                nc,
+            ),
+            runs_active,
+            last_success_timestamp_seconds,
+            policy_denials_total: counter(
+                &registry,
+                "ferry_policy_denials_total",
+                "Runs rejected by policy, by reason.",
+                &["reason"],
+            ),
+            missed_schedules_total: counter(
+                &registry,
+                "ferry_missed_schedules_total",
+                "Scheduled runs that were not started (missed or skipped).",
+                nc,
+            ),
+            integrity_failures_total: counter(
+                &registry,
+                "ferry_integrity_failures_total",
+                "Runs that found data failing its integrity check.",
+                nc,
+            ),
+            reconcile_total: counter(
+                &registry,
+                "ferry_reconcile_total",
+                "Reconciles by controller and result (success, error, requeue).",
+                &["controller", "result"],
+            ),
+            reconcile_errors_total: counter(
+                &registry,
+                "ferry_reconcile_errors_total",
+                "Reconcile errors by controller and error category.",
+                &["controller", "error"],
+            ),
+            reconcile_duration_seconds,
+            queue_depth,
+            registry,
+        }
+    }
+
+    /// The text exposition format, for `/metrics`.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        if TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .is_err()
+        {
+            return String::new();
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+
+    /// Starts timing a reconcile; the result is recorded by [`ReconcileTimer::finish`].
+    pub fn reconcile_started(&self, controller: &'static str) -> ReconcileTimer<'_> {
+        ReconcileTimer {
+            metrics: self,
+            controller,
+            start: Instant::now(),
+        }
+    }
+}
+
+/// Measures one reconcile.
+#[derive(Debug)]
+pub struct ReconcileTimer<'a> {
+    metrics: &'a Metrics,
+    controller: &'static str,
+    start: Instant,
+}
+
+impl ReconcileTimer<'_> {
+    /// Records the outcome: `Ok(requeue)` or the error's category.
+    pub fn finish(self, outcome: Result<bool, &str>) {
+        let m = self.metrics;
+        m.reconcile_duration_seconds
+            .with_label_values(&[self.controller])
+            .observe(self.start.elapsed().as_secs_f64());
+        let result = match outcome {
+            Ok(false) => "success",
+            Ok(true) => "requeue",
+            Err(category) => {
+                m.reconcile_errors_total
+                    .with_label_values(&[self.controller, category])
+                    .inc();
+                "error"
+            }
+        };
+        m.reconcile_total
+            .with_label_values(&[self.controller, result])
+            .inc();
+    }
+}
+
+/// Objects seen changed by a watch and not yet reconciled: the queue depth.
+#[derive(Debug, Default)]
+pub struct Queue {
+    pending: Mutex<HashSet<String>>,
+}
+
+impl Queue {
+    /// A watch saw `key` change; returns the new depth.
+    pub fn enqueue(&self, key: String) -> usize {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        p.insert(key);
+        p.len()
+    }
+
+    /// A reconcile of `key` starts; returns the new depth.
+    pub fn dequeue(&self, key: &str) -> usize {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        p.remove(key);
+        p.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_metric_renders_with_help_and_type() {
+        let m = Metrics::new();
+        m.runs_total
+            .with_label_values(&["acme", "sales", "succeeded"])
+            .inc();
+        m.reconcile_started("connectorrun").finish(Err("kube"));
+        let text = m.render();
+        assert!(text.contains("# TYPE ferry_runs_total counter"));
+        assert!(text.contains(
+            "ferry_runs_total{connector=\"sales\",namespace=\"acme\",result=\"succeeded\"} 1"
+        ));
+        assert!(text.contains(
+            "ferry_reconcile_errors_total{controller=\"connectorrun\",error=\"kube\"} 1"
+        ));
+        assert!(text.contains("# TYPE ferry_reconcile_duration_seconds histogram"));
+    }
+
+    #[test]
+    fn queue_depth_counts_distinct_keys() {
+        let q = Queue::default();
+        assert_eq!(q.enqueue("a/x".into()), 1);
+        assert_eq!(q.enqueue("a/x".into()), 1);
+        assert_eq!(q.enqueue("a/y".into()), 2);
+        assert_eq!(q.dequeue("a/x"), 1);
+    }
+}

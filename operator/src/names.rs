@@ -1,0 +1,92 @@
+//! Names and labels of the objects the operator creates. Kubernetes limits label
+//! values to 63 characters; long names are shortened with a hash so they stay
+//! unique and stable.
+
+use sha2::{Digest, Sha256};
+
+/// Label naming the ConnectorRun an object belongs to (shortened if needed).
+pub const LABEL_RUN: &str = "ferry.dev/run";
+/// Label naming the Connector of a run (shortened if needed).
+pub const LABEL_CONNECTOR: &str = "ferry.dev/connector";
+/// Label with the attempt number of a run's pod.
+pub const LABEL_ATTEMPT: &str = "ferry.dev/attempt";
+/// Annotation on a scheduled run: the time it was scheduled for (RFC 3339).
+pub const ANNOTATION_SCHEDULED_AT: &str = "ferry.dev/scheduled-at";
+/// The standard label naming the tool managing an object.
+pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+/// Value of [`LABEL_MANAGED_BY`].
+pub const MANAGED_BY: &str = "ferry";
+/// The standard label naming the part of the application.
+pub const LABEL_COMPONENT: &str = "app.kubernetes.io/component";
+
+/// The longest label value Kubernetes accepts.
+const LABEL_MAX: usize = 63;
+
+/// `name` if it is at most `max` characters, else a prefix of it and 10 hex
+/// digits of its SHA-256, `max` characters in all, ending in an alphanumeric.
+pub fn shorten(name: &str, max: usize) -> String {
+    if name.len() <= max {
+        return name.to_string();
+    }
+    let digest = hex::encode(Sha256::digest(name.as_bytes()));
+    let keep = max.saturating_sub(11);
+    let prefix: String = name.chars().take(keep).collect();
+    let prefix = prefix.trim_end_matches(['-', '.']);
+    format!("{prefix}-{}", &digest[..10])
+}
+
+/// A name as a label value.
+pub fn label_value(name: &str) -> String {
+    shorten(name, LABEL_MAX)
+}
+
+/// Name of the per-run ServiceAccount, Role, RoleBinding and NetworkPolicy.
+pub fn run_identity(run: &str) -> String {
+    // 63 so the name is also a valid label value and DNS label.
+    shorten(&format!("ferry-run-{run}"), LABEL_MAX)
+}
+
+/// Name of the pod of one attempt of a run.
+pub fn pod(run: &str, attempt: i32) -> String {
+    let suffix = format!("-{attempt}");
+    format!("{}{suffix}", shorten(run, LABEL_MAX - suffix.len()))
+}
+
+/// Name of the run a schedule creates for the time `unix_seconds`, like a
+/// CronJob's jobs: the Connector's name and the scheduled minute.
+pub fn scheduled_run(connector: &str, unix_seconds: i64) -> String {
+    let suffix = format!("-{}", unix_seconds.div_euclid(60));
+    // Object names may have 253 characters; leave room for a pod suffix.
+    format!("{}{suffix}", shorten(connector, 200))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_names_are_kept_and_long_ones_hashed() {
+        assert_eq!(shorten("abc", 63), "abc");
+        let long = "a".repeat(100);
+        let s = shorten(&long, 63);
+        assert_eq!(s.len(), 63);
+        assert_ne!(s, shorten(&"a".repeat(101), 63));
+        assert_eq!(s, shorten(&long, 63), "stable");
+        assert_eq!(pod(&long, 12).len(), 63);
+        assert!(pod("nightly", 2) == "nightly-2");
+        assert_eq!(run_identity("nightly"), "ferry-run-nightly");
+        assert!(run_identity(&long).len() <= 63);
+    }
+
+    #[test]
+    fn shortened_names_do_not_end_in_a_separator() {
+        let name = format!("{}-{}", "a".repeat(51), "b".repeat(40));
+        let s = shorten(&name, 63);
+        assert!(!s.contains("--"), "{s}");
+    }
+
+    #[test]
+    fn scheduled_runs_are_named_by_minute() {
+        assert_eq!(scheduled_run("sales", 1_700_000_040), "sales-28333334");
+    }
+}

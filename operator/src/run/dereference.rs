@@ -1,0 +1,76 @@
+//! Client required: everything a run's checks look at — its Connector, the
+//! tenant's namespace, and which keys its Secrets hold (never their values).
+
+use std::collections::BTreeSet;
+
+use ferry_crds::{
+    ALLOWED_SENSITIVITY_ANNOTATION, Connector, ConnectorSpec, REGION_LABEL, secret_names,
+};
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::Api;
+
+use crate::context::Context;
+use crate::error::{Error, is_not_found};
+use crate::policy::{SecretKeys, Tenant};
+
+/// The Connector, or `None` when it does not exist.
+pub async fn connector(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<Connector>, Error> {
+    let api: Api<Connector> = Api::namespaced(ctx.client.clone(), namespace);
+    api.get_opt(name)
+        .await
+        .map_err(|e| Error::kube("get", "Connector", name, e))
+}
+
+/// The tenant rules set on the namespace. A namespace that cannot be found has
+/// none (so nothing sensitive and no region).
+pub async fn tenant(ctx: &Context, namespace: &str) -> Result<Tenant, Error> {
+    let api: Api<Namespace> = Api::all(ctx.client.clone());
+    let ns = match api.get(namespace).await {
+        Ok(ns) => Some(ns),
+        Err(e) if is_not_found(&e) => None,
+        Err(e) => return Err(Error::kube("get", "Namespace", namespace, e)),
+    };
+    let meta = ns.map(|n| n.metadata).unwrap_or_default();
+    Ok(Tenant {
+        namespace: namespace.to_string(),
+        region: meta
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(REGION_LABEL))
+            .cloned(),
+        sensitivity_cap: Tenant::parse_cap(
+            meta.annotations
+                .as_ref()
+                .and_then(|a| a.get(ALLOWED_SENSITIVITY_ANNOTATION))
+                .map(String::as_str),
+        ),
+    })
+}
+
+/// For each Secret the spec references, the names of its keys, or `None` when it
+/// does not exist. The values are dropped at once and never leave this function.
+pub async fn secret_keys(
+    ctx: &Context,
+    namespace: &str,
+    spec: &ConnectorSpec,
+) -> Result<SecretKeys, Error> {
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    let mut out = SecretKeys::new();
+    for name in secret_names(spec) {
+        let secret = api
+            .get_opt(&name)
+            .await
+            .map_err(|e| Error::kube("get", "Secret", &name, e))?;
+        let keys = secret.map(|s| {
+            let mut keys: BTreeSet<String> = s.data.unwrap_or_default().into_keys().collect();
+            keys.extend(s.string_data.unwrap_or_default().into_keys());
+            keys
+        });
+        out.insert(name, keys);
+    }
+    Ok(out)
+}

@@ -1,0 +1,231 @@
+//! No client required: what became of an attempt, read from its pod and the
+//! runner's report.
+
+use ferry_crds::RunResult;
+use k8s_openapi::api::core::v1::{ContainerStateTerminated, Pod};
+
+use crate::run::build::RUNNER_CONTAINER;
+
+/// The fate of one attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fate {
+    /// Not finished. `running` once the container runs; `message` says why a
+    /// pod is stuck (image pull, scheduling).
+    Waiting {
+        running: bool,
+        message: Option<String>,
+    },
+    /// The runner finished its work.
+    Succeeded,
+    /// The attempt failed.
+    Failed {
+        reason: String,
+        message: String,
+        retryable: bool,
+    },
+}
+
+fn failed(reason: &str, message: impl Into<String>, retryable: bool) -> Fate {
+    Fate::Failed {
+        reason: reason.to_string(),
+        message: message.into(),
+        retryable,
+    }
+}
+
+fn terminated(pod: &Pod) -> Option<&ContainerStateTerminated> {
+    pod.status
+        .as_ref()?
+        .container_statuses
+        .as_ref()?
+        .iter()
+        .find(|c| c.name == RUNNER_CONTAINER)?
+        .state
+        .as_ref()?
+        .terminated
+        .as_ref()
+}
+
+/// Reads the fate of attempt `attempt` from its pod and the runner's result
+/// (only a result reported by that same attempt counts).
+pub fn fate(pod: &Pod, result: Option<&RunResult>, attempt: i32) -> Fate {
+    let status = pod.status.clone().unwrap_or_default();
+    let result = result.filter(|r| r.attempt == Some(attempt));
+    let reported_error = result.and_then(|r| r.error.as_ref());
+    match status.phase.as_deref() {
+        Some("Succeeded") => match reported_error {
+            Some(e) => failed(&e.reason, e.message.clone(), e.retryable),
+            None => Fate::Succeeded,
+        },
+        Some("Failed") => {
+            match status.reason.as_deref() {
+                Some("DeadlineExceeded") => {
+                    return failed(
+                        "DeadlineExceeded",
+                        "the run took longer than run.activeDeadlineSeconds and was stopped",
+                        false,
+                    );
+                }
+                Some("Evicted") => {
+                    return failed(
+                        "Evicted",
+                        format!(
+                            "the run's pod was evicted: {}",
+                            status.message.as_deref().unwrap_or("no reason given")
+                        ),
+                        true,
+                    );
+                }
+                _ => {}
+            }
+            let term = terminated(pod);
+            if term.and_then(|t| t.reason.as_deref()) == Some("OOMKilled") {
+                return failed(
+                    "OOMKilled",
+                    "the runner ran out of memory; raise run.resources.limits.memory",
+                    true,
+                );
+            }
+            if let Some(e) = reported_error {
+                return failed(&e.reason, e.message.clone(), e.retryable);
+            }
+            match term {
+                Some(t) => failed(
+                    "RunnerFailed",
+                    format!(
+                        "the runner exited with code {} without reporting why",
+                        t.exit_code
+                    ),
+                    true,
+                ),
+                None => failed(
+                    "PodFailed",
+                    format!(
+                        "the run's pod failed: {}",
+                        status.message.as_deref().unwrap_or("no reason given")
+                    ),
+                    true,
+                ),
+            }
+        }
+        phase => {
+            let waiting = status
+                .container_statuses
+                .as_ref()
+                .and_then(|cs| cs.iter().find(|c| c.name == RUNNER_CONTAINER))
+                .and_then(|c| c.state.as_ref()?.waiting.as_ref())
+                .and_then(|w| w.reason.clone());
+            let unschedulable = status
+                .conditions
+                .as_ref()
+                .and_then(|cs| {
+                    cs.iter()
+                        .find(|c| c.type_ == "PodScheduled" && c.status == "False")
+                })
+                .and_then(|c| c.message.clone());
+            Fate::Waiting {
+                running: phase == Some("Running"),
+                message: waiting.or(unschedulable),
+            }
+        }
+    }
+}
+
+/// Backoff before attempt `next` (2, 3, ...): 10 s doubled per failure, at most
+/// 6 minutes, like a Job's.
+pub fn backoff_seconds(failed_attempts: i32) -> i64 {
+    let exp = failed_attempts.clamp(1, 16) - 1;
+    (10_i64 << exp).min(360)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_crds::RunError;
+
+    fn pod(yaml: &str) -> Pod {
+        serde_saphyr::from_str(yaml).expect("fixture parses")
+    }
+
+    const OOM: &str = r#"
+status:
+  phase: Failed
+  containerStatuses:
+  - name: runner
+    image: x
+    imageID: ""
+    ready: false
+    restartCount: 0
+    state: {terminated: {exitCode: 137, reason: OOMKilled}}
+"#;
+
+    #[test]
+    fn pod_phases_map_to_fates() {
+        assert_eq!(
+            fate(&pod("status: {phase: Succeeded}"), None, 1),
+            Fate::Succeeded
+        );
+        assert!(matches!(
+            fate(&pod("status: {phase: Running}"), None, 1),
+            Fate::Waiting { running: true, .. }
+        ));
+        assert!(matches!(
+            fate(&pod("status: {phase: Pending}"), None, 1),
+            Fate::Waiting { running: false, .. }
+        ));
+        assert_eq!(
+            fate(
+                &pod("status: {phase: Failed, reason: DeadlineExceeded}"),
+                None,
+                1
+            ),
+            failed(
+                "DeadlineExceeded",
+                "the run took longer than run.activeDeadlineSeconds and was stopped",
+                false
+            )
+        );
+        assert!(
+            matches!(fate(&pod("status: {phase: Failed, reason: Evicted, message: low memory}"), None, 1),
+            Fate::Failed { ref reason, retryable: true, ref message } if reason == "Evicted" && message.contains("low memory"))
+        );
+        assert!(
+            matches!(fate(&pod(OOM), None, 1), Fate::Failed { ref reason, retryable: true, .. } if reason == "OOMKilled")
+        );
+        assert!(
+            matches!(fate(&pod(&OOM.replace("reason: OOMKilled", "reason: Error")), None, 1),
+            Fate::Failed { ref reason, .. } if reason == "RunnerFailed")
+        );
+    }
+
+    #[test]
+    fn the_runner_report_of_the_same_attempt_decides() {
+        let result = RunResult {
+            attempt: Some(2),
+            error: Some(RunError {
+                reason: "InvalidCredentials".into(),
+                message: "s3: access denied".into(),
+                retryable: false,
+            }),
+            ..Default::default()
+        };
+        let failed_pod = pod("status: {phase: Failed}");
+        assert_eq!(
+            fate(&failed_pod, Some(&result), 2),
+            failed("InvalidCredentials", "s3: access denied", false)
+        );
+        // A report left by attempt 2 says nothing about attempt 3.
+        assert!(
+            matches!(fate(&failed_pod, Some(&result), 3), Fate::Failed { ref reason, retryable: true, .. } if reason == "PodFailed")
+        );
+    }
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        assert_eq!(backoff_seconds(1), 10);
+        assert_eq!(backoff_seconds(2), 20);
+        assert_eq!(backoff_seconds(6), 320);
+        assert_eq!(backoff_seconds(7), 360);
+        assert_eq!(backoff_seconds(100), 360);
+    }
+}
