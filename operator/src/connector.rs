@@ -110,7 +110,7 @@ pub async fn reconcile_connector(connector: &Connector, ctx: &Context) -> Result
         .as_deref()
         .map(|s| Schedule::parse(s, spec.time_zone.as_deref()))
         .transpose();
-    let tenant = dereference::tenant(ctx, &namespace).await?;
+    let tenant = dereference::tenant(ctx, &namespace);
     let secrets = dereference::secret_keys(ctx, &namespace, spec).await?;
     let settings = Settings {
         allow_local_endpoints: ctx.config.allow_local_endpoints,

@@ -3,9 +3,11 @@
 use std::sync::Arc;
 
 use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::Client;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::Store;
 
 use crate::audit::{AuditLog, Record};
 use crate::config::Config;
@@ -33,6 +35,9 @@ pub struct Context {
     pub connector_queue: Arc<Queue>,
     /// ConnectorRuns changed and not yet reconciled.
     pub run_queue: Arc<Queue>,
+    /// Every namespace, kept current by a watch: the tenants' region labels and
+    /// sensitivity caps.
+    pub namespaces: Store<Namespace>,
 }
 
 impl std::fmt::Debug for Context {
@@ -45,7 +50,13 @@ impl std::fmt::Debug for Context {
 
 impl Context {
     /// A context with the system clock.
-    pub fn new(client: Client, config: Config, metrics: Arc<Metrics>, audit: AuditLog) -> Self {
+    pub fn new(
+        client: Client,
+        config: Config,
+        metrics: Arc<Metrics>,
+        audit: AuditLog,
+        namespaces: Store<Namespace>,
+    ) -> Self {
         let recorder = Recorder::new(client.clone(), Reporter::from("ferry-operator"));
         Self {
             client,
@@ -56,6 +67,7 @@ impl Context {
             clock: Arc::new(Timestamp::now),
             connector_queue: Arc::default(),
             run_queue: Arc::default(),
+            namespaces,
         }
     }
 

@@ -8,9 +8,10 @@ use ferry_crds::{
 };
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::Api;
+use kube::runtime::reflector::ObjectRef;
 
 use crate::context::Context;
-use crate::error::{Error, is_not_found};
+use crate::error::Error;
 use crate::policy::{SecretKeys, Tenant};
 
 /// The Connector, or `None` when it does not exist.
@@ -25,17 +26,13 @@ pub async fn connector(
         .map_err(|e| Error::kube("get", "Connector", name, e))
 }
 
-/// The tenant rules set on the namespace. A namespace that cannot be found has
-/// none (so nothing sensitive and no region).
-pub async fn tenant(ctx: &Context, namespace: &str) -> Result<Tenant, Error> {
-    let api: Api<Namespace> = Api::all(ctx.client.clone());
-    let ns = match api.get(namespace).await {
-        Ok(ns) => Some(ns),
-        Err(e) if is_not_found(&e) => None,
-        Err(e) => return Err(Error::kube("get", "Namespace", namespace, e)),
-    };
-    let meta = ns.map(|n| n.metadata).unwrap_or_default();
-    Ok(Tenant {
+/// The tenant rules set on the namespace, from the operator's watched index of
+/// namespaces (filled before any reconcile starts). A namespace missing from it
+/// has no rules: no region and nothing sensitive.
+pub fn tenant(ctx: &Context, namespace: &str) -> Tenant {
+    let ns = ctx.namespaces.get(&ObjectRef::<Namespace>::new(namespace));
+    let meta = ns.map(|n| n.metadata.clone()).unwrap_or_default();
+    Tenant {
         namespace: namespace.to_string(),
         region: meta
             .labels
@@ -48,7 +45,7 @@ pub async fn tenant(ctx: &Context, namespace: &str) -> Result<Tenant, Error> {
                 .and_then(|a| a.get(ALLOWED_SENSITIVITY_ANNOTATION))
                 .map(String::as_str),
         ),
-    })
+    }
 }
 
 /// For each Secret the spec references, the names of its keys, or `None` when it

@@ -302,7 +302,7 @@ async fn start_attempt(
     attempt: i32,
 ) -> Result<Step, Error> {
     // dereference
-    let tenant = dereference::tenant(ctx, namespace).await?;
+    let tenant = dereference::tenant(ctx, namespace);
     let secrets = dereference::secret_keys(ctx, namespace, spec).await?;
     // validate
     let settings = Settings {

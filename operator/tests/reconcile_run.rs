@@ -1,0 +1,390 @@
+//! ConnectorRun reconciles against the fake API: the happy path and each way a
+//! run can end.
+
+mod support;
+
+use ferry_crds::RunPhase;
+use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use serde_json::json;
+use support::*;
+
+fn phase(run: &ferry_crds::ConnectorRun) -> Option<RunPhase> {
+    run.status.as_ref().and_then(|s| s.phase)
+}
+
+#[tokio::test]
+async fn happy_path_to_succeeded() {
+    let w = World::new(namespace(Some("eu-west-1"), None)).await;
+    w.create_connector(CONNECTOR).await;
+    w.create_run("manual-1", "sales").await;
+
+    let run = w.reconcile_run("manual-1").await;
+    let status = run.status.clone().unwrap();
+    assert_eq!(status.phase, Some(RunPhase::Pending));
+    assert_eq!(status.attempts, Some(1));
+    assert_eq!(status.pod_name.as_deref(), Some("manual-1-1"));
+    assert!(status.connector_spec.is_some(), "spec pinned");
+    assert!(
+        status
+            .connector_spec_hash
+            .as_deref()
+            .unwrap()
+            .starts_with("sha256:")
+    );
+    for exists in [
+        w.exists::<ServiceAccount>("ferry-run-manual-1").await,
+        w.exists::<Role>("ferry-run-manual-1").await,
+        w.exists::<RoleBinding>("ferry-run-manual-1").await,
+        w.exists::<NetworkPolicy>("ferry-run-manual-1").await,
+        w.exists::<Pod>("manual-1-1").await,
+    ] {
+        assert!(exists);
+    }
+
+    w.set_pod_status("manual-1-1", json!({"phase": "Running"}))
+        .await;
+    let run = w.reconcile_run("manual-1").await;
+    assert_eq!(phase(&run), Some(RunPhase::Running));
+    assert!(run.status.as_ref().unwrap().start_time.is_some());
+
+    w.advance(95);
+    w.runner_reports(
+        "manual-1",
+        json!({"attempt": 1, "objectsCopied": 3, "objectsSkipped": 1, "bytesRead": 300, "bytesWritten": 420, "manifest": ".ferry/manifests/manual-1.json"}),
+    )
+    .await;
+    w.set_pod_status("manual-1-1", json!({"phase": "Succeeded"}))
+        .await;
+    let run = w.reconcile_run("manual-1").await;
+    let status = run.status.clone().unwrap();
+    assert_eq!(status.phase, Some(RunPhase::Succeeded), "{status:?}");
+    assert_eq!(status.duration.as_deref(), Some("1m35s"));
+    assert_eq!(
+        status.result.as_ref().unwrap().objects_copied,
+        3,
+        "runner's fields survive the operator's writes"
+    );
+    assert!(
+        status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Complete" && c.status == "True")
+    );
+    assert!(
+        !w.exists::<Pod>("manual-1-1").await,
+        "pod deleted at the end"
+    );
+    assert!(
+        !w.exists::<Role>("ferry-run-manual-1").await,
+        "identity deleted at the end"
+    );
+    assert!(!w.exists::<ServiceAccount>("ferry-run-manual-1").await);
+
+    // The Connector's status follows.
+    let c = w.reconcile_connector("sales").await;
+    let cs = c.status.unwrap();
+    assert_eq!(cs.last_run.as_ref().unwrap().name, "manual-1");
+    assert_eq!(
+        cs.last_run.as_ref().unwrap().phase,
+        Some(RunPhase::Succeeded)
+    );
+    assert!(cs.last_successful_time.is_some());
+    assert_eq!(
+        cs.cursor.as_ref().unwrap().manifest,
+        ".ferry/manifests/manual-1.json"
+    );
+    assert_eq!(cs.cursor.as_ref().unwrap().objects, 4);
+
+    let metrics = w.ctx.metrics.render();
+    assert!(
+        metrics.contains(
+            r#"ferry_runs_total{connector="sales",namespace="acme",result="succeeded"} 1"#
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics
+            .contains(r#"ferry_bytes_transferred_total{connector="sales",namespace="acme"} 420"#)
+    );
+    let actions: Vec<String> = w
+        .audit_lines()
+        .iter()
+        .map(|l| l["action"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(actions, ["run.started", "run.finished"]);
+    let events = w.events().await;
+    assert!(
+        events
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("Started"))
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("Succeeded"))
+    );
+}
+
+async fn rejected(w: &World, connector_yaml: &str) -> ferry_crds::ConnectorRun {
+    w.create_connector(connector_yaml).await;
+    w.create_run("r1", "sales").await;
+    let run = w.reconcile_run("r1").await;
+    assert_eq!(phase(&run), Some(RunPhase::Rejected), "{:?}", run.status);
+    assert!(!w.exists::<Pod>("r1-1").await, "no pod for a rejected run");
+    assert!(
+        !w.exists::<ServiceAccount>("ferry-run-r1").await,
+        "no identity for a rejected run"
+    );
+    let status = run.status.as_ref().unwrap();
+    assert!(
+        status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "PolicyViolation" && c.status == "True")
+    );
+    run
+}
+
+fn reason(run: &ferry_crds::ConnectorRun) -> &str {
+    run.status.as_ref().unwrap().reason.as_deref().unwrap()
+}
+
+async fn assert_denial_recorded(w: &World, reason: &str) {
+    let events = w.events().await;
+    let e = events
+        .iter()
+        .find(|e| e.reason.as_deref() == Some(reason))
+        .unwrap_or_else(|| panic!("a Warning Event {reason}: {events:?}"));
+    assert_eq!(e.type_.as_deref(), Some("Warning"));
+    let lines = w.audit_lines();
+    let line = lines
+        .iter()
+        .find(|l| l["action"] == "run.rejected")
+        .expect("an audit line");
+    assert_eq!(line["outcome"], "denied");
+    assert_eq!(line["reason"], reason);
+    assert_eq!(line["tenant"], NS);
+    assert_eq!(line["connector"], "sales");
+    assert_eq!(line["run"], "r1");
+    assert_eq!(line["source"], "s3://acme-exports/daily/");
+    assert_eq!(line["destination"], "azure://acmebronze/bronze/");
+    assert!(line["timestamp"].as_str().unwrap().ends_with('Z'));
+    let m = w.ctx.metrics.render();
+    assert!(
+        m.contains(&format!(
+            "ferry_policy_denials_total{{reason=\"{reason}\"}} 1"
+        )),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn rejected_by_sensitivity() {
+    let w = World::new(namespace(Some("eu-west-1"), Some("pii"))).await;
+    let yaml = format!(
+        "{CONNECTOR}  streams: [{{name: cards, match: 'cards/**', sensitivity: [pci]}}]\n  compliance: {{allowedSensitivity: [pii]}}\n"
+    );
+    let run = rejected(&w, &yaml).await;
+    assert_eq!(reason(&run), "SensitivityNotAllowed");
+    assert!(
+        run.status
+            .as_ref()
+            .unwrap()
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("\"cards\" is tagged pci")
+    );
+    assert_denial_recorded(&w, "SensitivityNotAllowed").await;
+}
+
+#[tokio::test]
+async fn rejected_by_residency() {
+    let w = World::new(namespace(Some("eu-west-1"), None)).await;
+    let run = rejected(
+        &w,
+        &CONNECTOR.replace(
+            "container: bronze, region: eu-west-1",
+            "container: bronze, region: eastus",
+        ),
+    )
+    .await;
+    assert_eq!(reason(&run), "ResidencyViolation");
+    assert_denial_recorded(&w, "ResidencyViolation").await;
+}
+
+#[tokio::test]
+async fn rejected_for_a_missing_secret() {
+    let w = World::new(namespace(Some("eu-west-1"), None)).await;
+    let run = rejected(
+        &w,
+        &CONNECTOR.replace("name: bronze-writer", "name: nowhere"),
+    )
+    .await;
+    assert_eq!(reason(&run), "SecretNotFound");
+    assert_denial_recorded(&w, "SecretNotFound").await;
+}
+
+#[tokio::test]
+async fn a_run_waits_for_its_connector() {
+    let w = World::new(namespace(Some("eu-west-1"), None)).await;
+    w.create_run("r1", "sales").await;
+    let run = w.reconcile_run("r1").await;
+    assert_eq!(phase(&run), Some(RunPhase::Pending));
+    assert_eq!(reason(&run), "ConnectorNotFound");
+    w.create_connector(CONNECTOR).await;
+    let run = w.reconcile_run("r1").await;
+    assert_eq!(run.status.as_ref().unwrap().attempts, Some(1));
+}
+
+#[tokio::test]
+async fn the_pinned_spec_is_used_after_an_edit() {
+    let w = World::new(namespace(Some("eu-west-1"), None)).await;
+    w.create_connector(CONNECTOR).await;
+    w.create_run("r1", "sales").await;
+    let pinned = w
+        .reconcile_run("r1")
+        .await
+        .status
+        .unwrap()
+        .connector_spec_hash;
+    let mut c = w.connectors().get("sales").await.unwrap();
+    c.spec.source.s3.as_mut().unwrap().bucket = "elsewhere".into();
+    w.connectors()
+        .replace("sales", &Default::default(), &c)
+        .await
+        .unwrap();
+    w.set_pod_status("r1-1", json!({"phase": "Running"})).await;
+    let run = w.reconcile_run("r1").await;
+    let status = run.status.unwrap();
+    assert_eq!(status.connector_spec_hash, pinned);
+    assert_eq!(
+        status.connector_spec.unwrap().source.s3.unwrap().bucket,
+        "acme-exports"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_pod_is_retried_with_backoff_then_the_run_fails() {
+    let w = World::new(namespace(Some("eu-west-1"), None)).await;
+    w.create_connector(&format!("{CONNECTOR}  run: {{backoffLimit: 1}}\n"))
+        .await;
+    w.create_run("r1", "sales").await;
+    w.reconcile_run("r1").await;
+    w.set_pod_status("r1-1", json!({"phase": "Failed", "containerStatuses": [{"name": "runner", "image": "x", "imageID": "", "ready": false, "restartCount": 0, "state": {"terminated": {"exitCode": 3}}}]})).await;
+    let run = w.reconcile_run("r1").await;
+    let s = run.status.clone().unwrap();
+    assert_eq!(s.phase, Some(RunPhase::Pending));
+    assert_eq!(s.reason.as_deref(), Some("RunnerFailed"));
+    assert!(s.next_attempt_time.is_some());
+    assert!(!w.exists::<Pod>("r1-1").await, "the failed pod is removed");
+    assert!(
+        w.exists::<ServiceAccount>("ferry-run-r1").await,
+        "the identity stays for the retry"
+    );
+
+    // Not before the backoff has passed.
+    w.advance(5);
+    let run = w.reconcile_run("r1").await;
+    assert_eq!(run.status.as_ref().unwrap().attempts, Some(1));
+    w.advance(10);
+    let run = w.reconcile_run("r1").await;
+    assert_eq!(run.status.as_ref().unwrap().attempts, Some(2));
+    assert!(w.exists::<Pod>("r1-2").await);
+    let pod = w.pods().get("r1-2").await.unwrap();
+    assert_eq!(pod.metadata.labels.unwrap()["ferry.dev/attempt"], "2");
+
+    w.set_pod_status(
+        "r1-2",
+        json!({"phase": "Failed", "reason": "Evicted", "message": "node low on memory"}),
+    )
+    .await;
+    let run = w.reconcile_run("r1").await;
+    let s = run.status.unwrap();
+    assert_eq!(s.phase, Some(RunPhase::Failed));
+    assert_eq!(s.reason.as_deref(), Some("Evicted"));
+    assert!(s.message.unwrap().ends_with("(after 2 attempts)"));
+    assert!(!w.exists::<ServiceAccount>("ferry-run-r1").await);
+    let events = w.events().await;
+    assert!(
+        events
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("AttemptFailed"))
+    );
+}
+
+#[tokio::test]
+async fn authentication_failures_are_not_retried() {
+    let w = World::new(namespace(Some("eu-west-1"), None)).await;
+    w.create_connector(CONNECTOR).await;
+    w.create_run("r1", "sales").await;
+    w.reconcile_run("r1").await;
+    w.runner_reports(
+        "r1",
+        json!({"attempt": 1, "objectsCopied": 0, "objectsSkipped": 0, "bytesRead": 0, "bytesWritten": 0,
+               "error": {"reason": "InvalidCredentials", "message": "source s3://acme-exports/daily/: the access key was refused", "retryable": false}}),
+    )
+    .await;
+    w.set_pod_status("r1-1", json!({"phase": "Failed"})).await;
+    let run = w.reconcile_run("r1").await;
+    let s = run.status.unwrap();
+    assert_eq!(s.phase, Some(RunPhase::Failed));
+    assert_eq!(s.reason.as_deref(), Some("InvalidCredentials"));
+    assert_eq!(s.attempts, Some(1), "no retry");
+    let line = w
+        .audit_lines()
+        .into_iter()
+        .find(|l| l["action"] == "run.finished")
+        .unwrap();
+    assert_eq!(line["outcome"], "failure");
+    assert_eq!(line["reason"], "InvalidCredentials");
+}
+
+#[tokio::test]
+async fn deadline_exceeded_fails_the_run() {
+    let w = World::new(namespace(Some("eu-west-1"), None)).await;
+    w.create_connector(CONNECTOR).await;
+    w.create_run("r1", "sales").await;
+    w.reconcile_run("r1").await;
+    w.set_pod_status(
+        "r1-1",
+        json!({"phase": "Failed", "reason": "DeadlineExceeded"}),
+    )
+    .await;
+    let run = w.reconcile_run("r1").await;
+    let s = run.status.unwrap();
+    assert_eq!(s.phase, Some(RunPhase::Failed));
+    assert_eq!(s.reason.as_deref(), Some("DeadlineExceeded"));
+    assert_eq!(s.attempts, Some(1));
+}
+
+#[tokio::test]
+async fn a_pod_deleted_under_the_run_counts_as_a_failed_attempt() {
+    let w = World::new(namespace(Some("eu-west-1"), None)).await;
+    w.create_connector(CONNECTOR).await;
+    w.create_run("r1", "sales").await;
+    w.reconcile_run("r1").await;
+    w.pods().delete("r1-1", &Default::default()).await.unwrap();
+    let run = w.reconcile_run("r1").await;
+    assert_eq!(
+        run.status.as_ref().unwrap().reason.as_deref(),
+        Some("PodDeleted")
+    );
+    assert_eq!(phase(&run), Some(RunPhase::Pending));
+}
+
+#[tokio::test]
+async fn reconciling_twice_changes_nothing() {
+    let w = World::new(namespace(Some("eu-west-1"), None)).await;
+    w.create_connector(CONNECTOR).await;
+    w.create_run("r1", "sales").await;
+    let first = w.reconcile_run("r1").await;
+    let second = w.reconcile_run("r1").await;
+    assert_eq!(first.status, second.status);
+    assert_eq!(
+        first.metadata.resource_version, second.metadata.resource_version,
+        "no write when nothing changed"
+    );
+}
