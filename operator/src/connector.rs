@@ -36,10 +36,8 @@ pub async fn reconcile(connector: Arc<Connector>, ctx: Arc<Context>) -> Result<A
         connector.namespace().unwrap_or_default(),
         connector.name_any()
     );
-    ctx.metrics
-        .queue_depth
-        .with_label_values(&[CONTROLLER])
-        .set(ctx.connector_queue.dequeue(&key) as i64);
+    ctx.connector_queue
+        .reconciled(key, connector.resource_version());
     let timer = ctx.metrics.reconcile_started(CONTROLLER);
     let result = reconcile_connector(&connector, &ctx).await;
     timer.finish(match &result {
@@ -389,11 +387,12 @@ pub fn derive_run_status(status: &mut ConnectorStatus, runs: &[ConnectorRun]) {
             Some((s.completion_time.clone()?, r))
         });
     let newest_success = succeeded.max_by_key(|(t, _)| t.0);
-    if let Some((t, run)) = newest_success {
-        if status
+    if let Some((t, run)) = newest_success
+        && status
             .last_successful_time
             .as_ref()
             .is_none_or(|old| old.0 < t.0)
+    {
         {
             status.last_successful_time = Some(t);
             let result = run.status.as_ref().and_then(|s| s.result.as_ref());

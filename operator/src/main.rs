@@ -1,12 +1,442 @@
-//! Ferry's operator. The controllers land with the operator work; until then the
-//! binary only tells what it manages.
+//! `ferry-operator`: runs the Connector and ConnectorRun controllers while it
+//! holds the leader Lease, and serves `/metrics`, `/healthz` and `/readyz`.
+//! Options are documented in docs/operator.md.
 
-fn main() {
-    println!(
-        "ferry-operator {}: manages {}/{} Connector and ConnectorRun; controllers not built yet",
-        env!("CARGO_PKG_VERSION"),
-        ferry_crds::GROUP,
-        ferry_crds::VERSION
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use clap::Parser;
+use ferry_crds::{Connector, ConnectorRun, RunPhase};
+use ferry_operator::audit::AuditLog;
+use ferry_operator::config::Config;
+use ferry_operator::context::Context;
+use ferry_operator::metrics::Metrics;
+use ferry_operator::{connector, names, run};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::api::Api;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{Controller, WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
+use kube_lease_manager::LeaseManagerBuilder;
+use tokio::sync::watch;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Ferry's Kubernetes operator.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Image of the runner container of every run.
+    #[arg(long, env = "FERRY_RUNNER_IMAGE")]
+    runner_image: String,
+    /// imagePullPolicy of the runner container.
+    #[arg(long, env = "FERRY_RUNNER_IMAGE_PULL_POLICY")]
+    runner_image_pull_policy: Option<String>,
+    /// Command of the runner container (its argument is `cluster`).
+    #[arg(
+        long,
+        env = "FERRY_RUNNER_COMMAND",
+        default_value = "/job-runner",
+        value_delimiter = ' '
+    )]
+    runner_command: Vec<String>,
+    /// RUST_LOG of the runner.
+    #[arg(long, env = "FERRY_RUNNER_LOG", default_value = "info")]
+    runner_log: String,
+    /// Size of the runner's memory-backed /tmp.
+    #[arg(long, env = "FERRY_RUNNER_SCRATCH_SIZE", default_value = "64Mi")]
+    runner_scratch_size: String,
+    /// TCP ports of the Kubernetes API server that runs may reach (NetworkPolicy).
+    #[arg(
+        long,
+        env = "FERRY_API_SERVER_PORTS",
+        default_value = "443,6443",
+        value_delimiter = ','
+    )]
+    api_server_ports: Vec<i32>,
+    /// Accept `local` endpoints (a folder of the runner pod; demos and tests only).
+    #[arg(long, env = "FERRY_ALLOW_LOCAL_ENDPOINTS")]
+    allow_local_endpoints: bool,
+    /// Namespaces to watch, comma separated; all when empty.
+    #[arg(long, env = "FERRY_WATCH_NAMESPACES", value_delimiter = ',')]
+    watch_namespaces: Vec<String>,
+    /// Address of the metrics and health server.
+    #[arg(long, env = "FERRY_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    metrics_addr: SocketAddr,
+    /// Do not use leader election (a single replica only).
+    #[arg(long, env = "FERRY_NO_LEADER_ELECTION")]
+    no_leader_election: bool,
+    /// Name of the leader Lease.
+    #[arg(long, env = "FERRY_LEASE_NAME", default_value = "ferry-operator")]
+    lease_name: String,
+    /// Namespace of the leader Lease (the operator's own).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "ferry-system")]
+    lease_namespace: String,
+    /// Identity in the Lease (the pod's name).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Seconds a leader holds the Lease without renewing it.
+    #[arg(long, env = "FERRY_LEASE_DURATION", default_value_t = 15)]
+    lease_duration: u64,
+    /// Append audit lines to this file instead of standard output.
+    #[arg(long, env = "FERRY_AUDIT_LOG")]
+    audit_log: Option<std::path::PathBuf>,
+    /// Log format: json (one object per line) or text.
+    #[arg(long, env = "FERRY_LOG_FORMAT", default_value = "json")]
+    log_format: String,
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    init_logging(&args.log_format);
+    if let Err(e) = run_operator(args).await {
+        tracing::error!(error = %e, "ferry-operator stopped");
+        std::process::exit(1);
+    }
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "text" {
+        builder.init();
+    } else {
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init();
+    }
+}
+
+/// Shared by the HTTP handlers.
+#[derive(Clone)]
+struct Health {
+    metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+}
+
+async fn serve_http(
+    addr: SocketAddr,
+    health: Health,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), BoxError> {
+    let app = Router::new()
+        .route(
+            "/metrics",
+            get(|State(h): State<Health>| async move {
+                (
+                    [("content-type", "text/plain; version=0.0.4")],
+                    h.metrics.render(),
+                )
+            }),
+        )
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(|State(h): State<Health>| async move {
+                if h.ready.load(Ordering::Relaxed) {
+                    (StatusCode::OK, "ready")
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, "caches not synced")
+                }
+            }),
+        )
+        .with_state(health);
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
+    let mut shutdown = shutdown;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = shutdown.wait_for(|s| *s).await;
+        })
+        .await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+async fn run_operator(args: Args) -> Result<(), BoxError> {
+    let client = Client::try_default().await?;
+    let metrics = Arc::new(Metrics::new());
+    let audit = match &args.audit_log {
+        Some(path) => AuditLog::new(Box::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)?,
+        )),
+        None => AuditLog::new(Box::new(std::io::stdout())),
+    };
+    let config = Config {
+        runner_image: args.runner_image.clone(),
+        runner_image_pull_policy: args.runner_image_pull_policy.clone(),
+        runner_command: args.runner_command.clone(),
+        runner_log: args.runner_log.clone(),
+        scratch_size: args.runner_scratch_size.clone(),
+        api_server_ports: args.api_server_ports.clone(),
+        allow_local_endpoints: args.allow_local_endpoints,
+        ..Config::default()
+    };
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let ready = Arc::new(AtomicBool::new(false));
+    let http = tokio::spawn(serve_http(
+        args.metrics_addr,
+        Health {
+            metrics: metrics.clone(),
+            ready: ready.clone(),
+        },
+        shutdown_rx.clone(),
+    ));
+
+    // Leader election: only the holder of the Lease reconciles.
+    let identity = args
+        .identity
+        .clone()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| format!("ferry-operator-{}", std::process::id()));
+    let mut leader = if args.no_leader_election {
+        None
+    } else {
+        let manager = LeaseManagerBuilder::new(client.clone(), &args.lease_name)
+            .with_namespace(&args.lease_namespace)
+            .with_identity(&identity)
+            .with_duration(args.lease_duration)
+            .with_grace(args.lease_duration.div_ceil(3).max(2))
+            .with_field_manager("ferry-operator-lease")
+            .build()
+            .await?;
+        let (mut channel, task) = manager.watch().await;
+        ready.store(true, Ordering::Relaxed); // a standby replica is ready: it serves metrics
+        tracing::info!(
+            identity,
+            lease = args.lease_name,
+            "waiting to become the leader"
+        );
+        let leading = tokio::select! {
+            r = channel.wait_for(|leading| *leading) => r.map(|_| true),
+            _ = shutdown_signal() => Ok(false),
+        };
+        if !leading? {
+            drop(channel);
+            let _ = task.await;
+            let _ = shutdown_tx.send(true);
+            let _ = http.await;
+            return Ok(());
+        }
+        tracing::info!(identity, "became the leader");
+        Some((channel, task))
+    };
+    ready.store(false, Ordering::Relaxed);
+
+    // Namespaces: the tenants' rules, an index kept current by a watch.
+    let (namespaces, ns_writer) = reflector::store::<Namespace>();
+    let ns_watch = watcher(
+        Api::<Namespace>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .reflect(ns_writer)
+    .for_each(|_| futures::future::ready(()));
+    let ns_task = tokio::spawn(ns_watch);
+    namespaces.wait_until_ready().await?;
+
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        config,
+        metrics.clone(),
+        audit,
+        namespaces,
+    ));
+    let scopes: Vec<Option<String>> = if args.watch_namespaces.is_empty() {
+        vec![None]
+    } else {
+        args.watch_namespaces
+            .iter()
+            .map(|n| Some(n.clone()))
+            .collect()
+    };
+
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let mut controllers = Vec::new();
+    let mut run_stores = Vec::new();
+    let mut connector_stores = Vec::new();
+    for scope in scopes {
+        let (run_task, run_store) =
+            run_controller(&client, scope.as_deref(), ctx.clone(), stop.clone());
+        controllers.push(run_task);
+        run_stores.push(run_store);
+        let (connector_task, connector_store) =
+            connector_controller(&client, scope.as_deref(), ctx.clone(), stop.clone());
+        controllers.push(connector_task);
+        connector_stores.push(connector_store);
+    }
+    ready.store(true, Ordering::Relaxed);
+    let gauge = tokio::spawn(gauges(run_stores, connector_stores, ctx.clone()));
+
+    // Run until a signal, or until leadership is lost (then exit so that the
+    // replacement starts from a clean state, as controller-runtime does).
+    let lost = async {
+        match leader.as_mut() {
+            Some((channel, _)) => {
+                let _ = channel.wait_for(|leading| !*leading).await;
+            }
+            None => futures::future::pending::<()>().await,
+        }
+    };
+    let outcome: Result<(), BoxError> = tokio::select! {
+        _ = shutdown_signal() => { tracing::info!("shutting down"); Ok(()) }
+        _ = lost => Err("lost the leader Lease".into()),
+    };
+    stop.notify_waiters();
+    for c in controllers {
+        let _ = tokio::time::timeout(Duration::from_secs(20), c).await;
+    }
+    gauge.abort();
+    ns_task.abort();
+    if let Some((channel, task)) = leader {
+        drop(channel); // releases the Lease for the next replica
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    }
+    let _ = shutdown_tx.send(true);
+    let _ = http.await;
+    outcome
+}
+
+fn scoped<K>(client: &Client, scope: Option<&str>) -> Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match scope {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+fn key<K: kube::Resource>(obj: &K) -> String {
+    format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any())
+}
+
+fn run_controller(
+    client: &Client,
+    scope: Option<&str>,
+    ctx: Arc<Context>,
+    stop: Arc<tokio::sync::Notify>,
+) -> (tokio::task::JoinHandle<()>, Store<ConnectorRun>) {
+    let pods = watcher::Config::default().labels(&format!(
+        "{}={}",
+        names::LABEL_MANAGED_BY,
+        names::MANAGED_BY
+    ));
+    let controller = Controller::new(
+        scoped::<ConnectorRun>(client, scope),
+        watcher::Config::default(),
     );
-    std::process::exit(2);
+    let reader = controller.store();
+    let controller = controller
+        .owns(scoped::<Pod>(client, scope), pods)
+        .graceful_shutdown_on(async move { stop.notified().await })
+        .run(run::reconcile, run::error_policy, ctx)
+        .for_each(|res| {
+            if let Err(e) = res {
+                tracing::debug!(error = %e, "connectorrun controller event");
+            }
+            futures::future::ready(())
+        });
+    (tokio::spawn(controller), reader)
+}
+
+fn connector_controller(
+    client: &Client,
+    scope: Option<&str>,
+    ctx: Arc<Context>,
+    stop: Arc<tokio::sync::Notify>,
+) -> (tokio::task::JoinHandle<()>, Store<Connector>) {
+    // Runs made by hand carry no owner reference: map every run to its Connector.
+    let controller = Controller::new(
+        scoped::<Connector>(client, scope),
+        watcher::Config::default(),
+    );
+    let reader = controller.store();
+    let controller = controller
+        .watches(
+            scoped::<ConnectorRun>(client, scope),
+            watcher::Config::default(),
+            |run: ConnectorRun| {
+                let ns = run.namespace()?;
+                Some(ObjectRef::new(&run.spec.connector_ref.name).within(&ns))
+            },
+        )
+        .graceful_shutdown_on(async move { stop.notified().await })
+        .run(connector::reconcile, connector::error_policy, ctx)
+        .for_each(|res| {
+            if let Err(e) = res {
+                tracing::debug!(error = %e, "connector controller event");
+            }
+            futures::future::ready(())
+        });
+    (tokio::spawn(controller), reader)
+}
+
+/// Keeps `ferry_runs_active` equal to the runs that have not ended, and the
+/// queue depth gauges current.
+async fn gauges(
+    runs: Vec<Store<ConnectorRun>>,
+    connectors: Vec<Store<Connector>>,
+    ctx: Arc<Context>,
+) {
+    loop {
+        let all_runs: Vec<Arc<ConnectorRun>> = runs.iter().flat_map(|s| s.state()).collect();
+        let active = all_runs
+            .iter()
+            .filter(|r| {
+                !r.status
+                    .as_ref()
+                    .and_then(|s| s.phase)
+                    .is_some_and(RunPhase::is_terminal)
+            })
+            .count();
+        let m = &ctx.metrics;
+        m.runs_active.set(active as f64);
+        let depth = ctx.run_queue.depth(
+            all_runs
+                .iter()
+                .map(|r| (key(r.as_ref()), r.resource_version())),
+        );
+        m.queue_depth
+            .with_label_values(&[run::CONTROLLER])
+            .set(depth as i64);
+        let all_connectors = connectors.iter().flat_map(|s| s.state());
+        let depth = ctx
+            .connector_queue
+            .depth(all_connectors.map(|c| (key(c.as_ref()), c.resource_version())));
+        m.queue_depth
+            .with_label_values(&[connector::CONTROLLER])
+            .set(depth as i64);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
 }

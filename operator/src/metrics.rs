@@ -2,7 +2,7 @@
 //! connector, result, reason, controller and error category: never a run name,
 //! which would grow without bound.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -31,6 +31,7 @@ pub struct Metrics {
     pub queue_depth: IntGaugeVec,
 }
 
+#[allow(clippy::expect_used)] // static definitions, checked by the tests
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition");
     registry
@@ -220,25 +221,35 @@ impl ReconcileTimer<'_> {
     }
 }
 
-/// Objects seen changed by a watch and not yet reconciled: the queue depth.
+/// The resource version each object had when its last reconcile started.
+/// Objects in a watch cache with another version are changed and waiting: the
+/// queue depth.
 #[derive(Debug, Default)]
 pub struct Queue {
-    pending: Mutex<HashSet<String>>,
+    reconciled: Mutex<HashMap<String, String>>,
 }
 
 impl Queue {
-    /// A watch saw `key` change; returns the new depth.
-    pub fn enqueue(&self, key: String) -> usize {
-        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        p.insert(key);
-        p.len()
+    /// A reconcile of `key` at `resource_version` starts.
+    pub fn reconciled(&self, key: String, resource_version: Option<String>) {
+        let mut r = self.reconciled.lock().unwrap_or_else(|e| e.into_inner());
+        r.insert(key, resource_version.unwrap_or_default());
     }
 
-    /// A reconcile of `key` starts; returns the new depth.
-    pub fn dequeue(&self, key: &str) -> usize {
-        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        p.remove(key);
-        p.len()
+    /// How many of `objects` (key, resource version) changed since their last
+    /// reconcile. Keys no longer present are forgotten.
+    pub fn depth(&self, objects: impl IntoIterator<Item = (String, Option<String>)>) -> usize {
+        let mut r = self.reconciled.lock().unwrap_or_else(|e| e.into_inner());
+        let mut present = HashSet::new();
+        let mut waiting = 0;
+        for (key, rv) in objects {
+            if r.get(&key).map(String::as_str) != Some(rv.as_deref().unwrap_or_default()) {
+                waiting += 1;
+            }
+            present.insert(key);
+        }
+        r.retain(|k, _| present.contains(k));
+        waiting
     }
 }
 
@@ -265,11 +276,12 @@ mod tests {
     }
 
     #[test]
-    fn queue_depth_counts_distinct_keys() {
+    fn queue_depth_counts_objects_changed_since_their_reconcile() {
         let q = Queue::default();
-        assert_eq!(q.enqueue("a/x".into()), 1);
-        assert_eq!(q.enqueue("a/x".into()), 1);
-        assert_eq!(q.enqueue("a/y".into()), 2);
-        assert_eq!(q.dequeue("a/x"), 1);
+        let v = |k: &str, rv: &str| (k.to_string(), Some(rv.to_string()));
+        assert_eq!(q.depth([v("a/x", "1"), v("a/y", "1")]), 2);
+        q.reconciled("a/x".into(), Some("1".into()));
+        assert_eq!(q.depth([v("a/x", "1"), v("a/y", "1")]), 1);
+        assert_eq!(q.depth([v("a/x", "2"), v("a/y", "1")]), 2);
     }
 }

@@ -1,6 +1,8 @@
 //! Connector reconciles against the fake API: schedules, concurrency policies,
 //! suspension, history pruning and the checks the schema cannot make.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use ferry_crds::{ConnectorRun, RunPhase};

@@ -1,6 +1,8 @@
 //! ConnectorRun reconciles against the fake API: the happy path and each way a
 //! run can end.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use ferry_crds::RunPhase;

@@ -43,10 +43,7 @@ const RESYNC: Duration = Duration::from_secs(60);
 /// Reconciles one ConnectorRun, recording metrics.
 pub async fn reconcile(run: Arc<ConnectorRun>, ctx: Arc<Context>) -> Result<Action, Error> {
     let key = format!("{}/{}", run.namespace().unwrap_or_default(), run.name_any());
-    ctx.metrics
-        .queue_depth
-        .with_label_values(&[CONTROLLER])
-        .set(ctx.run_queue.dequeue(&key) as i64);
+    ctx.run_queue.reconciled(key, run.resource_version());
     let timer = ctx.metrics.reconcile_started(CONTROLLER);
     let result = reconcile_run(&run, &ctx).await;
     timer.finish(match &result {

@@ -1,0 +1,398 @@
+//! The pure builders of a run's objects, over YAML fixtures: the pod meets every
+//! rule of the Pod Security "restricted" level, the Role grants exactly what the
+//! run needs, everything is owned by the run, the tenant's knobs are carried
+//! over, and nothing secret is in any object.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use ferry_crds::{ConnectorRun, ConnectorSpec};
+use ferry_operator::config::Config;
+use ferry_operator::run::build::{RunInput, RunObjects, build};
+use k8s_openapi::api::core::v1::Pod;
+use support::*;
+
+fn spec(yaml: &str) -> ConnectorSpec {
+    connector(yaml).spec
+}
+
+fn run() -> ConnectorRun {
+    let mut r = run_of("sales-29923860", "sales");
+    r.metadata.uid = Some("0b6f7c2e-uid".into());
+    r
+}
+
+fn objects(spec: &ConnectorSpec, attempt: i32) -> RunObjects {
+    build(RunInput {
+        run: &run(),
+        spec,
+        attempt,
+        config: &Config::default(),
+    })
+    .expect("builds")
+}
+
+/// Each check of the Pod Security Standards "restricted" profile (v1.32), plus
+/// the baseline checks it includes. Returns the rules broken.
+fn restricted_violations(pod: &Pod) -> Vec<String> {
+    let mut v = Vec::new();
+    let spec = pod.spec.as_ref().unwrap();
+    let psc = spec.security_context.clone().unwrap_or_default();
+    if spec.host_network == Some(true) || spec.host_pid == Some(true) || spec.host_ipc == Some(true)
+    {
+        v.push("host namespaces".into());
+    }
+    for vol in spec.volumes.iter().flatten() {
+        let allowed = vol.config_map.is_some()
+            || vol.csi.is_some()
+            || vol.downward_api.is_some()
+            || vol.empty_dir.is_some()
+            || vol.ephemeral.is_some()
+            || vol.persistent_volume_claim.is_some()
+            || vol.projected.is_some()
+            || vol.secret.is_some();
+        if !allowed {
+            v.push(format!("volume type of {}", vol.name));
+        }
+    }
+    if psc.sysctls.as_ref().is_some_and(|s| !s.is_empty()) {
+        v.push("sysctls".into());
+    }
+    let pod_seccomp = psc.seccomp_profile.as_ref().map(|s| s.type_.as_str());
+    let all = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten());
+    for c in all {
+        let sc = c.security_context.clone().unwrap_or_default();
+        if sc.privileged == Some(true) {
+            v.push(format!("{}: privileged", c.name));
+        }
+        if c.ports
+            .iter()
+            .flatten()
+            .any(|p| p.host_port.unwrap_or(0) != 0)
+        {
+            v.push(format!("{}: hostPort", c.name));
+        }
+        if sc.proc_mount.as_deref().is_some_and(|p| p != "Default") {
+            v.push(format!("{}: procMount", c.name));
+        }
+        if sc.allow_privilege_escalation != Some(false) {
+            v.push(format!(
+                "{}: allowPrivilegeEscalation must be false",
+                c.name
+            ));
+        }
+        let non_root = sc.run_as_non_root.or(psc.run_as_non_root);
+        if non_root != Some(true) {
+            v.push(format!("{}: runAsNonRoot must be true", c.name));
+        }
+        if sc.run_as_user.or(psc.run_as_user) == Some(0) {
+            v.push(format!("{}: runAsUser 0", c.name));
+        }
+        let seccomp = sc
+            .seccomp_profile
+            .as_ref()
+            .map(|s| s.type_.as_str())
+            .or(pod_seccomp);
+        if !matches!(seccomp, Some("RuntimeDefault" | "Localhost")) {
+            v.push(format!("{}: seccompProfile", c.name));
+        }
+        let caps = sc.capabilities.clone().unwrap_or_default();
+        if !caps.drop.iter().flatten().any(|d| d == "ALL") {
+            v.push(format!("{}: capabilities must drop ALL", c.name));
+        }
+        if caps.add.iter().flatten().any(|a| a != "NET_BIND_SERVICE") {
+            v.push(format!("{}: capabilities added", c.name));
+        }
+    }
+    v
+}
+
+#[test]
+fn the_pod_meets_the_restricted_level_and_hardening_beyond_it() {
+    let o = objects(&spec(CONNECTOR), 1);
+    assert_eq!(restricted_violations(&o.pod), Vec::<String>::new());
+    let ps = o.pod.spec.as_ref().unwrap();
+    let c = &ps.containers[0];
+    let sc = c.security_context.as_ref().unwrap();
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    assert_eq!(ps.automount_service_account_token, Some(false));
+    assert_eq!(ps.restart_policy.as_deref(), Some("Never"));
+    assert_eq!(ps.active_deadline_seconds, Some(3600));
+    assert_eq!(ps.enable_service_links, Some(false));
+    assert_eq!(
+        ps.service_account_name.as_deref(),
+        Some("ferry-run-sales-29923860")
+    );
+    let scratch = ps
+        .volumes
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|v| v.name == "scratch")
+        .unwrap();
+    assert_eq!(
+        scratch.empty_dir.as_ref().unwrap().medium.as_deref(),
+        Some("Memory")
+    );
+    let api = ps
+        .volumes
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|v| v.name == "kube-api-access")
+        .unwrap();
+    let token = api.projected.as_ref().unwrap().sources.as_ref().unwrap()[0]
+        .service_account_token
+        .as_ref()
+        .unwrap();
+    assert_eq!(
+        token.expiration_seconds,
+        Some(3720),
+        "expires shortly after the run's deadline"
+    );
+    assert_eq!(
+        o.pod.metadata.annotations.as_ref().unwrap()["sidecar.istio.io/inject"],
+        "false"
+    );
+}
+
+#[test]
+fn the_restricted_check_itself_catches_violations() {
+    let mut pod = objects(&spec(CONNECTOR), 1).pod;
+    let ps = pod.spec.as_mut().unwrap();
+    ps.host_network = Some(true);
+    let sc = ps.containers[0].security_context.as_mut().unwrap();
+    sc.allow_privilege_escalation = None;
+    sc.capabilities = None;
+    sc.run_as_non_root = None;
+    ps.security_context.as_mut().unwrap().run_as_non_root = None;
+    assert_eq!(
+        restricted_violations(&pod).len(),
+        4,
+        "{:?}",
+        restricted_violations(&pod)
+    );
+}
+
+#[test]
+fn the_role_grants_exactly_what_the_run_needs() {
+    let o = objects(&spec(CONNECTOR), 1);
+    let rules = serde_json::to_value(o.role.rules.as_ref().unwrap()).unwrap();
+    assert_eq!(
+        rules,
+        serde_json::json!([
+            {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"], "resourceNames": ["acme-kek", "bronze-writer", "s3-reader"]},
+            {"apiGroups": ["ferry.dev"], "resources": ["connectorruns"], "verbs": ["get"], "resourceNames": ["sales-29923860"]},
+            {"apiGroups": ["ferry.dev"], "resources": ["connectorruns/status"], "verbs": ["patch"], "resourceNames": ["sales-29923860"]},
+            {"apiGroups": ["ferry.dev"], "resources": ["connectors"], "verbs": ["get"], "resourceNames": ["sales"]},
+        ])
+    );
+    let text = serde_json::to_string(&o.role).unwrap();
+    assert!(!text.contains('*'), "no wildcard anywhere");
+    let rb = &o.role_binding;
+    assert_eq!(rb.role_ref.kind, "Role");
+    assert_eq!(rb.role_ref.name, "ferry-run-sales-29923860");
+    let subject = &rb.subjects.as_ref().unwrap()[0];
+    assert_eq!(
+        (
+            subject.kind.as_str(),
+            subject.name.as_str(),
+            subject.namespace.as_deref()
+        ),
+        ("ServiceAccount", "ferry-run-sales-29923860", Some(NS))
+    );
+}
+
+#[test]
+fn workload_identity_needs_no_secret_read_but_a_projected_cloud_token() {
+    let s = spec(&CONNECTOR.replace(
+        "credentials: {secretRef: {name: s3-reader}}",
+        "credentials: {webIdentity: {roleArn: 'arn:aws:iam::123456789012:role/reader'}}",
+    ));
+    let o = objects(&s, 1);
+    let secrets = &o.role.rules.as_ref().unwrap()[0];
+    assert_eq!(
+        secrets.resource_names.as_ref().unwrap(),
+        &["acme-kek", "bronze-writer"]
+    );
+    let ps = o.pod.spec.as_ref().unwrap();
+    let aws = ps
+        .volumes
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|v| v.name == "aws-token")
+        .unwrap();
+    let token = aws.projected.as_ref().unwrap().sources.as_ref().unwrap()[0]
+        .service_account_token
+        .as_ref()
+        .unwrap();
+    assert_eq!(token.audience.as_deref(), Some("sts.amazonaws.com"));
+    let env = ps.containers[0].env.as_ref().unwrap();
+    assert!(env.iter().any(|e| e.name == "AWS_WEB_IDENTITY_TOKEN_FILE"
+        && e.value.as_deref() == Some("/var/run/secrets/ferry.dev/aws/token")));
+}
+
+#[test]
+fn every_object_is_owned_by_the_run_and_labelled() {
+    let RunObjects {
+        service_account,
+        role,
+        role_binding,
+        network_policy,
+        pod,
+    } = objects(&spec(CONNECTOR), 2);
+    let metas = [
+        &service_account.metadata,
+        &role.metadata,
+        &role_binding.metadata,
+        &network_policy.metadata,
+        &pod.metadata,
+    ];
+    for m in metas {
+        let owners = m.owner_references.as_ref().unwrap();
+        assert_eq!(owners.len(), 1);
+        assert_eq!(owners[0].kind, "ConnectorRun");
+        assert_eq!(owners[0].uid, "0b6f7c2e-uid");
+        assert_eq!(owners[0].controller, Some(true));
+        assert_eq!(m.namespace.as_deref(), Some(NS));
+        assert_eq!(
+            m.labels.as_ref().unwrap()["ferry.dev/run"],
+            "sales-29923860"
+        );
+    }
+    assert_eq!(pod.metadata.name.as_deref(), Some("sales-29923860-2"));
+    assert_eq!(
+        pod.metadata.labels.as_ref().unwrap()["ferry.dev/attempt"],
+        "2"
+    );
+}
+
+#[test]
+fn a_run_without_uid_cannot_be_built() {
+    let mut r = run();
+    r.metadata.uid = None;
+    let s = spec(CONNECTOR);
+    assert!(
+        build(RunInput {
+            run: &r,
+            spec: &s,
+            attempt: 1,
+            config: &Config::default()
+        })
+        .is_err()
+    );
+}
+
+#[test]
+fn the_network_policy_denies_ingress_and_limits_egress() {
+    let s = spec(&CONNECTOR.replace(
+        "{azureBlob: {account: acmebronze,",
+        "{azureBlob: {endpoint: 'https://blob.example.com:8443', account: acmebronze,",
+    ));
+    let np = objects(&s, 1).network_policy;
+    let spec = np.spec.unwrap();
+    assert_eq!(spec.policy_types.unwrap(), ["Ingress", "Egress"]);
+    assert_eq!(spec.ingress.unwrap().len(), 0);
+    let egress = serde_json::to_value(spec.egress.unwrap()).unwrap();
+    assert_eq!(
+        egress,
+        serde_json::json!([
+            {"ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]},
+            {"ports": [{"protocol": "TCP", "port": 443}, {"protocol": "TCP", "port": 6443}, {"protocol": "TCP", "port": 8443}]},
+        ])
+    );
+    assert_eq!(
+        spec.pod_selector.unwrap().match_labels.unwrap()["ferry.dev/run"],
+        "sales-29923860"
+    );
+}
+
+#[test]
+fn the_tenants_knobs_are_carried_over_but_not_the_image() {
+    let s = spec(&format!(
+        "{CONNECTOR}  run:
+    activeDeadlineSeconds: 120
+    resources: {{limits: {{memory: 1Gi}}}}
+    nodeSelector: {{pool: transfers}}
+    tolerations: [{{key: dedicated, operator: Equal, value: ferry, effect: NoSchedule}}]
+    affinity: {{nodeAffinity: {{requiredDuringSchedulingIgnoredDuringExecution: {{nodeSelectorTerms: [{{matchExpressions: [{{key: zone, operator: In, values: [a]}}]}}]}}}}}}
+    podAnnotations: {{team: data, sidecar.istio.io/inject: 'true'}}
+    podLabels: {{team: data, ferry.dev/run: spoofed}}
+"
+    ));
+    let pod = objects(&s, 1).pod;
+    let ps = pod.spec.as_ref().unwrap();
+    assert_eq!(ps.active_deadline_seconds, Some(120));
+    assert_eq!(ps.node_selector.as_ref().unwrap()["pool"], "transfers");
+    assert_eq!(
+        ps.tolerations.as_ref().unwrap()[0].key.as_deref(),
+        Some("dedicated")
+    );
+    assert!(ps.affinity.is_some());
+    let limits = ps.containers[0]
+        .resources
+        .as_ref()
+        .unwrap()
+        .limits
+        .as_ref()
+        .unwrap();
+    assert_eq!(limits["memory"].0, "1Gi");
+    let labels = pod.metadata.labels.as_ref().unwrap();
+    assert_eq!(labels["team"], "data");
+    assert_eq!(
+        labels["ferry.dev/run"], "sales-29923860",
+        "Ferry's labels win"
+    );
+    let annotations = pod.metadata.annotations.as_ref().unwrap();
+    assert_eq!(annotations["team"], "data");
+    assert_eq!(
+        annotations["sidecar.istio.io/inject"], "true",
+        "a tenant may opt into the mesh"
+    );
+    assert_eq!(
+        ps.containers[0].image.as_deref(),
+        Some(Config::default().runner_image.as_str())
+    );
+    assert_eq!(ps.containers[0].args.as_ref().unwrap(), &["cluster"]);
+}
+
+#[test]
+fn nothing_secret_is_in_any_object() {
+    let RunObjects {
+        service_account,
+        role,
+        role_binding,
+        network_policy,
+        pod,
+    } = objects(&spec(CONNECTOR), 1);
+    let all = [
+        serde_json::to_string(&service_account).unwrap(),
+        serde_json::to_string(&role).unwrap(),
+        serde_json::to_string(&role_binding).unwrap(),
+        serde_json::to_string(&network_policy).unwrap(),
+        serde_json::to_string(&pod).unwrap(),
+    ]
+    .join("\n");
+    for canary in CANARIES {
+        assert!(!all.contains(canary));
+    }
+    let ps = pod.spec.unwrap();
+    let c = &ps.containers[0];
+    assert!(
+        c.env.iter().flatten().all(|e| e
+            .value_from
+            .as_ref()
+            .is_none_or(|v| v.secret_key_ref.is_none())),
+        "no Secret through env"
+    );
+    assert!(c.env_from.is_none());
+    assert!(
+        ps.volumes.iter().flatten().all(|v| v.secret.is_none()),
+        "no Secret volume: the runner reads them through the API"
+    );
+}
