@@ -1,6 +1,7 @@
 //! Local mode inputs: a Connector from a YAML file and Secrets from a folder laid
 //! out as Kubernetes mounts them (a folder per Secret, a file per key).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -30,11 +31,11 @@ pub enum ConfigError {
     Parse { path: PathBuf, reason: String },
     #[error("{0}: exactly one of s3, azureBlob, sftp or local must be set")]
     Endpoint(&'static str),
-    #[error("secret {secret:?} has no key {key:?} (looked for {path})")]
+    #[error("secret {secret:?} has no key {key:?} (looked in {location})")]
     MissingSecretKey {
         secret: String,
         key: String,
-        path: PathBuf,
+        location: String,
     },
     #[error("secret {secret:?} key {key:?}: {source}")]
     BadKey {
@@ -152,29 +153,114 @@ fn unknown_fields(
     }
 }
 
-/// Secrets mounted as folders.
-#[derive(Debug, Clone)]
+/// The Secrets a run reads: folders as Kubernetes mounts them (local mode), or
+/// fetched through the API (cluster mode). Values are zeroized on drop; errors
+/// and Debug name Secrets and keys, never contents.
+#[derive(Clone)]
 pub struct SecretsDir {
-    root: PathBuf,
+    source: SecretSource,
+}
+
+#[derive(Clone)]
+enum SecretSource {
+    Dir(PathBuf),
+    Fetched(BTreeMap<String, BTreeMap<String, Zeroizing<Vec<u8>>>>),
+}
+
+impl std::fmt::Debug for SecretsDir {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.source {
+            SecretSource::Dir(root) => f.debug_tuple("SecretsDir").field(root).finish(),
+            SecretSource::Fetched(map) => f
+                .debug_struct("Secrets")
+                .field("names", &map.keys().collect::<Vec<_>>())
+                .finish_non_exhaustive(),
+        }
+    }
+}
+
+impl PartialEq for SecretsDir {
+    fn eq(&self, other: &Self) -> bool {
+        match (&self.source, &other.source) {
+            (SecretSource::Dir(a), SecretSource::Dir(b)) => a == b,
+            (SecretSource::Fetched(a), SecretSource::Fetched(b)) => a == b,
+            _ => false,
+        }
+    }
 }
 
 impl SecretsDir {
-    /// Secrets under `root`.
+    /// Secrets under `root`: `root/<secret>/<key>`.
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into() }
+        Self {
+            source: SecretSource::Dir(root.into()),
+        }
+    }
+
+    /// Secrets already fetched: name -> key -> value.
+    pub fn fetched(secrets: BTreeMap<String, BTreeMap<String, Zeroizing<Vec<u8>>>>) -> Self {
+        Self {
+            source: SecretSource::Fetched(secrets),
+        }
+    }
+
+    /// Every key of every Secret the Connector reads, read now into memory, so
+    /// that the run uses one consistent set and a later read can tell whether
+    /// they changed. Files whose names start with `..` (the plumbing of a
+    /// Kubernetes Secret volume) are skipped; a Secret that is missing stays
+    /// missing, and reading from it names it.
+    pub fn snapshot(&self, spec: &ferry_crds::ConnectorSpec) -> Self {
+        let SecretSource::Dir(root) = &self.source else {
+            return self.clone();
+        };
+        let mut out = BTreeMap::new();
+        for name in ferry_crds::secret_names(spec) {
+            let Ok(entries) = std::fs::read_dir(root.join(&name)) else {
+                continue;
+            };
+            let mut keys = BTreeMap::new();
+            for entry in entries.flatten() {
+                let key = entry.file_name().to_string_lossy().to_string();
+                if key.starts_with("..") {
+                    continue;
+                }
+                if let Ok(bytes) = std::fs::read(entry.path()) {
+                    keys.insert(key, Zeroizing::new(bytes));
+                }
+            }
+            out.insert(name, keys);
+        }
+        Self {
+            source: SecretSource::Fetched(out),
+        }
+    }
+
+    /// Where a Secret is looked for, for messages.
+    fn location(&self, secret: &str) -> String {
+        match &self.source {
+            SecretSource::Dir(root) => root.join(secret).display().to_string(),
+            SecretSource::Fetched(_) => format!("Secret {secret}"),
+        }
     }
 
     /// The bytes of one key of one Secret, zeroized on drop. Errors name the
     /// Secret and key, never the content.
     pub fn read(&self, secret: &str, key: &str) -> Result<Zeroizing<Vec<u8>>, ConfigError> {
-        let path = self.root.join(secret).join(key);
-        std::fs::read(&path)
-            .map(Zeroizing::new)
-            .map_err(|_| ConfigError::MissingSecretKey {
-                secret: secret.into(),
-                key: key.into(),
-                path,
-            })
+        let missing = || ConfigError::MissingSecretKey {
+            secret: secret.into(),
+            key: key.into(),
+            location: self.location(secret),
+        };
+        match &self.source {
+            SecretSource::Dir(root) => std::fs::read(root.join(secret).join(key))
+                .map(Zeroizing::new)
+                .map_err(|_| missing()),
+            SecretSource::Fetched(map) => map
+                .get(secret)
+                .and_then(|keys| keys.get(key))
+                .cloned()
+                .ok_or_else(missing),
+        }
     }
 
     /// One key of one Secret as text, surrounding white space removed.
@@ -280,7 +366,7 @@ pub fn open_store(
                         secret: secret.clone(),
                         key: "privateKey (password authentication needs allowPasswordAuth: true)"
                             .into(),
-                        path: secrets.root.join(secret),
+                        location: secrets.location(secret),
                     });
                 }
             };
@@ -336,7 +422,7 @@ fn azure_secret_auth(secrets: &SecretsDir, name: &str) -> Result<AzureAuth, Conf
     Err(ConfigError::MissingSecretKey {
         secret: name.to_string(),
         key: "accountKey, sasToken or clientSecret".to_string(),
-        path: secrets.root.join(name),
+        location: secrets.location(name),
     })
 }
 

@@ -3,8 +3,10 @@
 #![forbid(unsafe_code)]
 
 pub mod audit;
+pub mod cluster;
 pub mod config;
 pub mod crypto;
+pub mod job;
 pub mod readback;
 pub mod select;
 pub mod storage;

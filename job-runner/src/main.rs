@@ -1,6 +1,7 @@
 //! `job-runner`: Ferry's runner and its tools.
 //!
 //! - `run`: run a Connector from a file, with Secrets from a folder (local mode).
+//! - `cluster`: run one attempt of a ConnectorRun in its pod (cluster mode).
 //! - `decrypt`: decrypt one object, or a whole destination with its manifest.
 //! - `verify`: check a destination against its signed manifest.
 //! - `keygen`: make a key-encryption key, as a file or a Kubernetes Secret.
@@ -15,12 +16,14 @@ use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
 
 use ferry_runner::audit::{AuditLog, Outcome};
+use ferry_runner::cluster::{self, Reporter, RunRef};
 use ferry_runner::config::{self, SecretsDir};
 use ferry_runner::crypto::{Kek, KeyRing};
+use ferry_runner::job::{self, Job};
 use ferry_runner::readback;
 use ferry_runner::storage::ObjectStore;
 use ferry_runner::storage::local::LocalStore;
-use ferry_runner::transfer::{self, Mode, Options, Progress};
+use ferry_runner::transfer::{self, Mode, Progress};
 
 #[derive(Parser)]
 #[command(
@@ -77,10 +80,38 @@ struct RunArgs {
     base_dir: PathBuf,
 }
 
+/// Arguments of `job-runner cluster`, all from the pod's environment.
+#[derive(clap::Args)]
+struct ClusterArgs {
+    /// Name of the ConnectorRun.
+    #[arg(long, env = "FERRY_RUN_NAME")]
+    run: String,
+    /// Its namespace.
+    #[arg(long, env = "FERRY_RUN_NAMESPACE")]
+    namespace: String,
+    /// Which attempt this pod is.
+    #[arg(long, env = "FERRY_RUN_ATTEMPT", default_value_t = 1)]
+    attempt: i32,
+    /// The tenant's region (set by the operator from the namespace label).
+    #[arg(long, env = "FERRY_TENANT_REGION")]
+    tenant_region: Option<String>,
+    /// Objects copied at once.
+    #[arg(long, env = "FERRY_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
+    concurrency: u16,
+    /// Seconds between progress reports.
+    #[arg(long, env = "FERRY_PROGRESS_INTERVAL", default_value_t = 5)]
+    progress_interval: u64,
+    /// Base folder of relative local paths.
+    #[arg(long, env = "FERRY_BASE_DIR", default_value = ".")]
+    base_dir: PathBuf,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run a Connector outside a cluster.
     Run(RunArgs),
+    /// Run one attempt of a ConnectorRun inside its pod (started by the operator).
+    Cluster(ClusterArgs),
     /// Decrypt one object (--file) or every object of a destination folder (--dir).
     Decrypt {
         /// KEK files (raw, base64 or hex); give older keys too after a rotation.
@@ -188,6 +219,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 async fn dispatch(command: Command) -> Result<(), BoxError> {
     match command {
         Command::Run(args) => run(args).await,
+        Command::Cluster(args) => cluster(args).await,
         Command::Decrypt {
             keks,
             dir,
@@ -325,14 +357,6 @@ async fn run(args: RunArgs) -> Result<(), BoxError> {
         let now = jiff::Timestamp::now();
         format!("{name}-{}", now.strftime("%Y%m%dT%H%M%S%.3fZ")).replace('.', "")
     });
-    let secrets = SecretsDir::new(secrets_dir);
-    let src = config::open_store("source", &connector.spec.source, &base_dir, &secrets)?;
-    let dst = config::open_store(
-        "destination",
-        &connector.spec.destination,
-        &base_dir,
-        &secrets,
-    )?;
     let audit_out: Box<dyn Write + Send> = match &audit_log {
         Some(p) => Box::new(
             std::fs::OpenOptions::new()
@@ -348,77 +372,44 @@ async fn run(args: RunArgs) -> Result<(), BoxError> {
         &name,
         &namespace,
         &run_id,
-        &src.describe(),
-        &dst.describe(),
+        &connector.spec.source.system(),
+        &connector.spec.destination.system(),
     );
-    audit.record("run.started", Outcome::Success, None, None);
-    let result = run_inner(
-        &connector,
-        &secrets,
-        mode,
-        tenant_region.as_deref(),
-        &run_id,
-        concurrency,
-        src,
-        dst,
-        &audit,
-    )
-    .await;
-    match &result {
-        Ok(()) => audit.record("run.finished", Outcome::Success, None, None),
-        Err((reason, _)) => audit.record("run.finished", Outcome::Failure, Some(reason), None),
-    }
-    result.map_err(|(_, e)| e)
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn run_inner(
-    connector: &ferry_crds::Connector,
-    secrets: &SecretsDir,
-    mode: RunMode,
-    tenant_region: Option<&str>,
-    run_id: &str,
-    concurrency: u16,
-    src: Arc<dyn ObjectStore>,
-    dst: Arc<dyn ObjectStore>,
-    audit: &AuditLog,
-) -> Result<(), (&'static str, BoxError)> {
-    if let Err(e) = config::check_residency(connector, tenant_region) {
-        audit.record("policy.residency", Outcome::Denied, Some(e.reason()), None);
-        return Err((e.reason(), e.into()));
-    }
-    let keys = match secrets.kek(connector) {
-        Ok(k) => {
-            audit.record("secret.read", Outcome::Success, None, None);
-            Arc::new(KeyRing::new(vec![k]))
-        }
-        Err(e) => {
-            audit.record("secret.read", Outcome::Failure, Some(e.reason()), None);
-            return Err((e.reason(), e.into()));
-        }
-    };
-    let opts = Options {
+    let dir = SecretsDir::new(secrets_dir);
+    let secrets = dir.snapshot(&connector.spec);
+    let job = Job {
+        connector: &connector,
         mode: match mode {
             RunMode::Sync => Mode::Sync,
             RunMode::Plan => Mode::Plan,
         },
-        run_id: run_id.to_string(),
-        connector: format!(
-            "{}/{}",
-            connector.metadata.namespace.as_deref().unwrap_or("default"),
-            connector.metadata.name.as_deref().unwrap_or("connector")
-        ),
+        tenant_region: tenant_region.as_deref(),
+        run_id: &run_id,
         concurrency: usize::from(concurrency),
-        ..Options::default()
+        base_dir: &base_dir,
     };
+    audit.record("run.started", Outcome::Success, None, None);
+    let reread = || async { Ok(dir.snapshot(&connector.spec)) };
     let progress = Arc::new(Progress::default());
-    let report = transfer::run(&connector.spec, src, dst, keys, &opts, audit, progress)
-        .await
-        .map_err(|e| (e.reason(), BoxError::from(e)))?;
+    let result = job::execute_with_rotation(job, secrets, reread, &audit, progress).await;
+    match &result {
+        Ok(report) => {
+            audit.record("run.finished", Outcome::Success, None, None);
+            print_report(job.mode, report);
+            Ok(())
+        }
+        Err(f) => {
+            audit.record("run.finished", Outcome::Failure, Some(f.reason), None);
+            Err(f.message.clone().into())
+        }
+    }
+}
+
+fn print_report(mode: Mode, report: &transfer::Report) {
     for (key, reason) in &report.refused {
         println!("refused {key}: {reason}");
     }
-    match opts.mode {
+    match mode {
         Mode::Plan => {
             for p in &report.planned {
                 println!("would copy {} ({} bytes)", p.key, p.size);
@@ -438,7 +429,99 @@ async fn run_inner(
             report.manifest.as_deref().unwrap_or("-")
         ),
     }
-    Ok(())
+}
+
+/// `job-runner cluster`: one attempt of a ConnectorRun, in its pod.
+async fn cluster(args: ClusterArgs) -> Result<(), BoxError> {
+    let run = RunRef {
+        namespace: args.namespace,
+        name: args.run,
+        attempt: args.attempt,
+    };
+    let client = kube::Client::try_default()
+        .await
+        .map_err(|e| format!("failed to reach the Kubernetes API: {e}"))?;
+    let reporter = Reporter::new(&client, &run);
+    let progress = Arc::new(Progress::default());
+    let outcome = cluster_attempt(
+        &client,
+        &run,
+        &args.tenant_region,
+        args.concurrency,
+        &args.base_dir,
+        args.progress_interval,
+        &reporter,
+        progress.clone(),
+    )
+    .await;
+    // The result is reported even when the run failed early; a failure to
+    // report it is itself an error (the operator then sees only the exit code).
+    let reported = reporter.result(&outcome, &progress).await;
+    match (&outcome, reported) {
+        (Ok(report), Ok(())) => {
+            print_report(Mode::Sync, report);
+            Ok(())
+        }
+        (Ok(_), Err(e)) => {
+            Err(format!("the run succeeded but its result could not be reported: {e}").into())
+        }
+        (Err(f), _) => Err(f.to_string().into()),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn cluster_attempt(
+    client: &kube::Client,
+    run: &RunRef,
+    tenant_region: &Option<String>,
+    concurrency: u16,
+    base_dir: &std::path::Path,
+    progress_every: u64,
+    reporter: &Reporter,
+    progress: Arc<Progress>,
+) -> Result<transfer::Report, job::Failure> {
+    let (cr, connector) = cluster::load(client, run).await?;
+    let mode = match cr.spec.mode {
+        ferry_crds::RunMode::Sync => Mode::Sync,
+        ferry_crds::RunMode::Plan => Mode::Plan,
+        ferry_crds::RunMode::Erase => {
+            return Err(job::Failure {
+                reason: "EraseNotSupported",
+                message: "erase runs are not supported by this runner version".into(),
+            });
+        }
+    };
+    let audit = AuditLog::new(
+        Box::new(std::io::stdout()),
+        connector.metadata.name.as_deref().unwrap_or_default(),
+        &run.namespace,
+        &run.name,
+        &connector.spec.source.system(),
+        &connector.spec.destination.system(),
+    );
+    audit.record("run.started", Outcome::Success, None, None);
+    let secrets = cluster::fetch_secrets(client, &run.namespace, &connector.spec).await?;
+    let job = Job {
+        connector: &connector,
+        mode,
+        tenant_region: tenant_region.as_deref(),
+        run_id: &run.name,
+        concurrency: usize::from(concurrency),
+        base_dir,
+    };
+    let ticker = cluster::spawn_progress(
+        reporter.clone(),
+        progress.clone(),
+        std::time::Duration::from_secs(progress_every.max(1)),
+    );
+    let reread = || cluster::fetch_secrets(client, &run.namespace, &connector.spec);
+    let outcome = job::execute_with_rotation(job, secrets, reread, &audit, progress).await;
+    ticker.abort();
+    match &outcome {
+        Ok(_) => audit.record("run.finished", Outcome::Success, None, None),
+        Err(f) => audit.record("run.finished", Outcome::Failure, Some(f.reason), None),
+    }
+    outcome
 }
 
 async fn decrypt_file(

@@ -28,6 +28,7 @@ fn objects(spec: &ConnectorSpec, attempt: i32) -> RunObjects {
         run: &run(),
         spec,
         attempt,
+        tenant_region: Some("eu-west-1"),
         config: &Config::default(),
     })
     .expect("builds")
@@ -235,6 +236,10 @@ fn workload_identity_needs_no_secret_read_but_a_projected_cloud_token() {
     let env = ps.containers[0].env.as_ref().unwrap();
     assert!(env.iter().any(|e| e.name == "AWS_WEB_IDENTITY_TOKEN_FILE"
         && e.value.as_deref() == Some("/var/run/secrets/ferry.dev/aws/token")));
+    assert!(
+        env.iter()
+            .any(|e| e.name == "FERRY_TENANT_REGION" && e.value.as_deref() == Some("eu-west-1"))
+    );
 }
 
 #[test]
@@ -282,6 +287,7 @@ fn a_run_without_uid_cannot_be_built() {
             run: &r,
             spec: &s,
             attempt: 1,
+            tenant_region: None,
             config: &Config::default()
         })
         .is_err()

@@ -48,6 +48,9 @@ pub struct RunInput<'a> {
     pub spec: &'a ConnectorSpec,
     /// Attempt number, from 1.
     pub attempt: i32,
+    /// The tenant's region (namespace label), passed to the runner for its own
+    /// residency checks.
+    pub tenant_region: Option<&'a str>,
     /// The operator's configuration.
     pub config: &'a Config,
 }
@@ -366,7 +369,11 @@ pub fn pod(input: RunInput<'_>) -> Result<Pod, BuildError> {
             }),
         },
         env("RUST_LOG", input.config.runner_log.clone()),
+        env("FERRY_LOG_FORMAT", "json"),
     ];
+    if let Some(region) = input.tenant_region {
+        env_vars.push(env("FERRY_TENANT_REGION", region));
+    }
     let mut volumes = vec![
         Volume {
             name: "kube-api-access".into(),

@@ -359,6 +359,7 @@ async fn start_attempt(
         run,
         spec,
         attempt,
+        tenant_region: tenant.region.as_deref(),
         config: &ctx.config,
     })?;
     // apply

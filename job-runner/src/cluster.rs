@@ -1,0 +1,233 @@
+//! Cluster mode: the runner in its pod, started with only the run's name and
+//! namespace. It reads its ConnectorRun (the Connector spec pinned in its
+//! status), fetches the Secrets through the API with its own short-lived token,
+//! and reports `progress` (throttled) and `result` on the run's status by
+//! server-side apply with its own field manager, so it never touches the
+//! operator's fields. It never receives a secret through env or arguments.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use ferry_crds::{
+    Connector, ConnectorRun, ConnectorSpec, RunError, RunProgress, RunResult, secret_names,
+};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, Patch, PatchParams};
+use kube::{Client, Resource};
+use zeroize::Zeroizing;
+
+use crate::config::SecretsDir;
+use crate::job::Failure;
+use crate::transfer::{Progress, Report};
+
+/// Field manager of the runner's status writes.
+pub const FIELD_MANAGER: &str = "ferry-runner";
+
+/// Which run this pod is.
+#[derive(Debug, Clone)]
+pub struct RunRef {
+    pub namespace: String,
+    pub name: String,
+    pub attempt: i32,
+}
+
+fn api_failure(what: &str, e: kube::Error) -> Failure {
+    let reason = match &e {
+        kube::Error::Api(s) if s.code == 401 => "InvalidCredentials",
+        kube::Error::Api(s) if s.code == 403 => "AccessDenied",
+        kube::Error::Api(s) if s.code == 404 => "NotAdmitted",
+        _ => "KubernetesUnreachable",
+    };
+    Failure {
+        reason,
+        message: format!("failed to {what}: {e}"),
+    }
+}
+
+/// The run and the Connector it pinned: the Connector's metadata (read through
+/// the API) with the spec copied into the run's status when it was admitted.
+pub async fn load(client: &Client, run: &RunRef) -> Result<(ConnectorRun, Connector), Failure> {
+    let runs: Api<ConnectorRun> = Api::namespaced(client.clone(), &run.namespace);
+    let cr = runs.get(&run.name).await.map_err(|e| {
+        api_failure(
+            &format!("read ConnectorRun {}/{}", run.namespace, run.name),
+            e,
+        )
+    })?;
+    let spec: ConnectorSpec = cr
+        .status
+        .as_ref()
+        .and_then(|s| s.connector_spec.clone())
+        .ok_or_else(|| Failure {
+            reason: "NotAdmitted",
+            message: format!(
+                "ConnectorRun {}/{} has no pinned Connector spec: the operator has not admitted it",
+                run.namespace, run.name
+            ),
+        })?;
+    let connectors: Api<Connector> = Api::namespaced(client.clone(), &run.namespace);
+    let name = &cr.spec.connector_ref.name;
+    let mut connector = connectors
+        .get(name)
+        .await
+        .map_err(|e| api_failure(&format!("read Connector {}/{name}", run.namespace), e))?;
+    connector.spec = spec;
+    Ok((cr, connector))
+}
+
+/// Fetches the Secrets the spec references. A missing Secret is left out: the
+/// read that needs it fails naming it.
+pub async fn fetch_secrets(
+    client: &Client,
+    namespace: &str,
+    spec: &ConnectorSpec,
+) -> Result<SecretsDir, Failure> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let mut out = BTreeMap::new();
+    for name in secret_names(spec) {
+        let secret = api
+            .get_opt(&name)
+            .await
+            .map_err(|e| api_failure(&format!("read Secret {namespace}/{name}"), e))?;
+        let Some(secret) = secret else { continue };
+        let mut keys = BTreeMap::new();
+        for (k, v) in secret.data.unwrap_or_default() {
+            keys.insert(k, Zeroizing::new(v.0));
+        }
+        for (k, v) in secret.string_data.unwrap_or_default() {
+            keys.insert(k, Zeroizing::new(v.into_bytes()));
+        }
+        out.insert(name, keys);
+    }
+    Ok(SecretsDir::fetched(out))
+}
+
+/// Writes the runner's fields of the run's status.
+#[derive(Clone)]
+pub struct Reporter {
+    api: Api<ConnectorRun>,
+    run: RunRef,
+}
+
+impl Reporter {
+    pub fn new(client: &Client, run: &RunRef) -> Self {
+        Self {
+            api: Api::namespaced(client.clone(), &run.namespace),
+            run: run.clone(),
+        }
+    }
+
+    async fn apply(
+        &self,
+        progress: RunProgress,
+        result: Option<RunResult>,
+    ) -> Result<(), kube::Error> {
+        let mut status = serde_json::json!({"progress": progress});
+        if let Some(r) = result {
+            status["result"] = serde_json::to_value(r).unwrap_or_default();
+        }
+        let patch = serde_json::json!({
+            "apiVersion": ConnectorRun::api_version(&()),
+            "kind": "ConnectorRun",
+            "status": status,
+        });
+        self.api
+            .patch_status(
+                &self.run.name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&patch),
+            )
+            .await
+            .map(|_| ())
+    }
+
+    /// Reports live progress.
+    pub async fn progress(&self, objects: u64, bytes: u64) -> Result<(), kube::Error> {
+        self.apply(
+            RunProgress {
+                objects: objects as i64,
+                bytes: bytes as i64,
+            },
+            None,
+        )
+        .await
+    }
+
+    /// Reports the outcome of this attempt (final progress included, so the
+    /// field stays owned by the runner).
+    pub async fn result(
+        &self,
+        outcome: &Result<Report, Failure>,
+        progress: &Progress,
+    ) -> Result<(), kube::Error> {
+        let result = result_of(outcome, self.run.attempt);
+        let live = RunProgress {
+            objects: progress.objects.load(Ordering::Relaxed) as i64,
+            bytes: progress.bytes.load(Ordering::Relaxed) as i64,
+        };
+        self.apply(live, Some(result)).await
+    }
+}
+
+/// The status `result` of an attempt.
+pub fn result_of(outcome: &Result<Report, Failure>, attempt: i32) -> RunResult {
+    match outcome {
+        Ok(r) => RunResult {
+            objects_copied: r.objects_copied as i64,
+            objects_skipped: r.objects_skipped as i64,
+            objects_failed: r.objects_failed as i64,
+            objects_erased: 0,
+            bytes_read: r.bytes_read as i64,
+            bytes_written: r.bytes_written as i64,
+            manifest: r.manifest.clone(),
+            attempt: Some(attempt),
+            error: None,
+        },
+        Err(f) => RunResult {
+            attempt: Some(attempt),
+            error: Some(RunError {
+                reason: f.reason.to_string(),
+                message: truncate(&f.message, 4096),
+                retryable: f.retryable(),
+            }),
+            ..RunResult::default()
+        },
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
+}
+
+/// Reports progress at most once per `every` and only when it moved, until the
+/// returned task is aborted. A failed write is logged and retried next time:
+/// progress is informative, the run goes on.
+pub fn spawn_progress(
+    reporter: Reporter,
+    progress: Arc<Progress>,
+    every: Duration,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut last = (u64::MAX, u64::MAX);
+        loop {
+            tokio::time::sleep(every).await;
+            let now = (
+                progress.objects.load(Ordering::Relaxed),
+                progress.bytes.load(Ordering::Relaxed),
+            );
+            if now == last {
+                continue;
+            }
+            match reporter.progress(now.0, now.1).await {
+                Ok(()) => last = now,
+                Err(e) => tracing::warn!(error = %e, "failed to report progress"),
+            }
+        }
+    })
+}

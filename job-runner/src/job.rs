@@ -1,0 +1,159 @@
+//! One run of a Connector, the same in local and cluster mode: check residency,
+//! read the KEK, open both stores, transfer. On an authentication failure the
+//! Secrets are read again once (they may have been rotated meanwhile); if they
+//! changed the run is tried once more, else it fails fast.
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+
+use ferry_crds::Connector;
+
+use crate::audit::{AuditLog, Outcome};
+use crate::config::{self, SecretsDir};
+use crate::crypto::KeyRing;
+use crate::transfer::{self, Mode, Options, Progress, Report};
+
+/// What to run.
+#[derive(Debug, Clone, Copy)]
+pub struct Job<'a> {
+    /// The Connector (in cluster mode: its metadata with the run's pinned spec).
+    pub connector: &'a Connector,
+    pub mode: Mode,
+    /// The tenant's region, for `dataResidency: in-region-only`.
+    pub tenant_region: Option<&'a str>,
+    /// Names the manifest.
+    pub run_id: &'a str,
+    /// Objects copied at once.
+    pub concurrency: usize,
+    /// Base folder of relative local paths.
+    pub base_dir: &'a Path,
+}
+
+/// Why a run failed: a stable reason and a message naming the endpoint and
+/// object, never a secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl Failure {
+    /// Whether another attempt may succeed. Credentials, policy, integrity and
+    /// configuration failures will fail the same way again.
+    pub fn retryable(&self) -> bool {
+        !matches!(
+            self.reason,
+            "InvalidCredentials"
+                | "AccessDenied"
+                | "HostKeyMismatch"
+                | "InvalidHostKey"
+                | "ResidencyViolation"
+                | "SensitivityNotAllowed"
+                | "InvalidSpec"
+                | "SecretKeyMissing"
+                | "InvalidEncryptionKey"
+                | "IntegrityFailure"
+                | "ContainerNotFound"
+                | "NotAdmitted"
+        )
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.reason, self.message)
+    }
+}
+
+impl std::error::Error for Failure {}
+
+fn failure(reason: &'static str, e: impl std::fmt::Display) -> Failure {
+    Failure {
+        reason,
+        message: e.to_string(),
+    }
+}
+
+/// Runs the job once with these Secrets.
+pub async fn execute(
+    job: Job<'_>,
+    secrets: &SecretsDir,
+    audit: &AuditLog,
+    progress: Arc<Progress>,
+) -> Result<Report, Failure> {
+    let connector = job.connector;
+    if let Err(e) = config::check_residency(connector, job.tenant_region) {
+        audit.record("policy.residency", Outcome::Denied, Some(e.reason()), None);
+        return Err(failure(e.reason(), e));
+    }
+    let keys = match secrets.kek(connector) {
+        Ok(k) => {
+            audit.record("secret.read", Outcome::Success, None, None);
+            Arc::new(KeyRing::new(vec![k]))
+        }
+        Err(e) => {
+            audit.record("secret.read", Outcome::Failure, Some(e.reason()), None);
+            return Err(failure(e.reason(), e));
+        }
+    };
+    let spec = &connector.spec;
+    let src = config::open_store("source", &spec.source, job.base_dir, secrets)
+        .map_err(|e| failure(e.reason(), e))?;
+    let dst = config::open_store("destination", &spec.destination, job.base_dir, secrets)
+        .map_err(|e| failure(e.reason(), e))?;
+    let opts = Options {
+        mode: job.mode,
+        run_id: job.run_id.to_string(),
+        connector: format!(
+            "{}/{}",
+            connector.metadata.namespace.as_deref().unwrap_or("default"),
+            connector.metadata.name.as_deref().unwrap_or("connector")
+        ),
+        concurrency: job.concurrency,
+        ..Options::default()
+    };
+    transfer::run(spec, src, dst, keys, &opts, audit, progress)
+        .await
+        .map_err(|e| failure(e.reason(), e))
+}
+
+/// Runs the job; after an authentication failure reads the Secrets again with
+/// `reread` and, if they changed, tries once more.
+pub async fn execute_with_rotation<F, Fut>(
+    job: Job<'_>,
+    secrets: SecretsDir,
+    reread: F,
+    audit: &AuditLog,
+    progress: Arc<Progress>,
+) -> Result<Report, Failure>
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<SecretsDir, Failure>>,
+{
+    let first = execute(job, &secrets, audit, progress.clone()).await;
+    match first {
+        Err(f) if f.reason == "InvalidCredentials" => {
+            audit.record("auth.failure", Outcome::Failure, Some(f.reason), None);
+            let fresh = reread().await?;
+            if fresh == secrets {
+                return Err(f);
+            }
+            audit.record(
+                "secret.reread",
+                Outcome::Success,
+                Some("CredentialsRotated"),
+                None,
+            );
+            tracing::info!("credentials were refused; the Secrets changed since, trying once more");
+            let second = execute(job, &fresh, audit, progress).await;
+            if let Err(f) = &second
+                && f.reason == "InvalidCredentials"
+            {
+                audit.record("auth.failure", Outcome::Failure, Some(f.reason), None);
+            }
+            second
+        }
+        other => other,
+    }
+}
