@@ -11,16 +11,17 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use ferry_crds::{
-    Connector, ConnectorRun, ConnectorSpec, RunError, RunProgress, RunResult, secret_names,
+    Connector, ConnectorRun, ConnectorSpec, RunError, RunMode, RunProgress, RunResult, secret_names,
 };
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams};
 use kube::{Client, Resource};
 use zeroize::Zeroizing;
 
+use crate::audit::{AuditLog, Outcome};
 use crate::config::SecretsDir;
-use crate::job::Failure;
-use crate::transfer::{Progress, Report};
+use crate::job::{Failure, Job, execute_with_rotation};
+use crate::transfer::{Mode, Progress, Report};
 
 /// Field manager of the runner's status writes.
 pub const FIELD_MANAGER: &str = "ferry-runner";
@@ -230,4 +231,91 @@ pub fn spawn_progress(
             }
         }
     })
+}
+
+/// How an attempt runs.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The tenant's region, for `dataResidency: in-region-only`.
+    pub tenant_region: Option<String>,
+    /// Objects copied at once.
+    pub concurrency: usize,
+    /// Base folder of relative local paths.
+    pub base_dir: std::path::PathBuf,
+    /// Least time between two progress reports.
+    pub progress_every: Duration,
+}
+
+/// One attempt, start to end: load the run, fetch the Secrets, transfer (with
+/// one re-read of the Secrets after an authentication failure), report the
+/// result. Returns the outcome and whether reporting it worked.
+pub async fn attempt(
+    client: &Client,
+    run: &RunRef,
+    settings: &Settings,
+    audit_out: Box<dyn std::io::Write + Send>,
+) -> (Result<Report, Failure>, Result<(), kube::Error>) {
+    let reporter = Reporter::new(client, run);
+    let progress = Arc::new(Progress::default());
+    let outcome = attempt_inner(
+        client,
+        run,
+        settings,
+        audit_out,
+        &reporter,
+        progress.clone(),
+    )
+    .await;
+    let reported = reporter.result(&outcome, &progress).await;
+    (outcome, reported)
+}
+
+async fn attempt_inner(
+    client: &Client,
+    run: &RunRef,
+    settings: &Settings,
+    audit_out: Box<dyn std::io::Write + Send>,
+    reporter: &Reporter,
+    progress: Arc<Progress>,
+) -> Result<Report, Failure> {
+    let (cr, connector) = load(client, run).await?;
+    let audit = AuditLog::new(
+        audit_out,
+        connector.metadata.name.as_deref().unwrap_or_default(),
+        &run.namespace,
+        &run.name,
+        &connector.spec.source.system(),
+        &connector.spec.destination.system(),
+    );
+    audit.record("run.started", Outcome::Success, None, None);
+    let mode = match cr.spec.mode {
+        RunMode::Sync => Mode::Sync,
+        RunMode::Plan => Mode::Plan,
+        RunMode::Erase => {
+            let f = Failure {
+                reason: "EraseNotSupported",
+                message: "erase runs are not supported by this runner version".into(),
+            };
+            audit.record("run.finished", Outcome::Failure, Some(f.reason), None);
+            return Err(f);
+        }
+    };
+    let secrets = fetch_secrets(client, &run.namespace, &connector.spec).await?;
+    let job = Job {
+        connector: &connector,
+        mode,
+        tenant_region: settings.tenant_region.as_deref(),
+        run_id: &run.name,
+        concurrency: settings.concurrency,
+        base_dir: &settings.base_dir,
+    };
+    let ticker = spawn_progress(reporter.clone(), progress.clone(), settings.progress_every);
+    let reread = || fetch_secrets(client, &run.namespace, &connector.spec);
+    let outcome = execute_with_rotation(job, secrets, reread, &audit, progress).await;
+    ticker.abort();
+    match &outcome {
+        Ok(_) => audit.record("run.finished", Outcome::Success, None, None),
+        Err(f) => audit.record("run.finished", Outcome::Failure, Some(f.reason), None),
+    }
+    outcome
 }

@@ -16,7 +16,7 @@ use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
 
 use ferry_runner::audit::{AuditLog, Outcome};
-use ferry_runner::cluster::{self, Reporter, RunRef};
+use ferry_runner::cluster::{self, RunRef};
 use ferry_runner::config::{self, SecretsDir};
 use ferry_runner::crypto::{Kek, KeyRing};
 use ferry_runner::job::{self, Job};
@@ -441,22 +441,14 @@ async fn cluster(args: ClusterArgs) -> Result<(), BoxError> {
     let client = kube::Client::try_default()
         .await
         .map_err(|e| format!("failed to reach the Kubernetes API: {e}"))?;
-    let reporter = Reporter::new(&client, &run);
-    let progress = Arc::new(Progress::default());
-    let outcome = cluster_attempt(
-        &client,
-        &run,
-        &args.tenant_region,
-        args.concurrency,
-        &args.base_dir,
-        args.progress_interval,
-        &reporter,
-        progress.clone(),
-    )
-    .await;
-    // The result is reported even when the run failed early; a failure to
-    // report it is itself an error (the operator then sees only the exit code).
-    let reported = reporter.result(&outcome, &progress).await;
+    let settings = cluster::Settings {
+        tenant_region: args.tenant_region,
+        concurrency: usize::from(args.concurrency),
+        base_dir: args.base_dir,
+        progress_every: std::time::Duration::from_secs(args.progress_interval.max(1)),
+    };
+    let (outcome, reported) =
+        cluster::attempt(&client, &run, &settings, Box::new(std::io::stdout())).await;
     match (&outcome, reported) {
         (Ok(report), Ok(())) => {
             print_report(Mode::Sync, report);
@@ -467,61 +459,6 @@ async fn cluster(args: ClusterArgs) -> Result<(), BoxError> {
         }
         (Err(f), _) => Err(f.to_string().into()),
     }
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn cluster_attempt(
-    client: &kube::Client,
-    run: &RunRef,
-    tenant_region: &Option<String>,
-    concurrency: u16,
-    base_dir: &std::path::Path,
-    progress_every: u64,
-    reporter: &Reporter,
-    progress: Arc<Progress>,
-) -> Result<transfer::Report, job::Failure> {
-    let (cr, connector) = cluster::load(client, run).await?;
-    let mode = match cr.spec.mode {
-        ferry_crds::RunMode::Sync => Mode::Sync,
-        ferry_crds::RunMode::Plan => Mode::Plan,
-        ferry_crds::RunMode::Erase => {
-            return Err(job::Failure {
-                reason: "EraseNotSupported",
-                message: "erase runs are not supported by this runner version".into(),
-            });
-        }
-    };
-    let audit = AuditLog::new(
-        Box::new(std::io::stdout()),
-        connector.metadata.name.as_deref().unwrap_or_default(),
-        &run.namespace,
-        &run.name,
-        &connector.spec.source.system(),
-        &connector.spec.destination.system(),
-    );
-    audit.record("run.started", Outcome::Success, None, None);
-    let secrets = cluster::fetch_secrets(client, &run.namespace, &connector.spec).await?;
-    let job = Job {
-        connector: &connector,
-        mode,
-        tenant_region: tenant_region.as_deref(),
-        run_id: &run.name,
-        concurrency: usize::from(concurrency),
-        base_dir,
-    };
-    let ticker = cluster::spawn_progress(
-        reporter.clone(),
-        progress.clone(),
-        std::time::Duration::from_secs(progress_every.max(1)),
-    );
-    let reread = || cluster::fetch_secrets(client, &run.namespace, &connector.spec);
-    let outcome = job::execute_with_rotation(job, secrets, reread, &audit, progress).await;
-    ticker.abort();
-    match &outcome {
-        Ok(_) => audit.record("run.finished", Outcome::Success, None, None),
-        Err(f) => audit.record("run.finished", Outcome::Failure, Some(f.reason), None),
-    }
-    outcome
 }
 
 async fn decrypt_file(

@@ -1,0 +1,353 @@
+//! Cluster mode against the in-process fake API (kube-fake-client) and the real
+//! Azurite of the test bootstrap: the runner reads its run and pinned spec,
+//! fetches Secrets through the API, reports progress and result by server-side
+//! apply without touching the operator's fields, re-reads rotated credentials
+//! once, and no planted secret value reaches the status or the audit trail.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ferry_crds::{Connector, ConnectorRun};
+use ferry_runner::audit::AuditLog;
+use ferry_runner::cluster::{self, RunRef, Settings};
+use ferry_runner::job::{self, Job};
+use ferry_runner::transfer::{Mode, Progress};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube_fake_client::ClientBuilder;
+
+const NS: &str = "acme";
+const KEK: &str = "Y2FuYXJ5LWtlay0wMTIzNDU2Nzg5YWJjZGVmMDEyMzQ="; // base64 of 32 bytes
+const AZURITE_KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+const WRONG_KEY: &str = "Q2FuYXJ5V3JvbmdBY2NvdW50S2V5Q2FuYXJ5V3JvbmdBY2NvdW50S2V5Q2FuYXJ5V3Jvbmc=";
+
+fn env(name: &str) -> String {
+    std::env::var(name)
+        .unwrap_or_else(|_| panic!("{name} is not set: run the tests through `make test`"))
+}
+
+fn secret(name: &str, key: &str, value: &str) -> Secret {
+    let mut s = Secret::default();
+    s.metadata.name = Some(name.into());
+    s.metadata.namespace = Some(NS.into());
+    s.data = Some([(key.to_string(), ByteString(value.as_bytes().to_vec()))].into());
+    s
+}
+
+#[derive(Clone, Default)]
+struct Buf(Arc<Mutex<Vec<u8>>>);
+impl Write for Buf {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+impl Buf {
+    fn text(&self) -> String {
+        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+    }
+}
+
+struct Fixture {
+    client: kube::Client,
+    dir: tempfile::TempDir,
+}
+
+/// A fake API holding a Connector from a local folder of three files to `destination`,
+/// a run admitted by the operator (spec pinned, phase Running), and `secrets`.
+async fn fixture(destination: &str, secrets: Vec<Secret>) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(src.join("nested")).unwrap();
+    std::fs::write(src.join("a.csv"), "id,country\n1,FR\n").unwrap();
+    std::fs::write(src.join("nested/b.json"), r#"{"k":"v"}"#).unwrap();
+    std::fs::write(src.join("empty.txt"), "").unwrap();
+    let connector: Connector = serde_saphyr::from_str(&format!(
+        "apiVersion: ferry.dev/v1alpha1\nkind: Connector\nmetadata: {{name: sales, namespace: {NS}}}\nspec:\n  source: {{local: {{path: \"{}\"}}}}\n  destination: {{{destination}}}\n  compliance: {{dataResidency: any}}\n  encryption: {{keyRef: {{secretRef: {{name: acme-kek}}}}}}\n",
+        src.display()
+    ))
+    .unwrap();
+    let run: ConnectorRun = serde_saphyr::from_str(&format!(
+        "apiVersion: ferry.dev/v1alpha1\nkind: ConnectorRun\nmetadata: {{name: sales-1, namespace: {NS}}}\nspec: {{connectorRef: {{name: sales}}}}\n"
+    ))
+    .unwrap();
+    let mut builder = ClientBuilder::new()
+        .with_resource::<Connector>()
+        .with_resource::<ConnectorRun>()
+        .with_status_subresource::<Connector>()
+        .with_status_subresource::<ConnectorRun>();
+    for s in secrets {
+        builder = builder.with_object(s);
+    }
+    let client = builder.build().await.unwrap();
+    let connectors: Api<Connector> = Api::namespaced(client.clone(), NS);
+    let runs: Api<ConnectorRun> = Api::namespaced(client.clone(), NS);
+    let spec = connector.spec.clone();
+    connectors
+        .create(&PostParams::default(), &connector)
+        .await
+        .unwrap();
+    runs.create(&PostParams::default(), &run).await.unwrap();
+    // What the operator writes when it admits the run.
+    let admitted = serde_json::json!({
+        "apiVersion": "ferry.dev/v1alpha1", "kind": "ConnectorRun",
+        "status": {"phase": "Running", "attempts": 1, "podName": "sales-1-1", "connectorSpec": spec},
+    });
+    runs.patch_status(
+        "sales-1",
+        &PatchParams::apply("ferry-operator").force(),
+        &Patch::Apply(&admitted),
+    )
+    .await
+    .unwrap();
+    Fixture { client, dir }
+}
+
+fn settings(base: &std::path::Path) -> Settings {
+    Settings {
+        tenant_region: None,
+        concurrency: 2,
+        base_dir: base.to_path_buf(),
+        progress_every: Duration::from_millis(50),
+    }
+}
+
+fn run_ref() -> RunRef {
+    RunRef {
+        namespace: NS.into(),
+        name: "sales-1".into(),
+        attempt: 1,
+    }
+}
+
+fn azurite_destination() -> String {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let container = format!("cluster-{}-{n}", std::process::id());
+    let out = std::process::Command::new(env("FERRY_PYTHON"))
+        .args([
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../tests/azurite/create_container.py"
+            ),
+            &env("FERRY_AZURITE_ENDPOINT"),
+            &container,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "create container: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    format!(
+        "azureBlob: {{account: devstoreaccount1, container: {container}, prefix: \"{}/\", region: westeurope, endpoint: \"{}\", insecurePlainHttpOnLoopback: true, credentials: {{secretRef: {{name: blob}}}}}}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos(),
+        env("FERRY_AZURITE_ENDPOINT")
+    )
+}
+
+async fn status_json(client: &kube::Client) -> String {
+    let runs: Api<ConnectorRun> = Api::namespaced(client.clone(), NS);
+    serde_json::to_string(&runs.get("sales-1").await.unwrap().status).unwrap()
+}
+
+fn assert_no_canary(text: &str) {
+    for canary in [KEK, AZURITE_KEY, WRONG_KEY, "canary-kek"] {
+        assert!(!text.contains(canary), "a secret value leaked into: {text}");
+    }
+}
+
+#[tokio::test]
+async fn a_run_reports_its_result_next_to_the_operators_fields() {
+    let f = fixture("local: {path: dst}", vec![secret("acme-kek", "kek", KEK)]).await;
+    let audit = Buf::default();
+    let (outcome, reported) = cluster::attempt(
+        &f.client,
+        &run_ref(),
+        &settings(f.dir.path()),
+        Box::new(audit.clone()),
+    )
+    .await;
+    let report = outcome.unwrap();
+    reported.unwrap();
+    assert_eq!(report.objects_copied, 3);
+
+    let runs: Api<ConnectorRun> = Api::namespaced(f.client.clone(), NS);
+    let status = runs.get("sales-1").await.unwrap().status.unwrap();
+    let result = status.result.as_ref().unwrap();
+    assert_eq!(result.attempt, Some(1));
+    assert_eq!(result.objects_copied, 3);
+    assert!(result.error.is_none());
+    assert!(
+        result
+            .manifest
+            .as_deref()
+            .unwrap()
+            .starts_with(".ferry/manifests/sales-1")
+    );
+    assert_eq!(status.progress.as_ref().unwrap().objects, 3);
+    // The operator's fields are still there: each side owns its own.
+    assert_eq!(status.phase, Some(ferry_crds::RunPhase::Running));
+    assert_eq!(status.pod_name.as_deref(), Some("sales-1-1"));
+    assert!(status.connector_spec.is_some());
+    assert!(
+        f.dir.path().join("dst/a.csv").exists()
+            || std::fs::read_dir(f.dir.path().join("dst")).is_ok()
+    );
+
+    let lines = audit.text();
+    let actions: Vec<String> = lines
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["action"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert!(
+        actions.first().is_some_and(|a| a == "run.started"),
+        "{actions:?}"
+    );
+    assert!(actions.contains(&"secret.read".to_string()));
+    assert!(actions.last().is_some_and(|a| a == "run.finished"));
+    assert_no_canary(&lines);
+    assert_no_canary(&status_json(&f.client).await);
+}
+
+#[tokio::test]
+async fn a_run_that_is_not_admitted_fails_without_retry() {
+    let f = fixture("local: {path: dst}", vec![secret("acme-kek", "kek", KEK)]).await;
+    let run = RunRef {
+        name: "nope".into(),
+        ..run_ref()
+    };
+    let (outcome, _) = cluster::attempt(
+        &f.client,
+        &run,
+        &settings(f.dir.path()),
+        Box::new(Buf::default()),
+    )
+    .await;
+    let failure = outcome.unwrap_err();
+    assert_eq!(failure.reason, "NotAdmitted");
+    assert!(!failure.retryable());
+}
+
+#[tokio::test]
+async fn refused_credentials_fail_fast_with_invalid_credentials() {
+    let f = fixture(
+        &azurite_destination(),
+        vec![
+            secret("acme-kek", "kek", KEK),
+            secret("blob", "accountKey", WRONG_KEY),
+        ],
+    )
+    .await;
+    let audit = Buf::default();
+    let (outcome, reported) = cluster::attempt(
+        &f.client,
+        &run_ref(),
+        &settings(f.dir.path()),
+        Box::new(audit.clone()),
+    )
+    .await;
+    reported.unwrap();
+    let failure = outcome.unwrap_err();
+    assert_eq!(failure.reason, "InvalidCredentials", "{failure}");
+    assert!(!failure.retryable());
+    let status = status_json(&f.client).await;
+    assert!(
+        status.contains("\"reason\":\"InvalidCredentials\""),
+        "{status}"
+    );
+    assert!(status.contains("\"retryable\":false"));
+    let text = audit.text();
+    assert!(text.contains("\"action\":\"auth.failure\""), "{text}");
+    assert!(
+        !text.contains("secret.reread"),
+        "the Secret did not change: no second try"
+    );
+    assert_no_canary(&text);
+    assert_no_canary(&status);
+    assert_no_canary(&failure.to_string());
+}
+
+#[tokio::test]
+async fn rotated_credentials_are_read_again_once() {
+    let f = fixture(
+        &azurite_destination(),
+        vec![
+            secret("acme-kek", "kek", KEK),
+            secret("blob", "accountKey", WRONG_KEY),
+        ],
+    )
+    .await;
+    let (_, connector) = cluster::load(&f.client, &run_ref()).await.unwrap();
+    let stale = cluster::fetch_secrets(&f.client, NS, &connector.spec)
+        .await
+        .unwrap();
+    let audit_buf = Buf::default();
+    let audit = AuditLog::new(
+        Box::new(audit_buf.clone()),
+        "sales",
+        NS,
+        "sales-1",
+        "local",
+        "azure",
+    );
+    let job = Job {
+        connector: &connector,
+        mode: Mode::Sync,
+        tenant_region: None,
+        run_id: "sales-1",
+        concurrency: 2,
+        base_dir: f.dir.path(),
+    };
+    let secrets: Api<Secret> = Api::namespaced(f.client.clone(), NS);
+    let reads = std::sync::atomic::AtomicUsize::new(0);
+    // The platform team rotated the key while the first try was failing: the
+    // re-read sees the new one.
+    let reread = || async {
+        reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let mut s = secrets.get("blob").await.unwrap();
+        s.data = Some(
+            [(
+                "accountKey".to_string(),
+                ByteString(AZURITE_KEY.as_bytes().to_vec()),
+            )]
+            .into(),
+        );
+        secrets
+            .replace("blob", &PostParams::default(), &s)
+            .await
+            .unwrap();
+        cluster::fetch_secrets(&f.client, NS, &connector.spec).await
+    };
+    let report =
+        job::execute_with_rotation(job, stale, reread, &audit, Arc::new(Progress::default()))
+            .await
+            .unwrap_or_else(|e| panic!("the second try succeeds: {e}\n{}", audit_buf.text()));
+    assert_eq!(report.objects_copied, 3);
+    assert_eq!(
+        reads.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "read again exactly once"
+    );
+    let text = audit_buf.text();
+    assert!(text.contains("\"action\":\"auth.failure\""), "{text}");
+    assert!(text.contains("\"action\":\"secret.reread\""), "{text}");
+    assert_no_canary(&text);
+}
