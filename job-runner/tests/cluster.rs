@@ -202,10 +202,12 @@ async fn a_run_reports_its_result_next_to_the_operators_fields() {
     assert_eq!(status.phase, Some(ferry_crds::RunPhase::Running));
     assert_eq!(status.pod_name.as_deref(), Some("sales-1-1"));
     assert!(status.connector_spec.is_some());
-    assert!(
-        f.dir.path().join("dst/a.csv").exists()
-            || std::fs::read_dir(f.dir.path().join("dst")).is_ok()
-    );
+    for key in ["a.csv", "nested/b.json", "empty.txt"] {
+        assert!(
+            f.dir.path().join("dst").join(key).is_file(),
+            "{key} written"
+        );
+    }
 
     let lines = audit.text();
     let actions: Vec<String> = lines
