@@ -20,7 +20,7 @@ use ferry_operator::metrics::Metrics;
 use ferry_operator::{connector, names, run};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
-use kube::api::Api;
+use kube::api::{Api, PartialObjectMeta};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
@@ -358,7 +358,8 @@ fn run_controller(
     );
     let reader = controller.store();
     let controller = controller
-        .owns(scoped::<Pod>(client, scope), pods)
+        // Pods are cached as metadata only: a reconcile reads the pod it looks at.
+        .owns(scoped::<PartialObjectMeta<Pod>>(client, scope), pods)
         .graceful_shutdown_on(async move { stop.notified().await })
         .run(run::reconcile, run::error_policy, ctx)
         .for_each(|res| {
