@@ -6,10 +6,10 @@ export FERRY_CACHE ?= $(HOME)/.cache/ferry
 export CARGO_TARGET_DIR ?= $(FERRY_CACHE)/target
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: help fmt fmt-check lint generate generate-check test test-rust services-up services-down demo bench ci
+.PHONY: help fmt fmt-check lint generate generate-check test test-rust test-chart services-up services-down demo bench ci
 
 help:
-	@echo "make fmt | fmt-check | lint | generate | generate-check | test | demo | bench | ci"
+	@echo "make fmt | fmt-check | lint | generate | generate-check | test | test-chart | demo | bench | ci"
 
 fmt:
 	cargo fmt --all
@@ -32,6 +32,10 @@ generate-check:
 test-rust:
 	source $(FERRY_CACHE)/services/env && cargo test --workspace --lib --bins --tests --locked --no-fail-fast 2>&1 | tee $(TEST_LOG)
 
+## The Helm chart, alert rules and Argo CD health checks (helm, promtool, lua5.4).
+test-chart:
+	bash tests/chart/run.sh
+
 ## Everything, with the services started and stopped around it.
 test:
 	bash tests/test-all.sh
@@ -42,4 +46,4 @@ demo:
 bench:
 	bash docs/bench/run.sh
 
-ci: fmt-check generate-check lint test-rust
+ci: fmt-check generate-check lint test-rust test-chart
