@@ -186,6 +186,9 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Several TLS backends are compiled in through dependencies (ring for the
+    // Kubernetes client, aws-lc-rs for SSH); the process-wide rustls default is ring.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let builder = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(

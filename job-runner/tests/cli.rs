@@ -380,3 +380,39 @@ fn run_verify_and_decrypt_a_remote_destination() {
         text(&o)
     );
 }
+
+/// Cluster mode with an API server that does not answer (over TLS, so the TLS
+/// stack is exercised): a clear error naming the run, no panic, no token.
+#[test]
+fn cluster_mode_without_an_api_server_fails_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    std::fs::write(
+        dir.path().join("kubeconfig"),
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters: [{{name: c, cluster: {{server: \"https://127.0.0.1:{port}\", insecure-skip-tls-verify: true}}}}]\nusers: [{{name: u, user: {{token: canary-api-token}}}}]\ncontexts: [{{name: x, context: {{cluster: c, user: u}}}}]\ncurrent-context: x\n"
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_job-runner"))
+        .current_dir(dir.path())
+        .args(["cluster"])
+        .env("KUBECONFIG", dir.path().join("kubeconfig"))
+        .env("FERRY_RUN_NAME", "sales-1")
+        .env("FERRY_RUN_NAMESPACE", "acme")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("failed to read ConnectorRun acme/sales-1"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!stderr.contains("canary-api-token"), "{stderr}");
+}

@@ -97,6 +97,8 @@ struct Args {
 async fn main() {
     let args = Args::parse();
     init_logging(&args.log_format);
+    // Several TLS backends are compiled in through dependencies; choose one.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     if let Err(e) = run_operator(args).await {
         tracing::error!(error = %e, "ferry-operator stopped");
         std::process::exit(1);
@@ -182,6 +184,7 @@ async fn shutdown_signal() {
 async fn run_operator(args: Args) -> Result<(), BoxError> {
     let client = Client::try_default().await?;
     let metrics = Arc::new(Metrics::new());
+    metrics.init_controllers(&[connector::CONTROLLER, run::CONTROLLER]);
     let audit = match &args.audit_log {
         Some(path) => AuditLog::new(Box::new(
             std::fs::OpenOptions::new()
@@ -203,6 +206,18 @@ async fn run_operator(args: Args) -> Result<(), BoxError> {
     };
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    // SIGTERM / Ctrl-C, observable from every stage below.
+    let (term_tx, term_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = term_tx.send(true);
+    });
+    let terminated = || {
+        let mut rx = term_rx.clone();
+        async move {
+            let _ = rx.wait_for(|t| *t).await;
+        }
+    };
     let ready = Arc::new(AtomicBool::new(false));
     let http = tokio::spawn(serve_http(
         args.metrics_addr,
@@ -239,7 +254,7 @@ async fn run_operator(args: Args) -> Result<(), BoxError> {
         );
         let leading = tokio::select! {
             r = channel.wait_for(|leading| *leading) => r.map(|_| true),
-            _ = shutdown_signal() => Ok(false),
+            _ = terminated() => Ok(false),
         };
         if !leading? {
             drop(channel);
@@ -263,7 +278,20 @@ async fn run_operator(args: Args) -> Result<(), BoxError> {
     .reflect(ns_writer)
     .for_each(|_| futures::future::ready(()));
     let ns_task = tokio::spawn(ns_watch);
-    namespaces.wait_until_ready().await?;
+    let synced = tokio::select! {
+        r = namespaces.wait_until_ready() => { r?; true }
+        _ = terminated() => false,
+    };
+    if !synced {
+        ns_task.abort();
+        if let Some((channel, task)) = leader {
+            drop(channel);
+            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        }
+        let _ = shutdown_tx.send(true);
+        let _ = http.await;
+        return Ok(());
+    }
 
     let ctx = Arc::new(Context::new(
         client.clone(),
@@ -309,7 +337,7 @@ async fn run_operator(args: Args) -> Result<(), BoxError> {
         }
     };
     let outcome: Result<(), BoxError> = tokio::select! {
-        _ = shutdown_signal() => { tracing::info!("shutting down"); Ok(()) }
+        _ = terminated() => { tracing::info!("shutting down"); Ok(()) }
         _ = lost => Err("lost the leader Lease".into()),
     };
     stop.notify_waiters();

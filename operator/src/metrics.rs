@@ -168,6 +168,18 @@ impl Metrics {
         }
     }
 
+    /// Creates the series of each controller at zero, so that they exist from
+    /// the first scrape (rates and alerts need no "absent" special case).
+    pub fn init_controllers(&self, controllers: &[&str]) {
+        for c in controllers {
+            for result in ["success", "requeue", "error"] {
+                self.reconcile_total.with_label_values(&[c, result]);
+            }
+            self.reconcile_duration_seconds.with_label_values(&[c]);
+            self.queue_depth.with_label_values(&[c]).set(0);
+        }
+    }
+
     /// The text exposition format, for `/metrics`.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
