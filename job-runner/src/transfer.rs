@@ -296,7 +296,7 @@ pub async fn run(
         .buffer_unordered(opts.concurrency.max(1))
         .map(|(obj, r)| {
             match &r {
-                Ok(_) => audit.record("object.copied", Outcome::Success, None, Some(&obj.key)),
+                Ok(_) => audit.record("object.copy", Outcome::Success, None, Some(&obj.key)),
                 Err(e) => audit.record(
                     "object.copy",
                     Outcome::Failure,

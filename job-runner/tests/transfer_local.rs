@@ -194,7 +194,7 @@ async fn round_trip_incremental_and_changes() {
             .lines()
             .all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok())
     );
-    assert!(audit.contains(r#""action":"object.copied""#));
+    assert!(audit.contains(r#""action":"object.copy""#));
 }
 
 #[tokio::test]
