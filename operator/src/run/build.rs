@@ -193,9 +193,8 @@ fn rule(group: &str, resource: &str, verb: &str, names: Vec<String>) -> PolicyRu
 /// Binds the run's Role to the run's ServiceAccount.
 pub fn role_binding(input: RunInput<'_>) -> Result<RoleBinding, BuildError> {
     let name = names::run_identity(run_name(input.run)?);
-    let mut metadata = meta(input, name.clone())?;
+    let metadata = meta(input, name.clone())?;
     let namespace = metadata.namespace.clone();
-    metadata.name = Some(name.clone());
     Ok(RoleBinding {
         metadata,
         role_ref: RoleRef {
