@@ -183,7 +183,28 @@ pub async fn reconcile_connector(connector: &Connector, ctx: &Context) -> Result
                 .or_else(|| connector.meta().creation_timestamp.as_ref().map(|t| t.0))
                 .unwrap_or(now);
             let due = schedule.due(last, now, spec.starting_deadline_seconds);
-            if due.skipped > 0 {
+            let moved_on = match due.latest {
+                Some(at) => {
+                    if start_scheduled(ctx, connector, &namespace, &name, at, &mut runs).await? {
+                        status.last_schedule_time = Some(Time(at));
+                        true
+                    } else {
+                        // Forbid with a run still active: try again soon, until
+                        // the starting deadline passes.
+                        action = Action::requeue(Duration::from_secs(10));
+                        false
+                    }
+                }
+                None if due.skipped > 0 => {
+                    // Every due time is past its deadline: remember it as handled.
+                    let latest_missed = schedule.due(last, now, None).latest.unwrap_or(now);
+                    status.last_schedule_time = Some(Time(latest_missed));
+                    true
+                }
+                None => false,
+            };
+            // Missed times are counted once: when the schedule moves past them.
+            if moved_on && due.skipped > 0 {
                 ctx.metrics
                     .missed_schedules_total
                     .with_label_values(&[&namespace, &name])
@@ -193,23 +214,12 @@ pub async fn reconcile_connector(connector: &Connector, ctx: &Context) -> Result
                     true,
                     "MissedSchedule",
                     "Schedule",
-                    format!("{} scheduled runs were missed (operator down or startingDeadlineSeconds passed)", due.skipped),
+                    format!(
+                        "{} scheduled runs were missed (operator down, concurrencyPolicy Forbid, or startingDeadlineSeconds passed)",
+                        due.skipped
+                    ),
                 )
                 .await;
-                if due.latest.is_none() {
-                    // Every due time is past its deadline: remember it as handled.
-                    let latest_missed = schedule.due(last, now, None).latest.unwrap_or(now);
-                    status.last_schedule_time = Some(Time(latest_missed));
-                }
-            }
-            if let Some(at) = due.latest {
-                if start_scheduled(ctx, connector, &namespace, &name, at, &mut runs).await? {
-                    status.last_schedule_time = Some(Time(at));
-                } else {
-                    // Forbid with a run still active: try again soon, until the
-                    // starting deadline passes.
-                    action = Action::requeue(Duration::from_secs(10));
-                }
             }
             status.next_schedule_time = due.next.map(Time);
             if let Some(next) = due.next {

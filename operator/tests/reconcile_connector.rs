@@ -300,3 +300,29 @@ async fn the_cursor_follows_the_newest_successful_sync() {
     assert_eq!(s.cursor.unwrap().run, "r1");
     assert_eq!(s.last_run.unwrap().phase, Some(RunPhase::Failed));
 }
+
+#[tokio::test]
+async fn times_missed_while_forbid_holds_back_are_counted_once() {
+    let w = world_with(&hourly("Forbid")).await;
+    w.advance(3600);
+    w.reconcile_connector("sales").await; // 11:00 starts and stays active
+    w.advance(2 * 3600 + 1800); // 13:30: 12:00 missed, 13:00 due
+    w.reconcile_connector("sales").await;
+    w.reconcile_connector("sales").await;
+    let missed = r#"ferry_missed_schedules_total{connector="sales",namespace="acme"}"#;
+    assert!(
+        !w.ctx.metrics.render().contains(missed),
+        "nothing counted while held back"
+    );
+    set_run_phase(&w, "sales-29923860", "Succeeded").await;
+    w.reconcile_connector("sales").await;
+    w.reconcile_connector("sales").await;
+    assert_eq!(
+        names(&all_runs(&w).await),
+        ["sales-29923860", "sales-29923980"]
+    );
+    assert!(
+        w.ctx.metrics.render().contains(&format!("{missed} 1")),
+        "12:00 counted once"
+    );
+}
