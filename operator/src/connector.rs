@@ -427,19 +427,25 @@ async fn write_status(
     name: &str,
     status: &ConnectorStatus,
 ) -> Result<(), Error> {
-    let patch = serde_json::json!({
-        "apiVersion": Connector::api_version(&()),
-        "kind": "Connector",
-        "status": status,
-    });
+    // The operator is the only writer of a Connector's status: every field.
+    let fields = [
+        "observedGeneration",
+        "conditions",
+        "lastRun",
+        "lastSuccessfulTime",
+        "lastScheduleTime",
+        "nextScheduleTime",
+        "cursor",
+    ];
+    let patch = crate::run::apply::status_patch(status, &fields, name)?;
     let api: Api<Connector> = Api::namespaced(ctx.client.clone(), namespace);
-    api.patch_status(
-        name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await
-    .map_err(|e| Error::kube("update the status of", "Connector", name, e))?;
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.to_string()),
+        ..PatchParams::default()
+    };
+    api.patch_status(name, &params, &Patch::Merge(&patch))
+        .await
+        .map_err(|e| Error::kube("update the status of", "Connector", name, e))?;
     Ok(())
 }
 

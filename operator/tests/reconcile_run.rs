@@ -287,6 +287,23 @@ async fn a_failed_pod_is_retried_with_backoff_then_the_run_fails() {
         "the identity stays for the retry"
     );
 
+    // A failed pod that is still terminating changes nothing during the backoff.
+    w.pods()
+        .create(&Default::default(), &{
+            let mut p = k8s_openapi::api::core::v1::Pod::default();
+            p.metadata.name = Some("r1-1".into());
+            p
+        })
+        .await
+        .unwrap();
+    w.set_pod_status("r1-1", json!({"phase": "Failed"})).await;
+    let again = w.reconcile_run("r1").await.status.unwrap();
+    assert_eq!(
+        again.next_attempt_time, s.next_attempt_time,
+        "the backoff does not restart"
+    );
+    w.pods().delete("r1-1", &Default::default()).await.unwrap();
+
     // Not before the backoff has passed.
     w.advance(5);
     let run = w.reconcile_run("r1").await;

@@ -112,30 +112,66 @@ pub async fn cleanup(
     Ok(())
 }
 
-/// Writes the operator's part of a run's status by server-side apply. The
-/// runner's fields (`progress`, `result`) are left out, so each side owns its
-/// own fields and neither overwrites the other.
+/// The operator's fields of a run's status; the runner owns `progress` and
+/// `result`.
+const RUN_STATUS_FIELDS: &[&str] = &[
+    "observedGeneration",
+    "phase",
+    "conditions",
+    "connectorGeneration",
+    "connectorSpecHash",
+    "connectorSpec",
+    "nextAttemptTime",
+    "startTime",
+    "completionTime",
+    "duration",
+    "attempts",
+    "podName",
+    "reason",
+    "message",
+];
+
+/// A merge patch of `status` that sets every field in `fields`: the ones that
+/// are unset become `null`, so a value that no longer applies (a retry time, an
+/// old reason) is removed. Fields outside `fields` are left alone.
+pub fn status_patch<T: serde::Serialize>(
+    status: &T,
+    fields: &[&str],
+    name: &str,
+) -> Result<serde_json::Value, Error> {
+    let value = serde_json::to_value(status).map_err(|source| Error::Encode {
+        name: name.to_string(),
+        source,
+    })?;
+    let mut out = serde_json::Map::new();
+    for field in fields {
+        let v = value
+            .get(*field)
+            .cloned()
+            .unwrap_or(serde_json::Value::Null);
+        out.insert((*field).to_string(), v);
+    }
+    Ok(serde_json::json!({ "status": out }))
+}
+
+/// Writes the operator's part of a run's status (a merge patch on the status
+/// subresource, field manager `ferry-operator`). The runner's fields
+/// (`progress`, `result`) are not in the patch, so each side writes only its own
+/// fields and neither overwrites the other.
 pub async fn write_status(
     ctx: &Context,
     namespace: &str,
     name: &str,
     status: &ConnectorRunStatus,
 ) -> Result<(), Error> {
-    let mut status = status.clone();
-    status.progress = None;
-    status.result = None;
-    let patch = serde_json::json!({
-        "apiVersion": ferry_crds::ConnectorRun::api_version(&()),
-        "kind": "ConnectorRun",
-        "status": status,
-    });
+    let patch = status_patch(status, RUN_STATUS_FIELDS, name)?;
     let api: Api<ConnectorRun> = Api::namespaced(ctx.client.clone(), namespace);
-    api.patch_status(
-        name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await
-    .map_err(|e| Error::kube("update the status of", "ConnectorRun", name, e))?;
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.to_string()),
+        ..PatchParams::default()
+    };
+    api.patch_status(name, &params, &Patch::Merge(&patch))
+        .await
+        .map_err(|e| Error::kube("update the status of", "ConnectorRun", name, e))?;
     Ok(())
 }

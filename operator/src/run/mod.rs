@@ -159,8 +159,9 @@ async fn advance(
         .map_err(|e| Error::kube("get", "Pod", &pod_name, e))?;
 
     let fate = match (&pod, &status.next_attempt_time) {
-        (None, Some(at)) => {
-            // Backing off before the next attempt.
+        (_, Some(at)) => {
+            // Backing off before the next attempt; the failed attempt's pod may
+            // still be terminating and says nothing new.
             if at.0 <= now {
                 return start_attempt(run, ctx, namespace, name, spec, status, attempts + 1).await;
             }
