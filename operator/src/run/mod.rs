@@ -59,6 +59,17 @@ pub fn spec_hash(spec: &ConnectorSpec) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
 
+/// The run being reconciled, with what every step needs.
+#[derive(Clone, Copy)]
+struct Subject<'a> {
+    run: &'a ConnectorRun,
+    ctx: &'a Context,
+    namespace: &'a str,
+    name: &'a str,
+    /// The pinned Connector spec.
+    spec: &'a ConnectorSpec,
+}
+
 /// What the reconcile decided about the run.
 struct Step {
     status: ConnectorRunStatus,
@@ -114,7 +125,14 @@ pub async fn reconcile_run(run: &ConnectorRun, ctx: &Context) -> Result<Action, 
     };
     status.observed_generation = run.meta().generation;
 
-    let step = advance(run, ctx, &namespace, &name, &spec, status).await?;
+    let subject = Subject {
+        run,
+        ctx,
+        namespace: &namespace,
+        name: &name,
+        spec: &spec,
+    };
+    let step = advance(subject, status).await?;
     write_if_changed(ctx, &namespace, &name, &old, &step.status).await?;
     Ok(step.action)
 }
@@ -138,18 +156,18 @@ async fn write_if_changed(
 }
 
 /// Moves the run one step on from `status`.
-async fn advance(
-    run: &ConnectorRun,
-    ctx: &Context,
-    namespace: &str,
-    name: &str,
-    spec: &ConnectorSpec,
-    mut status: ConnectorRunStatus,
-) -> Result<Step, Error> {
+async fn advance(subject: Subject<'_>, mut status: ConnectorRunStatus) -> Result<Step, Error> {
+    let Subject {
+        run,
+        ctx,
+        namespace,
+        name,
+        spec,
+    } = subject;
     let now = ctx.now();
     let attempts = status.attempts.unwrap_or(0);
     if attempts == 0 {
-        return start_attempt(run, ctx, namespace, name, spec, status, 1).await;
+        return start_attempt(subject, status, 1).await;
     }
     let pod_name = names::pod(name, attempts);
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
@@ -163,7 +181,7 @@ async fn advance(
             // Backing off before the next attempt; the failed attempt's pod may
             // still be terminating and says nothing new.
             if at.0 <= now {
-                return start_attempt(run, ctx, namespace, name, spec, status, attempts + 1).await;
+                return start_attempt(subject, status, attempts + 1).await;
             }
             let wait = (at.0.as_second() - now.as_second()).max(1) as u64;
             return Ok(Step {
@@ -199,18 +217,7 @@ async fn advance(
         }
         Fate::Succeeded => {
             let message = summary(run.spec.mode, status.result.as_ref());
-            finish(
-                run,
-                ctx,
-                namespace,
-                name,
-                spec,
-                status,
-                RunPhase::Succeeded,
-                "Succeeded",
-                message,
-            )
-            .await
+            finish(subject, status, RunPhase::Succeeded, "Succeeded", message).await
         }
         Fate::Failed {
             reason,
@@ -255,18 +262,7 @@ async fn advance(
                     .with_label_values(&[namespace, &run.spec.connector_ref.name])
                     .inc();
             }
-            finish(
-                run,
-                ctx,
-                namespace,
-                name,
-                spec,
-                status,
-                RunPhase::Failed,
-                &reason,
-                message,
-            )
-            .await
+            finish(subject, status, RunPhase::Failed, &reason, message).await
         }
     }
 }
@@ -289,16 +285,18 @@ fn summary(mode: RunMode, result: Option<&ferry_crds::RunResult>) -> String {
 }
 
 /// Checks the run, then builds and applies the objects of attempt `attempt`.
-#[allow(clippy::too_many_arguments)]
 async fn start_attempt(
-    run: &ConnectorRun,
-    ctx: &Context,
-    namespace: &str,
-    name: &str,
-    spec: &ConnectorSpec,
+    subject: Subject<'_>,
     mut status: ConnectorRunStatus,
     attempt: i32,
 ) -> Result<Step, Error> {
+    let Subject {
+        run,
+        ctx,
+        namespace,
+        name,
+        spec,
+    } = subject;
     // dereference
     let tenant = dereference::tenant(ctx, namespace);
     let secrets = dereference::secret_keys(ctx, namespace, spec).await?;
@@ -330,18 +328,7 @@ async fn start_attempt(
             .map(|v| v.message.as_str())
             .collect::<Vec<_>>()
             .join("; ");
-        return finish(
-            run,
-            ctx,
-            namespace,
-            name,
-            spec,
-            status,
-            RunPhase::Rejected,
-            reason,
-            message,
-        )
-        .await;
+        return finish(subject, status, RunPhase::Rejected, reason, message).await;
     }
     if attempt == 1 {
         for w in &warnings {
@@ -399,18 +386,20 @@ async fn start_attempt(
 }
 
 /// Ends the run: final phase, conditions, metrics, Event, audit line, cleanup.
-#[allow(clippy::too_many_arguments)]
 async fn finish(
-    run: &ConnectorRun,
-    ctx: &Context,
-    namespace: &str,
-    name: &str,
-    spec: &ConnectorSpec,
+    subject: Subject<'_>,
     mut status: ConnectorRunStatus,
     phase: RunPhase,
     reason: &str,
     message: String,
 ) -> Result<Step, Error> {
+    let Subject {
+        run,
+        ctx,
+        namespace,
+        name,
+        spec,
+    } = subject;
     let now = ctx.now();
     let connector = run.spec.connector_ref.name.as_str();
     let generation = run.meta().generation;
