@@ -5,10 +5,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use support::promtool_check_metrics;
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -81,26 +84,7 @@ fn serves_health_and_metrics_and_stops_on_sigterm() {
         "{metrics}"
     );
     assert!(metrics.contains("ferry_runs_active 0"));
-    let mut promtool = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool is installed by tests/bootstrap.sh");
-    promtool
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(metrics.as_bytes())
-        .unwrap();
-    let out = promtool.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    promtool_check_metrics(&metrics);
 
     let kill = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
