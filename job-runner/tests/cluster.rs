@@ -6,6 +6,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 
+mod support;
+
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -19,17 +21,12 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube_fake_client::ClientBuilder;
+use support::{AZURITE_DEV_KEY, create_azurite_container, service_env};
 
 const NS: &str = "acme";
 const KEK: &str = "Y2FuYXJ5LWtlay0wMTIzNDU2Nzg5YWJjZGVmMDEyMzQ="; // base64 of 32 bytes
-const AZURITE_KEY: &str =
-    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+const AZURITE_KEY: &str = AZURITE_DEV_KEY;
 const WRONG_KEY: &str = "Q2FuYXJ5V3JvbmdBY2NvdW50S2V5Q2FuYXJ5V3JvbmdBY2NvdW50S2V5Q2FuYXJ5V3Jvbmc=";
-
-fn env(name: &str) -> String {
-    std::env::var(name)
-        .unwrap_or_else(|_| panic!("{name} is not set: run the tests through `make test`"))
-}
 
 fn secret(name: &str, key: &str, value: &str) -> Secret {
     let mut s = Secret::default();
@@ -132,29 +129,14 @@ fn azurite_destination() -> String {
     static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     let container = format!("cluster-{}-{n}", std::process::id());
-    let out = std::process::Command::new(env("FERRY_PYTHON"))
-        .args([
-            concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../tests/azurite/create_container.py"
-            ),
-            &env("FERRY_AZURITE_ENDPOINT"),
-            &container,
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "create container: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    create_azurite_container(&container);
     format!(
         "azureBlob: {{account: devstoreaccount1, container: {container}, prefix: \"{}/\", region: westeurope, endpoint: \"{}\", insecurePlainHttpOnLoopback: true, credentials: {{secretRef: {{name: blob}}}}}}",
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_nanos(),
-        env("FERRY_AZURITE_ENDPOINT")
+        service_env("FERRY_AZURITE_ENDPOINT")
     )
 }
 

@@ -4,6 +4,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 
+mod support;
+use support::{AZURITE_DEV_KEY, create_azurite_container, service_env};
+
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -177,12 +180,6 @@ fn walk(p: &std::path::Path) -> Vec<String> {
 
 /// An endpoint of a test server started by `tests/bootstrap.sh`. Missing means
 /// the bootstrap did not run: a failure, not a skip.
-fn service_env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        panic!("{name} is not set: start the test services with `bash tests/bootstrap.sh start` and source ~/.cache/ferry/services/env (make test does both)")
-    })
-}
-
 fn unique(prefix: &str) -> String {
     let mut b = [0u8; 4];
     ferry_runner::crypto::aead::random_bytes(&mut b).unwrap();
@@ -312,9 +309,7 @@ mod azure {
     use ferry_runner::storage::azure::{AzureAuth, AzureConfig, AzureStore};
     use zeroize::Zeroizing;
 
-    /// Azurite's documented development account key (public, not a secret).
-    const DEV_KEY: &str =
-        "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+    use super::AZURITE_DEV_KEY as DEV_KEY;
 
     pub fn config(container: &str, prefix: &str) -> AzureConfig {
         AzureConfig {
@@ -330,20 +325,7 @@ mod azure {
     /// Creates a container in Azurite with the Azure SDK for Python.
     pub async fn container() -> String {
         let name = unique("ferry-test");
-        let python = service_env("FERRY_PYTHON");
-        let script = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../tests/azurite/create_container.py"
-        );
-        let out = std::process::Command::new(python)
-            .args([script, &service_env("FERRY_AZURITE_ENDPOINT"), &name])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "creating container {name}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        super::create_azurite_container(&name);
         name
     }
 

@@ -5,6 +5,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 
+mod support;
+
 use std::path::Path;
 use std::sync::Arc;
 
@@ -17,11 +19,7 @@ use ferry_runner::storage::local::LocalStore;
 use ferry_runner::storage::{ObjectStore, StorageError};
 use ferry_runner::transfer::{self, Mode, Options, Progress};
 use futures::StreamExt;
-
-fn env(name: &str) -> String {
-    std::env::var(name)
-        .unwrap_or_else(|_| panic!("{name} is not set: run the tests through `make test`"))
-}
+use support::{AZURITE_DEV_KEY, create_azurite_container, service_env};
 
 fn unique() -> String {
     let mut b = [0u8; 4];
@@ -39,7 +37,7 @@ fn endpoint(kind: &str, secrets: &Path, scratch: &Path) -> String {
                     "-sf",
                     "-X",
                     "PUT",
-                    &format!("{}/{bucket}", env("FERRY_S3_ENDPOINT")),
+                    &format!("{}/{bucket}", service_env("FERRY_S3_ENDPOINT")),
                 ])
                 .output()
                 .unwrap();
@@ -49,52 +47,37 @@ fn endpoint(kind: &str, secrets: &Path, scratch: &Path) -> String {
             std::fs::write(secrets.join("s3/secretAccessKey"), "testing\n").unwrap();
             format!(
                 "s3: {{bucket: {bucket}, prefix: data/, region: us-east-1, endpoint: \"{}\", forcePathStyle: true, insecurePlainHttpOnLoopback: true, credentials: {{secretRef: {{name: s3}}}}}}",
-                env("FERRY_S3_ENDPOINT")
+                service_env("FERRY_S3_ENDPOINT")
             )
         }
         "azure" => {
             let container = format!("pairs-{}", unique());
-            let out = std::process::Command::new(env("FERRY_PYTHON"))
-                .args([
-                    concat!(
-                        env!("CARGO_MANIFEST_DIR"),
-                        "/../tests/azurite/create_container.py"
-                    ),
-                    &env("FERRY_AZURITE_ENDPOINT"),
-                    &container,
-                ])
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "create container: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            create_azurite_container(&container);
             std::fs::create_dir_all(secrets.join("az")).unwrap();
-            std::fs::write(
-                secrets.join("az/accountKey"),
-                "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==",
-            )
-            .unwrap();
+            std::fs::write(secrets.join("az/accountKey"), AZURITE_DEV_KEY).unwrap();
             format!(
                 "azureBlob: {{account: devstoreaccount1, container: {container}, prefix: data/, region: westeurope, endpoint: \"{}\", insecurePlainHttpOnLoopback: true, credentials: {{secretRef: {{name: az}}}}}}",
-                env("FERRY_AZURITE_ENDPOINT")
+                service_env("FERRY_AZURITE_ENDPOINT")
             )
         }
         "sftp" => {
             std::fs::create_dir_all(secrets.join("ssh")).unwrap();
-            std::fs::write(secrets.join("ssh/username"), env("FERRY_SFTP_USER")).unwrap();
-            std::fs::copy(env("FERRY_SFTP_KEY"), secrets.join("ssh/privateKey")).unwrap();
+            std::fs::write(secrets.join("ssh/username"), service_env("FERRY_SFTP_USER")).unwrap();
+            std::fs::copy(
+                service_env("FERRY_SFTP_KEY"),
+                secrets.join("ssh/privateKey"),
+            )
+            .unwrap();
             std::fs::create_dir_all(secrets.join("hostkey")).unwrap();
             std::fs::copy(
-                env("FERRY_SFTP_HOST_KEY"),
+                service_env("FERRY_SFTP_HOST_KEY"),
                 secrets.join("hostkey/knownHosts"),
             )
             .unwrap();
             format!(
                 "sftp: {{host: \"{}\", port: {}, path: pairs-{}/data, region: eu-west-1, credentials: {{secretRef: {{name: ssh}}}}, hostKey: {{secretRef: {{name: hostkey}}}}}}",
-                env("FERRY_SFTP_HOST"),
-                env("FERRY_SFTP_PORT"),
+                service_env("FERRY_SFTP_HOST"),
+                service_env("FERRY_SFTP_PORT"),
                 unique()
             )
         }
