@@ -222,9 +222,18 @@ pub struct RunResult {
     /// Objects refused by policy or that failed.
     #[serde(default)]
     pub objects_failed: i64,
-    /// Objects erased (erase mode).
+    /// Requested keys now erased (erase mode), including those a previous
+    /// erasure already removed.
     #[serde(default)]
     pub objects_erased: i64,
+    /// Erase mode: what was erased, per requested key (the first keys, up to
+    /// 64 KiB of them; every key is in the audit trail).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 1000))]
+    pub erased: Vec<ErasedObject>,
+    /// Whether `erased` was cut short.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub erased_truncated: bool,
     /// Plaintext bytes read from the source.
     pub bytes_read: i64,
     /// Encrypted bytes written to the destination.
@@ -239,6 +248,21 @@ pub struct RunResult {
     /// Why the attempt failed, when it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<RunError>,
+}
+
+/// One key of an erasure request, and what the run deleted for it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ErasedObject {
+    /// The source key, relative to the source prefix.
+    #[schemars(length(max = 1024))]
+    pub key: String,
+    /// This run deleted its copy at the destination.
+    #[serde(default)]
+    pub from_destination: bool,
+    /// This run deleted the source object.
+    #[serde(default)]
+    pub from_source: bool,
 }
 
 /// A failure reported by the runner. Never holds a secret.

@@ -11,7 +11,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use ferry_crds::{
-    Connector, ConnectorRun, ConnectorSpec, RunError, RunMode, RunProgress, RunResult, secret_names,
+    Connector, ConnectorRun, ConnectorSpec, ErasedObject, RunError, RunMode, RunProgress,
+    RunResult, secret_names,
 };
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams};
@@ -21,7 +22,7 @@ use zeroize::Zeroizing;
 use crate::audit::{AuditLog, Outcome};
 use crate::config::SecretsDir;
 use crate::job::{Failure, Job, execute_with_rotation};
-use crate::transfer::{Mode, Progress, Report};
+use crate::transfer::{EraseRequest, Erased, Mode, Progress, Report};
 
 /// Field manager of the runner's status writes.
 pub const FIELD_MANAGER: &str = "ferry-runner";
@@ -177,9 +178,11 @@ pub fn result_of(outcome: &Result<Report, Failure>, attempt: i32) -> RunResult {
     match outcome {
         Ok(r) => RunResult {
             objects_copied: r.objects_copied as i64,
-            objects_skipped: r.objects_skipped as i64,
+            objects_skipped: (r.objects_skipped + r.objects_tombstoned) as i64,
             objects_failed: r.objects_failed as i64,
-            objects_erased: 0,
+            objects_erased: r.erased.len() as i64,
+            erased: erased_list(&r.erased).0,
+            erased_truncated: erased_list(&r.erased).1,
             bytes_read: r.bytes_read as i64,
             bytes_written: r.bytes_written as i64,
             manifest: r.manifest.clone(),
@@ -196,6 +199,25 @@ pub fn result_of(outcome: &Result<Report, Failure>, attempt: i32) -> RunResult {
             ..RunResult::default()
         },
     }
+}
+
+/// The erased keys for the status, up to 64 KiB of keys (a status must stay
+/// well below the API server's object size limit); and whether some were left out.
+fn erased_list(erased: &[Erased]) -> (Vec<ErasedObject>, bool) {
+    let mut budget = 64 << 10;
+    let mut out = Vec::new();
+    for e in erased {
+        if e.key.len() > budget {
+            return (out, true);
+        }
+        budget -= e.key.len();
+        out.push(ErasedObject {
+            key: e.key.clone(),
+            from_destination: e.from_destination,
+            from_source: e.from_source,
+        });
+    }
+    (out, false)
 }
 
 fn truncate(s: &str, max: usize) -> String {
@@ -291,19 +313,17 @@ async fn attempt_inner(
     let mode = match cr.spec.mode {
         RunMode::Sync => Mode::Sync,
         RunMode::Plan => Mode::Plan,
-        RunMode::Erase => {
-            let f = Failure {
-                reason: "EraseNotSupported",
-                message: "erase runs are not supported by this runner version".into(),
-            };
-            audit.record("run.finished", Outcome::Failure, Some(f.reason), None);
-            return Err(f);
-        }
+        RunMode::Erase => Mode::Erase,
     };
+    let erase = cr.spec.erase.as_ref().map(|e| EraseRequest {
+        keys: e.keys.clone(),
+        from_source: e.from_source,
+    });
     let secrets = fetch_secrets(client, &run.namespace, &connector.spec).await?;
     let job = Job {
         connector: &connector,
         mode,
+        erase: erase.as_ref(),
         tenant_region: settings.tenant_region.as_deref(),
         run_id: &run.name,
         concurrency: settings.concurrency,

@@ -1,5 +1,6 @@
-//! One run of a Connector, the same in local and cluster mode: check residency,
-//! read the KEK, open both stores, transfer. On an authentication failure the
+//! One run of a Connector, the same in local and cluster mode: check residency
+//! (declared regions, then where the stores say they are), read the KEK, open
+//! both stores, transfer or erase. On an authentication failure the
 //! Secrets are read again once (they may have been rotated meanwhile); if they
 //! changed the run is tried once more, else it fails fast.
 
@@ -7,12 +8,13 @@ use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 
-use ferry_crds::Connector;
+use ferry_crds::{Connector, DataResidency};
 
 use crate::audit::{AuditLog, Outcome};
 use crate::config::{self, SecretsDir};
 use crate::crypto::KeyRing;
-use crate::transfer::{self, Mode, Options, Progress, Report};
+use crate::storage::{ObjectStore, StorageError};
+use crate::transfer::{self, EraseRequest, Mode, Options, Progress, Report};
 
 /// What to run.
 #[derive(Debug, Clone, Copy)]
@@ -20,6 +22,8 @@ pub struct Job<'a> {
     /// The Connector (in cluster mode: its metadata with the run's pinned spec).
     pub connector: &'a Connector,
     pub mode: Mode,
+    /// The request of an erasure run (`mode` is [`Mode::Erase`]).
+    pub erase: Option<&'a EraseRequest>,
     /// The tenant's region, for `dataResidency: in-region-only`.
     pub tenant_region: Option<&'a str>,
     /// Names the manifest.
@@ -56,6 +60,8 @@ impl Failure {
                 | "IntegrityFailure"
                 | "ContainerNotFound"
                 | "NotAdmitted"
+                | "NotProjectable"
+                | "ObjectsRefused"
         )
     }
 }
@@ -102,6 +108,13 @@ pub async fn execute(
         .map_err(|e| failure(e.reason(), e))?;
     let dst = config::open_store("destination", &spec.destination, job.base_dir, secrets)
         .map_err(|e| failure(e.reason(), e))?;
+    if spec.compliance.data_residency == DataResidency::InRegionOnly
+        && let Some(tenant) = job.tenant_region
+    {
+        for (side, store) in [("source", &src), ("destination", &dst)] {
+            check_store_region(side, store.as_ref(), tenant, audit).await?;
+        }
+    }
     let opts = Options {
         mode: job.mode,
         run_id: job.run_id.to_string(),
@@ -113,9 +126,57 @@ pub async fn execute(
         concurrency: job.concurrency,
         ..Options::default()
     };
-    transfer::run(spec, src, dst, keys, &opts, audit, progress)
-        .await
-        .map_err(|e| failure(e.reason(), e))
+    match (job.mode, job.erase) {
+        (Mode::Erase, Some(request)) => {
+            transfer::erase(src, dst, keys, request, &opts, audit).await
+        }
+        (Mode::Erase, None) => {
+            return Err(failure(
+                "InvalidSpec",
+                "an erase run needs the source keys to erase",
+            ));
+        }
+        _ => transfer::run(spec, src, dst, keys, &opts, audit, progress).await,
+    }
+    .map_err(|e| failure(e.reason(), e))
+}
+
+/// Residency as the store reports it: a bucket whose real region is not the
+/// tenant's is refused, whatever the Connector declares. A store that cannot
+/// tell (Azure Blob without management access, SFTP, local folders) keeps the
+/// declared region, already checked; so does one whose credentials may not ask
+/// (S3 needs `s3:GetBucketLocation`), with a warning and an audit line.
+async fn check_store_region(
+    side: &str,
+    store: &dyn ObjectStore,
+    tenant: &str,
+    audit: &AuditLog,
+) -> Result<(), Failure> {
+    match store.region().await {
+        Ok(Some(actual)) if actual != tenant => {
+            let reason = "ResidencyViolation";
+            audit.record("policy.residency", Outcome::Denied, Some(reason), None);
+            Err(failure(
+                reason,
+                format!(
+                    "{side} {} is in region {actual:?} (as the store reports), outside the tenant's region {tenant:?} (dataResidency: in-region-only)",
+                    store.describe()
+                ),
+            ))
+        }
+        Ok(_) => Ok(()),
+        Err(e @ StorageError::AccessDenied { .. }) => {
+            tracing::warn!(side, error = %e, "the store's region cannot be asked; relying on the declared region");
+            audit.record(
+                "policy.residency",
+                Outcome::Success,
+                Some("RegionUnverified"),
+                None,
+            );
+            Ok(())
+        }
+        Err(e) => Err(failure(e.reason(), e)),
+    }
 }
 
 /// Runs the job; after an authentication failure reads the Secrets again with

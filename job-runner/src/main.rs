@@ -23,7 +23,7 @@ use ferry_runner::job::{self, Job};
 use ferry_runner::readback;
 use ferry_runner::storage::ObjectStore;
 use ferry_runner::storage::local::LocalStore;
-use ferry_runner::transfer::{self, Mode, Progress};
+use ferry_runner::transfer::{self, EraseRequest, Mode, Progress};
 
 #[derive(Parser)]
 #[command(
@@ -49,6 +49,7 @@ enum LogFormat {
 enum RunMode {
     Sync,
     Plan,
+    Erase,
 }
 
 /// Arguments of `job-runner run`.
@@ -60,9 +61,17 @@ struct RunArgs {
     /// Secrets as Kubernetes mounts them: DIR/<secret-name>/<key>.
     #[arg(long)]
     secrets_dir: PathBuf,
-    /// `sync` copies; `plan` lists what would be copied.
+    /// `sync` copies; `plan` lists what would be copied; `erase` deletes the
+    /// copies of the `--erase-key` source keys.
     #[arg(long, value_enum, default_value_t = RunMode::Sync)]
     mode: RunMode,
+    /// With `--mode erase`: a source key (relative to the source prefix) whose
+    /// copy is erased; repeat for more.
+    #[arg(long = "erase-key", required_if_eq("mode", "erase"))]
+    erase_keys: Vec<String>,
+    /// With `--mode erase`: delete the source objects too.
+    #[arg(long)]
+    erase_from_source: bool,
     /// The tenant's region, for `dataResidency: in-region-only`.
     #[arg(long)]
     tenant_region: Option<String>,
@@ -339,12 +348,21 @@ async fn run(args: RunArgs) -> Result<(), BoxError> {
         connector: connector_path,
         secrets_dir,
         mode,
+        erase_keys,
+        erase_from_source,
         tenant_region,
         run_id,
         concurrency,
         audit_log,
         base_dir,
     } = args;
+    if !matches!(mode, RunMode::Erase) && (!erase_keys.is_empty() || erase_from_source) {
+        return Err("--erase-key and --erase-from-source go with --mode erase".into());
+    }
+    let erase = EraseRequest {
+        keys: erase_keys,
+        from_source: erase_from_source,
+    };
     let connector = config::load_connector(&connector_path)?;
     let namespace = connector
         .metadata
@@ -385,7 +403,9 @@ async fn run(args: RunArgs) -> Result<(), BoxError> {
         mode: match mode {
             RunMode::Sync => Mode::Sync,
             RunMode::Plan => Mode::Plan,
+            RunMode::Erase => Mode::Erase,
         },
+        erase: Some(&erase),
         tenant_region: tenant_region.as_deref(),
         run_id: &run_id,
         concurrency: usize::from(concurrency),
@@ -413,6 +433,22 @@ fn print_report(mode: Mode, report: &transfer::Report) {
         println!("refused {key}: {reason}");
     }
     match mode {
+        Mode::Erase => {
+            for e in &report.erased {
+                let sides = match (e.from_destination, e.from_source) {
+                    (true, true) => "destination and source",
+                    (true, false) => "destination",
+                    (false, true) => "source",
+                    (false, false) => "nothing left to delete",
+                };
+                println!("erased {}: {sides}", e.key);
+            }
+            println!(
+                "erase: {} key(s) erased; manifest {}",
+                report.erased.len(),
+                report.manifest.as_deref().unwrap_or("-")
+            );
+        }
         Mode::Plan => {
             for p in &report.planned {
                 println!("would copy {} ({} bytes)", p.key, p.size);

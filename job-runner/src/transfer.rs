@@ -1,7 +1,9 @@
 //! The transfer engine: select, compare with the last manifest, copy with
-//! encryption inline and bounded concurrency, then write the signed manifest.
+//! minimisation and encryption inline and bounded concurrency, then write the
+//! signed manifest. Also erasure runs: delete what came from given source keys
+//! and leave tombstones so later runs do not copy them again.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -12,9 +14,12 @@ use futures::{StreamExt, TryStreamExt};
 use sha2::{Digest, Sha256};
 
 use crate::audit::{AuditLog, Outcome};
-use crate::crypto::{Kek, KeyRing, Manifest, ManifestEntry, ManifestError, ObjectEncrypter};
+use crate::crypto::{
+    Kek, KeyRing, Manifest, ManifestEntry, ManifestError, ObjectEncrypter, Tombstone,
+};
+use crate::project::{Format, ProjectionError, Projector};
 use crate::select::{GlobError, Selection, Selector, StreamMatch};
-use crate::storage::{ByteStream, ObjectMeta, ObjectStore, StorageError};
+use crate::storage::{ByteStream, ObjectMeta, ObjectStore, StorageError, check_key};
 
 /// Folder, under the destination prefix, holding Ferry's manifests.
 pub const MANIFEST_DIR: &str = ".ferry/manifests/";
@@ -28,6 +33,8 @@ pub enum Mode {
     Sync,
     /// List what would be copied, copy nothing.
     Plan,
+    /// Erase the copies of given source keys (see [`erase`]).
+    Erase,
 }
 
 /// Options of a run.
@@ -74,10 +81,14 @@ pub enum TransferError {
     Encrypt { key: String, reason: String },
     #[error(transparent)]
     Key(#[from] crate::crypto::KeyError),
+    #[error(transparent)]
+    Projection(#[from] ProjectionError),
+    #[error("invalid erasure request: {0}")]
+    Erase(String),
     #[error(
-        "{failed} object(s) failed or were refused; the manifest was not written and the cursor did not move"
+        "{failed} object(s) failed or were refused ({refused} refused by policy); the manifest was not written and the cursor did not move"
     )]
-    Incomplete { failed: u64 },
+    Incomplete { failed: u64, refused: u64 },
 }
 
 impl TransferError {
@@ -91,6 +102,9 @@ impl TransferError {
             }
             TransferError::Encrypt { .. } => "EncryptionFailure",
             TransferError::Key(_) => "InvalidEncryptionKey",
+            TransferError::Projection(_) => "NotProjectable",
+            TransferError::Erase(_) => "InvalidSpec",
+            TransferError::Incomplete { failed, refused } if failed == refused => "ObjectsRefused",
             TransferError::Incomplete { .. } => "ObjectsFailed",
         }
     }
@@ -118,6 +132,20 @@ pub struct Report {
     pub planned: Vec<Planned>,
     /// Objects refused, with the reason.
     pub refused: Vec<(String, String)>,
+    /// Objects not copied because an erasure run removed them.
+    pub objects_tombstoned: u64,
+    /// Erasure runs: what was erased, per requested key.
+    pub erased: Vec<Erased>,
+}
+
+/// What an erasure run did for one requested key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Erased {
+    pub key: String,
+    /// A copy was deleted from the destination by this run.
+    pub from_destination: bool,
+    /// The source object was deleted by this run.
+    pub from_source: bool,
 }
 
 /// Live counters, for progress reporting.
@@ -137,16 +165,37 @@ pub async fn latest_manifest(
         Err(StorageError::NoSuchContainer { .. }) => return Ok(None),
         Err(e) => return Err(e.into()),
     };
-    let Some(key) = listed
-        .iter()
-        .filter(|o| o.key.starts_with(MANIFEST_DIR) && o.key.ends_with(".json"))
-        .map(|o| o.key.clone())
-        .max()
-    else {
+    let Some(key) = newest_manifest_key(listed.iter().map(|o| o.key.as_str())) else {
         return Ok(None);
     };
     let manifest = read_manifest(dst, &key, keys).await?;
     Ok(Some((key, manifest)))
+}
+
+/// The key of a new manifest: a UTC timestamp, to the microsecond, then the run
+/// id, so the newest sorts last whatever the runs are called.
+pub fn manifest_key(run_id: &str, now: jiff::Timestamp) -> String {
+    let stamp = now.strftime("%Y%m%dT%H%M%S");
+    format!(
+        "{MANIFEST_DIR}{stamp}{:06}Z-{run_id}.json",
+        now.subsec_microsecond()
+    )
+}
+
+/// The newest of the manifest keys among `keys`: the greatest timestamped key;
+/// manifests from before timestamped names (`<run>.json`) only when there is no
+/// timestamped one.
+pub fn newest_manifest_key<'a>(keys: impl Iterator<Item = &'a str>) -> Option<String> {
+    keys.filter(|k| k.starts_with(MANIFEST_DIR) && k.ends_with(".json"))
+        .max_by_key(|k| {
+            let name = &k[MANIFEST_DIR.len()..];
+            let stamped = name.len() > 23
+                && name.as_bytes()[..8].iter().all(u8::is_ascii_digit)
+                && name.as_bytes()[8] == b'T'
+                && name.as_bytes()[21..23] == *b"Z-";
+            (stamped, *k)
+        })
+        .map(str::to_string)
 }
 
 /// Reads and verifies the manifest at `key`.
@@ -177,8 +226,9 @@ pub async fn read_manifest(
     Ok(manifest)
 }
 
-fn unchanged(prev: &ManifestEntry, now: &ObjectMeta) -> bool {
-    prev.size == now.size
+fn unchanged(prev: &ManifestEntry, now: &ObjectMeta, fields: &[String]) -> bool {
+    prev.source_size.unwrap_or(prev.size) == now.size
+        && prev.fields == fields
         && prev.source_modified == now.modified
         && match (&prev.source_etag, &now.etag) {
             (Some(a), Some(b)) => a == b,
@@ -187,23 +237,50 @@ fn unchanged(prev: &ManifestEntry, now: &ObjectMeta) -> bool {
         }
 }
 
-fn refusal(streams: &[StreamMatch], allowed: &[Sensitivity]) -> Option<String> {
+/// Why an object is not read at all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Refusal {
+    reason: &'static str,
+    message: String,
+}
+
+/// Whether an object may be read, and which columns are kept: refused when a
+/// stream it belongs to is tagged with a sensitivity the Connector does not
+/// allow, or when it must be minimised and its format cannot be projected.
+fn decide(
+    key: &str,
+    streams: &[StreamMatch],
+    allowed: &[Sensitivity],
+) -> Result<Option<Vec<String>>, Refusal> {
     for s in streams {
         if let Some(tag) = s.sensitivity.iter().find(|t| !allowed.contains(t)) {
-            return Some(format!(
-                "stream {:?} is tagged {} which compliance.allowedSensitivity does not allow",
-                s.name,
-                tag.as_str()
-            ));
-        }
-        if !s.fields.is_empty() {
-            return Some(format!(
-                "stream {:?} asks for data minimisation (fields), which this runner cannot apply yet; refusing rather than copying whole rows",
-                s.name
-            ));
+            return Err(Refusal {
+                reason: "SensitivityNotAllowed",
+                message: format!(
+                    "stream {:?} is tagged {} which compliance.allowedSensitivity does not allow",
+                    s.name,
+                    tag.as_str()
+                ),
+            });
         }
     }
-    None
+    let Some(fields) = crate::project::combine(streams.iter().map(|s| s.fields.as_slice())) else {
+        return Ok(None);
+    };
+    if fields.is_empty() {
+        return Err(Refusal {
+            reason: "NotProjectable",
+            message: "the streams it belongs to have no field in common: nothing would be left"
+                .into(),
+        });
+    }
+    if Format::of(key).is_none() {
+        return Err(Refusal {
+            reason: "NotProjectable",
+            message: ProjectionError::Unsupported { key: key.into() }.to_string(),
+        });
+    }
+    Ok(Some(fields))
 }
 
 /// Runs a Connector between two stores.
@@ -219,30 +296,21 @@ pub async fn run(
     let selector = Selector::new(spec)?;
     let kek = keys.current()?;
     let listed = src.list().await?;
-    let previous = match spec.sync_mode {
-        SyncMode::Incremental => latest_manifest(dst.as_ref(), &keys)
-            .await
-            .inspect_err(|e| {
-                if e.reason() == "IntegrityFailure" {
-                    audit.record(
-                        "integrity.check",
-                        Outcome::Failure,
-                        Some("IntegrityFailure"),
-                        None,
-                    );
-                }
-            })?,
-        SyncMode::Full => None,
-    };
-    let mut entries: BTreeMap<String, ManifestEntry> = previous
+    // Full syncs read it too: erasure tombstones hold whatever the mode.
+    let previous = verified_latest(dst.as_ref(), &keys, audit).await?;
+    let tombstones: Vec<Tombstone> = previous
         .as_ref()
-        .map(|(_, m)| {
-            m.objects
-                .iter()
-                .map(|e| (e.key.clone(), e.clone()))
-                .collect()
-        })
+        .map(|(_, m)| m.erased.clone())
         .unwrap_or_default();
+    let erased: BTreeSet<&str> = tombstones.iter().map(|t| t.key.as_str()).collect();
+    let mut entries: BTreeMap<String, ManifestEntry> = match (&previous, spec.sync_mode) {
+        (Some((_, m)), SyncMode::Incremental) => m
+            .objects
+            .iter()
+            .map(|e| (e.key.clone(), e.clone()))
+            .collect(),
+        _ => BTreeMap::new(),
+    };
 
     let mut report = Report::default();
     let mut to_copy = Vec::new();
@@ -251,19 +319,32 @@ pub async fn run(
             Selection::Skip => continue,
             Selection::Take(s) => s,
         };
-        if let Some(reason) = refusal(&streams, &spec.compliance.allowed_sensitivity) {
+        if erased.contains(obj.key.as_str()) {
             audit.record(
-                "object.refused",
-                Outcome::Denied,
-                Some("PolicyViolation"),
+                "object.skipped",
+                Outcome::Success,
+                Some("ErasedOnRequest"),
                 Some(&obj.key),
             );
-            report.objects_failed += 1;
-            report.refused.push((obj.key.clone(), reason));
+            report.objects_tombstoned += 1;
             continue;
         }
+        let fields = match decide(&obj.key, &streams, &spec.compliance.allowed_sensitivity) {
+            Ok(f) => f,
+            Err(r) => {
+                audit.record(
+                    "object.refused",
+                    Outcome::Denied,
+                    Some(r.reason),
+                    Some(&obj.key),
+                );
+                report.objects_failed += 1;
+                report.refused.push((obj.key.clone(), r.message));
+                continue;
+            }
+        };
         if let Some(prev) = entries.get(&obj.key)
-            && unchanged(prev, &obj)
+            && unchanged(prev, &obj, fields.as_deref().unwrap_or_default())
         {
             report.objects_skipped += 1;
             continue;
@@ -273,17 +354,25 @@ pub async fn run(
             size: obj.size,
             streams: streams.iter().map(|s| s.name.clone()).collect(),
         });
-        to_copy.push(obj);
+        to_copy.push((obj, fields));
     }
-    if opts.mode == Mode::Plan {
+    if opts.mode != Mode::Sync {
         return Ok(report);
     }
 
     let results: Vec<Result<ManifestEntry, TransferError>> = futures::stream::iter(to_copy)
-        .map(|obj| {
+        .map(|(obj, fields)| {
             let (src, dst, progress) = (src.clone(), dst.clone(), progress.clone());
             async move {
-                let r = copy_with_retry(src.as_ref(), dst.as_ref(), kek, &obj, opts).await;
+                let r = copy_with_retry(
+                    src.as_ref(),
+                    dst.as_ref(),
+                    kek,
+                    &obj,
+                    fields.as_deref(),
+                    opts,
+                )
+                .await;
                 if let Ok(e) = &r {
                     progress.objects.fetch_add(1, Ordering::Relaxed);
                     progress
@@ -332,26 +421,225 @@ pub async fn run(
             Some(e) if report.objects_failed == 1 && report.refused.is_empty() => e,
             _ => TransferError::Incomplete {
                 failed: report.objects_failed,
+                refused: report.refused.len() as u64,
             },
         });
     }
 
-    let created = jiff::Timestamp::now().to_string();
-    let manifest = Manifest::sign(
+    let key = write_manifest(
+        dst.as_ref(),
+        kek,
+        opts,
+        entries.into_values().collect(),
+        tombstones,
+    )
+    .await?;
+    report.manifest = Some(key);
+    Ok(report)
+}
+
+/// The newest manifest, verified; an integrity failure is audited.
+async fn verified_latest(
+    dst: &dyn ObjectStore,
+    keys: &KeyRing,
+    audit: &AuditLog,
+) -> Result<Option<(String, Manifest)>, TransferError> {
+    latest_manifest(dst, keys).await.inspect_err(|e| {
+        if e.reason() == "IntegrityFailure" {
+            audit.record(
+                "integrity.check",
+                Outcome::Failure,
+                Some("IntegrityFailure"),
+                None,
+            );
+        }
+    })
+}
+
+async fn put_manifest(
+    dst: &dyn ObjectStore,
+    key: &str,
+    manifest: &Manifest,
+) -> Result<(), TransferError> {
+    let body = serde_json::to_vec_pretty(manifest).map_err(|e| TransferError::Encrypt {
+        key: key.into(),
+        reason: e.to_string(),
+    })?;
+    let stream: ByteStream = futures::stream::once(async move { Ok(Bytes::from(body)) }).boxed();
+    dst.put(key, stream).await?;
+    Ok(())
+}
+
+/// Signs and writes this run's manifest; returns its key.
+async fn write_manifest(
+    dst: &dyn ObjectStore,
+    kek: &Kek,
+    opts: &Options,
+    objects: Vec<ManifestEntry>,
+    erased: Vec<Tombstone>,
+) -> Result<String, TransferError> {
+    let now = jiff::Timestamp::now();
+    let manifest = Manifest::sign_with_tombstones(
         kek,
         &opts.run_id,
         &opts.connector,
-        &created,
-        entries.into_values().collect(),
+        &now.to_string(),
+        objects,
+        erased,
     );
-    let body = serde_json::to_vec_pretty(&manifest).map_err(|e| TransferError::Encrypt {
-        key: "manifest".into(),
-        reason: e.to_string(),
-    })?;
-    let key = format!("{MANIFEST_DIR}{}.json", opts.run_id);
-    let stream: ByteStream = futures::stream::once(async move { Ok(Bytes::from(body)) }).boxed();
-    dst.put(&key, stream).await?;
-    report.manifest = Some(key);
+    let key = manifest_key(&opts.run_id, now);
+    put_manifest(dst, &key, &manifest).await?;
+    Ok(key)
+}
+
+/// A right-to-erasure request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EraseRequest {
+    /// Source keys, relative to the source prefix.
+    pub keys: Vec<String>,
+    /// Also delete the source objects.
+    pub from_source: bool,
+}
+
+/// Erases the copies of the requested source keys: deletes each destination
+/// object, removes its entry from every manifest (each signed again), deletes
+/// the source object when asked, and records a tombstone for every key whose
+/// source object is still there, so later runs do not copy it back. Idempotent:
+/// erasing again finds nothing left and reports the keys as erased. One audit
+/// line per key and side.
+pub async fn erase(
+    src: Arc<dyn ObjectStore>,
+    dst: Arc<dyn ObjectStore>,
+    keys: Arc<KeyRing>,
+    request: &EraseRequest,
+    opts: &Options,
+    audit: &AuditLog,
+) -> Result<Report, TransferError> {
+    let kek = keys.current()?;
+    let wanted: BTreeSet<&str> = request.keys.iter().map(String::as_str).collect();
+    for key in &wanted {
+        check_key("erase.keys", key).map_err(|e| TransferError::Erase(e.to_string()))?;
+        if key.starts_with(".ferry/") {
+            return Err(TransferError::Erase(format!(
+                "{key:?} is under .ferry/, where Ferry keeps its own records"
+            )));
+        }
+    }
+    let previous = verified_latest(dst.as_ref(), &keys, audit).await?;
+    let at_destination: BTreeSet<String> = match dst.list().await {
+        Ok(l) => l.into_iter().map(|o| o.key).collect(),
+        Err(StorageError::NoSuchContainer { .. }) => BTreeSet::new(),
+        Err(e) => return Err(e.into()),
+    };
+    let at_source: BTreeSet<String> = src.list().await?.into_iter().map(|o| o.key).collect();
+    let mut report = Report::default();
+    let mut tombstones = previous
+        .as_ref()
+        .map(|(_, m)| m.erased.clone())
+        .unwrap_or_default();
+    let now = jiff::Timestamp::now();
+    let mut first_error = None;
+    for key in &wanted {
+        let mut done = Erased {
+            key: key.to_string(),
+            from_destination: false,
+            from_source: false,
+        };
+        if at_destination.contains(*key) {
+            match dst.delete(key).await {
+                Ok(()) => {
+                    audit.record(
+                        "object.erase",
+                        Outcome::Success,
+                        Some("Destination"),
+                        Some(key),
+                    );
+                    done.from_destination = true;
+                }
+                Err(e) => {
+                    audit.record(
+                        "object.erase",
+                        Outcome::Failure,
+                        Some(e.reason()),
+                        Some(key),
+                    );
+                    report.objects_failed += 1;
+                    first_error.get_or_insert(TransferError::from(e));
+                    continue;
+                }
+            }
+        }
+        let mut source_remains = at_source.contains(*key);
+        if request.from_source && source_remains {
+            match src.delete(key).await {
+                Ok(()) => {
+                    audit.record("object.erase", Outcome::Success, Some("Source"), Some(key));
+                    done.from_source = true;
+                    source_remains = false;
+                }
+                Err(e) => {
+                    let outcome = if e.reason() == "AccessDenied" {
+                        Outcome::Denied
+                    } else {
+                        Outcome::Failure
+                    };
+                    audit.record("object.erase", outcome, Some(e.reason()), Some(key));
+                    report.objects_failed += 1;
+                    first_error.get_or_insert(TransferError::from(e));
+                }
+            }
+        }
+        if source_remains && !tombstones.iter().any(|t| t.key == *key) {
+            tombstones.push(Tombstone {
+                key: key.to_string(),
+                run: opts.run_id.clone(),
+                erased: now.to_string(),
+            });
+        }
+        report.erased.push(done);
+    }
+    tombstones.sort_by(|a, b| a.key.cmp(&b.key));
+
+    // Every manifest that still lists an erased key is rewritten without it.
+    let manifests: Vec<String> = at_destination
+        .iter()
+        .filter(|k| k.starts_with(MANIFEST_DIR) && k.ends_with(".json"))
+        .cloned()
+        .collect();
+    for mkey in &manifests {
+        let mut m = read_manifest(dst.as_ref(), mkey, &keys).await?;
+        let before = m.objects.len();
+        m.objects.retain(|e| !wanted.contains(e.key.as_str()));
+        if m.objects.len() != before {
+            m.resign(kek);
+            put_manifest(dst.as_ref(), mkey, &m).await?;
+            audit.record(
+                "manifest.rewrite",
+                Outcome::Success,
+                Some("Erasure"),
+                Some(mkey),
+            );
+        }
+    }
+    if report.objects_failed > 0 {
+        return Err(match first_error {
+            Some(e) if report.objects_failed == 1 => e,
+            _ => TransferError::Incomplete {
+                failed: report.objects_failed,
+                refused: 0,
+            },
+        });
+    }
+    // A new manifest carries the remaining entries and the tombstones forward.
+    let objects = previous
+        .map(|(_, m)| {
+            m.objects
+                .into_iter()
+                .filter(|e| !wanted.contains(e.key.as_str()))
+                .collect()
+        })
+        .unwrap_or_default();
+    report.manifest = Some(write_manifest(dst.as_ref(), kek, opts, objects, tombstones).await?);
     Ok(report)
 }
 
@@ -360,12 +648,13 @@ async fn copy_with_retry(
     dst: &dyn ObjectStore,
     kek: &Kek,
     obj: &ObjectMeta,
+    fields: Option<&[String]>,
     opts: &Options,
 ) -> Result<ManifestEntry, TransferError> {
     let mut delay = opts.backoff;
     let mut attempt = 1;
     loop {
-        match copy_one(src, dst, kek, obj).await {
+        match copy_one(src, dst, kek, obj, fields).await {
             Err(TransferError::Storage(e)) if e.is_transient() && attempt < opts.attempts => {
                 tracing::warn!(error = %e, attempt, "transient error, retrying");
                 tokio::time::sleep(jitter(delay)).await;
@@ -386,14 +675,23 @@ fn jitter(d: Duration) -> Duration {
     d / 2 + d.mul_f64(f64::from(r) / f64::from(u16::MAX) / 2.0)
 }
 
-/// Copies one object: read, hash, encrypt, hash, write atomically.
+/// Why producing an object's encrypted bytes stopped.
+enum Produce {
+    Projection(ProjectionError),
+    Other(String),
+}
+
+/// Copies one object: read, project (when minimised), hash, encrypt, hash,
+/// write atomically.
 async fn copy_one(
     src: &dyn ObjectStore,
     dst: &dyn ObjectStore,
     kek: &Kek,
     obj: &ObjectMeta,
+    fields: Option<&[String]>,
 ) -> Result<ManifestEntry, TransferError> {
     let started = Instant::now();
+    let mut projector = fields.map(|f| Projector::new(&obj.key, f)).transpose()?;
     let mut input = src.get(&obj.key, None).await?;
     let mut enc = ObjectEncrypter::new(kek, &obj.key).map_err(|e| TransferError::Encrypt {
         key: obj.key.clone(),
@@ -405,12 +703,19 @@ async fn copy_one(
     let producer = async move {
         let mut plain_hash = Sha256::new();
         let mut cipher_hash = Sha256::new();
-        let (mut plain_len, mut cipher_len) = (0u64, 0u64);
+        let (mut read_len, mut plain_len, mut cipher_len) = (0u64, 0u64, 0u64);
         let mut out = Vec::with_capacity(WRITE_CHUNK + (1 << 16));
-        let fail = |reason: String| StorageError::Source {
-            endpoint: src_name.clone(),
-            key: key.clone(),
-            reason,
+        let mut projected = Vec::new();
+        let abort = |reason: String| {
+            let tx = tx.clone();
+            let e = StorageError::Source {
+                endpoint: src_name.clone(),
+                key: key.clone(),
+                reason,
+            };
+            async move {
+                let _ = tx.send(Err(e)).await;
+            }
         };
         let send = |buf: Vec<u8>, hash: &mut Sha256, len: &mut u64| {
             hash.update(&buf);
@@ -418,43 +723,75 @@ async fn copy_one(
             let tx = tx.clone();
             async move { tx.send(Ok(Bytes::from(buf))).await.is_ok() }
         };
-        while let Some(chunk) = input.next().await {
-            let chunk = match chunk {
-                Ok(c) => c,
-                Err(e) => {
-                    let reason = e.to_string();
-                    let _ = tx.send(Err(e)).await;
-                    return Err(reason);
+        let mut chunks_done = false;
+        loop {
+            let chunk = if chunks_done {
+                None
+            } else {
+                match input.next().await {
+                    Some(Ok(c)) => Some(c),
+                    Some(Err(e)) => {
+                        let reason = e.to_string();
+                        let _ = tx.send(Err(e)).await;
+                        return Err(Produce::Other(reason));
+                    }
+                    None => {
+                        chunks_done = true;
+                        None
+                    }
                 }
             };
-            plain_hash.update(&chunk);
-            plain_len += chunk.len() as u64;
-            if let Err(e) = enc.push(&chunk, &mut out) {
-                let _ = tx.send(Err(fail(e.to_string()))).await;
-                return Err(e.to_string());
+            if let Some(c) = &chunk {
+                read_len += c.len() as u64;
+            }
+            // What is encrypted: the chunk itself, or what projection made of it.
+            let plain: &[u8] = match (&mut projector, &chunk) {
+                (None, Some(c)) => c,
+                (None, None) => break,
+                (Some(p), c) => {
+                    projected.clear();
+                    let r = match c {
+                        Some(c) => p.push(c, &mut projected),
+                        None => p.finish(&mut projected),
+                    };
+                    if let Err(e) = r {
+                        abort(e.to_string()).await;
+                        return Err(Produce::Projection(e));
+                    }
+                    &projected
+                }
+            };
+            plain_hash.update(plain);
+            plain_len += plain.len() as u64;
+            if let Err(e) = enc.push(plain, &mut out) {
+                abort(e.to_string()).await;
+                return Err(Produce::Other(e.to_string()));
             }
             if out.len() >= WRITE_CHUNK {
                 let buf = std::mem::replace(&mut out, Vec::with_capacity(WRITE_CHUNK + (1 << 16)));
                 if !send(buf, &mut cipher_hash, &mut cipher_len).await {
-                    return Err("destination closed".into());
+                    return Err(Produce::Other("destination closed".into()));
                 }
             }
+            if chunk.is_none() {
+                break;
+            }
         }
-        if plain_len != obj.size {
+        if read_len != obj.size {
             let e = StorageError::ChangedDuringRead {
                 endpoint: src_name.clone(),
                 key: key.clone(),
             };
             let reason = e.to_string();
             let _ = tx.send(Err(e)).await;
-            return Err(reason);
+            return Err(Produce::Other(reason));
         }
         if let Err(e) = enc.finish(&mut out) {
-            let _ = tx.send(Err(fail(e.to_string()))).await;
-            return Err(e.to_string());
+            abort(e.to_string()).await;
+            return Err(Produce::Other(e.to_string()));
         }
         if !send(out, &mut cipher_hash, &mut cipher_len).await {
-            return Err("destination closed".into());
+            return Err(Produce::Other("destination closed".into()));
         }
         drop(tx);
         Ok((
@@ -468,12 +805,19 @@ async fn copy_one(
         futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) })
             .boxed();
     let (produced, written) = tokio::join!(producer, dst.put(&obj.key, body));
+    // The producer's own failure says more than the aborted write it caused.
+    let (size, sha256, encrypted_size, encrypted_sha256) = match produced {
+        Ok(p) => p,
+        Err(Produce::Projection(e)) => return Err(e.into()),
+        Err(Produce::Other(reason)) => {
+            written?;
+            return Err(TransferError::Encrypt {
+                key: obj.key.clone(),
+                reason,
+            });
+        }
+    };
     let written = written?;
-    let (size, sha256, encrypted_size, encrypted_sha256) =
-        produced.map_err(|reason| TransferError::Encrypt {
-            key: obj.key.clone(),
-            reason,
-        })?;
     if written != encrypted_size {
         return Err(TransferError::Encrypt {
             key: obj.key.clone(),
@@ -489,5 +833,7 @@ async fn copy_one(
         encrypted_sha256,
         source_modified: obj.modified.clone(),
         source_etag: obj.etag.clone(),
+        source_size: fields.map(|_| obj.size),
+        fields: fields.map(<[String]>::to_vec).unwrap_or_default(),
     })
 }

@@ -291,6 +291,90 @@ fn an_inline_secret_field_is_refused_not_ignored() {
     assert!(!out.contains("CANARY"), "{out}");
 }
 
+/// A new bucket on the S3 test server, in `region`.
+fn create_bucket(endpoint: &str, prefix: &str, region: &str) -> String {
+    let mut b = [0u8; 4];
+    ferry_runner::crypto::aead::random_bytes(&mut b).unwrap();
+    let bucket = format!("{prefix}-{}", hex::encode(b));
+    let body = format!(
+        "<CreateBucketConfiguration xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><LocationConstraint>{region}</LocationConstraint></CreateBucketConfiguration>"
+    );
+    let created = Command::new("curl")
+        .args(["-sf", "-o", "/dev/null", "-X", "PUT"])
+        .args(["-H", "Content-Type: application/xml", "--data", &body])
+        .arg(format!("{endpoint}/{bucket}"))
+        .status()
+        .unwrap();
+    assert!(created.success(), "create bucket {bucket} in {region}");
+    bucket
+}
+
+/// Residency as the store reports it: a bucket declared in the tenant's region
+/// but really elsewhere is refused before anything is read or written, with an
+/// audit line naming the systems and the reason.
+#[test]
+fn a_bucket_outside_the_tenant_region_is_refused_whatever_it_declares() {
+    let endpoint =
+        std::env::var("FERRY_S3_ENDPOINT").expect("FERRY_S3_ENDPOINT: run through `make test`");
+    let dir = setup();
+    let d = dir.path();
+    let bucket = create_bucket(&endpoint, "elsewhere", "us-west-2");
+    std::fs::create_dir_all(d.join("secrets/kek")).unwrap();
+    std::fs::write(d.join("secrets/kek/kek"), [9u8; 32]).unwrap();
+    std::fs::create_dir_all(d.join("secrets/s3")).unwrap();
+    std::fs::write(d.join("secrets/s3/accessKeyId"), "testing").unwrap();
+    std::fs::write(d.join("secrets/s3/secretAccessKey"), "CANARY-s3-secret").unwrap();
+    let connector = std::fs::read_to_string(d.join("connector.yaml"))
+        .unwrap()
+        .replace(
+            "destination: {local: {path: dst, region: eu-west-1}}",
+            &format!("destination: {{s3: {{bucket: {bucket}, prefix: out/, region: eu-west-1, endpoint: \"{endpoint}\", forcePathStyle: true, insecurePlainHttpOnLoopback: true, credentials: {{secretRef: {{name: s3}}}}}}}}"),
+        );
+    std::fs::write(d.join("s3.yaml"), connector).unwrap();
+    let o = runner(
+        d,
+        &[
+            "run",
+            "--connector",
+            "s3.yaml",
+            "--secrets-dir",
+            "secrets",
+            "--tenant-region",
+            "eu-west-1",
+            "--run-id",
+            "moved-1",
+            "--audit-log",
+            "audit.jsonl",
+        ],
+    );
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("is in region \"us-west-2\" (as the store reports), outside the tenant's region \"eu-west-1\""),
+        "{}",
+        text(&o)
+    );
+    let audit = std::fs::read_to_string(d.join("audit.jsonl")).unwrap();
+    assert!(!audit.contains("CANARY") && !text(&o).contains("CANARY"));
+    let denied: serde_json::Value = audit
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|r| r["action"] == "policy.residency")
+        .expect("a policy.residency audit line");
+    assert_eq!(denied["outcome"], "denied");
+    assert_eq!(denied["reason"], "ResidencyViolation");
+    assert_eq!(denied["run"], "moved-1");
+    assert_eq!(denied["tenant"], "tenant-a");
+    assert_eq!(denied["connector"], "cli");
+    assert_eq!(denied["source"], "local:src");
+    assert_eq!(denied["destination"], format!("s3://{bucket}/out/"));
+    // Nothing was written.
+    let listed = Command::new("curl")
+        .args(["-sf", &format!("{endpoint}/{bucket}?list-type=2")])
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&listed.stdout).contains("<Key>"));
+}
+
 /// Local folder to S3 (the moto server of the test services) through the CLI,
 /// then verify and decrypt the remote destination through the Connector.
 #[test]
@@ -299,21 +383,7 @@ fn run_verify_and_decrypt_a_remote_destination() {
         std::env::var("FERRY_S3_ENDPOINT").expect("FERRY_S3_ENDPOINT: run through `make test`");
     let dir = setup();
     let d = dir.path();
-    let mut b = [0u8; 4];
-    ferry_runner::crypto::aead::random_bytes(&mut b).unwrap();
-    let bucket = format!("cli-{}", hex::encode(b));
-    let created = Command::new("curl")
-        .args([
-            "-sf",
-            "-o",
-            "/dev/null",
-            "-X",
-            "PUT",
-            &format!("{endpoint}/{bucket}"),
-        ])
-        .status()
-        .unwrap();
-    assert!(created.success());
+    let bucket = create_bucket(&endpoint, "cli", "eu-west-1");
     std::fs::create_dir_all(d.join("secrets/s3")).unwrap();
     std::fs::write(d.join("secrets/s3/accessKeyId"), "testing").unwrap();
     std::fs::write(d.join("secrets/s3/secretAccessKey"), "CANARY-s3-secret").unwrap();

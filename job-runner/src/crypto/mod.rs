@@ -11,4 +11,4 @@ pub mod streaming;
 
 pub use envelope::{EnvelopeError, ObjectDecrypter, ObjectEncrypter};
 pub use keys::{Kek, KeyError, KeyRing};
-pub use manifest::{Finding, Manifest, ManifestEntry, ManifestError};
+pub use manifest::{Finding, Manifest, ManifestEntry, ManifestError, Tombstone};
