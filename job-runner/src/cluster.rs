@@ -266,6 +266,8 @@ pub struct Settings {
     pub base_dir: std::path::PathBuf,
     /// Least time between two progress reports.
     pub progress_every: Duration,
+    /// Where lineage events go, if anywhere.
+    pub lineage: Option<crate::lineage::Sink>,
 }
 
 /// One attempt, start to end: load the run, fetch the Secrets, transfer (with
@@ -319,6 +321,20 @@ async fn attempt_inner(
         keys: e.keys.clone(),
         from_source: e.from_source,
     });
+    // One OpenLineage run per attempt: the run's uid and the attempt name it.
+    let lineage = settings.lineage.clone().and_then(|sink| {
+        crate::lineage::Lineage::for_run(
+            &connector.spec,
+            &run.namespace,
+            connector.metadata.name.as_deref().unwrap_or_default(),
+            &format!(
+                "{}/{}",
+                cr.metadata.uid.as_deref().unwrap_or(&run.name),
+                run.attempt
+            ),
+            sink,
+        )
+    });
     let secrets = fetch_secrets(client, &run.namespace, &connector.spec).await?;
     let job = Job {
         connector: &connector,
@@ -328,6 +344,7 @@ async fn attempt_inner(
         run_id: &run.name,
         concurrency: settings.concurrency,
         base_dir: &settings.base_dir,
+        lineage: lineage.as_ref(),
     };
     let ticker = spawn_progress(reporter.clone(), progress.clone(), settings.progress_every);
     let reread = || fetch_secrets(client, &run.namespace, &connector.spec);

@@ -13,6 +13,7 @@ use ferry_crds::{Connector, DataResidency};
 use crate::audit::{AuditLog, Outcome};
 use crate::config::{self, SecretsDir};
 use crate::crypto::KeyRing;
+use crate::lineage::{EventType, Lineage};
 use crate::storage::{ObjectStore, StorageError};
 use crate::transfer::{self, EraseRequest, Mode, Options, Progress, Report};
 
@@ -32,6 +33,8 @@ pub struct Job<'a> {
     pub concurrency: usize,
     /// Base folder of relative local paths.
     pub base_dir: &'a Path,
+    /// Where OpenLineage events of a sync go (runs touching sensitive streams).
+    pub lineage: Option<&'a Lineage>,
 }
 
 /// Why a run failed: a stable reason and a message naming the endpoint and
@@ -179,9 +182,50 @@ async fn check_store_region(
     }
 }
 
+/// Sends a lineage event of a sync; a sink that fails is logged and audited, the
+/// run goes on.
+async fn lineage_event(job: &Job<'_>, kind: EventType, error: Option<&str>, audit: &AuditLog) {
+    let Some(lineage) = job.lineage.filter(|_| job.mode == Mode::Sync) else {
+        return;
+    };
+    match lineage.emit(kind, error).await {
+        Ok(()) => audit.record("lineage.emit", Outcome::Success, None, None),
+        Err(e) => {
+            tracing::warn!(error = %e, "lineage event not delivered");
+            audit.record(
+                "lineage.emit",
+                Outcome::Failure,
+                Some("LineageSinkFailed"),
+                None,
+            );
+        }
+    }
+}
+
+/// Runs the job, between lineage START and COMPLETE/FAIL events.
+pub async fn execute_with_rotation<F, Fut>(
+    job: Job<'_>,
+    secrets: SecretsDir,
+    reread: F,
+    audit: &AuditLog,
+    progress: Arc<Progress>,
+) -> Result<Report, Failure>
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<SecretsDir, Failure>>,
+{
+    lineage_event(&job, EventType::Start, None, audit).await;
+    let outcome = rotating(job, secrets, reread, audit, progress).await;
+    match &outcome {
+        Ok(_) => lineage_event(&job, EventType::Complete, None, audit).await,
+        Err(f) => lineage_event(&job, EventType::Fail, Some(&f.to_string()), audit).await,
+    }
+    outcome
+}
+
 /// Runs the job; after an authentication failure reads the Secrets again with
 /// `reread` and, if they changed, tries once more.
-pub async fn execute_with_rotation<F, Fut>(
+async fn rotating<F, Fut>(
     job: Job<'_>,
     secrets: SecretsDir,
     reread: F,

@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod config;
 pub mod crypto;
 pub mod job;
+pub mod lineage;
 pub mod project;
 pub mod readback;
 pub mod select;

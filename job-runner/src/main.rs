@@ -20,6 +20,7 @@ use ferry_runner::cluster::{self, RunRef};
 use ferry_runner::config::{self, SecretsDir};
 use ferry_runner::crypto::{Kek, KeyRing};
 use ferry_runner::job::{self, Job};
+use ferry_runner::lineage;
 use ferry_runner::readback;
 use ferry_runner::storage::ObjectStore;
 use ferry_runner::storage::local::LocalStore;
@@ -50,6 +51,31 @@ enum RunMode {
     Sync,
     Plan,
     Erase,
+}
+
+/// Where lineage events go (runs touching streams tagged sensitive).
+#[derive(clap::Args, Clone)]
+struct LineageArgs {
+    /// POST OpenLineage run events to this URL (https; http only to a loopback
+    /// host with --lineage-allow-plain-loopback).
+    #[arg(long, env = "FERRY_LINEAGE_URL", conflicts_with = "lineage_file")]
+    lineage_url: Option<String>,
+    /// Append OpenLineage run events to this file, one per line.
+    #[arg(long, env = "FERRY_LINEAGE_FILE")]
+    lineage_file: Option<PathBuf>,
+    /// Allow an http:// lineage URL on a loopback host.
+    #[arg(long, env = "FERRY_LINEAGE_ALLOW_PLAIN_LOOPBACK")]
+    lineage_allow_plain_loopback: bool,
+}
+
+impl LineageArgs {
+    fn sink(&self) -> Result<Option<lineage::Sink>, BoxError> {
+        Ok(match (&self.lineage_url, &self.lineage_file) {
+            (Some(url), _) => Some(lineage::Sink::http(url, self.lineage_allow_plain_loopback)?),
+            (None, Some(path)) => Some(lineage::Sink::File(path.clone())),
+            (None, None) => None,
+        })
+    }
 }
 
 /// Arguments of `job-runner run`.
@@ -87,6 +113,8 @@ struct RunArgs {
     /// Base folder of relative local paths in the Connector.
     #[arg(long, default_value = ".")]
     base_dir: PathBuf,
+    #[command(flatten)]
+    lineage: LineageArgs,
 }
 
 /// Arguments of `job-runner cluster`, all from the pod's environment.
@@ -113,6 +141,8 @@ struct ClusterArgs {
     /// Base folder of relative local paths.
     #[arg(long, env = "FERRY_BASE_DIR", default_value = ".")]
     base_dir: PathBuf,
+    #[command(flatten)]
+    lineage: LineageArgs,
 }
 
 #[derive(Subcommand)]
@@ -355,7 +385,9 @@ async fn run(args: RunArgs) -> Result<(), BoxError> {
         concurrency,
         audit_log,
         base_dir,
+        lineage,
     } = args;
+    let sink = lineage.sink()?;
     if !matches!(mode, RunMode::Erase) && (!erase_keys.is_empty() || erase_from_source) {
         return Err("--erase-key and --erase-from-source go with --mode erase".into());
     }
@@ -396,6 +428,15 @@ async fn run(args: RunArgs) -> Result<(), BoxError> {
         &connector.spec.source.system(),
         &connector.spec.destination.system(),
     );
+    let lineage = sink.and_then(|sink| {
+        lineage::Lineage::for_run(
+            &connector.spec,
+            &namespace,
+            &name,
+            &format!("local/{namespace}/{run_id}"),
+            sink,
+        )
+    });
     let dir = SecretsDir::new(secrets_dir);
     let secrets = dir.snapshot(&connector.spec);
     let job = Job {
@@ -410,6 +451,7 @@ async fn run(args: RunArgs) -> Result<(), BoxError> {
         run_id: &run_id,
         concurrency: usize::from(concurrency),
         base_dir: &base_dir,
+        lineage: lineage.as_ref(),
     };
     audit.record("run.started", Outcome::Success, None, None);
     let reread = || async { Ok(dir.snapshot(&connector.spec)) };
@@ -485,6 +527,7 @@ async fn cluster(args: ClusterArgs) -> Result<(), BoxError> {
         concurrency: usize::from(args.concurrency),
         base_dir: args.base_dir,
         progress_every: std::time::Duration::from_secs(args.progress_interval.max(1)),
+        lineage: args.lineage.sink()?,
     };
     let (outcome, reported) =
         cluster::attempt(&client, &run, &settings, Box::new(std::io::stdout())).await;

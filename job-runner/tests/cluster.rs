@@ -114,6 +114,7 @@ fn settings(base: &std::path::Path) -> Settings {
         concurrency: 2,
         base_dir: base.to_path_buf(),
         progress_every: Duration::from_millis(50),
+        lineage: None,
     }
 }
 
@@ -300,6 +301,7 @@ async fn rotated_credentials_are_read_again_once() {
         run_id: "sales-1",
         concurrency: 2,
         base_dir: f.dir.path(),
+        lineage: None,
     };
     let secrets: Api<Secret> = Api::namespaced(f.client.clone(), NS);
     let reads = std::sync::atomic::AtomicUsize::new(0);
