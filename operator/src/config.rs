@@ -29,6 +29,9 @@ pub struct Config {
     pub allow_local_endpoints: bool,
     /// `RUST_LOG` of the runner.
     pub runner_log: String,
+    /// Where runners send OpenLineage events of runs touching sensitive streams
+    /// (an https URL); none when unset.
+    pub lineage_url: Option<String>,
 }
 
 impl Default for Config {
@@ -50,6 +53,7 @@ impl Default for Config {
             api_server_ports: vec![443, 6443],
             allow_local_endpoints: false,
             runner_log: "info".into(),
+            lineage_url: None,
         }
     }
 }

@@ -50,6 +50,10 @@ struct Args {
     /// RUST_LOG of the runner.
     #[arg(long, env = "FERRY_RUNNER_LOG", default_value = "info")]
     runner_log: String,
+    /// Where runners POST OpenLineage events of runs touching sensitive streams
+    /// (https).
+    #[arg(long, env = "FERRY_LINEAGE_URL")]
+    lineage_url: Option<String>,
     /// Size of the runner's memory-backed /tmp.
     #[arg(long, env = "FERRY_RUNNER_SCRATCH_SIZE", default_value = "64Mi")]
     runner_scratch_size: String,
@@ -202,6 +206,7 @@ async fn run_operator(args: Args) -> Result<(), BoxError> {
         scratch_size: args.runner_scratch_size.clone(),
         api_server_ports: args.api_server_ports.clone(),
         allow_local_endpoints: args.allow_local_endpoints,
+        lineage_url: args.lineage_url.clone(),
         ..Config::default()
     };
 

@@ -319,6 +319,39 @@ fn the_network_policy_denies_ingress_and_limits_egress() {
 }
 
 #[test]
+fn a_lineage_sink_is_passed_to_the_runner_and_let_through_the_network_policy() {
+    let s = spec(CONNECTOR);
+    let config = Config {
+        lineage_url: Some("https://lineage.example.com:5443/api/v1/lineage".into()),
+        ..Config::default()
+    };
+    let o = build(RunInput {
+        run: &run(),
+        spec: &s,
+        attempt: 1,
+        tenant_region: Some("eu-west-1"),
+        config: &config,
+    })
+    .expect("builds");
+    let env = o.pod.spec.unwrap().containers[0].env.clone().unwrap();
+    assert!(env.iter().any(|e| e.name == "FERRY_LINEAGE_URL"
+        && e.value.as_deref() == Some("https://lineage.example.com:5443/api/v1/lineage")));
+    let egress = serde_json::to_value(o.network_policy.spec.unwrap().egress.unwrap()).unwrap();
+    assert!(
+        egress[1]["ports"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!({"protocol": "TCP", "port": 5443}))
+    );
+    // Without a sink, no variable.
+    let env = objects(&s, 1).pod.spec.unwrap().containers[0]
+        .env
+        .clone()
+        .unwrap();
+    assert!(!env.iter().any(|e| e.name == "FERRY_LINEAGE_URL"));
+}
+
+#[test]
 fn the_tenants_knobs_are_carried_over_but_not_the_image() {
     let s = spec(&format!(
         "{CONNECTOR}  run:

@@ -118,8 +118,14 @@ for d in default:
 view = next(d for d in default if d["metadata"]["name"] == "ferry-view")
 ok(view["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"] == "true", "ferry-view folds into view")
 
+# Lineage: the URL reaches the operator's arguments; plain http is refused.
+lineage = render("lineage.url=https://lineage.example.com/api/v1/lineage")
+args = next(d for d in lineage if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+ok("--lineage-url=https://lineage.example.com/api/v1/lineage" in args, f"lineage URL passed on: {args}")
+ok(not any(a.startswith("--lineage-url") for a in next(d for d in default if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]), "no lineage by default")
+
 # Values that break the schema fail at install.
-for bad in ["operator.replicas=0", "operator.logFormat=xml", "operatr.replicas=2", "metrics.port=80", "watchNamespaces={Bad_NS}"]:
+for bad in ["operator.replicas=0", "operator.logFormat=xml", "operatr.replicas=2", "metrics.port=80", "watchNamespaces={Bad_NS}", "lineage.url=http://lineage.example.com"]:
     run("helm", "template", "ferry", str(CHART), "--set", bad, expect_ok=False)
 
 # The alert rules.

@@ -263,6 +263,11 @@ pub fn network_policy(input: RunInput<'_>) -> Result<NetworkPolicy, BuildError> 
     };
     let mut tcp: Vec<i32> = input.config.api_server_ports.clone();
     tcp.extend(endpoint_ports(input.spec));
+    if let Some(url) = &input.config.lineage_url {
+        tcp.push(url_port(url));
+    }
+    tcp.sort_unstable();
+    tcp.dedup();
     tcp.sort_unstable();
     tcp.dedup();
     Ok(NetworkPolicy {
@@ -372,6 +377,9 @@ pub fn pod(input: RunInput<'_>) -> Result<Pod, BuildError> {
     ];
     if let Some(region) = input.tenant_region {
         env_vars.push(env("FERRY_TENANT_REGION", region));
+    }
+    if let Some(url) = &input.config.lineage_url {
+        env_vars.push(env("FERRY_LINEAGE_URL", url.clone()));
     }
     let mut volumes = vec![
         Volume {
