@@ -362,6 +362,52 @@ async fn authentication_failures_are_not_retried() {
 }
 
 #[tokio::test]
+async fn a_refusal_only_the_runner_can_see_is_a_policy_violation() {
+    let w = World::new(namespace(Some("eu-west-1"), None)).await;
+    w.create_connector(CONNECTOR).await;
+    w.create_run("r1", "sales").await;
+    w.reconcile_run("r1").await;
+    w.runner_reports(
+        "r1",
+        json!({"attempt": 1, "objectsCopied": 0, "objectsSkipped": 0, "bytesRead": 0, "bytesWritten": 0,
+               "error": {"reason": "ResidencyViolation", "message": "destination s3://acme-bronze/ is in region \"us-east-1\" (as the store reports), outside the tenant's region \"eu-west-1\"", "retryable": false}}),
+    )
+    .await;
+    w.set_pod_status("r1-1", json!({"phase": "Failed"})).await;
+    let s = w.reconcile_run("r1").await.status.unwrap();
+    assert_eq!(s.phase, Some(RunPhase::Failed));
+    assert_eq!(s.reason.as_deref(), Some("ResidencyViolation"));
+    assert_eq!(s.attempts, Some(1), "no retry");
+    let violation = s
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "PolicyViolation")
+        .expect("a PolicyViolation condition");
+    assert_eq!(
+        (violation.status.as_str(), violation.reason.as_str()),
+        ("True", "ResidencyViolation")
+    );
+    let events = w.events().await;
+    assert!(events.iter().any(|e| e.type_.as_deref() == Some("Warning")
+        && e.reason.as_deref() == Some("ResidencyViolation")));
+    assert!(
+        w.ctx
+            .metrics
+            .render()
+            .contains("ferry_policy_denials_total{reason=\"ResidencyViolation\"} 1")
+    );
+    let line = w
+        .audit_lines()
+        .into_iter()
+        .find(|l| l["action"] == "run.finished")
+        .unwrap();
+    assert_eq!(
+        (line["outcome"].as_str(), line["reason"].as_str()),
+        (Some("failure"), Some("ResidencyViolation"))
+    );
+}
+
+#[tokio::test]
 async fn deadline_exceeded_fails_the_run() {
     let w = World::new(namespace(Some("eu-west-1"), None)).await;
     w.create_connector(CONNECTOR).await;

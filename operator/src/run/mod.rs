@@ -262,10 +262,27 @@ async fn advance(subject: Subject<'_>, mut status: ConnectorRunStatus) -> Result
                     .with_label_values(&[namespace, &run.spec.connector_ref.name])
                     .inc();
             }
+            if let Some(policy) = RUNNER_POLICY_REASONS.iter().find(|r| **r == reason) {
+                // Refused by the runner (what only it can see: where a bucket
+                // really is, an object's stream, a file that cannot be minimised).
+                ctx.metrics
+                    .policy_denials_total
+                    .with_label_values(&[policy])
+                    .inc();
+            }
             finish(subject, status, RunPhase::Failed, &reason, message).await
         }
     }
 }
+
+/// Failure reasons of the runner that are policy refusals: counted with the
+/// operator's own denials and shown as a PolicyViolation condition.
+const RUNNER_POLICY_REASONS: [&str; 4] = [
+    "ResidencyViolation",
+    "SensitivityNotAllowed",
+    "NotProjectable",
+    "ObjectsRefused",
+];
 
 fn summary(mode: RunMode, result: Option<&ferry_crds::RunResult>) -> String {
     let Some(r) = result else {
@@ -419,7 +436,7 @@ async fn finish(
     let (complete, failed, violation) = match phase {
         RunPhase::Succeeded => (true, false, false),
         RunPhase::Rejected => (false, true, true),
-        _ => (false, true, false),
+        _ => (false, true, RUNNER_POLICY_REASONS.contains(&reason)),
     };
     conditions::set(
         &mut status.conditions,
