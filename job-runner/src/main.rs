@@ -230,9 +230,7 @@ fn main() -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let builder = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        );
+        .with_env_filter(log_filter());
     match cli.log_format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.without_time().with_target(false).init(),
@@ -257,6 +255,43 @@ fn main() -> ExitCode {
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Libraries that hold credentials or see signed requests and log them at
+/// debug or trace level (the AWS SDK logs the access key id and the signed
+/// request): capped at info whatever RUST_LOG asks.
+const CREDENTIAL_HANDLERS: [&str; 16] = [
+    "aws_config",
+    "aws_credential_types",
+    "aws_runtime",
+    "aws_sdk_s3",
+    "aws_sdk_sts",
+    "aws_sigv4",
+    "aws_smithy_http_client",
+    "aws_smithy_runtime",
+    "azure_core",
+    "h2",
+    "hyper",
+    "hyper_util",
+    "object_store",
+    "reqwest",
+    "russh",
+    "russh_sftp",
+];
+
+/// RUST_LOG (default `info`), with the credential handlers capped at info.
+fn log_filter() -> tracing_subscriber::EnvFilter {
+    let requested = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
+    // Later directives for the same target win, so the caps go last.
+    let caps: Vec<String> = CREDENTIAL_HANDLERS
+        .iter()
+        .map(|t| format!("{t}=info"))
+        .collect();
+    let spec = format!("{requested},{}", caps.join(","));
+    tracing_subscriber::EnvFilter::try_new(&spec).unwrap_or_else(|e| {
+        eprintln!("job-runner: ignoring RUST_LOG ({e}); logging at info");
+        tracing_subscriber::EnvFilter::new(format!("info,{}", caps.join(",")))
+    })
+}
 
 async fn dispatch(command: Command) -> Result<(), BoxError> {
     match command {
