@@ -55,7 +55,7 @@ apt_install() {
 install() {
   mkdir -p "$FERRY_CACHE" "$BIN"
   # OpenSSH server (SFTP), Prometheus' promtool, Lua 5.4, rclone (benchmarks), make, curl.
-  apt_install openssh-server openssh-client prometheus lua5.4 rclone make curl unzip
+  apt_install openssh-server openssh-client prometheus lua5.4 rclone make curl unzip openssl
 
   # Python tools: Google Tink, moto (S3), the OpenLineage client, the Azure SDK (to set
   # up Azurite containers in tests), the Helm/kubectl layer.

@@ -76,6 +76,22 @@ pub struct AzureStore {
 }
 
 /// Removes query strings (which may hold a SAS signature) from an error text.
+/// The error and the causes it does not already say (the cause of "error
+/// sending request" is where TLS and connection failures are named).
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cur = c.source();
+    }
+    text
+}
+
 fn redact(text: &str) -> String {
     text.split_whitespace()
         .map(|w| match w.find('?') {
@@ -162,7 +178,7 @@ impl AzureStore {
 
     fn error(&self, e: object_store::Error, key: Option<&str>) -> StorageError {
         let endpoint = self.name.clone();
-        let text = redact(&e.to_string());
+        let text = redact(&with_causes(&e));
         match e {
             object_store::Error::NotFound { .. } if key.is_some() => StorageError::NotFound {
                 endpoint,
