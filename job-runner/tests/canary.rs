@@ -228,3 +228,100 @@ fn no_secret_value_appears_on_success_or_failure() {
     assert!(all.contains("InvalidEncryptionKey"), "{all}");
     assert_clean(&env, "bad KEK", &all);
 }
+
+/// Debug of every type that holds a credential, and of the stores and
+/// configurations around them, prints no secret value (`{:?}` and `{:#?}`).
+#[test]
+fn debug_output_of_credential_types_holds_no_secret() {
+    use ferry_runner::config::SecretsDir;
+    use ferry_runner::crypto::{Kek, KeyRing};
+    use ferry_runner::storage::azure::{AzureAuth, AzureConfig, AzureStore};
+    use ferry_runner::storage::s3::{S3Auth, S3Config, S3Store};
+    use ferry_runner::storage::sftp::{HostKeyCheck, SftpAuth, SftpConfig, SftpStore};
+    use zeroize::Zeroizing;
+
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let z = |s: &str| Zeroizing::new(s.to_string());
+    let s3_auth = S3Auth::Static {
+        access_key_id: z(S3_KEY_ID),
+        secret_access_key: z(S3_SECRET),
+        session_token: Some(z("CANARY-session-token")),
+    };
+    let s3_config = S3Config {
+        bucket: "b".into(),
+        prefix: String::new(),
+        region: "eu-west-1".into(),
+        endpoint: None,
+        force_path_style: false,
+        insecure_plain_http_on_loopback: false,
+        auth: s3_auth.clone(),
+    };
+    let azure_auths = [
+        AzureAuth::AccountKey(z(&azure_key())),
+        AzureAuth::Sas(z("sv=2024&sig=CANARY-sas-signature")),
+        AzureAuth::ClientSecret {
+            tenant_id: "t".into(),
+            client_id: "c".into(),
+            client_secret: z("CANARY-client-secret"),
+        },
+    ];
+    let sftp_auths = [
+        SftpAuth::Key {
+            private_key: z(
+                "-----BEGIN OPENSSH PRIVATE KEY-----\nCANARY-key-body\n-----END OPENSSH PRIVATE KEY-----",
+            ),
+            passphrase: Some(z(PASSPHRASE)),
+        },
+        SftpAuth::Password(z("CANARY-password")),
+    ];
+    let mut printed = vec![
+        format!("{s3_auth:?} {s3_auth:#?} {s3_config:?} {s3_config:#?}"),
+        format!("{:?}", S3Store::new(s3_config.clone()).unwrap()),
+    ];
+    for auth in azure_auths {
+        let config = AzureConfig {
+            account: "a".into(),
+            container: "c".into(),
+            prefix: String::new(),
+            endpoint: None,
+            insecure_plain_http_on_loopback: false,
+            auth: auth.clone(),
+        };
+        printed.push(format!("{auth:?} {auth:#?} {config:?} {config:#?}"));
+        printed.push(format!("{:?}", AzureStore::new(config).unwrap()));
+    }
+    for auth in sftp_auths {
+        let config = SftpConfig {
+            host: "h".into(),
+            port: 22,
+            path: "p".into(),
+            username: "u".into(),
+            auth: auth.clone(),
+            host_key: HostKeyCheck::Fingerprint("SHA256:x".into()),
+        };
+        printed.push(format!("{auth:?} {auth:#?} {config:?} {config:#?}"));
+        printed.push(format!("{:?}", SftpStore::new(config)));
+    }
+    let kek = Kek::parse(KEK.as_bytes()).unwrap();
+    let ring = KeyRing::new(vec![Kek::parse(KEK.as_bytes()).unwrap()]);
+    printed.push(format!("{kek:?} {kek:#?} {ring:?}"));
+    let fetched = SecretsDir::fetched(
+        [(
+            "s3".to_string(),
+            [(
+                "secretAccessKey".to_string(),
+                Zeroizing::new(S3_SECRET.as_bytes().to_vec()),
+            )]
+            .into(),
+        )]
+        .into(),
+    );
+    printed.push(format!("{fetched:?} {fetched:#?}"));
+    for text in printed {
+        assert!(!text.contains("CANARY"), "a secret in Debug output: {text}");
+        assert!(
+            !text.contains(&azure_key()),
+            "a secret in Debug output: {text}"
+        );
+    }
+}

@@ -338,3 +338,87 @@ async fn rotated_credentials_are_read_again_once() {
     assert!(text.contains("\"action\":\"secret.reread\""), "{text}");
     assert_no_canary(&text);
 }
+
+/// An erasure run in cluster mode: after a sync, `mode: erase` deletes the copy
+/// and the source object and reports per key what it erased.
+#[tokio::test]
+async fn an_erase_run_reports_what_it_erased() {
+    let f = fixture("local: {path: dst}", vec![secret("acme-kek", "kek", KEK)]).await;
+    let (outcome, reported) = cluster::attempt(
+        &f.client,
+        &run_ref(),
+        &settings(f.dir.path()),
+        Box::new(Buf::default()),
+    )
+    .await;
+    outcome.unwrap();
+    reported.unwrap();
+    assert!(f.dir.path().join("dst/a.csv").is_file());
+
+    let runs: Api<ConnectorRun> = Api::namespaced(f.client.clone(), NS);
+    let spec = runs
+        .get("sales-1")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .connector_spec;
+    let erase: ConnectorRun = serde_saphyr::from_str(&format!(
+        "apiVersion: ferry.dev/v1alpha1\nkind: ConnectorRun\nmetadata: {{name: erase-1, namespace: {NS}}}\nspec: {{connectorRef: {{name: sales}}, mode: erase, erase: {{keys: [a.csv, never-there.csv], fromSource: true}}}}\n"
+    ))
+    .unwrap();
+    runs.create(&PostParams::default(), &erase).await.unwrap();
+    let admitted = serde_json::json!({
+        "apiVersion": "ferry.dev/v1alpha1", "kind": "ConnectorRun",
+        "status": {"phase": "Running", "attempts": 1, "podName": "erase-1-1", "connectorSpec": spec},
+    });
+    runs.patch_status(
+        "erase-1",
+        &PatchParams::apply("ferry-operator").force(),
+        &Patch::Apply(&admitted),
+    )
+    .await
+    .unwrap();
+    let audit = Buf::default();
+    let erase_ref = RunRef {
+        namespace: NS.into(),
+        name: "erase-1".into(),
+        attempt: 1,
+    };
+    let (outcome, reported) = cluster::attempt(
+        &f.client,
+        &erase_ref,
+        &settings(f.dir.path()),
+        Box::new(audit.clone()),
+    )
+    .await;
+    outcome.unwrap();
+    reported.unwrap();
+    assert!(!f.dir.path().join("dst/a.csv").exists());
+    assert!(!f.dir.path().join("src/a.csv").exists());
+    assert!(f.dir.path().join("dst/empty.txt").exists());
+    let result = runs
+        .get("erase-1")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .result
+        .unwrap();
+    assert_eq!(result.objects_erased, 2);
+    assert!(!result.erased_truncated);
+    let erased = serde_json::to_value(&result.erased).unwrap();
+    assert_eq!(
+        erased,
+        serde_json::json!([
+            {"key": "a.csv", "fromDestination": true, "fromSource": true},
+            {"key": "never-there.csv", "fromDestination": false, "fromSource": false},
+        ])
+    );
+    let text = audit.text();
+    assert_eq!(
+        text.matches(r#""action":"object.erase""#).count(),
+        2,
+        "{text}"
+    );
+}

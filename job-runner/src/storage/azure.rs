@@ -68,14 +68,22 @@ pub struct AzureConfig {
 }
 
 /// A container folder as an object store.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct AzureStore {
     inner: Arc<MicrosoftAzure>,
     prefix: String,
     name: String,
 }
 
-/// Removes query strings (which may hold a SAS signature) from an error text.
+/// Only the name: the client holds the credential.
+impl std::fmt::Debug for AzureStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AzureStore")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The error and the causes it does not already say (the cause of "error
 /// sending request" is where TLS and connection failures are named).
 fn with_causes(e: &dyn std::error::Error) -> String {
@@ -92,6 +100,7 @@ fn with_causes(e: &dyn std::error::Error) -> String {
     text
 }
 
+/// Removes query strings (which may hold a SAS signature) from an error text.
 fn redact(text: &str) -> String {
     text.split_whitespace()
         .map(|w| match w.find('?') {

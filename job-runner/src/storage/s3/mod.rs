@@ -44,12 +44,22 @@ pub struct S3Config {
 }
 
 /// A bucket prefix as an object store.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct S3Store {
     client: Client,
     bucket: String,
     prefix: String,
     name: String,
+}
+
+/// Only the name: the SDK client's Debug shows its credentials provider,
+/// access key id included.
+impl std::fmt::Debug for S3Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Store")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
 }
 
 impl S3Store {
