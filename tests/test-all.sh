@@ -5,6 +5,8 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export FERRY_CACHE=${FERRY_CACHE:-$HOME/.cache/ferry}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$FERRY_CACHE/target}
+# Incremental caches double the target folder and help nothing in a CI build.
+export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
 
 bash tests/bootstrap.sh install
 trap 'bash tests/bootstrap.sh stop' EXIT
