@@ -86,9 +86,15 @@ pub enum TransferError {
     #[error("invalid erasure request: {0}")]
     Erase(String),
     #[error(
-        "{failed} object(s) failed or were refused ({refused} refused by policy); the manifest was not written and the cursor did not move"
+        "{failed} object(s) failed or were refused ({refused} refused by policy{}); the manifest was not written and the cursor did not move",
+        common.map(|r| format!(", all {r}")).unwrap_or_default()
     )]
-    Incomplete { failed: u64, refused: u64 },
+    Incomplete {
+        failed: u64,
+        refused: u64,
+        /// The reason every failure had, when they all had the same one.
+        common: Option<&'static str>,
+    },
 }
 
 impl TransferError {
@@ -104,7 +110,16 @@ impl TransferError {
             TransferError::Key(_) => "InvalidEncryptionKey",
             TransferError::Projection(_) => "NotProjectable",
             TransferError::Erase(_) => "InvalidSpec",
-            TransferError::Incomplete { failed, refused } if failed == refused => "ObjectsRefused",
+            TransferError::Incomplete {
+                failed, refused, ..
+            } if failed == refused => "ObjectsRefused",
+            // All failed the same way (access denied, say): that is the reason,
+            // and whether it is worth retrying.
+            TransferError::Incomplete {
+                refused: 0,
+                common: Some(reason),
+                ..
+            } => reason,
             TransferError::Incomplete { .. } => "ObjectsFailed",
         }
     }
@@ -160,11 +175,26 @@ pub async fn latest_manifest(
     dst: &dyn ObjectStore,
     keys: &KeyRing,
 ) -> Result<Option<(String, Manifest)>, TransferError> {
-    let listed = match dst.list().await {
-        Ok(l) => l,
-        Err(StorageError::NoSuchContainer { .. }) => return Ok(None),
-        Err(e) => return Err(e.into()),
-    };
+    let listed = list_destination(dst).await?;
+    newest_manifest(dst, &listed, keys).await
+}
+
+/// Everything under the destination prefix; nothing when its container or
+/// folder does not exist yet.
+async fn list_destination(dst: &dyn ObjectStore) -> Result<Vec<ObjectMeta>, TransferError> {
+    match dst.list().await {
+        Ok(l) => Ok(l),
+        Err(StorageError::NoSuchContainer { .. }) => Ok(Vec::new()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The newest manifest of a destination listing, verified.
+async fn newest_manifest(
+    dst: &dyn ObjectStore,
+    listed: &[ObjectMeta],
+    keys: &KeyRing,
+) -> Result<Option<(String, Manifest)>, TransferError> {
     let Some(key) = newest_manifest_key(listed.iter().map(|o| o.key.as_str())) else {
         return Ok(None);
     };
@@ -296,8 +326,18 @@ pub async fn run(
     let selector = Selector::new(spec)?;
     let kek = keys.current()?;
     let listed = src.list().await?;
+    let at_destination = list_destination(dst.as_ref()).await?;
+    // What the destination holds now, by key and stored size: a copy deleted or
+    // replaced there since the last run is copied again.
+    let stored: BTreeMap<&str, u64> = at_destination
+        .iter()
+        .map(|o| (o.key.as_str(), o.size))
+        .collect();
     // Full syncs read it too: erasure tombstones hold whatever the mode.
-    let previous = verified_latest(dst.as_ref(), &keys, audit).await?;
+    let previous = audited(
+        newest_manifest(dst.as_ref(), &at_destination, &keys).await,
+        audit,
+    )?;
     let tombstones: Vec<Tombstone> = previous
         .as_ref()
         .map(|(_, m)| m.erased.clone())
@@ -345,6 +385,7 @@ pub async fn run(
         };
         if let Some(prev) = entries.get(&obj.key)
             && unchanged(prev, &obj, fields.as_deref().unwrap_or_default())
+            && stored.get(obj.key.as_str()) == Some(&prev.encrypted_size)
         {
             report.objects_skipped += 1;
             continue;
@@ -399,6 +440,7 @@ pub async fn run(
         .await;
 
     let mut first_error = None;
+    let mut reasons = BTreeSet::new();
     for r in results {
         match r {
             Ok(e) => {
@@ -410,6 +452,7 @@ pub async fn run(
             Err(e) => {
                 report.objects_failed += 1;
                 tracing::error!(error = %e, "object failed");
+                reasons.insert(e.reason());
                 first_error.get_or_insert(e);
             }
         }
@@ -422,6 +465,9 @@ pub async fn run(
             _ => TransferError::Incomplete {
                 failed: report.objects_failed,
                 refused: report.refused.len() as u64,
+                common: (reasons.len() == 1)
+                    .then(|| reasons.into_iter().next())
+                    .flatten(),
             },
         });
     }
@@ -438,13 +484,9 @@ pub async fn run(
     Ok(report)
 }
 
-/// The newest manifest, verified; an integrity failure is audited.
-async fn verified_latest(
-    dst: &dyn ObjectStore,
-    keys: &KeyRing,
-    audit: &AuditLog,
-) -> Result<Option<(String, Manifest)>, TransferError> {
-    latest_manifest(dst, keys).await.inspect_err(|e| {
+/// `found`, with an integrity failure audited.
+fn audited<T>(found: Result<T, TransferError>, audit: &AuditLog) -> Result<T, TransferError> {
+    found.inspect_err(|e| {
         if e.reason() == "IntegrityFailure" {
             audit.record(
                 "integrity.check",
@@ -525,12 +567,9 @@ pub async fn erase(
             )));
         }
     }
-    let previous = verified_latest(dst.as_ref(), &keys, audit).await?;
-    let at_destination: BTreeSet<String> = match dst.list().await {
-        Ok(l) => l.into_iter().map(|o| o.key).collect(),
-        Err(StorageError::NoSuchContainer { .. }) => BTreeSet::new(),
-        Err(e) => return Err(e.into()),
-    };
+    let listed = list_destination(dst.as_ref()).await?;
+    let previous = audited(newest_manifest(dst.as_ref(), &listed, &keys).await, audit)?;
+    let at_destination: BTreeSet<String> = listed.into_iter().map(|o| o.key).collect();
     let at_source: BTreeSet<String> = src.list().await?.into_iter().map(|o| o.key).collect();
     let mut report = Report::default();
     let mut tombstones = previous
@@ -627,6 +666,7 @@ pub async fn erase(
             _ => TransferError::Incomplete {
                 failed: report.objects_failed,
                 refused: 0,
+                common: None,
             },
         });
     }
@@ -700,6 +740,7 @@ async fn copy_one(
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, StorageError>>(4);
     let key = obj.key.clone();
     let src_name = src.describe();
+    let expected_size = obj.size;
     let producer = async move {
         let mut plain_hash = Sha256::new();
         let mut cipher_hash = Sha256::new();
@@ -777,7 +818,7 @@ async fn copy_one(
                 break;
             }
         }
-        if read_len != obj.size {
+        if read_len != expected_size {
             let e = StorageError::ChangedDuringRead {
                 endpoint: src_name.clone(),
                 key: key.clone(),
@@ -804,7 +845,11 @@ async fn copy_one(
     let body: ByteStream =
         futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) })
             .boxed();
+    // Its own task: reading and encrypting run on one core while the
+    // destination's writes run on another.
+    let producer = tokio::spawn(producer);
     let (produced, written) = tokio::join!(producer, dst.put(&obj.key, body));
+    let produced = produced.unwrap_or_else(|e| Err(Produce::Other(format!("reader task: {e}"))));
     // The producer's own failure says more than the aborted write it caused.
     let (size, sha256, encrypted_size, encrypted_sha256) = match produced {
         Ok(p) => p,

@@ -291,6 +291,70 @@ fn an_inline_secret_field_is_refused_not_ignored() {
     assert!(!out.contains("CANARY"), "{out}");
 }
 
+/// A destination that cannot take the data: the runner runs under a 1 MiB file
+/// size limit (SIGXFSZ ignored, so writes fail with EFBIG as they fail with
+/// ENOSPC on a full disk), and the 2.5 MB object cannot be written.
+#[test]
+fn a_full_destination_fails_clearly_and_leaves_no_partial_object() {
+    let dir = setup();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("secrets/kek")).unwrap();
+    std::fs::write(d.join("secrets/kek/kek"), [7u8; 32]).unwrap();
+    let o = Command::new("bash")
+        .current_dir(d)
+        .args(["-c", r#"trap '' XFSZ; ulimit -f 1024; exec "$0" "$@""#])
+        .arg(env!("CARGO_BIN_EXE_job-runner"))
+        .args([
+            "run",
+            "--connector",
+            "connector.yaml",
+            "--secrets-dir",
+            "secrets",
+        ])
+        .args(["--tenant-region", "eu-west-1"])
+        .output()
+        .unwrap();
+    let out = text(&o);
+    assert!(!o.status.success(), "{out}");
+    assert!(
+        out.contains(r#"no space left while writing \"d/b.csv\""#)
+            || out.contains(r#"no space left while writing "d/b.csv""#),
+        "{out}"
+    );
+    assert!(
+        out.contains(r#""action":"object.copy","outcome":"failure","reason":"NoSpace""#),
+        "{out}"
+    );
+    // Nothing half-written is visible or left behind, and no manifest claims
+    // a run that did not finish.
+    let mut left = Vec::new();
+    for entry in walkdir(&d.join("dst")) {
+        left.push(entry);
+    }
+    assert!(!left.iter().any(|p| p.ends_with("d/b.csv")), "{left:?}");
+    assert!(!left.iter().any(|p| p.contains(".ferry-tmp-")), "{left:?}");
+    assert!(
+        !left.iter().any(|p| p.contains(".ferry/manifests")),
+        "{left:?}"
+    );
+}
+
+fn walkdir(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries {
+        let path = e.unwrap().path();
+        if path.is_dir() {
+            out.extend(walkdir(&path));
+        } else {
+            out.push(path.to_string_lossy().into_owned());
+        }
+    }
+    out
+}
+
 /// A new bucket on the S3 test server, in `region`.
 fn create_bucket(endpoint: &str, prefix: &str, region: &str) -> String {
     let mut b = [0u8; 4];

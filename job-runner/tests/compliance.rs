@@ -240,7 +240,8 @@ async fn an_object_that_cannot_be_minimised_is_refused_not_copied_whole() {
             err,
             TransferError::Incomplete {
                 failed: 2,
-                refused: 1
+                refused: 1,
+                ..
             }
         ),
         "{err}"

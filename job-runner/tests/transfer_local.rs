@@ -200,6 +200,53 @@ async fn round_trip_incremental_and_changes() {
     assert!(audit.contains(r#""action":"object.copy""#));
 }
 
+/// Incremental runs notice what size alone does not: a same-size edit (by its
+/// modification time), and copies deleted or replaced at the destination since
+/// the last run, which are copied again.
+#[tokio::test]
+async fn same_size_edits_and_copies_lost_at_the_destination_are_copied_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = write_tree(&dir.path().join("src"));
+    let src: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir.path().join("src")));
+    let dst: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir.path().join("dst")));
+    let lines = Lines::default();
+    let spec = spec("");
+    run_once(&spec, src.clone(), dst.clone(), "r1", Mode::Sync, &lines)
+        .await
+        .unwrap();
+
+    // Same size, other bytes, a later modification time.
+    let one = dir.path().join("src/one.csv");
+    std::fs::write(&one, b"y").unwrap();
+    let later = std::time::SystemTime::now() + std::time::Duration::from_secs(5);
+    std::fs::File::options()
+        .write(true)
+        .open(&one)
+        .unwrap()
+        .set_modified(later)
+        .unwrap();
+    // One copy deleted at the destination, one cut short there.
+    std::fs::remove_file(dir.path().join("dst/empty.csv")).unwrap();
+    let table = dir.path().join("dst/nested/deeper/table.csv");
+    let stored = std::fs::read(&table).unwrap();
+    std::fs::write(&table, &stored[..stored.len() / 2]).unwrap();
+
+    let r2 = run_once(&spec, src.clone(), dst.clone(), "r2", Mode::Sync, &lines)
+        .await
+        .unwrap();
+    let mut copied: Vec<String> = r2.planned.iter().map(|p| p.key.clone()).collect();
+    copied.sort();
+    assert_eq!(
+        copied,
+        vec!["empty.csv", "nested/deeper/table.csv", "one.csv"],
+        "the edited object and the two lost copies"
+    );
+    assert_eq!(r2.objects_skipped, files.len() as u64 - 3);
+    readback::verify(dst.as_ref(), keys(), None, true)
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn plan_moves_nothing_and_globs_select() {
     let dir = tempfile::tempdir().unwrap();

@@ -45,7 +45,14 @@ impl LocalStore {
                 endpoint,
                 key: k.map(str::to_string),
             },
-            (std::io::ErrorKind::StorageFull, Some(k)) => StorageError::NoSpace {
+            // A full disk, a quota or a file size limit: the destination
+            // cannot take the object, and retrying at once will not help.
+            (
+                std::io::ErrorKind::StorageFull
+                | std::io::ErrorKind::QuotaExceeded
+                | std::io::ErrorKind::FileTooLarge,
+                Some(k),
+            ) => StorageError::NoSpace {
                 endpoint,
                 key: k.to_string(),
             },

@@ -14,6 +14,29 @@ pub fn service_env(name: &str) -> String {
     })
 }
 
+/// Creates the container `name` in Azurite and returns a SAS token for it that
+/// grants only `permissions` (e.g. `rl`).
+pub fn create_azurite_container_with_sas(name: &str, permissions: &str) -> String {
+    let out = std::process::Command::new(service_env("FERRY_PYTHON"))
+        .args([
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../tests/azurite/create_container.py"
+            ),
+            &service_env("FERRY_AZURITE_ENDPOINT"),
+            name,
+            permissions,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "creating container {name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
 /// Creates the container `name` in Azurite with the Azure SDK for Python.
 pub fn create_azurite_container(name: &str) {
     let out = std::process::Command::new(service_env("FERRY_PYTHON"))

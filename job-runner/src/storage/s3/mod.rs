@@ -1,6 +1,8 @@
 //! Amazon S3 and S3-compatible stores, with `aws-sdk-s3`.
 //!
-//! Listing pages through ListObjectsV2; reads stream the body; writes of up to
+//! Listing pages through ListObjectsV2; reads stream the body, and a whole
+//! object larger than one range is fetched as concurrent ranged GETs pinned to
+//! its ETag; writes of up to
 //! one part are a single PutObject, larger ones a multipart upload with parts
 //! uploaded concurrently, completed at the end or aborted on any error, so a
 //! partial object is never visible.
@@ -27,6 +29,13 @@ use super::{ByteStream, ObjectMeta, ObjectStore, StorageError, check_endpoint_ur
 pub const PART_SIZE: usize = 8 << 20;
 /// Parts uploaded at once per object.
 const PARTS_IN_FLIGHT: usize = 4;
+/// Whole-object reads of more than one range fetch the rest as ranges...
+const READ_RANGE: u64 = 4 << 20;
+/// ...this many at once, each on its own connection, ahead of the reader.
+const RANGES_IN_FLIGHT: usize = 4;
+/// A fetched range is handed on in slices of this size (no copy), as a
+/// streamed body would be.
+const READ_SLICE: usize = 256 << 10;
 
 /// Where and how to reach a bucket.
 #[derive(Debug, Clone)]
@@ -122,6 +131,159 @@ impl S3Store {
     fn full_key(&self, key: &str) -> Result<String, StorageError> {
         check_key(&self.name, key)?;
         Ok(format!("{}{key}", self.prefix))
+    }
+
+    /// A response body as a stream of chunks; a broken connection is an
+    /// `Unreachable` naming the object.
+    fn body_stream(&self, key: &str, body: SdkBody) -> ByteStream {
+        let (name, key) = (self.name.clone(), key.to_string());
+        futures::stream::unfold(Some(body), move |body| {
+            let (name, key) = (name.clone(), key.clone());
+            async move {
+                let mut body = body?;
+                match body.next().await {
+                    None => None,
+                    Some(Ok(b)) => Some((Ok(b), Some(body))),
+                    Some(Err(e)) => Some((
+                        Err(StorageError::Unreachable {
+                            endpoint: name,
+                            reason: format!("reading {key:?}: {e}"),
+                        }),
+                        None,
+                    )),
+                }
+            }
+        })
+        .boxed()
+    }
+
+    /// A whole object. The first range is streamed as it arrives; when the
+    /// object is larger, the rest is fetched as ranges, several at once on
+    /// separate connections, and handed over in order: one S3 connection
+    /// delivers far less than the store can. Memory stays bounded (ranges in
+    /// flight plus one waiting). Every later range must carry the first
+    /// one's ETag: an object replaced mid-read fails as `ChangedDuringRead`.
+    async fn get_whole(&self, key: &str) -> Result<ByteStream, StorageError> {
+        let full = self.full_key(key)?;
+        let first = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(&full)
+            .range(format!("bytes=0-{}", READ_RANGE - 1))
+            .send()
+            .await;
+        let first = match first {
+            Ok(o) => o,
+            // An empty object has no byte 0.
+            Err(e) if e.raw_response().map(|r| r.status().as_u16()) == Some(416) => {
+                return Ok(futures::stream::empty().boxed());
+            }
+            Err(e) => return Err(self.error(e, Some(key))),
+        };
+        let total = first.content_range().and_then(|r| {
+            r.rsplit_once('/')
+                .and_then(|(_, total)| total.parse::<u64>().ok())
+        });
+        let etag = first.e_tag().map(str::to_string);
+        let head = self.body_stream(key, first.body);
+        let Some(total) = total.filter(|t| *t > READ_RANGE) else {
+            return Ok(head);
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, StorageError>>(1);
+        let store = self.clone();
+        let key = key.to_string();
+        tokio::spawn(async move {
+            let starts = (1..).map(|i| i * READ_RANGE).take_while(|s| *s < total);
+            let mut ranges = futures::stream::iter(starts)
+                .map(|start| {
+                    let (store, full, key, etag) =
+                        (store.clone(), full.clone(), key.clone(), etag.clone());
+                    let end = (start + READ_RANGE).min(total);
+                    tokio::spawn(async move {
+                        store
+                            .fetch_range(&full, &key, start..end, etag.as_deref())
+                            .await
+                    })
+                })
+                .buffered(RANGES_IN_FLIGHT);
+            while let Some(joined) = ranges.next().await {
+                let fetched = joined.unwrap_or_else(|e| {
+                    Err(StorageError::Unreachable {
+                        endpoint: store.name.clone(),
+                        reason: format!("reading {key:?}: {e}"),
+                    })
+                });
+                let failed = fetched.is_err();
+                // The reader went away (the copy failed): stop fetching.
+                if tx.send(fetched).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        let rest =
+            futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) })
+                .flat_map(|fetched| {
+                    let slices: Vec<Result<Bytes, StorageError>> = match fetched {
+                        Ok(b) => (0..b.len())
+                            .step_by(READ_SLICE)
+                            .map(|at| Ok(b.slice(at..(at + READ_SLICE).min(b.len()))))
+                            .collect(),
+                        Err(e) => vec![Err(e)],
+                    };
+                    futures::stream::iter(slices)
+                });
+        Ok(head.chain(rest).boxed())
+    }
+
+    /// One range of a whole-object read, in memory.
+    async fn fetch_range(
+        &self,
+        full: &str,
+        key: &str,
+        range: Range<u64>,
+        etag: Option<&str>,
+    ) -> Result<Bytes, StorageError> {
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(full)
+            .range(format!("bytes={}-{}", range.start, range.end - 1))
+            .set_if_match(etag.map(str::to_string))
+            .send()
+            .await;
+        let out = match out {
+            Ok(o) => o,
+            Err(e)
+                if matches!(
+                    e.raw_response().map(|r| r.status().as_u16()),
+                    Some(412 | 416)
+                ) =>
+            {
+                return Err(StorageError::ChangedDuringRead {
+                    endpoint: self.name.clone(),
+                    key: key.to_string(),
+                });
+            }
+            Err(e) => return Err(self.error(e, Some(key))),
+        };
+        let bytes = out
+            .body
+            .collect()
+            .await
+            .map_err(|e| StorageError::Unreachable {
+                endpoint: self.name.clone(),
+                reason: format!("reading {key:?}: {e}"),
+            })?
+            .into_bytes();
+        if bytes.len() as u64 != range.end - range.start {
+            return Err(StorageError::ChangedDuringRead {
+                endpoint: self.name.clone(),
+                key: key.to_string(),
+            });
+        }
+        Ok(bytes)
     }
 
     /// Maps an SDK error to a storage error naming the endpoint and object.
@@ -299,28 +461,51 @@ impl S3Store {
 /// Cuts a byte stream into parts of PART_SIZE (the last may be shorter).
 struct PartReader {
     input: ByteStream,
-    buf: BytesMut,
+    /// What is left of the chunk that crossed the last part boundary.
+    carry: Bytes,
     done: bool,
     total: u64,
 }
 
 impl PartReader {
+    fn new(input: ByteStream) -> Self {
+        Self {
+            input,
+            carry: Bytes::new(),
+            done: false,
+            total: 0,
+        }
+    }
+
+    /// The next part: exactly `PART_SIZE` bytes (the last one fewer), in an
+    /// allocation of its own, so a part in flight pins no more than itself.
     async fn next_part(&mut self) -> Result<Option<Bytes>, StorageError> {
-        while !self.done && self.buf.len() < PART_SIZE {
+        let mut part = BytesMut::new();
+        loop {
+            if !self.carry.is_empty() {
+                if part.capacity() == 0 {
+                    part.reserve(PART_SIZE);
+                }
+                let take = self.carry.len().min(PART_SIZE - part.len());
+                part.extend_from_slice(&self.carry.split_to(take));
+            }
+            if part.len() == PART_SIZE || self.done {
+                break;
+            }
             match self.input.next().await {
                 Some(chunk) => {
-                    let chunk = chunk?;
-                    self.total += chunk.len() as u64;
-                    self.buf.extend_from_slice(&chunk);
+                    self.carry = chunk?;
+                    self.total += self.carry.len() as u64;
                 }
                 None => self.done = true,
             }
         }
-        if self.buf.is_empty() && self.done {
-            return Ok(None);
-        }
-        let take = self.buf.len().min(PART_SIZE);
-        Ok(Some(self.buf.split_to(take).freeze()))
+        Ok((!part.is_empty()).then(|| part.freeze()))
+    }
+
+    /// Whether the input is exhausted with nothing left over.
+    fn finished(&self) -> bool {
+        self.done && self.carry.is_empty()
     }
 }
 
@@ -364,7 +549,11 @@ impl ObjectStore for S3Store {
     }
 
     async fn get(&self, key: &str, range: Option<Range<u64>>) -> Result<ByteStream, StorageError> {
+        let Some(range) = range else {
+            return self.get_whole(key).await;
+        };
         let full = self.full_key(key)?;
+        let range = Some(range);
         if let Some(r) = &range
             && r.start >= r.end
         {
@@ -386,38 +575,14 @@ impl ObjectStore for S3Store {
             }
             Err(e) => return Err(self.error(e, Some(key))),
         };
-        let (name, key) = (self.name.clone(), key.to_string());
-        let body = out.body;
-        Ok(futures::stream::unfold(Some(body), move |body| {
-            let (name, key) = (name.clone(), key.clone());
-            async move {
-                let mut body = body?;
-                match body.next().await {
-                    None => None,
-                    Some(Ok(b)) => Some((Ok(b), Some(body))),
-                    Some(Err(e)) => Some((
-                        Err(StorageError::Unreachable {
-                            endpoint: name,
-                            reason: format!("reading {key:?}: {e}"),
-                        }),
-                        None,
-                    )),
-                }
-            }
-        })
-        .boxed())
+        Ok(self.body_stream(key, out.body))
     }
 
     async fn put(&self, key: &str, data: ByteStream) -> Result<u64, StorageError> {
         let full = self.full_key(key)?;
-        let mut reader = PartReader {
-            input: data,
-            buf: BytesMut::new(),
-            done: false,
-            total: 0,
-        };
+        let mut reader = PartReader::new(data);
         let first = reader.next_part().await?.unwrap_or_default();
-        if reader.done && reader.buf.is_empty() {
+        if reader.finished() {
             self.client
                 .put_object()
                 .bucket(&self.bucket)

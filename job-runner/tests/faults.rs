@@ -1,0 +1,306 @@
+//! Faults against the real test services: a connection cut mid-transfer (a
+//! loopback proxy in front of the S3 test server drops the first upload that
+//! passes a threshold), a server that is gone, and credentials that may read
+//! but not write (an Azurite SAS token with read and list only).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
+mod support;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use ferry_crds::ConnectorSpec;
+use ferry_runner::audit::AuditLog;
+use ferry_runner::crypto::{Kek, KeyRing};
+use ferry_runner::job::Failure;
+use ferry_runner::readback;
+use ferry_runner::storage::ObjectStore;
+use ferry_runner::storage::azure::{AzureAuth, AzureConfig, AzureStore};
+use ferry_runner::storage::local::LocalStore;
+use ferry_runner::storage::s3::{S3Auth, S3Config, S3Store};
+use ferry_runner::transfer::{self, Options, Progress, Report, TransferError};
+use futures::StreamExt;
+use support::{create_azurite_container_with_sas, service_env};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use zeroize::Zeroizing;
+
+fn keys() -> Arc<KeyRing> {
+    Arc::new(KeyRing::new(vec![Kek::from_bytes([6; 32])]))
+}
+
+#[derive(Clone, Default)]
+struct Lines(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Lines {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn unique(prefix: &str) -> String {
+    let mut b = [0u8; 4];
+    ferry_runner::crypto::aead::random_bytes(&mut b).unwrap();
+    format!("{prefix}-{}", hex::encode(b))
+}
+
+/// A source folder with one 3 MiB object and two small ones.
+fn source() -> (tempfile::TempDir, Arc<dyn ObjectStore>) {
+    let dir = tempfile::tempdir().unwrap();
+    let big: Vec<u8> = (0..3 * (1 << 20)).map(|i: usize| (i % 251) as u8).collect();
+    std::fs::write(dir.path().join("big.bin"), big).unwrap();
+    std::fs::write(dir.path().join("a.csv"), b"id\n1\n").unwrap();
+    std::fs::write(dir.path().join("b.csv"), b"id\n2\n").unwrap();
+    let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir.path()));
+    (dir, store)
+}
+
+async fn sync(
+    src: Arc<dyn ObjectStore>,
+    dst: Arc<dyn ObjectStore>,
+    lines: &Lines,
+) -> Result<Report, TransferError> {
+    let spec: ConnectorSpec = serde_saphyr::from_str(
+        "source: {local: {path: s}}\ndestination: {local: {path: d}}\nencryption: {keyRef: {secretRef: {name: k}}}\ncompliance: {dataResidency: any}\n",
+    )
+    .unwrap();
+    let audit = AuditLog::new(Box::new(lines.clone()), "c", "t", "r", "local:s", "remote");
+    let opts = Options {
+        run_id: unique("run"),
+        backoff: std::time::Duration::from_millis(50),
+        concurrency: 2,
+        ..Options::default()
+    };
+    transfer::run(
+        &spec,
+        src,
+        dst,
+        keys(),
+        &opts,
+        &audit,
+        Arc::new(Progress::default()),
+    )
+    .await
+}
+
+/// A TCP proxy on loopback to `upstream` that cuts the first connection whose
+/// client has sent more than `cut_after` bytes; later connections pass whole.
+/// Returns its port and how many connections it cut.
+async fn cutting_proxy(upstream: String, cut_after: usize) -> (u16, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let cuts = Arc::new(AtomicUsize::new(0));
+    let counted = cuts.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut client, _)) = listener.accept().await else {
+                return;
+            };
+            let upstream = upstream.clone();
+            let cuts = counted.clone();
+            tokio::spawn(async move {
+                let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await else {
+                    return;
+                };
+                let (mut cr, mut cw) = client.split();
+                let (mut sr, mut sw) = server.split();
+                let up = async {
+                    let mut sent = 0usize;
+                    let mut buf = vec![0u8; 16 << 10];
+                    loop {
+                        let n = match cr.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        sent += n;
+                        if sent > cut_after && cuts.load(Ordering::SeqCst) == 0 {
+                            cuts.fetch_add(1, Ordering::SeqCst);
+                            return; // drops both halves: the connection is cut
+                        }
+                        if sw.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                };
+                let down = async {
+                    let _ = tokio::io::copy(&mut sr, &mut cw).await;
+                };
+                tokio::select! {
+                    () = up => {},
+                    () = down => {},
+                }
+            });
+        }
+    });
+    (port, cuts)
+}
+
+fn create_bucket(bucket: &str) {
+    let created = std::process::Command::new("curl")
+        .args(["-sf", "-o", "/dev/null", "-X", "PUT"])
+        .arg(format!("{}/{bucket}", service_env("FERRY_S3_ENDPOINT")))
+        .status()
+        .unwrap();
+    assert!(created.success());
+}
+
+fn s3_store(endpoint: String, bucket: &str) -> Arc<dyn ObjectStore> {
+    Arc::new(
+        S3Store::new(S3Config {
+            bucket: bucket.into(),
+            prefix: "out/".into(),
+            region: "us-east-1".into(),
+            endpoint: Some(endpoint),
+            force_path_style: true,
+            insecure_plain_http_on_loopback: true,
+            auth: S3Auth::Static {
+                access_key_id: Zeroizing::new("testing".into()),
+                secret_access_key: Zeroizing::new("testing".into()),
+                session_token: None,
+            },
+        })
+        .unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn a_connection_cut_mid_upload_is_retried_and_leaves_no_partial_object() {
+    let bucket = unique("cut");
+    create_bucket(&bucket);
+    let upstream = service_env("FERRY_S3_ENDPOINT")
+        .trim_start_matches("http://")
+        .to_string();
+    let (port, cuts) = cutting_proxy(upstream, 1 << 20).await;
+    let (_src_dir, src) = source();
+    let dst = s3_store(format!("http://127.0.0.1:{port}"), &bucket);
+    let lines = Lines::default();
+    let report = sync(src, dst.clone(), &lines).await.unwrap();
+    assert_eq!(cuts.load(Ordering::SeqCst), 1, "the proxy cut one upload");
+    assert_eq!(report.objects_copied, 3);
+    // Every object whole, nothing half-written, straight from the server.
+    let direct = s3_store(service_env("FERRY_S3_ENDPOINT"), &bucket);
+    let (_, manifest) = readback::verify(direct.as_ref(), keys(), None, true)
+        .await
+        .unwrap();
+    assert_eq!(manifest.objects.len(), 3);
+    let keys_there: Vec<String> = direct
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| o.key)
+        .collect();
+    assert_eq!(
+        keys_there.len(),
+        4,
+        "three objects and the manifest: {keys_there:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_server_that_is_gone_fails_the_run_as_retryable() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (_src_dir, src) = source();
+    let dst = s3_store(format!("http://127.0.0.1:{port}"), "nowhere");
+    let lines = Lines::default();
+    let err = sync(src, dst, &lines).await.unwrap_err();
+    assert_eq!(err.reason(), "EndpointUnreachable", "{err}");
+    let failure = Failure {
+        reason: err.reason(),
+        message: err.to_string(),
+    };
+    assert!(failure.retryable(), "an outage is worth another attempt");
+}
+
+#[tokio::test]
+async fn credentials_that_may_not_write_fail_as_access_denied_without_retry() {
+    let container = unique("readonly");
+    let sas = create_azurite_container_with_sas(&container, "rl");
+    let dst: Arc<dyn ObjectStore> = Arc::new(
+        AzureStore::new(AzureConfig {
+            account: "devstoreaccount1".into(),
+            container,
+            prefix: "in/".into(),
+            endpoint: Some(service_env("FERRY_AZURITE_ENDPOINT")),
+            insecure_plain_http_on_loopback: true,
+            auth: AzureAuth::Sas(Zeroizing::new(sas.clone())),
+        })
+        .unwrap(),
+    );
+    // Listing is allowed: the run gets as far as writing.
+    assert!(dst.list().await.unwrap().is_empty());
+    let (_src_dir, src) = source();
+    let lines = Lines::default();
+    let err = sync(src, dst.clone(), &lines).await.unwrap_err();
+    // Every object failed the same way: the run's reason is that one.
+    assert_eq!(err.reason(), "AccessDenied", "{err}");
+    assert!(err.to_string().contains("3 object(s) failed"), "{err}");
+    let audit = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+    let denied = audit
+        .lines()
+        .filter(|l| {
+            l.contains(r#""action":"object.copy","outcome":"failure","reason":"AccessDenied""#)
+        })
+        .count();
+    assert_eq!(denied, 3, "{audit}");
+    assert!(!audit.contains(&sas) && !err.to_string().contains(&sas));
+    assert!(dst.list().await.unwrap().is_empty(), "nothing was written");
+    let one = Failure {
+        reason: "AccessDenied",
+        message: String::new(),
+    };
+    assert!(!one.retryable());
+}
+
+/// A large S3 object is read as concurrent ranges pinned to its ETag: when it
+/// is replaced while the reader is still behind, the read fails as changed
+/// instead of splicing two versions together.
+#[tokio::test]
+async fn an_s3_object_replaced_during_a_ranged_read_fails_as_changed() {
+    let bucket = unique("changed");
+    create_bucket(&bucket);
+    let store = s3_store(service_env("FERRY_S3_ENDPOINT"), &bucket);
+    let v1: Vec<u8> = (0..40 << 20).map(|i: usize| (i % 249) as u8).collect();
+    let put = |data: Vec<u8>| {
+        let body: ferry_runner::storage::ByteStream =
+            futures::stream::iter(vec![Ok(bytes::Bytes::from(data))]).boxed();
+        body
+    };
+    store.put("big.bin", put(v1.clone())).await.unwrap();
+    // Unchanged, the ranges come back whole and in order.
+    let mut whole = Vec::new();
+    let mut stream = store.get("big.bin", None).await.unwrap();
+    while let Some(chunk) = stream.next().await {
+        whole.extend_from_slice(&chunk.unwrap());
+    }
+    assert!(whole == v1, "the ranged read changed the bytes");
+
+    // Start reading, stay behind (at most a few ranges are fetched ahead),
+    // replace the object, then read on.
+    let mut stream = store.get("big.bin", None).await.unwrap();
+    let first = stream.next().await.unwrap().unwrap();
+    assert_eq!(first[..], v1[..first.len()]);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    store
+        .put("big.bin", put(vec![9u8; 40 << 20]))
+        .await
+        .unwrap();
+    let mut err = None;
+    while let Some(chunk) = stream.next().await {
+        if let Err(e) = chunk {
+            err = Some(e);
+            break;
+        }
+    }
+    let err = err.expect("the read spliced two versions of the object");
+    assert_eq!(err.reason(), "ObjectChanged", "{err}");
+    assert!(err.to_string().contains("big.bin"), "{err}");
+}
