@@ -6,10 +6,10 @@ export FERRY_CACHE ?= $(HOME)/.cache/ferry
 export CARGO_TARGET_DIR ?= $(FERRY_CACHE)/target
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: help fmt fmt-check lint generate generate-check test test-rust test-chart services-up services-down demo bench ci
+.PHONY: help fmt fmt-check lint generate generate-check test test-rust test-chart test-e2e services-up services-down demo bench ci
 
 help:
-	@echo "make fmt | fmt-check | lint | generate | generate-check | test | test-chart | demo | bench | ci"
+	@echo "make fmt | fmt-check | lint | generate | generate-check | test | test-chart | test-e2e | demo | bench | ci"
 
 fmt:
 	cargo fmt --all
@@ -36,6 +36,10 @@ test-rust:
 test-chart:
 	bash tests/chart/run.sh
 
+## The end-to-end harness: the test Kubernetes API (tests/kapi) checked by itself.
+test-e2e:
+	source $(FERRY_CACHE)/services/env && cd tests/kapi && "$$FERRY_PYTHON" -m pytest -q
+
 ## Everything, with the services started and stopped around it.
 test:
 	bash tests/test-all.sh
@@ -46,4 +50,4 @@ demo:
 bench:
 	bash docs/bench/run.sh
 
-ci: fmt-check generate-check lint test-rust test-chart
+ci: fmt-check generate-check lint test-rust test-chart test-e2e

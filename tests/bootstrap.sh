@@ -24,6 +24,9 @@ MOTO_VERSION=5.1.22
 TINK_VERSION=1.16.1
 AZURE_BLOB_VERSION=12.28.0
 OPENLINEAGE_VERSION=1.54.0
+KMOCK_VERSION=0.8
+PYTEST_VERSION=8.4.2
+PYYAML_VERSION=6.0.4
 KUBECTL_LAYER_VERSION=2.2.2
 
 # Ports, all on 127.0.0.1.
@@ -58,12 +61,13 @@ install() {
   apt_install openssh-server openssh-client prometheus lua5.4 rclone make curl unzip openssl
 
   # Python tools: Google Tink, moto (S3), the OpenLineage client, the Azure SDK (to set
-  # up Azurite containers in tests), the Helm/kubectl layer.
+  # up Azurite containers in tests), kmock (the end-to-end tests' Kubernetes API) with
+  # pytest and PyYAML, the Helm/kubectl layer.
   if [ ! -x "$VENV/bin/python" ]; then
     log "python venv at $VENV"
     python3 -m venv "$VENV" || die "python3 -m venv"
   fi
-  local want="tink==$TINK_VERSION moto[server]==$MOTO_VERSION openlineage-python==$OPENLINEAGE_VERSION azure-storage-blob==$AZURE_BLOB_VERSION"
+  local want="tink==$TINK_VERSION moto[server]==$MOTO_VERSION openlineage-python==$OPENLINEAGE_VERSION azure-storage-blob==$AZURE_BLOB_VERSION kmock==$KMOCK_VERSION pytest==$PYTEST_VERSION pyyaml==$PYYAML_VERSION"
   if [ "$(cat "$VENV/.ferry-pins" 2>/dev/null)" != "$want" ]; then
     log "pip install $want"
     # shellcheck disable=SC2086
@@ -201,12 +205,12 @@ check() {
     || { cat "$RUN/sftp-check.log" >&2; die "sftp round trip"; }
   cmp -s "$RUN/probe.txt" "$RUN/probe.back" || die "sftp round trip returned other bytes"
   # Tools.
-  "$VENV/bin/python" -c 'import tink, openlineage.client' || die "python: tink / openlineage"
+  "$VENV/bin/python" -c 'import tink, openlineage.client, kmock, pytest, yaml' || die "python: tink / openlineage / kmock / pytest"
   promtool --version >/dev/null 2>&1 || die "promtool"
   lua5.4 -v >/dev/null 2>&1 || die "lua5.4"
   "$BIN/helm" version --short >/dev/null 2>&1 || die "helm"
   "$BIN/kubectl" version --client >/dev/null 2>&1 || die "kubectl"
-  log "checked: azurite, moto, sshd/sftp, tink, openlineage, promtool, lua5.4, helm, kubectl"
+  log "checked: azurite, moto, sshd/sftp, tink, openlineage, kmock, promtool, lua5.4, helm, kubectl"
 }
 
 stop() {
