@@ -36,9 +36,14 @@ test-rust:
 test-chart:
 	bash tests/chart/run.sh
 
-## The end-to-end harness: the test Kubernetes API (tests/kapi) checked by itself.
+## End to end: the test Kubernetes API (tests/kapi) checked by itself, then the
+## operator and runner binaries driven by kubectl over it (tests/e2e). The
+## services must be running. The binaries are built with the test profile, as
+## `cargo test` builds them, so neither build repeats the other.
 test-e2e:
+	cargo build -q --locked --profile test -p ferry-operator -p ferry-job-runner --bins
 	source $(FERRY_CACHE)/services/env && cd tests/kapi && "$$FERRY_PYTHON" -m pytest -q
+	source $(FERRY_CACHE)/services/env && cd tests/e2e && "$$FERRY_PYTHON" -m pytest -q -x
 
 ## Everything, with the services started and stopped around it.
 test:

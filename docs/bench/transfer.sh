@@ -41,8 +41,9 @@ s3s_pid=$!
 for _ in $(seq 1 50); do (exec 3<>/dev/tcp/127.0.0.1/$S3S_PORT) 2>/dev/null && break; sleep 0.2; done
 
 echo "making data: 1 x ${BIG_MIB} MiB, ${SMALL} x 64 KiB..." >&2
-head -c $((BIG_MIB << 20)) /dev/urandom > "$work/s3root/srcbig/object.bin"
-python3 - "$work/s3root/srcsmall" "$SMALL" <<'PY'
+mkdir -p "$work/data/srcbig" "$work/data/srcsmall"
+head -c $((BIG_MIB << 20)) /dev/urandom > "$work/data/srcbig/object.bin"
+python3 - "$work/data/srcsmall" "$SMALL" <<'PY'
 import os, sys
 d, n = sys.argv[1], int(sys.argv[2])
 for i in range(n):
@@ -50,7 +51,7 @@ for i in range(n):
         f.write(os.urandom(64 * 1024))
 PY
 # The SFTP source holds the same data.
-cp -r "$work/s3root/srcbig" "$work/s3root/srcsmall" "$FERRY_SFTP_ROOT/"
+cp -r "$work/data/srcbig" "$work/data/srcsmall" "$FERRY_SFTP_ROOT/"
 # Azurite container for the destinations.
 "$FERRY_PYTHON" tests/azurite/create_container.py "$FERRY_AZURITE_ENDPOINT" bench
 
@@ -104,6 +105,11 @@ type = crypt
 remote = sftp:dst/rclone-crypt
 password = $crypt_pw
 EOF
+# The S3 source is uploaded through the S3 API, as objects reach a real store:
+# s3s-fs then keeps each object's ETag. (Files dropped into its folder have none,
+# and it recomputes the MD5 of the whole file on every GET, ranged or not.)
+rclone --config "$work/rclone.conf" copy "$work/data/srcbig" s3:srcbig
+rclone --config "$work/rclone.conf" copy "$work/data/srcsmall" s3:srcsmall
 
 # Ferry's secrets and endpoints.
 mkdir -p "$work/secrets/s3" "$work/secrets/az" "$work/secrets/ssh" "$work/secrets/hostkey" "$work/secrets/kek"
@@ -191,7 +197,7 @@ declare -A speed
 # Standalone throughput of each endpoint (rclone, 1 big object, to or from a RAM disk).
 echo "standalone endpoints..." >&2
 shm=$(mktemp -d /dev/shm/ferry-bench.XXXXXX)
-cp "$work/s3root/srcbig/object.bin" "$shm/"
+cp "$work/data/srcbig/object.bin" "$shm/"
 standalone=()
 for ep in "s3 read:s3:srcbig" "sftp read:sftp:srcbig" "s3 write:s3:dst/standalone" "azure write:azure:bench/standalone" "sftp write:sftp:dst/standalone"; do
   name=${ep%%:*}; remote=${ep#*:}

@@ -10,6 +10,7 @@ use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use serde_json::json;
+use std::sync::Arc;
 use support::*;
 
 fn phase(run: &ferry_crds::ConnectorRun) -> Option<RunPhase> {
@@ -452,4 +453,43 @@ async fn reconciling_twice_changes_nothing() {
         first.metadata.resource_version, second.metadata.resource_version,
         "no write when nothing changed"
     );
+}
+
+/// The cache lags: a pod event makes the controller reconcile a copy of the
+/// run from before this operator marked it Succeeded (and deleted its pod).
+/// That copy must not be taken for a run whose pod was lost.
+#[tokio::test]
+async fn a_stale_copy_of_a_finished_run_starts_no_new_attempt() {
+    let w = World::new(namespace(Some("eu-west-1"), None)).await;
+    w.create_connector(CONNECTOR).await;
+    w.create_run("r1", "sales").await;
+    w.reconcile_run("r1").await;
+    w.set_pod_status("r1-1", json!({"phase": "Running"})).await;
+    let stale = w.reconcile_run("r1").await;
+    assert_eq!(phase(&stale), Some(RunPhase::Running));
+    w.runner_reports(
+        "r1",
+        json!({"attempt": 1, "objectsCopied": 1, "objectsSkipped": 0, "bytesRead": 1, "bytesWritten": 2, "manifest": ".ferry/manifests/r1.json"}),
+    )
+    .await;
+    w.set_pod_status("r1-1", json!({"phase": "Succeeded"}))
+        .await;
+    let done = w.reconcile_run("r1").await;
+    assert_eq!(phase(&done), Some(RunPhase::Succeeded));
+    assert!(!w.exists::<Pod>("r1-1").await, "the pod was cleaned up");
+
+    // The pod's deletion triggers a reconcile of the copy still in the cache.
+    ferry_operator::run::reconcile(Arc::new(stale), w.ctx.clone())
+        .await
+        .expect("reconcile the stale copy");
+    let after = w.runs().get("r1").await.unwrap();
+    assert_eq!(phase(&after), Some(RunPhase::Succeeded));
+    assert_eq!(after.status.as_ref().unwrap().attempts, Some(1));
+    assert!(!w.exists::<Pod>("r1-2").await, "no second attempt");
+    let finished = w
+        .audit_lines()
+        .iter()
+        .filter(|l| l["action"] == "run.finished")
+        .count();
+    assert_eq!(finished, 1, "the run finished once");
 }

@@ -24,8 +24,10 @@ what kube-rs and kubectl rely on, and nothing more:
   selectors on list and watch, watch from a resourceVersion (410 Gone when it is
   older than the retained history), bookmarks, timeoutSeconds, and metadata-only
   (PartialObjectMetadata) answers;
-- namespaces must exist before objects are created in them; CRDs become served
-  resources when created.
+- namespaces must exist before objects are created in them, and take their
+  objects with them; CRDs become served resources when created; Secrets'
+  `stringData` becomes base64 `data`; protobuf bodies get 415 (kubectl's typed
+  `create` sends protobuf: use `kubectl apply --server-side`).
 
 Not modelled: authentication and authorization (every request is admitted;
 bearer tokens are recorded in the request log), admission, validation against
@@ -39,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import bisect
 import copy
 import datetime
@@ -349,8 +352,18 @@ class Api(kmock.KubernetesEmulator):
 
     # -- writes --
 
+    @staticmethod
+    def _normalise(kind: Kind, obj: Obj) -> Obj:
+        """What the API server does to every write of some kinds."""
+        if kind.key == ("", "secrets") and "stringData" in obj:
+            data = obj.setdefault("data", {}) or {}
+            for k, v in (obj.pop("stringData") or {}).items():
+                data[k] = base64.b64encode(str(v).encode()).decode()
+            obj["data"] = data
+        return obj
+
     def _create(self, kind: Kind, namespace: str | None, body: Obj, manager: str) -> Obj:
-        obj = copy.deepcopy(body)
+        obj = self._normalise(kind, copy.deepcopy(body))
         meta = obj.setdefault("metadata", {})
         if not meta.get("name"):
             if meta.get("generateName"):
@@ -438,6 +451,7 @@ class Api(kmock.KubernetesEmulator):
 
     async def _write(self, kind: Kind, key, before: Obj, after: Obj, subresource: str | None, manager: str, operation: str = "Update") -> Obj:
         """Stores `after` in place of `before` with the subresource rules; a no-op changes nothing."""
+        after = self._normalise(kind, after)
         if kind.status:
             if subresource == "status":
                 status = after.get("status")
@@ -754,22 +768,27 @@ class Api(kmock.KubernetesEmulator):
         seen = since_rv
         try:
             while True:
+                # Events recorded while this stream was writing are picked up
+                # on the next pass: `seen` only moves past what was looked at.
                 start = bisect.bisect_right(self.history, seen, key=lambda e: e[0])
                 for rv, key, type_, obj in self.history[start:]:
                     seen = rv
                     if key == kind.key and wanted(obj):
                         await send(type_, obj)
-                seen = max(seen, self.version)
                 left = deadline - asyncio.get_running_loop().time()
                 if left <= 0:
                     break
+                quiet = False
                 async with self.changed:
+                    if self.history and self.history[-1][0] > seen:
+                        continue
                     try:
                         await asyncio.wait_for(self.changed.wait(), timeout=min(left, 5.0))
                     except TimeoutError:
-                        if bookmarks:
-                            await send("BOOKMARK", {"kind": kind.kind, "apiVersion": kind.api_version,
-                                                    "metadata": {"resourceVersion": str(self.version)}})
+                        quiet = True
+                if quiet and bookmarks:
+                    await send("BOOKMARK", {"kind": kind.kind, "apiVersion": kind.api_version,
+                                            "metadata": {"resourceVersion": str(seen)}})
         except (ConnectionResetError, asyncio.CancelledError):
             return resp
         await resp.write_eof()

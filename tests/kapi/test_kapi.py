@@ -216,6 +216,12 @@ def test_a_crd_is_served_with_its_status_subresource_isolated(api):
     assert w["status"] == {"ready": True}
 
 
+def test_secret_string_data_is_stored_as_base64_data(api):
+    out = api.ok("POST", "/api/v1/namespaces/default/secrets",
+                  {"metadata": {"name": "sd"}, "data": {"a": "YQ=="}, "stringData": {"b": "bee"}})
+    assert out["data"] == {"a": "YQ==", "b": "YmVl"} and "stringData" not in out
+
+
 def test_finalizers_hold_deletion_until_removed(api):
     api.ok("POST", CM, {**cm("final"), "metadata": {"name": "final", "finalizers": ["ferry.dev/x"]}})
     out = api.ok("DELETE", f"{CM}/final")
@@ -300,6 +306,32 @@ def test_watch_resumes_from_a_version_with_selectors_and_expires(api):
         api.ok("PATCH", f"{CM}/w-2", {"data": {"n": str(i)}}, ctype="application/merge-patch+json")
     status, err = api.call("GET", f"{CM}?watch=true&resourceVersion={start}")
     assert (status, err["reason"]) == (410, "Expired")
+
+
+def test_a_watch_misses_no_event_written_while_it_streams(api):
+    # Large objects: writing each event to the stream waits for the socket,
+    # and other writes land meanwhile.
+    api.ok("POST", CM, cm("busy", data={"k": "v", "big": "x" * 300_000}))
+    start = api.ok("GET", f"{CM}/busy")["metadata"]["resourceVersion"]
+    got: list[dict] = []
+    t = threading.Thread(target=lambda: got.extend(
+        api.watch(f"{CM}?resourceVersion={start}&fieldSelector=metadata.name%3Dbusy", 4.0)))
+    t.start()
+
+    def writer(w: int) -> None:
+        for i in range(50):
+            api.ok("PATCH", f"{CM}/busy", {"data": {f"w{w}": str(i)}}, ctype="application/merge-patch+json")
+
+    writers = [threading.Thread(target=writer, args=(w,)) for w in range(4)]
+    for w in writers:
+        w.start()
+    for w in writers:
+        w.join()
+    t.join()
+    rvs = [int(e["object"]["metadata"]["resourceVersion"]) for e in got]
+    assert len(rvs) == 200 and rvs == sorted(rvs), (len(rvs), rvs[:5])
+    assert {k: v for k, v in got[-1]["object"]["data"].items() if k != "big"} == {
+        "k": "v", **{f"w{w}": "49" for w in range(4)}}
 
 
 def test_kubectl_applies_the_chart_crds_and_an_example_and_reads_them_back(api):

@@ -90,6 +90,31 @@ pub async fn reconcile_run(run: &ConnectorRun, ctx: &Context) -> Result<Action, 
     if run.meta().deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
+    // Once a run has pods, its cached copy may lag behind this operator's own
+    // last status write: a pod event (the cleanup deleting the pod of a run
+    // just marked Succeeded) can arrive before the run's own. Acting on the
+    // stale copy would take the deleted pod for a lost one and start another
+    // attempt. Such runs are decided on the run as the API has it now.
+    let in_flight = run.status.as_ref().is_some_and(|s| {
+        s.attempts.unwrap_or(0) > 0 && !s.phase.is_some_and(RunPhase::is_terminal)
+    });
+    let fresh;
+    let run = if in_flight {
+        let api: Api<ConnectorRun> = Api::namespaced(ctx.client.clone(), &namespace);
+        match api
+            .get_opt(&name)
+            .await
+            .map_err(|e| Error::kube("get", "ConnectorRun", &name, e))?
+        {
+            Some(r) => {
+                fresh = r;
+                &fresh
+            }
+            None => return Ok(Action::await_change()),
+        }
+    } else {
+        run
+    };
     let old = run.status.clone().unwrap_or_default();
     if old.phase.is_some_and(RunPhase::is_terminal) {
         apply::cleanup(ctx, &namespace, &name, old.attempts.unwrap_or(0)).await?;

@@ -33,9 +33,6 @@ const PARTS_IN_FLIGHT: usize = 4;
 const READ_RANGE: u64 = 4 << 20;
 /// ...this many at once, each on its own connection, ahead of the reader.
 const RANGES_IN_FLIGHT: usize = 4;
-/// A fetched range is handed on in slices of this size (no copy), as a
-/// streamed body would be.
-const READ_SLICE: usize = 256 << 10;
 
 /// Where and how to reach a bucket.
 #[derive(Debug, Clone)]
@@ -190,7 +187,7 @@ impl S3Store {
         let Some(total) = total.filter(|t| *t > READ_RANGE) else {
             return Ok(head);
         };
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, StorageError>>(1);
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<Bytes>, StorageError>>(1);
         let store = self.clone();
         let key = key.to_string();
         tokio::spawn(async move {
@@ -224,26 +221,25 @@ impl S3Store {
         let rest =
             futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) })
                 .flat_map(|fetched| {
-                    let slices: Vec<Result<Bytes, StorageError>> = match fetched {
-                        Ok(b) => (0..b.len())
-                            .step_by(READ_SLICE)
-                            .map(|at| Ok(b.slice(at..(at + READ_SLICE).min(b.len()))))
-                            .collect(),
+                    let chunks: Vec<Result<Bytes, StorageError>> = match fetched {
+                        Ok(chunks) => chunks.into_iter().map(Ok).collect(),
                         Err(e) => vec![Err(e)],
                     };
-                    futures::stream::iter(slices)
+                    futures::stream::iter(chunks)
                 });
         Ok(head.chain(rest).boxed())
     }
 
-    /// One range of a whole-object read, in memory.
+    /// One range of a whole-object read, in memory as the chunks the
+    /// connection delivered: no copy, and no large allocation for the
+    /// allocator to keep after it is freed.
     async fn fetch_range(
         &self,
         full: &str,
         key: &str,
         range: Range<u64>,
         etag: Option<&str>,
-    ) -> Result<Bytes, StorageError> {
+    ) -> Result<Vec<Bytes>, StorageError> {
         let out = self
             .client
             .get_object()
@@ -268,22 +264,23 @@ impl S3Store {
             }
             Err(e) => return Err(self.error(e, Some(key))),
         };
-        let bytes = out
-            .body
-            .collect()
-            .await
-            .map_err(|e| StorageError::Unreachable {
+        let mut body = out.body;
+        let (mut chunks, mut len) = (Vec::new(), 0u64);
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| StorageError::Unreachable {
                 endpoint: self.name.clone(),
                 reason: format!("reading {key:?}: {e}"),
-            })?
-            .into_bytes();
-        if bytes.len() as u64 != range.end - range.start {
+            })?;
+            len += chunk.len() as u64;
+            chunks.push(chunk);
+        }
+        if len != range.end - range.start {
             return Err(StorageError::ChangedDuringRead {
                 endpoint: self.name.clone(),
                 key: key.to_string(),
             });
         }
-        Ok(bytes)
+        Ok(chunks)
     }
 
     /// Maps an SDK error to a storage error naming the endpoint and object.

@@ -1,0 +1,329 @@
+"""Ferry end to end: the real ferry-operator and job-runner binaries, driven by
+kubectl applying files from examples/, over the test Kubernetes API, with the
+test kubelet running each run's pod as a process, against the real S3 (moto)
+and Azure Blob (Azurite) test servers on 127.0.0.1."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import os
+import pathlib
+import secrets
+import signal
+import subprocess
+import tempfile
+import time
+
+import boto3
+import pytest
+import yaml
+from azure.storage.blob import BlobServiceClient
+from cluster import ROOT, RUNNER, Cluster, metric, wait_for
+
+S3 = os.environ.get("FERRY_S3_ENDPOINT", "")
+AZURITE = os.environ.get("FERRY_AZURITE_ENDPOINT", "")
+DEV_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+KEK = secrets.token_bytes(32)
+# The S3 and Azure test servers outlive a test run: names are unique per run.
+RUN_ID = secrets.token_hex(3)
+RUN = "/apis/ferry.dev/v1alpha1/namespaces/{ns}/connectorruns"
+CONN = "/apis/ferry.dev/v1alpha1/namespaces/{ns}/connectors"
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    assert S3 and AZURITE, "the test services are not running: source ~/.cache/ferry/services/env"
+    with tempfile.TemporaryDirectory(prefix="ferry-e2e-") as tmp:
+        c = Cluster(pathlib.Path(tmp))
+        try:
+            c.start_operator("operator-a")
+            yield c
+        finally:
+            c.stop()
+
+
+def s3():
+    return boto3.client("s3", endpoint_url=S3, region_name="eu-west-1",
+                        aws_access_key_id="testing", aws_secret_access_key="testing")
+
+
+def azure():
+    conn = (f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={DEV_KEY};"
+            f"BlobEndpoint={AZURITE};")
+    return BlobServiceClient.from_connection_string(conn)
+
+
+def blobs(container: str) -> dict[str, int]:
+    return {b.name: b.size for b in azure().get_container_client(container).list_blobs()}
+
+
+def tenant(cluster: Cluster, ns: str, region: str = "eu-west-1", allowed: str | None = "pii") -> None:
+    annotations = {"ferry.dev/allowed-sensitivity": allowed} if allowed else {}
+    cluster.apply_text(yaml.safe_dump({"apiVersion": "v1", "kind": "Namespace", "metadata": {
+        "name": ns, "labels": {"ferry.dev/region": region}, "annotations": annotations}}))
+
+
+def example(cluster: Cluster, ns: str, bucket: str, container: str, **changes) -> dict:
+    """examples/s3-to-azure with its endpoints pointed at the test servers, its
+    Secrets filled in, applied with kubectl to namespace `ns`."""
+    conn = yaml.safe_load((ROOT / "examples/s3-to-azure/connector.yaml").read_text())
+    conn["metadata"]["namespace"] = ns
+    spec = conn["spec"]
+    spec["source"]["s3"].update(bucket=bucket, endpoint=S3, forcePathStyle=True, insecurePlainHttpOnLoopback=True)
+    spec["destination"]["azureBlob"].update(account="devstoreaccount1", container=container,
+                                            endpoint=AZURITE, insecurePlainHttpOnLoopback=True)
+    for key, value in changes.items():
+        if value is None:
+            spec.pop(key, None)
+        else:
+            spec[key] = value
+    values = {"accessKeyId": "testing", "secretAccessKey": "testing", "accountKey": DEV_KEY,
+              "kek": base64.b64encode(KEK).decode()}
+    docs = []
+    for doc in yaml.safe_load_all((ROOT / "examples/s3-to-azure/secrets.yaml").read_text()):
+        doc["metadata"]["namespace"] = ns
+        doc["stringData"] = {k: values[k] for k in doc["stringData"]}
+        docs.append(doc)
+    cluster.apply_text(yaml.safe_dump_all([*docs, conn]))
+    return conn
+
+
+def data(bucket: str, extra: dict[str, bytes] | None = None) -> dict[str, bytes]:
+    client = s3()
+    client.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+    objects = {
+        "daily/customers/2026-11-01.csv": b"id,email,country\n1,a@example.com,FR\n2,\"b,c\"@example.com,DE\n",
+        "daily/orders/2026-11-01.csv": b"order,amount\n7,12.50\n8,3.10\n",
+        "daily/orders/notes.txt": b"not included\n",
+        **(extra or {}),
+    }
+    for key, body in objects.items():
+        client.put_object(Bucket=bucket, Key=key, Body=body)
+    return objects
+
+
+def manual_run(cluster: Cluster, ns: str) -> str:
+    """kubectl create -f examples/runs/manual-run.yaml, in `ns`: the run's name."""
+    text = (ROOT / "examples/runs/manual-run.yaml").read_text().replace("namespace: acme", f"namespace: {ns}")
+    out = cluster.kubectl("create", "-f", "-", "-o", "name", stdin=text)
+    return out.stdout.strip().split("/")[-1]
+
+
+def run_phase(cluster: Cluster, ns: str, name: str) -> str | None:
+    run = cluster.get(f"{RUN.format(ns=ns)}/{name}")
+    return ((run or {}).get("status") or {}).get("phase")
+
+
+def wait_phase(cluster: Cluster, ns: str, name: str, phases: tuple[str, ...], timeout: float = 120) -> dict:
+    wait_for(f"run {ns}/{name} to reach {phases}", lambda: run_phase(cluster, ns, name) in phases, timeout,
+             context=lambda: json.dumps(cluster.get(f"{RUN.format(ns=ns)}/{name}"), indent=1) + cluster.logs())
+    return cluster.get(f"{RUN.format(ns=ns)}/{name}")
+
+
+def local_copy(cluster: Cluster, conn: dict) -> tuple[pathlib.Path, pathlib.Path]:
+    """The Connector and its Secrets as files, for `job-runner verify/decrypt`."""
+    d = cluster.dir / f"verify-{conn['metadata']['namespace']}"
+    (d / "secrets/bronze-writer").mkdir(parents=True, exist_ok=True)
+    (d / "secrets/bronze-writer/accountKey").write_text(DEV_KEY)
+    (d / "kek").write_bytes(KEK)
+    (d / "connector.yaml").write_text(yaml.safe_dump(conn))
+    return d / "connector.yaml", d
+
+
+def test_s3_to_azure_manual_run(cluster: Cluster):
+    ns, bucket, container = "acme", f"acme-exports-{RUN_ID}", f"bronze-{RUN_ID}"
+    tenant(cluster, ns)
+    data(bucket)
+    azure().create_container(container)
+    conn = example(cluster, ns, bucket, container)
+    name = manual_run(cluster, ns)
+    run = wait_phase(cluster, ns, name, ("Succeeded", "Failed", "Rejected"))
+    assert run["status"]["phase"] == "Succeeded", json.dumps(run["status"], indent=1) + cluster.logs()
+
+    # The pod ran with the restricted security context, under the run's own identity.
+    pods = [p for p in cluster.watch_pods() if p["metadata"]["labels"].get("ferry.dev/run") == name]
+    assert pods, "no pod was created for the run"
+    spec = pods[0]["spec"]
+    sc = spec["containers"][0]["securityContext"]
+    assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"]["drop"] == ["ALL"]
+    assert sc["runAsNonRoot"] is True and sc["readOnlyRootFilesystem"] is True
+    assert sc["seccompProfile"]["type"] == "RuntimeDefault"
+    assert spec["automountServiceAccountToken"] is False
+    assert spec["serviceAccountName"] != "default"
+    assert pods[-1]["status"]["phase"] == "Succeeded"
+
+    # The data: the three included objects, encrypted, customers minimised to two columns.
+    there = blobs(container)
+    copied = sorted(k for k in there if not k.startswith("sales/.ferry/"))
+    assert copied == ["sales/customers/2026-11-01.csv", "sales/orders/2026-11-01.csv"], there
+    stored = azure().get_blob_client(container, "sales/orders/2026-11-01.csv").download_blob().readall()
+    assert b"order,amount" not in stored, "the object is stored in plain text"
+    path, d = local_copy(cluster, conn)
+    verified = subprocess.run([str(RUNNER), "verify", "--kek", str(d / "kek"), "--connector", str(path),
+                               "--secrets-dir", str(d / "secrets"), "--deep"], capture_output=True, text=True)
+    assert verified.returncode == 0, verified.stderr
+    out = d / "plain"
+    decrypted = subprocess.run([str(RUNNER), "decrypt", "--kek", str(d / "kek"), "--connector", str(path),
+                                "--secrets-dir", str(d / "secrets"), "--out", str(out)],
+                               capture_output=True, text=True)
+    assert decrypted.returncode == 0, decrypted.stderr
+    assert (out / "customers/2026-11-01.csv").read_bytes() == b"id,country\n1,FR\n2,DE\n"
+    assert (out / "orders/2026-11-01.csv").read_bytes() == b"order,amount\n7,12.50\n8,3.10\n"
+
+    # The Connector's status: last run, cursor.
+    status = cluster.get(f"{CONN.format(ns=ns)}/sales-exports")["status"]
+    assert status["lastRun"]["name"] == name, status
+    assert status["cursor"], status
+    # The metrics count the run and its bytes.
+    text = cluster.scrape("operator-a")
+    assert metric(text, "ferry_runs_total", namespace=ns, result="succeeded") == 1, text
+    assert metric(text, "ferry_bytes_transferred_total", namespace=ns) > 0, text
+
+    # The pod and the run's identity are cleaned up.
+    run_objects = [
+        f"/api/v1/namespaces/{ns}/pods", f"/api/v1/namespaces/{ns}/serviceaccounts",
+        f"/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/roles",
+        f"/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/rolebindings",
+    ]
+    wait_for("the run's pod and identity to go", lambda: not any(
+        i["metadata"].get("labels", {}).get("ferry.dev/run") == name
+        for p in run_objects for i in cluster.items(p)), 30,
+        context=lambda: json.dumps([[i["metadata"]["name"] for i in cluster.items(p)] for p in run_objects]))
+
+
+def warnings_about(cluster: Cluster, ns: str, name: str) -> list[dict]:
+    events = cluster.items(f"/apis/events.k8s.io/v1/namespaces/{ns}/events")
+    return [e for e in events if e.get("type") == "Warning" and (e.get("regarding") or {}).get("name") == name]
+
+
+@pytest.mark.parametrize("case", ["sensitivity", "residency"])
+def test_a_run_refused_by_policy_gets_no_pod_and_a_warning(cluster: Cluster, case: str):
+    ns = f"refused-{case}"
+    if case == "sensitivity":
+        # No ferry.dev/allowed-sensitivity annotation: the pii stream may not move.
+        tenant(cluster, ns, allowed=None)
+        example(cluster, ns, "unused", "unused")
+    else:
+        tenant(cluster, ns)
+        example(cluster, ns, "unused", "unused", compliance={"allowedSensitivity": ["pii"],
+                                                             "dataResidency": "in-region-only"})
+    name = manual_run(cluster, ns)
+    run = wait_phase(cluster, ns, name, ("Rejected", "Succeeded", "Failed"), 60)
+    assert run["status"]["phase"] == "Rejected", run["status"]
+    words = "pii" if case == "sensitivity" else "outside the tenant's region"
+    messages = " ".join(c.get("message", "") for c in run["status"]["conditions"])
+    assert words in messages, run["status"]["conditions"]
+    warnings = wait_for("a Warning Event about the run", lambda: warnings_about(cluster, ns, name), 30)
+    assert any(words in (w.get("note") or "") for w in warnings), warnings
+    assert not [p for p in cluster.watch_pods() if p["metadata"]["namespace"] == ns], "a pod was created"
+    text = cluster.scrape("operator-a")
+    reason = "SensitivityNotAllowed" if case == "sensitivity" else "ResidencyViolation"
+    assert metric(text, "ferry_policy_denials_total", reason=reason) >= 1, text
+
+
+def test_a_runner_killed_mid_transfer_is_retried_without_duplicates(cluster: Cluster):
+    ns, bucket, container = "retry", f"retry-exports-{RUN_ID}", f"retry-bronze-{RUN_ID}"
+    tenant(cluster, ns)
+    big = os.urandom(192 << 20)
+    objects = data(bucket, {"daily/orders/big.csv": big})
+    azure().create_container(container)
+    conn = example(cluster, ns, bucket, container)
+    name = manual_run(cluster, ns)
+    pod = f"{name}-1"
+    pidfile = cluster.dir / "node/pids" / f"{ns}_{pod}.pid"
+
+    def first_pod_running():
+        pods = cluster.items(f"/api/v1/namespaces/{ns}/pods")
+        return pidfile.exists() and any(
+            p["metadata"]["labels"].get("ferry.dev/attempt") == "1" and (p.get("status") or {}).get("phase") == "Running"
+            for p in pods)
+
+    wait_for("the first attempt's pod to run", first_pod_running, 60, every=0.05, context=cluster.logs)
+    time.sleep(1.5)  # in the middle of the big object
+    assert run_phase(cluster, ns, name) not in ("Succeeded", "Failed"), "the run ended before it could be killed"
+    os.killpg(int(pidfile.read_text()), signal.SIGKILL)
+    run = wait_phase(cluster, ns, name, ("Succeeded", "Failed"), 240)
+    assert run["status"]["phase"] == "Succeeded", json.dumps(run["status"], indent=1) + cluster.logs()
+    attempts = {p["metadata"]["labels"]["ferry.dev/attempt"] for p in cluster.watch_pods()
+                if p["metadata"]["labels"].get("ferry.dev/run") == name}
+    assert attempts == {"1", "2"}, attempts
+    killed = [p for p in cluster.watch_pods() if p["metadata"]["name"] == pod and
+              (p.get("status") or {}).get("phase") == "Failed"]
+    assert killed and killed[-1]["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 137
+
+    # Exactly the included objects, whole, one manifest; nothing half-written.
+    there = blobs(container)
+    included = sorted("sales/" + k[len("daily/"):] for k in objects if k.endswith(".csv"))
+    assert sorted(k for k in there if not k.startswith("sales/.ferry/")) == included, there
+    manifests = [k for k in there if k.startswith("sales/.ferry/manifests/")]
+    assert len(manifests) == 1, manifests
+    path, d = local_copy(cluster, conn)
+    verified = subprocess.run([str(RUNNER), "verify", "--kek", str(d / "kek"), "--connector", str(path),
+                               "--secrets-dir", str(d / "secrets"), "--deep"], capture_output=True, text=True)
+    assert verified.returncode == 0, verified.stderr
+
+
+def test_a_run_past_its_deadline_is_stopped_and_fails(cluster: Cluster):
+    ns, bucket, container = "deadline", f"deadline-exports-{RUN_ID}", f"deadline-bronze-{RUN_ID}"
+    tenant(cluster, ns)
+    data(bucket, {"daily/orders/big.csv": os.urandom(192 << 20)})
+    azure().create_container(container)
+    conn = yaml.safe_load((ROOT / "examples/s3-to-azure/connector.yaml").read_text())
+    example(cluster, ns, bucket, container, run={**conn["spec"]["run"], "activeDeadlineSeconds": 1})
+    name = manual_run(cluster, ns)
+    run = wait_phase(cluster, ns, name, ("Succeeded", "Failed"), 120)
+    assert run["status"]["phase"] == "Failed" and run["status"]["reason"] == "DeadlineExceeded", run["status"]
+    pods = [p for p in cluster.watch_pods() if p["metadata"]["labels"].get("ferry.dev/run") == name]
+    assert {p["metadata"]["labels"]["ferry.dev/attempt"] for p in pods} == {"1"}, "a deadline is not retried"
+    last = pods[-1]["status"]
+    assert last["phase"] == "Failed" and last["reason"] == "DeadlineExceeded", last
+    assert last["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 137
+    manifests = [k for k in blobs(container) if k.startswith("sales/.ferry/manifests/")]
+    assert manifests == [], "a stopped run wrote a manifest"
+
+
+def test_a_schedule_produces_runs_and_prunes_history(cluster: Cluster):
+    ns, bucket, container = "scheduled", f"scheduled-exports-{RUN_ID}", f"scheduled-bronze-{RUN_ID}"
+    tenant(cluster, ns)
+    data(bucket)
+    azure().create_container(container)
+    example(cluster, ns, bucket, container, schedule="* * * * *", timeZone=None,
+            successfulRunsHistoryLimit=1)
+    seen: set[str] = set()
+
+    def two_runs_succeeded():
+        for r in cluster.items(RUN.format(ns=ns)):
+            if (r.get("status") or {}).get("phase") == "Succeeded":
+                seen.add(r["metadata"]["name"])
+        return len(seen) >= 2
+
+    wait_for("two scheduled runs to succeed", two_runs_succeeded, 150, every=1, context=cluster.logs)
+    wait_for("the older run to be pruned",
+             lambda: len([r for r in cluster.items(RUN.format(ns=ns))
+                          if (r.get("status") or {}).get("phase") == "Succeeded"]) == 1, 30)
+    status = cluster.get(f"{CONN.format(ns=ns)}/sales-exports")["status"]
+    assert status.get("lastScheduleTime") and status.get("nextScheduleTime"), status
+    assert status["lastRun"]["name"] in seen
+    cluster.kubectl("delete", "namespace", ns, "--wait=false")
+
+
+def test_only_the_leader_reconciles_and_another_replica_takes_over(cluster: Cluster):
+    lease = "/apis/coordination.k8s.io/v1/namespaces/ferry-system/leases/ferry-operator"
+    assert cluster.get(lease)["spec"]["holderIdentity"] == "operator-a"
+    cluster.start_operator("operator-b")
+    ns = "acme"
+    before = metric(cluster.scrape("operator-a"), "ferry_reconcile_total")
+    name = manual_run(cluster, ns)
+    wait_phase(cluster, ns, name, ("Succeeded",), 120)
+    assert metric(cluster.scrape("operator-a"), "ferry_reconcile_total") > before
+    assert metric(cluster.scrape("operator-b"), "ferry_reconcile_total") == 0, "a follower reconciled"
+    assert cluster.get(lease)["spec"]["holderIdentity"] == "operator-a"
+
+    cluster.kill("operator-a")
+    wait_for("operator-b to take the lease", lambda: cluster.get(lease)["spec"].get("holderIdentity") == "operator-b",
+             60, context=lambda: cluster.log("operator-b"))
+    name = manual_run(cluster, ns)
+    wait_phase(cluster, ns, name, ("Succeeded",), 120)
+    assert metric(cluster.scrape("operator-b"), "ferry_reconcile_total") > 0
