@@ -3,6 +3,8 @@
 # run, on the same local servers: s3s-fs (S3), Azurite (Azure Blob) and OpenSSH
 # (SFTP), all on 127.0.0.1. Writes docs/bench/transfer.md.
 #   bash docs/bench/transfer.sh [SIZE_MIB] [SMALL_COUNT]
+# ROUTES="s3 sftp,sftp s3" runs a subset; RSS_MIB (default 4096, 0 to skip) sizes
+# the object of the memory table.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 export FERRY_CACHE=${FERRY_CACHE:-$HOME/.cache/ferry}
@@ -145,6 +147,24 @@ PY
 
 mbps() { python3 -c "print(f'{$1 / $2 / 1e6:.0f}')"; }
 
+# Ferry alone on one route and dataset: prints "seconds<TAB>peak RSS KiB".
+ferry_run() { # src-kind dst-kind dataset
+  local src=$1 dst=$2 set=$3
+  n=$((n + 1))
+  cat > "$work/c$n.yaml" <<EOF
+apiVersion: ferry.dev/v1alpha1
+kind: Connector
+metadata: {name: bench, namespace: bench}
+spec:
+  source: {$(ferry_end "$src" "src$set" "")}
+  destination: {$(ferry_end "$dst" dst "ferry-$n/")}
+  syncMode: full
+  compliance: {dataResidency: any}
+  encryption: {keyRef: {secretRef: {name: kek}}}
+EOF
+  measure "$runner" run --connector "$work/c$n.yaml" --secrets-dir "$work/secrets" --audit-log "$work/audit"
+}
+
 rows=()
 n=0
 bench_route() { # src-kind dst-kind dataset bytes
@@ -166,18 +186,7 @@ bench_route() { # src-kind dst-kind dataset bytes
   echo "    $r" >&2
   local crypt_s=${r%%$'\t'*} crypt_rss=${r##*$'\t'}
   echo "  $src -> $dst, $set: ferry" >&2
-  cat > "$work/c$n.yaml" <<EOF
-apiVersion: ferry.dev/v1alpha1
-kind: Connector
-metadata: {name: bench, namespace: bench}
-spec:
-  source: {$(ferry_end "$src" "src$set" "")}
-  destination: {$(ferry_end "$dst" dst "ferry-$n/")}
-  syncMode: full
-  compliance: {dataResidency: any}
-  encryption: {keyRef: {secretRef: {name: kek}}}
-EOF
-  r=$(measure "$runner" run --connector "$work/c$n.yaml" --secrets-dir "$work/secrets" --audit-log "$work/audit")
+  r=$(ferry_run "$src" "$dst" "$set")
   echo "    $r" >&2
   local ferry_s=${r%%$'\t'*} ferry_rss=${r##*$'\t'}
   # Against the slower of the two endpoints on its own (big objects only:
@@ -219,6 +228,25 @@ for route in "${routes[@]}"; do
   bench_route "$1" "$2" small "$small_bytes"
 done
 
+# Memory does not grow with the object: Ferry alone, one RSS_MIB object per route.
+RSS_MIB=${RSS_MIB:-4096}
+memrows=()
+if [ "$RSS_MIB" -gt 0 ]; then
+  echo "memory with one ${RSS_MIB} MiB object..." >&2
+  mkdir -p "$work/data/srchuge" "$work/s3root/srchuge"
+  head -c $((RSS_MIB << 20)) /dev/urandom > "$work/data/srchuge/object.bin"
+  rclone --config "$work/rclone.conf" copy "$work/data/srchuge" s3:srchuge
+  cp -r "$work/data/srchuge" "$FERRY_SFTP_ROOT/"
+  rm -f "$work/data/srchuge/object.bin"
+  for route in "${routes[@]}"; do
+    set -- $route
+    echo "  $1 -> $2, ${RSS_MIB} MiB: ferry" >&2
+    r=$(ferry_run "$1" "$2" huge)
+    echo "    $r" >&2
+    memrows+=("| $1 → $2 | $(mbps $((RSS_MIB << 20)) "${r%%$'\t'*}") | $((${r##*$'\t'} / 1024)) |")
+  done
+fi
+
 
 cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)
 {
@@ -237,6 +265,14 @@ cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)
   echo "Within one S3 endpoint rclone copies server-side (CopyObject: no byte passes through it), so"
   echo "the plain s3 → s3 column is not a like-for-like baseline; its crypt column is."
   echo
+  if [ ${#memrows[@]} -gt 0 ]; then
+    echo "Peak memory with one ${RSS_MIB} MiB object (Ferry alone, same servers):"
+    echo
+    echo "| route | Ferry MB/s | peak RSS MiB |"
+    echo "| --- | ---: | ---: |"
+    printf '%s\n' "${memrows[@]}"
+    echo
+  fi
   echo "Standalone throughput of each endpoint (rclone, one ${BIG_MIB} MiB object, from or to a RAM disk):"
   echo
   echo "| endpoint | MB/s |"

@@ -28,11 +28,11 @@ use super::{ByteStream, ObjectMeta, ObjectStore, StorageError, check_endpoint_ur
 /// Size of a multipart part (S3's minimum is 5 MiB).
 pub const PART_SIZE: usize = 8 << 20;
 /// Parts uploaded at once per object.
-const PARTS_IN_FLIGHT: usize = 4;
+const PARTS_IN_FLIGHT: usize = 3;
 /// Whole-object reads of more than one range fetch the rest as ranges...
 const READ_RANGE: u64 = 4 << 20;
 /// ...this many at once, each on its own connection, ahead of the reader.
-const RANGES_IN_FLIGHT: usize = 4;
+const RANGES_IN_FLIGHT: usize = 2;
 
 /// Where and how to reach a bucket.
 #[derive(Debug, Clone)]
