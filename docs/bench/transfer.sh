@@ -112,6 +112,8 @@ EOF
 # and it recomputes the MD5 of the whole file on every GET, ranged or not.)
 rclone --config "$work/rclone.conf" copy "$work/data/srcbig" s3:srcbig
 rclone --config "$work/rclone.conf" copy "$work/data/srcsmall" s3:srcsmall
+# Several GiB were just written: flush them now, not during the measurements.
+sync
 
 # Ferry's secrets and endpoints.
 mkdir -p "$work/secrets/s3" "$work/secrets/az" "$work/secrets/ssh" "$work/secrets/hostkey" "$work/secrets/kek"
@@ -238,6 +240,7 @@ if [ "$RSS_MIB" -gt 0 ]; then
   rclone --config "$work/rclone.conf" copy "$work/data/srchuge" s3:srchuge
   cp -r "$work/data/srchuge" "$FERRY_SFTP_ROOT/"
   rm -f "$work/data/srchuge/object.bin"
+  sync
   for route in "${routes[@]}"; do
     set -- $route
     echo "  $1 -> $2, ${RSS_MIB} MiB: ferry" >&2
