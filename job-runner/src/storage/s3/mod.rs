@@ -14,6 +14,7 @@ use std::ops::Range;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region, SharedCredentialsProvider};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::operation::get_object::GetObjectOutput;
 use aws_sdk_s3::primitives::ByteStream as SdkBody;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use bytes::{Bytes, BytesMut};
@@ -162,21 +163,9 @@ impl S3Store {
     /// one's ETag: an object replaced mid-read fails as `ChangedDuringRead`.
     async fn get_whole(&self, key: &str) -> Result<ByteStream, StorageError> {
         let full = self.full_key(key)?;
-        let first = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(&full)
-            .range(format!("bytes=0-{}", READ_RANGE - 1))
-            .send()
-            .await;
-        let first = match first {
-            Ok(o) => o,
-            // An empty object has no byte 0.
-            Err(e) if e.raw_response().map(|r| r.status().as_u16()) == Some(416) => {
-                return Ok(futures::stream::empty().boxed());
-            }
-            Err(e) => return Err(self.error(e, Some(key))),
+        // An empty object has no byte 0.
+        let Some(first) = self.get_range(&full, key, 0..READ_RANGE, None).await? else {
+            return Ok(futures::stream::empty().boxed());
         };
         let total = first.content_range().and_then(|r| {
             r.rsplit_once('/')
@@ -230,6 +219,38 @@ impl S3Store {
         Ok(head.chain(rest).boxed())
     }
 
+    /// A GET of `range` (clamped by the store to the object's end), pinned to
+    /// `etag` when given. `None` when the range starts past the end (HTTP
+    /// 416); an ETag that no longer matches (HTTP 412) is `ChangedDuringRead`.
+    async fn get_range(
+        &self,
+        full: &str,
+        key: &str,
+        range: Range<u64>,
+        etag: Option<&str>,
+    ) -> Result<Option<GetObjectOutput>, StorageError> {
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(full)
+            .range(format!("bytes={}-{}", range.start, range.end - 1))
+            .set_if_match(etag.map(str::to_string))
+            .send()
+            .await;
+        match out {
+            Ok(o) => Ok(Some(o)),
+            Err(e) => match e.raw_response().map(|r| r.status().as_u16()) {
+                Some(416) => Ok(None),
+                Some(412) => Err(StorageError::ChangedDuringRead {
+                    endpoint: self.name.clone(),
+                    key: key.to_string(),
+                }),
+                _ => Err(self.error(e, Some(key))),
+            },
+        }
+    }
+
     /// One range of a whole-object read, in memory as the chunks the
     /// connection delivered: no copy, and no large allocation for the
     /// allocator to keep after it is freed.
@@ -240,30 +261,15 @@ impl S3Store {
         range: Range<u64>,
         etag: Option<&str>,
     ) -> Result<Vec<Bytes>, StorageError> {
-        let out = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(full)
-            .range(format!("bytes={}-{}", range.start, range.end - 1))
-            .set_if_match(etag.map(str::to_string))
-            .send()
-            .await;
-        let out = match out {
-            Ok(o) => o,
-            Err(e)
-                if matches!(
-                    e.raw_response().map(|r| r.status().as_u16()),
-                    Some(412 | 416)
-                ) =>
-            {
-                return Err(StorageError::ChangedDuringRead {
-                    endpoint: self.name.clone(),
-                    key: key.to_string(),
-                });
-            }
-            Err(e) => return Err(self.error(e, Some(key))),
+        // Nothing at this range any more: the object shrank.
+        let changed = || StorageError::ChangedDuringRead {
+            endpoint: self.name.clone(),
+            key: key.to_string(),
         };
+        let out = self
+            .get_range(full, key, range.clone(), etag)
+            .await?
+            .ok_or_else(changed)?;
         let mut body = out.body;
         let (mut chunks, mut len) = (Vec::new(), 0u64);
         while let Some(chunk) = body.next().await {
@@ -275,10 +281,7 @@ impl S3Store {
             chunks.push(chunk);
         }
         if len != range.end - range.start {
-            return Err(StorageError::ChangedDuringRead {
-                endpoint: self.name.clone(),
-                key: key.to_string(),
-            });
+            return Err(changed());
         }
         Ok(chunks)
     }
@@ -550,29 +553,14 @@ impl ObjectStore for S3Store {
             return self.get_whole(key).await;
         };
         let full = self.full_key(key)?;
-        let range = Some(range);
-        if let Some(r) = &range
-            && r.start >= r.end
-        {
+        if range.start >= range.end {
             return Ok(futures::stream::empty().boxed());
         }
-        let out = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(&full)
-            .set_range(range.map(|r| format!("bytes={}-{}", r.start, r.end - 1)))
-            .send()
-            .await;
-        let out = match out {
-            Ok(o) => o,
-            // A range past the end of the object is empty, as for the other stores.
-            Err(e) if e.raw_response().map(|r| r.status().as_u16()) == Some(416) => {
-                return Ok(futures::stream::empty().boxed());
-            }
-            Err(e) => return Err(self.error(e, Some(key))),
-        };
-        Ok(self.body_stream(key, out.body))
+        // A range past the end of the object is empty, as for the other stores.
+        Ok(match self.get_range(&full, key, range, None).await? {
+            Some(out) => self.body_stream(key, out.body),
+            None => futures::stream::empty().boxed(),
+        })
     }
 
     async fn put(&self, key: &str, data: ByteStream) -> Result<u64, StorageError> {
