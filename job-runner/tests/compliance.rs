@@ -5,8 +5,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 
+mod support;
+
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use ferry_crds::ConnectorSpec;
 use ferry_runner::audit::AuditLog;
@@ -19,6 +21,7 @@ use ferry_runner::transfer::{
 };
 use futures::StreamExt;
 use serde_json::Value;
+use support::Lines;
 
 fn spec(extra: &str) -> ConnectorSpec {
     serde_saphyr::from_str(&format!(
@@ -31,29 +34,7 @@ fn keys() -> Arc<KeyRing> {
     Arc::new(KeyRing::new(vec![Kek::from_bytes([5; 32])]))
 }
 
-/// Audit lines kept in memory.
-#[derive(Clone, Default)]
-struct Lines(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Lines {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 impl Lines {
-    fn records(&self) -> Vec<Value> {
-        String::from_utf8(self.0.lock().unwrap().clone())
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    }
-
     /// The records of `action`.
     fn of(&self, action: &str) -> Vec<Value> {
         self.records()

@@ -191,7 +191,6 @@ mod s3 {
     use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
     use aws_sdk_s3::types::{BucketLocationConstraint, CreateBucketConfiguration};
     use ferry_runner::storage::s3::{S3Auth, S3Config, S3Store};
-    use zeroize::Zeroizing;
 
     pub async fn bucket(region: &str) -> String {
         let endpoint = service_env("FERRY_S3_ENDPOINT");
@@ -219,19 +218,7 @@ mod s3 {
     }
 
     pub fn config(bucket: &str, prefix: &str, region: &str) -> S3Config {
-        S3Config {
-            bucket: bucket.into(),
-            prefix: prefix.into(),
-            region: region.into(),
-            endpoint: Some(service_env("FERRY_S3_ENDPOINT")),
-            force_path_style: true,
-            insecure_plain_http_on_loopback: true,
-            auth: S3Auth::Static {
-                access_key_id: Zeroizing::new("testing".into()),
-                secret_access_key: Zeroizing::new("testing".into()),
-                session_token: None,
-            },
-        }
+        support::moto_s3_config(service_env("FERRY_S3_ENDPOINT"), bucket, prefix, region)
     }
 
     #[tokio::test]

@@ -7,8 +7,8 @@
 
 mod support;
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 
 use ferry_crds::ConnectorSpec;
 use ferry_runner::audit::AuditLog;
@@ -18,28 +18,15 @@ use ferry_runner::readback;
 use ferry_runner::storage::ObjectStore;
 use ferry_runner::storage::azure::{AzureAuth, AzureConfig, AzureStore};
 use ferry_runner::storage::local::LocalStore;
-use ferry_runner::storage::s3::{S3Auth, S3Config, S3Store};
+use ferry_runner::storage::s3::S3Store;
 use ferry_runner::transfer::{self, Options, Progress, Report, TransferError};
 use futures::StreamExt;
-use support::{create_azurite_container_with_sas, service_env};
+use support::{Lines, create_azurite_container_with_sas, moto_s3_config, service_env};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use zeroize::Zeroizing;
 
 fn keys() -> Arc<KeyRing> {
     Arc::new(KeyRing::new(vec![Kek::from_bytes([6; 32])]))
-}
-
-#[derive(Clone, Default)]
-struct Lines(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Lines {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 fn unique(prefix: &str) -> String {
@@ -149,22 +136,7 @@ fn create_bucket(bucket: &str) {
 }
 
 fn s3_store(endpoint: String, bucket: &str) -> Arc<dyn ObjectStore> {
-    Arc::new(
-        S3Store::new(S3Config {
-            bucket: bucket.into(),
-            prefix: "out/".into(),
-            region: "us-east-1".into(),
-            endpoint: Some(endpoint),
-            force_path_style: true,
-            insecure_plain_http_on_loopback: true,
-            auth: S3Auth::Static {
-                access_key_id: Zeroizing::new("testing".into()),
-                secret_access_key: Zeroizing::new("testing".into()),
-                session_token: None,
-            },
-        })
-        .unwrap(),
-    )
+    Arc::new(S3Store::new(moto_s3_config(endpoint, bucket, "out/", "us-east-1")).unwrap())
 }
 
 #[tokio::test]
@@ -243,7 +215,7 @@ async fn credentials_that_may_not_write_fail_as_access_denied_without_retry() {
     // Every object failed the same way: the run's reason is that one.
     assert_eq!(err.reason(), "AccessDenied", "{err}");
     assert!(err.to_string().contains("3 object(s) failed"), "{err}");
-    let audit = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+    let audit = lines.text();
     let denied = audit
         .lines()
         .filter(|l| {

@@ -3,10 +3,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 
+mod support;
+
 use std::ops::Range;
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use ferry_crds::ConnectorSpec;
@@ -17,6 +19,7 @@ use ferry_runner::storage::local::LocalStore;
 use ferry_runner::storage::{ByteStream, ObjectMeta, ObjectStore, StorageError};
 use ferry_runner::transfer::{self, Mode, Options, Progress, Report, TransferError};
 use futures::StreamExt;
+use support::Lines;
 
 fn spec(extra: &str) -> ConnectorSpec {
     let compliance = if extra.contains("compliance:") {
@@ -32,26 +35,6 @@ fn spec(extra: &str) -> ConnectorSpec {
 
 fn keys() -> Arc<KeyRing> {
     Arc::new(KeyRing::new(vec![Kek::from_bytes([3; 32])]))
-}
-
-/// Audit lines kept in memory.
-#[derive(Clone, Default)]
-struct Lines(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Lines {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Lines {
-    fn text(&self) -> String {
-        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
-    }
 }
 
 fn audit(lines: &Lines) -> AuditLog {

@@ -1,7 +1,10 @@
 //! What the backend tests share: the services' settings from the test bootstrap
-//! (a missing one fails the test) and Azurite containers.
+//! (a missing one fails the test), Azurite containers, the S3 test server's
+//! settings, and audit lines kept in memory.
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::{Arc, Mutex};
 
 /// Azurite's documented development account key (public, not a secret).
 pub const AZURITE_DEV_KEY: &str =
@@ -17,6 +20,16 @@ pub fn service_env(name: &str) -> String {
 /// Creates the container `name` in Azurite and returns a SAS token for it that
 /// grants only `permissions` (e.g. `rl`).
 pub fn create_azurite_container_with_sas(name: &str, permissions: &str) -> String {
+    create_container(name, Some(permissions))
+}
+
+/// Creates the container `name` in Azurite with the Azure SDK for Python.
+pub fn create_azurite_container(name: &str) {
+    create_container(name, None);
+}
+
+/// tests/azurite/create_container.py: what it printed (the SAS token, if asked).
+fn create_container(name: &str, sas_permissions: Option<&str>) -> String {
     let out = std::process::Command::new(service_env("FERRY_PYTHON"))
         .args([
             concat!(
@@ -25,8 +38,8 @@ pub fn create_azurite_container_with_sas(name: &str, permissions: &str) -> Strin
             ),
             &service_env("FERRY_AZURITE_ENDPOINT"),
             name,
-            permissions,
         ])
+        .args(sas_permissions)
         .output()
         .unwrap();
     assert!(
@@ -37,22 +50,56 @@ pub fn create_azurite_container_with_sas(name: &str, permissions: &str) -> Strin
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
-/// Creates the container `name` in Azurite with the Azure SDK for Python.
-pub fn create_azurite_container(name: &str) {
-    let out = std::process::Command::new(service_env("FERRY_PYTHON"))
-        .args([
-            concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../tests/azurite/create_container.py"
-            ),
-            &service_env("FERRY_AZURITE_ENDPOINT"),
-            name,
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "creating container {name}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+/// The S3 test server (moto) with its static test credentials: `bucket` and
+/// `prefix` at `endpoint` (the server itself, or a proxy in front of it).
+pub fn moto_s3_config(
+    endpoint: String,
+    bucket: &str,
+    prefix: &str,
+    region: &str,
+) -> ferry_runner::storage::s3::S3Config {
+    use ferry_runner::storage::s3::{S3Auth, S3Config};
+    use zeroize::Zeroizing;
+    S3Config {
+        bucket: bucket.into(),
+        prefix: prefix.into(),
+        region: region.into(),
+        endpoint: Some(endpoint),
+        force_path_style: true,
+        insecure_plain_http_on_loopback: true,
+        auth: S3Auth::Static {
+            access_key_id: Zeroizing::new("testing".into()),
+            secret_access_key: Zeroizing::new("testing".into()),
+            session_token: None,
+        },
+    }
+}
+
+/// Audit lines kept in memory.
+#[derive(Clone, Default)]
+pub struct Lines(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Lines {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Lines {
+    /// Everything written, as text.
+    pub fn text(&self) -> String {
+        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+    }
+
+    /// One JSON value per line.
+    pub fn records(&self) -> Vec<serde_json::Value> {
+        self.text()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
 }
