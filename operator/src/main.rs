@@ -2,6 +2,8 @@
 //! holds the leader Lease, and serves `/metrics`, `/healthz` and `/readyz`.
 //! Options are documented in docs/operator.md.
 
+#![forbid(unsafe_code)]
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

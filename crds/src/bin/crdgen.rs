@@ -3,6 +3,8 @@
 //! `crdgen [DIR]` writes to DIR (default `charts/ferry/crds`, relative to the
 //! workspace root); `crdgen --check [DIR]` exits non-zero when a file there differs.
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

@@ -9,7 +9,7 @@ use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::StreamExt;
 use object_store::azure::{MicrosoftAzure, MicrosoftAzureBuilder};
 use object_store::path::Path;
@@ -319,15 +319,17 @@ impl ObjectStore for AzureStore {
 
     async fn put(&self, key: &str, mut data: ByteStream) -> Result<u64, StorageError> {
         let path = self.path(key)?;
-        let mut first = BytesMut::new();
+        // The first block decides between one Put Blob and a block upload; its
+        // chunks are kept as they are, not copied into one buffer.
+        let mut first = Vec::new();
         let mut total = 0u64;
         let mut ended = false;
-        while first.len() < BLOCK_SIZE {
+        while total < BLOCK_SIZE as u64 {
             match data.next().await {
                 Some(chunk) => {
                     let chunk = chunk?;
                     total += chunk.len() as u64;
-                    first.extend_from_slice(&chunk);
+                    first.push(chunk);
                 }
                 None => {
                     ended = true;
@@ -337,7 +339,7 @@ impl ObjectStore for AzureStore {
         }
         if ended {
             self.inner
-                .put(&path, PutPayload::from(first.freeze()))
+                .put(&path, first.into_iter().collect::<PutPayload>())
                 .await
                 .map_err(|e| self.error(e, Some(key)))?;
             return Ok(total);
@@ -348,7 +350,9 @@ impl ObjectStore for AzureStore {
             .await
             .map_err(|e| self.error(e, Some(key)))?;
         let mut writer = WriteMultipart::new_with_chunk_size(upload, BLOCK_SIZE);
-        writer.put(first.freeze());
+        for chunk in first {
+            writer.put(chunk);
+        }
         let streamed: Result<(), StorageError> = async {
             while let Some(chunk) = data.next().await {
                 let chunk: Bytes = chunk?;

@@ -176,46 +176,36 @@ impl S3Store {
         let Some(total) = total.filter(|t| *t > READ_RANGE) else {
             return Ok(head);
         };
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<Bytes>, StorageError>>(1);
-        let store = self.clone();
-        let key = key.to_string();
-        tokio::spawn(async move {
-            let starts = (1..).map(|i| i * READ_RANGE).take_while(|s| *s < total);
-            let mut ranges = futures::stream::iter(starts)
-                .map(|start| {
-                    let (store, full, key, etag) =
-                        (store.clone(), full.clone(), key.clone(), etag.clone());
-                    let end = (start + READ_RANGE).min(total);
-                    tokio::spawn(async move {
-                        store
-                            .fetch_range(&full, &key, start..end, etag.as_deref())
-                            .await
-                    })
+        // Each range is fetched by its own task, so the next ones arrive while
+        // the reader works through the current one; nothing else buffers them.
+        let (store, key) = (self.clone(), key.to_string());
+        let (name, key_in_errors) = (self.name.clone(), key.clone());
+        let starts = (1..)
+            .map(|i| i * READ_RANGE)
+            .take_while(move |s| *s < total);
+        let rest = futures::stream::iter(starts)
+            .map(move |start| {
+                let (store, full, key, etag) =
+                    (store.clone(), full.clone(), key.clone(), etag.clone());
+                let end = (start + READ_RANGE).min(total);
+                tokio::spawn(async move {
+                    store
+                        .fetch_range(&full, &key, start..end, etag.as_deref())
+                        .await
                 })
-                .buffered(RANGES_IN_FLIGHT);
-            while let Some(joined) = ranges.next().await {
-                let fetched = joined.unwrap_or_else(|e| {
-                    Err(StorageError::Unreachable {
-                        endpoint: store.name.clone(),
-                        reason: format!("reading {key:?}: {e}"),
-                    })
-                });
-                let failed = fetched.is_err();
-                // The reader went away (the copy failed): stop fetching.
-                if tx.send(fetched).await.is_err() || failed {
-                    return;
-                }
-            }
-        });
-        let rest =
-            futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) })
-                .flat_map(|fetched| {
-                    let chunks: Vec<Result<Bytes, StorageError>> = match fetched {
-                        Ok(chunks) => chunks.into_iter().map(Ok).collect(),
-                        Err(e) => vec![Err(e)],
-                    };
-                    futures::stream::iter(chunks)
-                });
+            })
+            .buffered(RANGES_IN_FLIGHT)
+            .flat_map(move |joined| {
+                let chunks: Vec<Result<Bytes, StorageError>> = match joined {
+                    Ok(Ok(chunks)) => chunks.into_iter().map(Ok).collect(),
+                    Ok(Err(e)) => vec![Err(e)],
+                    Err(e) => vec![Err(StorageError::Unreachable {
+                        endpoint: name.clone(),
+                        reason: format!("reading {key_in_errors:?}: {e}"),
+                    })],
+                };
+                futures::stream::iter(chunks)
+            });
         Ok(head.chain(rest).boxed())
     }
 
