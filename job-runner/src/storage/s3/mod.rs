@@ -33,7 +33,9 @@ const PARTS_IN_FLIGHT: usize = 3;
 /// Whole-object reads of more than one range fetch the rest as ranges...
 const READ_RANGE: u64 = 4 << 20;
 /// ...this many at once, each on its own connection, ahead of the reader.
-const RANGES_IN_FLIGHT: usize = 2;
+const RANGES_IN_FLIGHT: usize = 4;
+/// A fetched range is handed on in slices of this size.
+const HANDOFF_SLICE: usize = 256 * 1024;
 
 /// Where and how to reach a bucket.
 #[derive(Debug, Clone)]
@@ -158,8 +160,8 @@ impl S3Store {
     /// A whole object. The first range is streamed as it arrives; when the
     /// object is larger, the rest is fetched as ranges, several at once on
     /// separate connections, and handed over in order: one S3 connection
-    /// delivers far less than the store can. Memory stays bounded (ranges in
-    /// flight plus one waiting). Every later range must carry the first
+    /// delivers far less than the store can. Memory stays bounded: the range
+    /// being read and the ones fetched ahead. Every later range must carry the first
     /// one's ETag: an object replaced mid-read fails as `ChangedDuringRead`.
     async fn get_whole(&self, key: &str) -> Result<ByteStream, StorageError> {
         let full = self.full_key(key)?;
@@ -197,7 +199,15 @@ impl S3Store {
             .buffered(RANGES_IN_FLIGHT)
             .flat_map(move |joined| {
                 let chunks: Vec<Result<Bytes, StorageError>> = match joined {
-                    Ok(Ok(chunks)) => chunks.into_iter().map(Ok).collect(),
+                    // Handed on in slices (views of the same buffer), as a
+                    // streamed body would be.
+                    Ok(Ok(mut range)) => {
+                        let mut slices = Vec::new();
+                        while !range.is_empty() {
+                            slices.push(Ok(range.split_to(range.len().min(HANDOFF_SLICE))));
+                        }
+                        slices
+                    }
                     Ok(Err(e)) => vec![Err(e)],
                     Err(e) => vec![Err(StorageError::Unreachable {
                         endpoint: name.clone(),
@@ -241,17 +251,18 @@ impl S3Store {
         }
     }
 
-    /// One range of a whole-object read, in memory as the chunks the
-    /// connection delivered: no copy, and no large allocation for the
-    /// allocator to keep after it is freed.
+    /// One range of a whole-object read, copied into one buffer of its exact
+    /// size. Keeping the chunks the connection delivered would cost more: each
+    /// pins a read buffer of hyper's (up to about 400 KiB) of which it may use
+    /// a fraction, and the ranges ahead held several times their size.
     async fn fetch_range(
         &self,
         full: &str,
         key: &str,
         range: Range<u64>,
         etag: Option<&str>,
-    ) -> Result<Vec<Bytes>, StorageError> {
-        // Nothing at this range any more: the object shrank.
+    ) -> Result<Bytes, StorageError> {
+        // Nothing at this range any more, or more than it: the object changed.
         let changed = || StorageError::ChangedDuringRead {
             endpoint: self.name.clone(),
             key: key.to_string(),
@@ -260,20 +271,23 @@ impl S3Store {
             .get_range(full, key, range.clone(), etag)
             .await?
             .ok_or_else(changed)?;
+        let expected = usize::try_from(range.end - range.start).map_err(|_| changed())?;
         let mut body = out.body;
-        let (mut chunks, mut len) = (Vec::new(), 0u64);
+        let mut buf = BytesMut::with_capacity(expected);
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(|e| StorageError::Unreachable {
                 endpoint: self.name.clone(),
                 reason: format!("reading {key:?}: {e}"),
             })?;
-            len += chunk.len() as u64;
-            chunks.push(chunk);
+            if buf.len() + chunk.len() > expected {
+                return Err(changed());
+            }
+            buf.extend_from_slice(&chunk);
         }
-        if len != range.end - range.start {
+        if buf.len() != expected {
             return Err(changed());
         }
-        Ok(chunks)
+        Ok(buf.freeze())
     }
 
     /// Maps an SDK error to a storage error naming the endpoint and object.
