@@ -79,17 +79,18 @@ async fn conformance(store: Arc<dyn ObjectStore>) {
     assert_eq!(read(s, "a.txt", None).await, b"A");
 
     // Atomicity: a write whose source fails midway leaves nothing visible, and
-    // does not disturb the object it would have replaced.
+    // does not disturb the object it would have replaced. 18 MiB come first, so
+    // multipart uploads have parts in flight and done when the source fails.
     for key in ["never.bin", "a.txt"] {
-        let failing = futures::stream::iter(vec![
-            Ok(Bytes::from(vec![1u8; 3 << 20])),
-            Err(StorageError::Source {
-                endpoint: "test".into(),
-                key: key.into(),
-                reason: "cut".into(),
-            }),
-        ])
-        .boxed();
+        let mut chunks: Vec<Result<Bytes, StorageError>> = (0..6)
+            .map(|_| Ok(Bytes::from(vec![1u8; 3 << 20])))
+            .collect();
+        chunks.push(Err(StorageError::Source {
+            endpoint: "test".into(),
+            key: key.into(),
+            reason: "cut".into(),
+        }));
+        let failing = futures::stream::iter(chunks).boxed();
         assert!(s.put(key, failing).await.is_err());
     }
     let keys: Vec<String> = s.list().await.unwrap().into_iter().map(|o| o.key).collect();
@@ -192,16 +193,20 @@ mod s3 {
     use aws_sdk_s3::types::{BucketLocationConstraint, CreateBucketConfiguration};
     use ferry_runner::storage::s3::{S3Auth, S3Config, S3Store};
 
-    pub async fn bucket(region: &str) -> String {
-        let endpoint = service_env("FERRY_S3_ENDPOINT");
+    /// A plain SDK client on moto, to check what the store left behind.
+    fn client(region: &str) -> aws_sdk_s3::Client {
         let conf = aws_sdk_s3::Config::builder()
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new(region.to_string()))
             .credentials_provider(Credentials::new("testing", "testing", None, None, "test"))
-            .endpoint_url(endpoint)
+            .endpoint_url(service_env("FERRY_S3_ENDPOINT"))
             .force_path_style(true)
             .build();
-        let client = aws_sdk_s3::Client::from_conf(conf);
+        aws_sdk_s3::Client::from_conf(conf)
+    }
+
+    pub async fn bucket(region: &str) -> String {
+        let client = client(region);
         let name = unique("ferry-test");
         client
             .create_bucket()
@@ -230,6 +235,14 @@ mod s3 {
         // The store stayed inside its prefix: a neighbour prefix sees nothing.
         let other = S3Store::new(config(&bucket, "tenant/other/", "eu-west-1")).unwrap();
         assert!(other.list().await.unwrap().is_empty());
+        // The failed multipart writes were aborted, not left half-done.
+        let uploads = client("eu-west-1")
+            .list_multipart_uploads()
+            .bucket(&bucket)
+            .send()
+            .await
+            .unwrap();
+        assert!(uploads.uploads().is_empty(), "{:?}", uploads.uploads());
     }
 
     /// Web identity: the projected token is exchanged with STS (moto serves STS

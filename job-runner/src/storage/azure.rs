@@ -14,16 +14,28 @@ use futures::StreamExt;
 use object_store::azure::{MicrosoftAzure, MicrosoftAzureBuilder};
 use object_store::path::Path;
 use object_store::{
-    GetOptions, GetRange, ObjectStore as _, ObjectStoreExt as _, PutPayload, WriteMultipart,
+    GetOptions, GetRange, MultipartUpload as _, ObjectStore as _, ObjectStoreExt as _, PutPayload,
 };
 use zeroize::Zeroizing;
 
 use super::{ByteStream, ObjectMeta, ObjectStore, StorageError, check_endpoint_url, check_key};
 
-/// Size of a block.
+/// Size of a block (and the largest object sent as one Put Blob).
 pub const BLOCK_SIZE: usize = 8 << 20;
 /// Blocks uploaded at once per object.
 const BLOCKS_IN_FLIGHT: usize = 4;
+/// Blocks of one size before the size doubles.
+const BLOCKS_PER_SIZE: usize = 5000;
+
+/// The size of block `number` (from 1): BLOCK_SIZE for the first 5,000
+/// blocks (objects up to 39 GiB), then doubling every 5,000 blocks, up to
+/// 2 GiB. Azure allows 50,000 blocks of at most 4,000 MiB: fixed 8 MiB blocks
+/// would stop at 390 GiB, these reach 29 TiB. Memory grows only with objects
+/// above 39 GiB: blocks in flight times their size.
+fn block_size(number: usize) -> usize {
+    let doublings = (number.max(1) - 1) / BLOCKS_PER_SIZE;
+    BLOCK_SIZE << doublings.min(8)
+}
 
 /// How the runner authenticates to Azure. `Debug` never shows a secret.
 #[derive(Clone)]
@@ -185,6 +197,23 @@ impl AzureStore {
         })
     }
 
+    /// The outcome of a block upload task.
+    fn joined(
+        &self,
+        done: Result<object_store::Result<()>, tokio::task::JoinError>,
+        key: &str,
+    ) -> Result<(), StorageError> {
+        match done {
+            Ok(r) => r.map_err(|e| self.error(e, Some(key))),
+            Err(e) => Err(StorageError::Io {
+                endpoint: self.name.clone(),
+                action: "upload a block",
+                key: Some(key.to_string()),
+                source: std::io::Error::other(e.to_string()),
+            }),
+        }
+    }
+
     fn error(&self, e: object_store::Error, key: Option<&str>) -> StorageError {
         let endpoint = self.name.clone();
         let text = redact(&with_causes(&e));
@@ -344,39 +373,67 @@ impl ObjectStore for AzureStore {
                 .map_err(|e| self.error(e, Some(key)))?;
             return Ok(total);
         }
-        let upload = self
+        let mut upload = self
             .inner
             .put_multipart(&path)
             .await
             .map_err(|e| self.error(e, Some(key)))?;
-        let mut writer = WriteMultipart::new_with_chunk_size(upload, BLOCK_SIZE);
-        for chunk in first {
-            writer.put(chunk);
-        }
-        let streamed: Result<(), StorageError> = async {
-            while let Some(chunk) = data.next().await {
-                let chunk: Bytes = chunk?;
-                total += chunk.len() as u64;
-                writer
-                    .wait_for_capacity(BLOCKS_IN_FLIGHT)
-                    .await
-                    .map_err(|e| self.error(e, Some(key)))?;
-                writer.put(chunk);
+        // Each block uploads in a task of its own; dropping the set (on an
+        // error) cancels the ones in flight.
+        let mut in_flight = tokio::task::JoinSet::new();
+        let streamed: Result<u64, StorageError> = async {
+            let mut written = 0u64;
+            let mut blocks = 0usize;
+            let mut block: Vec<Bytes> = Vec::new();
+            let mut filled = 0usize;
+            let mut input = futures::stream::iter(first.into_iter().map(Ok)).chain(data);
+            loop {
+                let chunk = input.next().await.transpose()?;
+                let last = chunk.is_none();
+                let mut chunk = chunk.unwrap_or_default();
+                written += chunk.len() as u64;
+                while !chunk.is_empty() || (last && filled > 0) {
+                    let size = block_size(blocks + 1);
+                    let take = chunk.len().min(size - filled);
+                    if take > 0 {
+                        filled += take;
+                        block.push(chunk.split_to(take));
+                    }
+                    if filled < size && !last {
+                        break;
+                    }
+                    while in_flight.len() >= BLOCKS_IN_FLIGHT {
+                        if let Some(done) = in_flight.join_next().await {
+                            self.joined(done, key)?;
+                        }
+                    }
+                    let payload: PutPayload = std::mem::take(&mut block).into_iter().collect();
+                    in_flight.spawn(upload.put_part(payload));
+                    blocks += 1;
+                    filled = 0;
+                }
+                if last {
+                    break;
+                }
             }
-            Ok(())
+            while let Some(done) = in_flight.join_next().await {
+                self.joined(done, key)?;
+            }
+            Ok(written)
         }
         .await;
         match streamed {
-            Ok(()) => {
-                writer
-                    .finish()
+            Ok(written) => {
+                upload
+                    .complete()
                     .await
                     .map_err(|e| self.error(e, Some(key)))?;
-                Ok(total)
+                Ok(written)
             }
             Err(e) => {
+                in_flight.abort_all();
                 // Uncommitted blocks are never visible and expire on their own.
-                let _ = writer.abort().await;
+                let _ = upload.abort().await;
                 Err(e)
             }
         }
@@ -393,5 +450,24 @@ impl ObjectStore for AzureStore {
     async fn region(&self) -> Result<Option<String>, StorageError> {
         // The Blob API does not report an account's location (only ARM does).
         Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn block_sizes_stay_within_azures_limits_and_go_far_past_390_gib() {
+        const MAX_BLOCKS: usize = 50_000;
+        const MAX_BLOCK: usize = 4000 << 20;
+        // Objects up to 39 GiB keep BLOCK_SIZE blocks (the memory bound).
+        assert!((1..=BLOCKS_PER_SIZE).all(|n| block_size(n) == BLOCK_SIZE));
+        assert_eq!(block_size(BLOCKS_PER_SIZE + 1), 2 * BLOCK_SIZE);
+        let sizes: Vec<usize> = (1..=MAX_BLOCKS).map(block_size).collect();
+        assert!(sizes.windows(2).all(|w| w[0] <= w[1]));
+        assert!(sizes.iter().all(|s| *s <= MAX_BLOCK));
+        let total: u64 = sizes.iter().map(|s| *s as u64).sum();
+        assert!(total >= 25 << 40, "50,000 blocks hold only {total} bytes");
     }
 }

@@ -523,23 +523,26 @@ impl ObjectStore for SftpStore {
         let written: Result<u64, StorageError> = async {
             let mut offset = 0u64;
             let mut in_flight = FuturesUnordered::new();
-            while let Some(chunk) = data.next().await {
-                let chunk = chunk?;
-                for piece in chunk.chunks(REQUEST_SIZE) {
-                    while in_flight.len() >= REQUESTS_IN_FLIGHT {
-                        if let Some(r) = in_flight.next().await {
-                            r?;
+            // Requests are sent when polled: the ones in flight are polled
+            // while the next chunk is awaited, not only when the window is full.
+            loop {
+                tokio::select! {
+                    Some(r) = in_flight.next(), if !in_flight.is_empty() => r?,
+                    chunk = data.next(), if in_flight.len() < REQUESTS_IN_FLIGHT => {
+                        let Some(chunk) = chunk else { break };
+                        let chunk = chunk?;
+                        for piece in chunk.chunks(REQUEST_SIZE) {
+                            let (sftp, handle, at, bytes) =
+                                (&conn.sftp, handle.as_str(), offset, piece.to_vec());
+                            in_flight.push(async move {
+                                sftp.write(handle, at, bytes)
+                                    .await
+                                    .map(|_| ())
+                                    .map_err(|e| self.error("write", Some(key), e))
+                            });
+                            offset += piece.len() as u64;
                         }
                     }
-                    let (sftp, handle, at, bytes) =
-                        (&conn.sftp, handle.as_str(), offset, piece.to_vec());
-                    in_flight.push(async move {
-                        sftp.write(handle, at, bytes)
-                            .await
-                            .map(|_| ())
-                            .map_err(|e| self.error("write", Some(key), e))
-                    });
-                    offset += piece.len() as u64;
                 }
             }
             while let Some(r) = in_flight.next().await {

@@ -19,7 +19,6 @@ use aws_sdk_s3::primitives::ByteStream as SdkBody;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
-use futures::stream::FuturesUnordered;
 
 pub use credentials::S3Auth;
 use credentials::WebIdentityProvider;
@@ -386,6 +385,22 @@ impl S3Store {
             .build())
     }
 
+    /// The outcome of a part upload task.
+    fn joined(
+        &self,
+        done: Result<Result<CompletedPart, StorageError>, tokio::task::JoinError>,
+        key: &str,
+    ) -> Result<CompletedPart, StorageError> {
+        done.unwrap_or_else(|e| {
+            Err(StorageError::Io {
+                endpoint: self.name.clone(),
+                action: "upload a part",
+                key: Some(key.to_string()),
+                source: std::io::Error::other(e.to_string()),
+            })
+        })
+    }
+
     async fn multipart(
         &self,
         key: &str,
@@ -411,21 +426,26 @@ impl S3Store {
             .to_string();
         let result = async {
             let mut parts = Vec::new();
-            let mut in_flight = FuturesUnordered::new();
+            // Each part uploads in a task of its own, so the parts in flight
+            // keep moving while the next one is read. Dropping the set (on an
+            // error) cancels them.
+            let mut in_flight = tokio::task::JoinSet::new();
             let mut next = Some(first);
             let mut number = 0;
             while let Some(body) = next.take() {
                 number += 1;
-                in_flight.push(self.upload_part(key, &upload_id, number, body));
+                let (store, part_key, id) = (self.clone(), key.to_string(), upload_id.clone());
+                in_flight
+                    .spawn(async move { store.upload_part(&part_key, &id, number, body).await });
                 while in_flight.len() >= PARTS_IN_FLIGHT {
-                    if let Some(done) = in_flight.next().await {
-                        parts.push(done?);
+                    if let Some(done) = in_flight.join_next().await {
+                        parts.push(self.joined(done, key)?);
                     }
                 }
                 next = reader.next_part().await?;
             }
-            while let Some(done) = in_flight.next().await {
-                parts.push(done?);
+            while let Some(done) = in_flight.join_next().await {
+                parts.push(self.joined(done, key)?);
             }
             parts.sort_by_key(|p| p.part_number());
             self.client
@@ -462,9 +482,24 @@ impl S3Store {
     }
 }
 
-/// Cuts a byte stream into parts of PART_SIZE (the last may be shorter).
+/// Parts of one size before the size doubles.
+const PARTS_PER_SIZE: i32 = 1000;
+
+/// The size of part `number` (from 1): PART_SIZE for the first thousand
+/// parts (objects up to 7.8 GiB), then doubling every thousand parts, up to
+/// 4 GiB. S3 allows 10,000 parts of at most 5 GiB: fixed 8 MiB parts would
+/// stop at 78 GiB, these reach 8 TiB (S3's largest object is 5 TiB). Memory
+/// grows only with objects above 7.8 GiB: parts in flight times their size.
+fn part_size(number: i32) -> usize {
+    let doublings = ((number.max(1) - 1) / PARTS_PER_SIZE).min(9);
+    PART_SIZE << doublings
+}
+
+/// Cuts a byte stream into parts of [`part_size`] (the last may be shorter).
 struct PartReader {
     input: ByteStream,
+    /// Parts cut so far.
+    parts: i32,
     /// What is left of the chunk that crossed the last part boundary.
     carry: Bytes,
     done: bool,
@@ -475,25 +510,27 @@ impl PartReader {
     fn new(input: ByteStream) -> Self {
         Self {
             input,
+            parts: 0,
             carry: Bytes::new(),
             done: false,
             total: 0,
         }
     }
 
-    /// The next part: exactly `PART_SIZE` bytes (the last one fewer), in an
+    /// The next part: exactly [`part_size`] bytes (the last one fewer), in an
     /// allocation of its own, so a part in flight pins no more than itself.
     async fn next_part(&mut self) -> Result<Option<Bytes>, StorageError> {
+        let size = part_size(self.parts + 1);
         let mut part = BytesMut::new();
         loop {
             if !self.carry.is_empty() {
                 if part.capacity() == 0 {
-                    part.reserve(PART_SIZE);
+                    part.reserve(size);
                 }
-                let take = self.carry.len().min(PART_SIZE - part.len());
+                let take = self.carry.len().min(size - part.len());
                 part.extend_from_slice(&self.carry.split_to(take));
             }
-            if part.len() == PART_SIZE || self.done {
+            if part.len() == size || self.done {
                 break;
             }
             match self.input.next().await {
@@ -504,7 +541,11 @@ impl PartReader {
                 None => self.done = true,
             }
         }
-        Ok((!part.is_empty()).then(|| part.freeze()))
+        if part.is_empty() {
+            return Ok(None);
+        }
+        self.parts += 1;
+        Ok(Some(part.freeze()))
     }
 
     /// Whether the input is exhausted with nothing left over.
@@ -613,5 +654,46 @@ impl ObjectStore for S3Store {
             Some(r) => r,
         };
         Ok(Some(region.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn part_sizes_reach_s3s_largest_object_within_its_limits() {
+        const MAX_PARTS: i32 = 10_000;
+        const MAX_PART: usize = 5 << 30;
+        const MAX_OBJECT: u64 = 5 << 40;
+        // Objects up to 7.8 GiB keep PART_SIZE parts (the memory bound).
+        assert!((1..=PARTS_PER_SIZE).all(|n| part_size(n) == PART_SIZE));
+        assert_eq!(part_size(PARTS_PER_SIZE + 1), 2 * PART_SIZE);
+        let sizes: Vec<usize> = (1..=MAX_PARTS).map(part_size).collect();
+        assert!(sizes.windows(2).all(|w| w[0] <= w[1]));
+        assert!(sizes.iter().all(|s| (5 << 20..=MAX_PART).contains(s)));
+        let total: u64 = sizes.iter().map(|s| *s as u64).sum();
+        assert!(total >= MAX_OBJECT, "10,000 parts hold only {total} bytes");
+    }
+
+    #[tokio::test]
+    async fn parts_are_cut_exactly_whatever_the_chunks() {
+        let len = 2 * PART_SIZE + 12_345;
+        let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        // Chunks of uneven sizes, one crossing each part boundary.
+        let chunks: Vec<Result<Bytes, StorageError>> = data
+            .chunks(999_983)
+            .map(|c| Ok(Bytes::copy_from_slice(c)))
+            .collect();
+        let mut reader = PartReader::new(futures::stream::iter(chunks).boxed());
+        let mut parts = Vec::new();
+        while let Some(part) = reader.next_part().await.expect("next part") {
+            parts.push(part);
+        }
+        assert!(reader.finished());
+        assert_eq!(reader.total, len as u64);
+        let sizes: Vec<usize> = parts.iter().map(Bytes::len).collect();
+        assert_eq!(sizes, vec![PART_SIZE, PART_SIZE, 12_345]);
+        assert_eq!(parts.concat(), data);
     }
 }
