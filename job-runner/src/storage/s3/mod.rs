@@ -488,7 +488,7 @@ const PARTS_PER_SIZE: i32 = 1000;
 /// The size of part `number` (from 1): PART_SIZE for the first thousand
 /// parts (objects up to 7.8 GiB), then doubling every thousand parts, up to
 /// 4 GiB. S3 allows 10,000 parts of at most 5 GiB: fixed 8 MiB parts would
-/// stop at 78 GiB, these reach 8 TiB (S3's largest object is 5 TiB). Memory
+/// stop at 78 GiB, these reach 7.8 TiB (S3's largest object is 5 TiB). Memory
 /// grows only with objects above 7.8 GiB: parts in flight times their size.
 fn part_size(number: i32) -> usize {
     let doublings = ((number.max(1) - 1) / PARTS_PER_SIZE).min(9);
