@@ -2,8 +2,9 @@
 //!
 //! The host key is always verified (a pinned SHA-256 fingerprint or a known
 //! public key). Keys authenticate by default; a password only when allowed.
-//! Reads and writes are pipelined: up to [`REQUESTS_IN_FLIGHT`] requests are
-//! outstanding at once instead of one round trip per chunk. A write goes to a
+//! Reads and writes are pipelined: [`REQUESTS_IN_FLIGHT`] requests are
+//! outstanding at once (a write may add the rest of the chunk it is cutting)
+//! instead of one round trip per chunk. A write goes to a
 //! hidden temporary name in the target folder and is renamed over the key at
 //! the end, so no partial object is ever visible.
 
