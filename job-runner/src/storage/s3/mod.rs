@@ -160,8 +160,9 @@ impl S3Store {
     /// object is larger, the rest is fetched as ranges, several at once on
     /// separate connections, and handed over in order: one S3 connection
     /// delivers far less than the store can. Memory stays bounded: the range
-    /// being read and the ones fetched ahead. Every later range must carry the first
-    /// one's ETag: an object replaced mid-read fails as `ChangedDuringRead`.
+    /// being read and the ones fetched ahead. Every later range must carry the
+    /// first one's ETag: an object replaced mid-read fails as
+    /// `ChangedDuringRead`.
     async fn get_whole(&self, key: &str) -> Result<ByteStream, StorageError> {
         let full = self.full_key(key)?;
         // An empty object has no byte 0.
