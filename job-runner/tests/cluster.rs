@@ -8,8 +8,7 @@
 
 mod support;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_crds::{Connector, ConnectorRun};
@@ -21,7 +20,7 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube_fake_client::ClientBuilder;
-use support::{AZURITE_DEV_KEY, create_azurite_container, service_env};
+use support::{AZURITE_DEV_KEY, Lines, create_azurite_container, service_env};
 
 const NS: &str = "acme";
 const KEK: &str = "Y2FuYXJ5LWtlay0wMTIzNDU2Nzg5YWJjZGVmMDEyMzQ="; // base64 of 32 bytes
@@ -34,23 +33,6 @@ fn secret(name: &str, key: &str, value: &str) -> Secret {
     s.metadata.namespace = Some(NS.into());
     s.data = Some([(key.to_string(), ByteString(value.as_bytes().to_vec()))].into());
     s
-}
-
-#[derive(Clone, Default)]
-struct Buf(Arc<Mutex<Vec<u8>>>);
-impl Write for Buf {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-impl Buf {
-    fn text(&self) -> String {
-        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
-    }
 }
 
 struct Fixture {
@@ -155,7 +137,7 @@ fn assert_no_canary(text: &str) {
 #[tokio::test]
 async fn a_run_reports_its_result_next_to_the_operators_fields() {
     let f = fixture("local: {path: dst}", vec![secret("acme-kek", "kek", KEK)]).await;
-    let audit = Buf::default();
+    let audit = Lines::default();
     let (outcome, reported) = cluster::attempt(
         &f.client,
         &run_ref(),
@@ -223,7 +205,7 @@ async fn a_run_that_is_not_admitted_fails_without_retry() {
         &f.client,
         &run,
         &settings(f.dir.path()),
-        Box::new(Buf::default()),
+        Box::new(Lines::default()),
     )
     .await;
     let failure = outcome.unwrap_err();
@@ -241,7 +223,7 @@ async fn refused_credentials_fail_fast_with_invalid_credentials() {
         ],
     )
     .await;
-    let audit = Buf::default();
+    let audit = Lines::default();
     let (outcome, reported) = cluster::attempt(
         &f.client,
         &run_ref(),
@@ -284,7 +266,7 @@ async fn rotated_credentials_are_read_again_once() {
     let stale = cluster::fetch_secrets(&f.client, NS, &connector.spec)
         .await
         .unwrap();
-    let audit_buf = Buf::default();
+    let audit_buf = Lines::default();
     let audit = AuditLog::new(
         Box::new(audit_buf.clone()),
         "sales",
@@ -348,7 +330,7 @@ async fn an_erase_run_reports_what_it_erased() {
         &f.client,
         &run_ref(),
         &settings(f.dir.path()),
-        Box::new(Buf::default()),
+        Box::new(Lines::default()),
     )
     .await;
     outcome.unwrap();
@@ -379,7 +361,7 @@ async fn an_erase_run_reports_what_it_erased() {
     )
     .await
     .unwrap();
-    let audit = Buf::default();
+    let audit = Lines::default();
     let erase_ref = RunRef {
         namespace: NS.into(),
         name: "erase-1".into(),
