@@ -11,7 +11,7 @@ use zeroize::Zeroizing;
 use crate::crypto::{Kek, KeyError};
 use crate::storage::azure::{AzureAuth, AzureConfig, AzureStore};
 use crate::storage::local::LocalStore;
-use crate::storage::s3::{S3Auth, S3Config, S3Store};
+use crate::storage::s3::{ReadTuning, S3Auth, S3Config, S3Store};
 use crate::storage::sftp::{HostKeyCheck, SftpAuth, SftpConfig, SftpStore};
 use crate::storage::{ObjectStore, StorageError};
 
@@ -321,6 +321,7 @@ pub fn open_store(
                     force_path_style: e.force_path_style,
                     insecure_plain_http_on_loopback: e.insecure_plain_http_on_loopback,
                     auth,
+                    reads: ReadTuning::default(),
                 })
                 .map_err(|source| ConfigError::Store { side, source })?,
             )

@@ -236,7 +236,7 @@ fn debug_output_of_credential_types_holds_no_secret() {
     use ferry_runner::config::SecretsDir;
     use ferry_runner::crypto::{Kek, KeyRing};
     use ferry_runner::storage::azure::{AzureAuth, AzureConfig, AzureStore};
-    use ferry_runner::storage::s3::{S3Auth, S3Config, S3Store};
+    use ferry_runner::storage::s3::{ReadTuning, S3Auth, S3Config, S3Store};
     use ferry_runner::storage::sftp::{HostKeyCheck, SftpAuth, SftpConfig, SftpStore};
     use zeroize::Zeroizing;
 
@@ -255,6 +255,7 @@ fn debug_output_of_credential_types_holds_no_secret() {
         force_path_style: false,
         insecure_plain_http_on_loopback: false,
         auth: s3_auth.clone(),
+        reads: ReadTuning::default(),
     };
     let azure_auths = [
         AzureAuth::AccountKey(z(&azure_key())),

@@ -18,7 +18,7 @@ use ferry_runner::readback;
 use ferry_runner::storage::ObjectStore;
 use ferry_runner::storage::azure::{AzureAuth, AzureConfig, AzureStore};
 use ferry_runner::storage::local::LocalStore;
-use ferry_runner::storage::s3::S3Store;
+use ferry_runner::storage::s3::{ReadTuning, S3Store};
 use ferry_runner::transfer::{self, Options, Progress, Report, TransferError};
 use futures::StreamExt;
 use support::{Lines, create_azurite_container_with_sas, moto_s3_config, service_env};
@@ -232,47 +232,85 @@ async fn credentials_that_may_not_write_fail_as_access_denied_without_retry() {
     assert!(!one.retryable());
 }
 
-/// A large S3 object is read as concurrent ranges pinned to its ETag: when it
-/// is replaced while the reader is still behind, the read fails as changed
-/// instead of splicing two versions together.
+/// A whole S3 object is read as one stream, as concurrent ranges, or as both
+/// in turn, every request after the first pinned to the first one's ETag.
+/// Each way gives back the object's bytes; an object replaced while the reader
+/// is behind either comes back whole, as it was when the read started (one
+/// GET is one version), or fails as changed: two versions are never spliced.
 #[tokio::test]
-async fn an_s3_object_replaced_during_a_ranged_read_fails_as_changed() {
+async fn an_s3_object_replaced_during_a_whole_read_is_never_spliced() {
     let bucket = unique("changed");
     create_bucket(&bucket);
-    let store = s3_store(service_env("FERRY_S3_ENDPOINT"), &bucket);
-    let v1: Vec<u8> = (0..40 << 20).map(|i: usize| (i % 249) as u8).collect();
+    let v1: Vec<u8> = (0..24 << 20).map(|i: usize| (i % 249) as u8).collect();
     let put = |data: Vec<u8>| {
         let body: ferry_runner::storage::ByteStream =
             futures::stream::iter(vec![Ok(bytes::Bytes::from(data))]).boxed();
         body
     };
-    store.put("big.bin", put(v1.clone())).await.unwrap();
-    // Unchanged, the ranges come back whole and in order.
-    let mut whole = Vec::new();
-    let mut stream = store.get("big.bin", None).await.unwrap();
-    while let Some(chunk) = stream.next().await {
-        whole.extend_from_slice(&chunk.unwrap());
-    }
-    assert!(whole == v1, "the ranged read changed the bytes");
+    let ways = [
+        ("one stream", Some(false), None),
+        ("ranges after the first window", Some(true), Some(true)),
+        (
+            "ranges tried, then the stream again",
+            Some(true),
+            Some(false),
+        ),
+    ];
+    for (way, try_ranges, keep_ranges) in ways {
+        let mut config = moto_s3_config(
+            service_env("FERRY_S3_ENDPOINT"),
+            &bucket,
+            "out/",
+            "us-east-1",
+        );
+        config.reads = ReadTuning {
+            window: 1 << 20,
+            try_ranges,
+            keep_ranges,
+        };
+        let store = S3Store::new(config).unwrap();
+        store.put("big.bin", put(v1.clone())).await.unwrap();
+        let mut whole = Vec::new();
+        let mut stream = store.get("big.bin", None).await.unwrap();
+        while let Some(chunk) = stream.next().await {
+            whole.extend_from_slice(&chunk.unwrap());
+        }
+        assert!(whole == v1, "{way}: the read changed the bytes");
 
-    // Start reading, stay behind (at most a few ranges are fetched ahead),
-    // replace the object, then read on.
-    let mut stream = store.get("big.bin", None).await.unwrap();
-    let first = stream.next().await.unwrap().unwrap();
-    assert_eq!(first[..], v1[..first.len()]);
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    store
-        .put("big.bin", put(vec![9u8; 40 << 20]))
-        .await
-        .unwrap();
-    let mut err = None;
-    while let Some(chunk) = stream.next().await {
-        if let Err(e) = chunk {
-            err = Some(e);
-            break;
+        // Start reading, stay behind (ranges fetch at most a few ahead),
+        // replace the object, then read on.
+        let mut stream = store.get("big.bin", None).await.unwrap();
+        let mut read = stream.next().await.unwrap().unwrap().to_vec();
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        store
+            .put("big.bin", put(vec![9u8; 24 << 20]))
+            .await
+            .unwrap();
+        let mut err = None;
+        while let Some(chunk) = stream.next().await {
+            match chunk {
+                Ok(c) => read.extend_from_slice(&c),
+                Err(e) => {
+                    err = Some(e);
+                    break;
+                }
+            }
+        }
+        let noticed = err.is_some();
+        match err {
+            None => assert!(read == v1, "{way}: two versions were spliced"),
+            Some(err) => {
+                assert_eq!(err.reason(), "ObjectChanged", "{way}: {err}");
+                assert!(err.to_string().contains("big.bin"), "{way}: {err}");
+                assert!(
+                    read.len() < v1.len() && read[..] == v1[..read.len()],
+                    "{way}"
+                );
+            }
+        }
+        // Ranges are requested after the replacement: the read must notice.
+        if try_ranges == Some(true) {
+            assert!(noticed, "{way}: the replacement went unnoticed");
         }
     }
-    let err = err.expect("the read spliced two versions of the object");
-    assert_eq!(err.reason(), "ObjectChanged", "{err}");
-    assert!(err.to_string().contains("big.bin"), "{err}");
 }

@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use ferry_runner::lineage::{EventType, Lineage, Sink};
 use ferry_runner::storage::ObjectStore;
 use ferry_runner::storage::azure::{AzureAuth, AzureConfig, AzureStore};
-use ferry_runner::storage::s3::{S3Auth, S3Config, S3Store};
+use ferry_runner::storage::s3::{ReadTuning, S3Auth, S3Config, S3Store};
 use zeroize::Zeroizing;
 
 struct Server {
@@ -90,6 +90,7 @@ fn s3(port: u16) -> S3Store {
             secret_access_key: Zeroizing::new("secret".into()),
             session_token: None,
         },
+        reads: ReadTuning::default(),
     })
     .unwrap()
 }

@@ -58,7 +58,7 @@ pub fn moto_s3_config(
     prefix: &str,
     region: &str,
 ) -> ferry_runner::storage::s3::S3Config {
-    use ferry_runner::storage::s3::{S3Auth, S3Config};
+    use ferry_runner::storage::s3::{ReadTuning, S3Auth, S3Config};
     use zeroize::Zeroizing;
     S3Config {
         bucket: bucket.into(),
@@ -72,6 +72,7 @@ pub fn moto_s3_config(
             secret_access_key: Zeroizing::new("testing".into()),
             session_token: None,
         },
+        reads: ReadTuning::default(),
     }
 }
 

@@ -1,13 +1,13 @@
 //! Amazon S3 and S3-compatible stores, with `aws-sdk-s3`.
 //!
-//! Listing pages through ListObjectsV2; reads stream the body, and a whole
-//! object larger than one range is fetched as concurrent ranged GETs pinned to
-//! its ETag; writes of up to
-//! one part are a single PutObject, larger ones a multipart upload with parts
-//! uploaded concurrently, completed at the end or aborted on any error, so a
-//! partial object is never visible.
+//! Listing pages through ListObjectsV2; a whole object is read as one streamed
+//! GET or as concurrent ranged GETs pinned to its ETag, whichever measures
+//! faster (`whole`); writes of up to one part are a single PutObject, larger
+//! ones a multipart upload with parts uploaded concurrently, completed at the
+//! end or aborted on any error, so a partial object is never visible.
 
 mod credentials;
+mod whole;
 
 use std::ops::Range;
 
@@ -19,9 +19,12 @@ use aws_sdk_s3::primitives::ByteStream as SdkBody;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
+use futures::channel::mpsc;
 
 pub use credentials::S3Auth;
 use credentials::WebIdentityProvider;
+pub use whole::ReadTuning;
+use whole::{HANDOFF_SLICE, WholeRead};
 
 use super::{ByteStream, ObjectMeta, ObjectStore, StorageError, check_endpoint_url, check_key};
 
@@ -29,13 +32,6 @@ use super::{ByteStream, ObjectMeta, ObjectStore, StorageError, check_endpoint_ur
 pub const PART_SIZE: usize = 8 << 20;
 /// Parts uploaded at once per object.
 const PARTS_IN_FLIGHT: usize = 3;
-/// Whole-object reads of more than one range fetch the rest as ranges...
-const READ_RANGE: u64 = 4 << 20;
-/// ...this many at once, each on its own connection, ahead of the reader.
-const RANGES_IN_FLIGHT: usize = 4;
-/// A fetched range is handed on in slices of this size.
-const HANDOFF_SLICE: usize = 256 * 1024;
-
 /// Where and how to reach a bucket.
 #[derive(Debug, Clone)]
 pub struct S3Config {
@@ -49,6 +45,8 @@ pub struct S3Config {
     /// Accept `http://` for a loopback endpoint.
     pub insecure_plain_http_on_loopback: bool,
     pub auth: S3Auth,
+    /// How whole objects are read.
+    pub reads: ReadTuning,
 }
 
 /// A bucket prefix as an object store.
@@ -58,6 +56,7 @@ pub struct S3Store {
     bucket: String,
     prefix: String,
     name: String,
+    reads: ReadTuning,
 }
 
 /// Only the name: the SDK client's Debug shows its credentials provider,
@@ -124,6 +123,7 @@ impl S3Store {
             bucket: config.bucket,
             prefix: config.prefix,
             name,
+            reads: config.reads,
         })
     }
 
@@ -156,72 +156,42 @@ impl S3Store {
         .boxed()
     }
 
-    /// A whole object. The first range is streamed as it arrives; when the
-    /// object is larger, the rest is fetched as ranges, several at once on
-    /// separate connections, and handed over in order: one S3 connection
-    /// delivers far less than the store can. Memory stays bounded: the range
-    /// being read and the ones fetched ahead. Every later range must carry the
-    /// first one's ETag: an object replaced mid-read fails as
-    /// `ChangedDuringRead`.
+    /// A whole object, in order: see `whole` for how it is fetched.
     async fn get_whole(&self, key: &str) -> Result<ByteStream, StorageError> {
         let full = self.full_key(key)?;
-        // An empty object has no byte 0.
-        let Some(first) = self.get_range(&full, key, 0..READ_RANGE, None).await? else {
-            return Ok(futures::stream::empty().boxed());
+        let first = self.get_from(&full, key, 0, None).await?.ok_or_else(|| {
+            StorageError::ChangedDuringRead {
+                endpoint: self.name.clone(),
+                key: key.to_string(),
+            }
+        })?;
+        let Some(total) = first.content_length().and_then(|l| u64::try_from(l).ok()) else {
+            return Ok(self.body_stream(key, first.body));
         };
-        let total = first.content_range().and_then(|r| {
-            r.rsplit_once('/')
-                .and_then(|(_, total)| total.parse::<u64>().ok())
-        });
         let etag = first.e_tag().map(str::to_string);
-        let head = self.body_stream(key, first.body);
-        let Some(total) = total.filter(|t| *t > READ_RANGE) else {
-            return Ok(head);
-        };
-        // Each range is fetched by its own task, so the next ones arrive while
-        // the reader works through the current one; nothing else buffers them.
-        let (store, key) = (self.clone(), key.to_string());
-        let (name, key_in_errors) = (self.name.clone(), key.clone());
-        let starts = (1..)
-            .map(|i| i * READ_RANGE)
-            .take_while(move |s| *s < total);
-        let rest = futures::stream::iter(starts)
-            .map(move |start| {
-                let (store, full, key, etag) =
-                    (store.clone(), full.clone(), key.clone(), etag.clone());
-                let end = (start + READ_RANGE).min(total);
-                tokio::spawn(async move {
-                    store
-                        .fetch_range(&full, &key, start..end, etag.as_deref())
-                        .await
-                })
-            })
-            .buffered(RANGES_IN_FLIGHT)
-            .flat_map(move |joined| {
-                let chunks: Vec<Result<Bytes, StorageError>> = match joined {
-                    // Handed on in slices (views of the same buffer), as a
-                    // streamed body would be.
-                    Ok(Ok(mut range)) => {
-                        let mut slices = Vec::new();
-                        while !range.is_empty() {
-                            slices.push(Ok(range.split_to(range.len().min(HANDOFF_SLICE))));
-                        }
-                        slices
-                    }
-                    Ok(Err(e)) => vec![Err(e)],
-                    Err(e) => vec![Err(StorageError::Unreachable {
-                        endpoint: name.clone(),
-                        reason: format!("reading {key_in_errors:?}: {e}"),
-                    })],
-                };
-                futures::stream::iter(chunks)
-            });
-        Ok(head.chain(rest).boxed())
+        let read = WholeRead::new(self.clone(), full, key.to_string(), etag, total, first.body);
+        Ok(futures::stream::unfold(read, |mut read| async move {
+            let item = read.next_chunk().await?;
+            Some((item, read))
+        })
+        .boxed())
+    }
+
+    /// A GET of the object from byte `start` to its end (the whole object from
+    /// 0), pinned to `etag` when given. `None` when `start` is past the end.
+    async fn get_from(
+        &self,
+        full: &str,
+        key: &str,
+        start: u64,
+        etag: Option<&str>,
+    ) -> Result<Option<GetObjectOutput>, StorageError> {
+        let range = (start > 0).then(|| format!("bytes={start}-"));
+        self.send_get(full, key, range, etag).await
     }
 
     /// A GET of `range` (clamped by the store to the object's end), pinned to
-    /// `etag` when given. `None` when the range starts past the end (HTTP
-    /// 416); an ETag that no longer matches (HTTP 412) is `ChangedDuringRead`.
+    /// `etag` when given, as `send_get`.
     async fn get_range(
         &self,
         full: &str,
@@ -229,12 +199,26 @@ impl S3Store {
         range: Range<u64>,
         etag: Option<&str>,
     ) -> Result<Option<GetObjectOutput>, StorageError> {
+        let range = format!("bytes={}-{}", range.start, range.end - 1);
+        self.send_get(full, key, Some(range), etag).await
+    }
+
+    /// A GET with an optional `Range` header. `None` when the range starts
+    /// past the end (HTTP 416); an ETag that no longer matches (HTTP 412) is
+    /// `ChangedDuringRead`.
+    async fn send_get(
+        &self,
+        full: &str,
+        key: &str,
+        range: Option<String>,
+        etag: Option<&str>,
+    ) -> Result<Option<GetObjectOutput>, StorageError> {
         let out = self
             .client
             .get_object()
             .bucket(&self.bucket)
             .key(full)
-            .range(format!("bytes={}-{}", range.start, range.end - 1))
+            .set_range(range)
             .set_if_match(etag.map(str::to_string))
             .send()
             .await;
@@ -251,43 +235,54 @@ impl S3Store {
         }
     }
 
-    /// One range of a whole-object read, copied into one buffer of its exact
-    /// size. Keeping the chunks the connection delivered would cost more: each
-    /// pins a read buffer of hyper's (up to about 400 KiB) of which it may use
-    /// a fraction, and the ranges ahead held several times their size.
+    /// One range of a whole-object read, sent on in slices of
+    /// `HANDOFF_SLICE` as they arrive. The slices are copied into one buffer
+    /// of the range's exact size: keeping the chunks the connection delivered
+    /// would cost more, as each pins a read buffer of hyper's (up to about
+    /// 400 KiB) of which it may use a fraction. Stops early when the reader
+    /// is gone.
     async fn fetch_range(
         &self,
         full: &str,
         key: &str,
         range: Range<u64>,
-        etag: Option<&str>,
-    ) -> Result<Bytes, StorageError> {
+        etag: &str,
+        out: &mpsc::UnboundedSender<Result<Bytes, StorageError>>,
+    ) -> Result<(), StorageError> {
         // Nothing at this range any more, or more than it: the object changed.
         let changed = || StorageError::ChangedDuringRead {
             endpoint: self.name.clone(),
             key: key.to_string(),
         };
-        let out = self
-            .get_range(full, key, range.clone(), etag)
+        let expected = usize::try_from(range.end - range.start).map_err(|_| changed())?;
+        let got = self
+            .get_range(full, key, range, Some(etag))
             .await?
             .ok_or_else(changed)?;
-        let expected = usize::try_from(range.end - range.start).map_err(|_| changed())?;
-        let mut body = out.body;
+        let mut body = got.body;
         let mut buf = BytesMut::with_capacity(expected);
+        let mut sent = 0;
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(|e| StorageError::Unreachable {
                 endpoint: self.name.clone(),
                 reason: format!("reading {key:?}: {e}"),
             })?;
-            if buf.len() + chunk.len() > expected {
+            if sent + buf.len() + chunk.len() > expected {
                 return Err(changed());
             }
             buf.extend_from_slice(&chunk);
+            if buf.len() >= HANDOFF_SLICE || sent + buf.len() == expected {
+                sent += buf.len();
+                // The filled part; `buf` keeps the rest of the allocation.
+                if out.unbounded_send(Ok(buf.split().freeze())).is_err() {
+                    return Ok(());
+                }
+            }
         }
-        if buf.len() != expected {
+        if sent != expected {
             return Err(changed());
         }
-        Ok(buf.freeze())
+        Ok(())
     }
 
     /// Maps an SDK error to a storage error naming the endpoint and object.
