@@ -4,7 +4,8 @@
 # (SFTP), all on 127.0.0.1. Writes docs/bench/transfer.md.
 #   bash docs/bench/transfer.sh [SIZE_MIB] [SMALL_COUNT]
 # ROUTES="s3 sftp,sftp s3" runs a subset; RSS_MIB (default 4096, 0 to skip) sizes
-# the object of the memory table.
+# the object of the memory table; REPS (default 3, odd) is how many times each
+# measurement runs: the tables give the median time and the largest peak RSS.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 export FERRY_CACHE=${FERRY_CACHE:-$HOME/.cache/ferry}
@@ -13,6 +14,7 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$FERRY_CACHE/target}
 unset AWS_CA_BUNDLE
 BIG_MIB=${1:-1024}
 SMALL=${2:-1000}
+REPS=${REPS:-3}
 S3S_PORT=8014
 out=docs/bench/transfer.md
 work=$(mktemp -d /var/tmp/ferry-bench.XXXXXX)
@@ -169,28 +171,59 @@ EOF
 
 rows=()
 n=0
+# Deletes what the measurements wrote and flushes it to disk, so that no run
+# pays for the one before (dirty pages of a 1 GiB write cost seconds).
+reset_destinations() {
+  rm -rf "$work/s3root/dst/"* "$FERRY_SFTP_ROOT/dst/"*
+  "$FERRY_PYTHON" - "$FERRY_AZURITE_ENDPOINT" "$dev_key" <<'PY'
+import sys
+from azure.storage.blob import ContainerClient
+cc = ContainerClient(account_url=sys.argv[1], container_name="bench",
+                     credential={"account_name": "devstoreaccount1", "account_key": sys.argv[2]})
+for b in cc.list_blobs():
+    cc.delete_blob(b.name)
+PY
+  sync
+}
+
+# The median of its arguments (an odd count).
+median() { printf '%s\n' "$@" | sort -g | sed -n "$(( ($# + 1) / 2 ))p"; }
+# The largest of its arguments.
+largest() { printf '%s\n' "$@" | sort -g | tail -1; }
+
 bench_route() { # src-kind dst-kind dataset bytes
-  local src=$1 dst=$2 set=$3 bytes=$4 t r
-  n=$((n + 1))
+  local src=$1 dst=$2 set=$3 bytes=$4 r rep
   local src_remote dst_remote
   case $src in s3) src_remote="s3:src$set" ;; sftp) src_remote="sftp:src$set" ;; esac
-  case $dst in
-    s3) dst_remote="s3:dst/rclone-$n"; crypt_remote="s3crypt:$n" ;;
-    azure) dst_remote="azure:bench/rclone-$n"; crypt_remote="azurecrypt:$n" ;;
-    sftp) dst_remote="sftp:dst/rclone-$n"; crypt_remote="sftpcrypt:$n" ;;
-  esac
-  echo "  $src -> $dst, $set: rclone" >&2
-  r=$(measure rclone --config "$work/rclone.conf" copy "$src_remote" "$dst_remote")
-  echo "    $r" >&2
-  local plain_s=${r%%$'\t'*} plain_rss=${r##*$'\t'}
-  echo "  $src -> $dst, $set: rclone crypt" >&2
-  r=$(measure rclone --config "$work/rclone.conf" copy "$src_remote" "$crypt_remote")
-  echo "    $r" >&2
-  local crypt_s=${r%%$'\t'*} crypt_rss=${r##*$'\t'}
-  echo "  $src -> $dst, $set: ferry" >&2
-  r=$(ferry_run "$src" "$dst" "$set")
-  echo "    $r" >&2
-  local ferry_s=${r%%$'\t'*} ferry_rss=${r##*$'\t'}
+  local -a plain_t=() plain_m=() crypt_t=() crypt_m=() ferry_t=() ferry_m=()
+  # The three tools take turns, REPS times: a slow spell of the machine hits
+  # all of them, and the median drops it.
+  for rep in $(seq 1 "$REPS"); do
+    n=$((n + 1))
+    case $dst in
+      s3) dst_remote="s3:dst/rclone-$n"; crypt_remote="s3crypt:$n" ;;
+      azure) dst_remote="azure:bench/rclone-$n"; crypt_remote="azurecrypt:$n" ;;
+      sftp) dst_remote="sftp:dst/rclone-$n"; crypt_remote="sftpcrypt:$n" ;;
+    esac
+    echo "  $src -> $dst, $set, run $rep: rclone" >&2
+    r=$(measure rclone --config "$work/rclone.conf" copy "$src_remote" "$dst_remote")
+    echo "    $r" >&2
+    plain_t+=("${r%%$'\t'*}"); plain_m+=("${r##*$'\t'}")
+    reset_destinations
+    echo "  $src -> $dst, $set, run $rep: rclone crypt" >&2
+    r=$(measure rclone --config "$work/rclone.conf" copy "$src_remote" "$crypt_remote")
+    echo "    $r" >&2
+    crypt_t+=("${r%%$'\t'*}"); crypt_m+=("${r##*$'\t'}")
+    reset_destinations
+    echo "  $src -> $dst, $set, run $rep: ferry" >&2
+    r=$(ferry_run "$src" "$dst" "$set")
+    echo "    $r" >&2
+    ferry_t+=("${r%%$'\t'*}"); ferry_m+=("${r##*$'\t'}")
+    reset_destinations
+  done
+  local plain_s crypt_s ferry_s plain_rss crypt_rss ferry_rss
+  plain_s=$(median "${plain_t[@]}"); crypt_s=$(median "${crypt_t[@]}"); ferry_s=$(median "${ferry_t[@]}")
+  plain_rss=$(largest "${plain_m[@]}"); crypt_rss=$(largest "${crypt_m[@]}"); ferry_rss=$(largest "${ferry_m[@]}")
   # Against the slower of the two endpoints on its own (big objects only:
   # the standalone figures are for one big object).
   local ceiling="—"
@@ -212,12 +245,18 @@ cp "$work/data/srcbig/object.bin" "$shm/"
 standalone=()
 for ep in "s3 read:s3:srcbig" "sftp read:sftp:srcbig" "s3 write:s3:dst/standalone" "azure write:azure:bench/standalone" "sftp write:sftp:dst/standalone"; do
   name=${ep%%:*}; remote=${ep#*:}
-  if [[ $name == *read ]]; then
-    r=$(measure rclone --config "$work/rclone.conf" copy "$remote" "$shm/read-${name%% *}")
-  else
-    r=$(measure rclone --config "$work/rclone.conf" copy "$shm/object.bin" "$remote")
-  fi
-  speed[$name]=$(mbps "$big_bytes" "${r%%$'\t'*}")
+  times=()
+  for rep in $(seq 1 "$REPS"); do
+    if [[ $name == *read ]]; then
+      r=$(measure rclone --config "$work/rclone.conf" copy "$remote" "$shm/read-${name%% *}")
+      rm -rf "$shm/read-${name%% *}"
+    else
+      r=$(measure rclone --config "$work/rclone.conf" copy "$shm/object.bin" "$remote")
+      reset_destinations
+    fi
+    times+=("${r%%$'\t'*}")
+  done
+  speed[$name]=$(mbps "$big_bytes" "$(median "${times[@]}")")
   standalone+=("| $name | ${speed[$name]} |")
 done
 rm -rf "$shm"
@@ -246,6 +285,7 @@ if [ "$RSS_MIB" -gt 0 ]; then
     echo "  $1 -> $2, ${RSS_MIB} MiB: ferry" >&2
     r=$(ferry_run "$1" "$2" huge)
     echo "    $r" >&2
+    reset_destinations
     memrows+=("| $1 → $2 | $(mbps $((RSS_MIB << 20)) "${r%%$'\t'*}") | $((${r##*$'\t'} / 1024)) |")
   done
 fi
@@ -259,7 +299,9 @@ cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)
   echo "servers on 127.0.0.1: s3s-fs 0.14.1 (S3), Azurite $(cat "$FERRY_CACHE/node/lib/node_modules/azurite/package.json" | python3 -c 'import json,sys; print(json.load(sys.stdin)["version"])') (Azure Blob), OpenSSH (SFTP)."
   echo "Datasets: *big* = one ${BIG_MIB} MiB object, *small* = ${SMALL} objects of 64 KiB. rclone runs with its"
   echo "defaults (4 transfers); Ferry with its defaults (4 objects at once), encrypting everything,"
-  echo "hashing plaintext and ciphertext, and writing its signed manifest."
+  echo "hashing plaintext and ciphertext, and writing its signed manifest. Each figure is the median of"
+  echo "$REPS runs, the three tools taking turns, with the destinations emptied and flushed to disk between"
+  echo "runs; peak RSS is the largest of the runs."
   echo
   echo "| route | data | rclone MB/s | rclone crypt MB/s | Ferry MB/s | Ferry vs rclone | Ferry vs crypt | Ferry vs slower endpoint alone (MB/s) | peak RSS MiB (rclone / crypt / Ferry) |"
   echo "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
@@ -276,7 +318,7 @@ cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)
     printf '%s\n' "${memrows[@]}"
     echo
   fi
-  echo "Standalone throughput of each endpoint (rclone, one ${BIG_MIB} MiB object, from or to a RAM disk):"
+  echo "Standalone throughput of each endpoint (rclone, one ${BIG_MIB} MiB object, from or to a RAM disk; median of $REPS):"
   echo
   echo "| endpoint | MB/s |"
   echo "| --- | ---: |"
