@@ -260,7 +260,7 @@ pub fn spawn_progress(
 pub struct Settings {
     /// The tenant's region, for `dataResidency: in-region-only`.
     pub tenant_region: Option<String>,
-    /// Objects copied at once.
+    /// Objects above 1 MiB copied at once; smaller ones up to four times as many.
     pub concurrency: usize,
     /// Base folder of relative local paths.
     pub base_dir: std::path::PathBuf,

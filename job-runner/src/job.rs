@@ -29,7 +29,7 @@ pub struct Job<'a> {
     pub tenant_region: Option<&'a str>,
     /// Names the manifest.
     pub run_id: &'a str,
-    /// Objects copied at once.
+    /// Objects above 1 MiB copied at once; smaller ones up to four times as many.
     pub concurrency: usize,
     /// Base folder of relative local paths.
     pub base_dir: &'a Path,

@@ -104,7 +104,7 @@ struct RunArgs {
     /// Run id (names the manifest); generated from the time when unset.
     #[arg(long)]
     run_id: Option<String>,
-    /// Objects copied at once.
+    /// Objects above 1 MiB copied at once; smaller ones up to four times as many.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
     concurrency: u16,
     /// Append audit lines to this file instead of stderr.
@@ -132,7 +132,7 @@ struct ClusterArgs {
     /// The tenant's region (set by the operator from the namespace label).
     #[arg(long, env = "FERRY_TENANT_REGION")]
     tenant_region: Option<String>,
-    /// Objects copied at once.
+    /// Objects above 1 MiB copied at once; smaller ones up to four times as many.
     #[arg(long, env = "FERRY_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
     concurrency: u16,
     /// Seconds between progress reports.

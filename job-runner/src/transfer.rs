@@ -25,6 +25,13 @@ use crate::storage::{ByteStream, ObjectMeta, ObjectStore, StorageError, check_ke
 pub const MANIFEST_DIR: &str = ".ferry/manifests/";
 /// Encrypted bytes gathered before they are handed to the destination.
 const WRITE_CHUNK: usize = 1 << 20;
+/// Objects up to this size (one encryption segment) cost a few requests and
+/// little memory each: their pace is set by round trips, not bandwidth, so
+/// more of them are copied at once. On s3s-fs here, 1000 objects of 64 KiB
+/// from S3 to SFTP took 5.5 s four at a time, 1.5 s sixteen at a time.
+pub const SMALL_OBJECT: u64 = 1 << 20;
+/// How many times `Options::concurrency` small objects are copied at once.
+pub const SMALL_FACTOR: usize = 4;
 
 /// What a run does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,7 +52,8 @@ pub struct Options {
     pub run_id: String,
     /// `namespace/name` of the Connector.
     pub connector: String,
-    /// Objects copied at once.
+    /// Objects larger than `SMALL_OBJECT` copied at once; smaller ones are
+    /// copied up to `SMALL_FACTOR` times as many at once.
     pub concurrency: usize,
     /// Attempts per object for transient errors.
     pub attempts: u32,
@@ -401,10 +409,20 @@ pub async fn run(
         return Ok(report);
     }
 
+    // Large objects hold part and range buffers: only `concurrency` of them
+    // at once, however many small ones are in flight besides.
+    let concurrency = opts.concurrency.max(1);
+    let large = Arc::new(tokio::sync::Semaphore::new(concurrency));
     let results: Vec<Result<ManifestEntry, TransferError>> = futures::stream::iter(to_copy)
         .map(|(obj, fields)| {
             let (src, dst, progress) = (src.clone(), dst.clone(), progress.clone());
+            let large = large.clone();
             async move {
+                // The semaphore is never closed, so a permit always comes.
+                let _slot = match obj.size > SMALL_OBJECT {
+                    true => large.acquire_owned().await.ok(),
+                    false => None,
+                };
                 let r = copy_with_retry(
                     src.as_ref(),
                     dst.as_ref(),
@@ -423,7 +441,7 @@ pub async fn run(
                 (obj, r)
             }
         })
-        .buffer_unordered(opts.concurrency.max(1))
+        .buffer_unordered(concurrency * SMALL_FACTOR)
         .map(|(obj, r)| {
             match &r {
                 Ok(_) => audit.record("object.copy", Outcome::Success, None, Some(&obj.key)),

@@ -500,3 +500,111 @@ async fn verify_finds_changed_missing_extra_and_swapped_objects() {
         .unwrap_err();
     assert!(err.to_string().contains("MAC does not verify"), "{err}");
 }
+
+/// A source that holds every read open for a while and counts the reads open
+/// at once: all of them, and those of objects above `SMALL_OBJECT`.
+#[derive(Debug, Default)]
+struct Gauge {
+    open: AtomicU32,
+    open_large: AtomicU32,
+    most: AtomicU32,
+    most_large: AtomicU32,
+}
+
+#[derive(Debug)]
+struct Slow {
+    inner: LocalStore,
+    gauge: Arc<Gauge>,
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for Slow {
+    fn describe(&self) -> String {
+        "slow".into()
+    }
+    async fn list(&self) -> Result<Vec<ObjectMeta>, StorageError> {
+        self.inner.list().await
+    }
+    async fn get(&self, key: &str, range: Option<Range<u64>>) -> Result<ByteStream, StorageError> {
+        let size = self
+            .inner
+            .list()
+            .await?
+            .into_iter()
+            .find(|o| o.key == key)
+            .map_or(0, |o| o.size);
+        let large = size > transfer::SMALL_OBJECT;
+        let g = &self.gauge;
+        let open = g.open.fetch_add(1, Ordering::SeqCst) + 1;
+        g.most.fetch_max(open, Ordering::SeqCst);
+        if large {
+            let open = g.open_large.fetch_add(1, Ordering::SeqCst) + 1;
+            g.most_large.fetch_max(open, Ordering::SeqCst);
+        }
+        // Every read that can start does, before any of them ends.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let data = self.inner.get(key, range).await;
+        g.open.fetch_sub(1, Ordering::SeqCst);
+        if large {
+            g.open_large.fetch_sub(1, Ordering::SeqCst);
+        }
+        data
+    }
+    async fn put(&self, key: &str, data: ByteStream) -> Result<u64, StorageError> {
+        self.inner.put(key, data).await
+    }
+    async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        self.inner.delete(key).await
+    }
+    async fn region(&self) -> Result<Option<String>, StorageError> {
+        Ok(None)
+    }
+}
+
+/// Small objects are copied `SMALL_FACTOR` times as many at once as large
+/// ones; large ones never more than `concurrency` at once, small ones beside.
+#[tokio::test]
+async fn small_objects_are_copied_more_at_once_than_large_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("src");
+    std::fs::create_dir_all(&root).unwrap();
+    let large_size = transfer::SMALL_OBJECT as usize + 1;
+    for i in 0..12 {
+        std::fs::write(
+            root.join(format!("large-{i:02}.bin")),
+            vec![i as u8; large_size],
+        )
+        .unwrap();
+    }
+    for i in 0..80 {
+        std::fs::write(root.join(format!("small-{i:02}.bin")), vec![i as u8; 1000]).unwrap();
+    }
+    let gauge = Arc::new(Gauge::default());
+    let src: Arc<dyn ObjectStore> = Arc::new(Slow {
+        inner: LocalStore::new(&root),
+        gauge: gauge.clone(),
+    });
+    let dst: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir.path().join("dst")));
+    let r = run_once(
+        &spec(""),
+        src,
+        dst.clone(),
+        "c",
+        Mode::Sync,
+        &Lines::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.objects_copied, 92);
+    let concurrency = Options::default().concurrency as u32;
+    let small_factor = transfer::SMALL_FACTOR as u32;
+    // Keys sort large first: they take their slots, small ones fill the rest.
+    assert_eq!(gauge.most_large.load(Ordering::SeqCst), concurrency);
+    assert_eq!(
+        gauge.most.load(Ordering::SeqCst),
+        concurrency * small_factor
+    );
+    readback::verify(dst.as_ref(), keys(), None, true)
+        .await
+        .unwrap();
+}
