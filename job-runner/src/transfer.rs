@@ -419,9 +419,10 @@ pub async fn run(
             let large = large.clone();
             async move {
                 // The semaphore is never closed, so a permit always comes.
-                let _slot = match obj.size > SMALL_OBJECT {
-                    true => large.acquire_owned().await.ok(),
-                    false => None,
+                let _slot = if obj.size > SMALL_OBJECT {
+                    large.acquire_owned().await.ok()
+                } else {
+                    None
                 };
                 let r = copy_with_retry(
                     src.as_ref(),
