@@ -284,16 +284,37 @@ async fn disallowed_sensitivity_is_refused_not_read() {
     assert_eq!(refused["tenant"], "tenant");
 }
 
-/// A source whose reads break after some bytes, a given number of times.
+/// A local source for the fault and scheduling tests: its reads break after
+/// some bytes, `failures_left` times; with a gauge, every read is also held
+/// open for a while and counted.
 #[derive(Debug)]
-struct Flaky {
+struct Source {
     inner: LocalStore,
     failures_left: AtomicU32,
     kind: std::io::ErrorKind,
+    gauge: Option<Arc<Gauge>>,
+}
+
+impl Source {
+    fn flaky(root: impl Into<std::path::PathBuf>, failures: u32, kind: std::io::ErrorKind) -> Self {
+        Self {
+            inner: LocalStore::new(root),
+            failures_left: AtomicU32::new(failures),
+            kind,
+            gauge: None,
+        }
+    }
+
+    fn gauged(root: impl Into<std::path::PathBuf>, gauge: Arc<Gauge>) -> Self {
+        Self {
+            gauge: Some(gauge),
+            ..Self::flaky(root, 0, std::io::ErrorKind::Other)
+        }
+    }
 }
 
 #[async_trait::async_trait]
-impl ObjectStore for Flaky {
+impl ObjectStore for Source {
     fn describe(&self) -> String {
         "flaky".into()
     }
@@ -301,7 +322,10 @@ impl ObjectStore for Flaky {
         self.inner.list().await
     }
     async fn get(&self, key: &str, range: Option<Range<u64>>) -> Result<ByteStream, StorageError> {
-        let s = self.inner.get(key, range).await?;
+        let s = match &self.gauge {
+            Some(gauge) => gauge.held(&self.inner, key, range).await?,
+            None => self.inner.get(key, range).await?,
+        };
         let fail = self
             .failures_left
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
@@ -352,11 +376,11 @@ fn no_temp_files(root: &Path) {
 async fn transient_cut_is_retried_and_completes() {
     let dir = tempfile::tempdir().unwrap();
     let files = write_tree(&dir.path().join("src"));
-    let src: Arc<dyn ObjectStore> = Arc::new(Flaky {
-        inner: LocalStore::new(dir.path().join("src")),
-        failures_left: AtomicU32::new(2),
-        kind: std::io::ErrorKind::ConnectionReset,
-    });
+    let src: Arc<dyn ObjectStore> = Arc::new(Source::flaky(
+        dir.path().join("src"),
+        2,
+        std::io::ErrorKind::ConnectionReset,
+    ));
     let dst: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir.path().join("dst")));
     let r = run_once(
         &spec(""),
@@ -380,11 +404,11 @@ async fn permanent_cut_leaves_no_partial_object_and_a_rerun_completes() {
     let dir = tempfile::tempdir().unwrap();
     let files = write_tree(&dir.path().join("src"));
     let dst: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir.path().join("dst")));
-    let flaky: Arc<dyn ObjectStore> = Arc::new(Flaky {
-        inner: LocalStore::new(dir.path().join("src")),
-        failures_left: AtomicU32::new(1),
-        kind: std::io::ErrorKind::PermissionDenied,
-    });
+    let flaky: Arc<dyn ObjectStore> = Arc::new(Source::flaky(
+        dir.path().join("src"),
+        1,
+        std::io::ErrorKind::PermissionDenied,
+    ));
     let err = run_once(
         &spec(""),
         flaky,
@@ -501,8 +525,8 @@ async fn verify_finds_changed_missing_extra_and_swapped_objects() {
     assert!(err.to_string().contains("MAC does not verify"), "{err}");
 }
 
-/// A source that holds every read open for a while and counts the reads open
-/// at once: all of them, and those of objects above `SMALL_OBJECT`.
+/// Counts the reads open at once: all of them, and those of objects above
+/// `SMALL_OBJECT`.
 #[derive(Debug, Default)]
 struct Gauge {
     open: AtomicU32,
@@ -511,53 +535,35 @@ struct Gauge {
     most_large: AtomicU32,
 }
 
-#[derive(Debug)]
-struct Slow {
-    inner: LocalStore,
-    gauge: Arc<Gauge>,
-}
-
-#[async_trait::async_trait]
-impl ObjectStore for Slow {
-    fn describe(&self) -> String {
-        "slow".into()
-    }
-    async fn list(&self) -> Result<Vec<ObjectMeta>, StorageError> {
-        self.inner.list().await
-    }
-    async fn get(&self, key: &str, range: Option<Range<u64>>) -> Result<ByteStream, StorageError> {
-        let size = self
-            .inner
+impl Gauge {
+    /// A read of `inner`, held open for a while and counted.
+    async fn held(
+        &self,
+        inner: &LocalStore,
+        key: &str,
+        range: Option<Range<u64>>,
+    ) -> Result<ByteStream, StorageError> {
+        let size = inner
             .list()
             .await?
             .into_iter()
             .find(|o| o.key == key)
             .map_or(0, |o| o.size);
         let large = size > transfer::SMALL_OBJECT;
-        let g = &self.gauge;
-        let open = g.open.fetch_add(1, Ordering::SeqCst) + 1;
-        g.most.fetch_max(open, Ordering::SeqCst);
+        let open = self.open.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most.fetch_max(open, Ordering::SeqCst);
         if large {
-            let open = g.open_large.fetch_add(1, Ordering::SeqCst) + 1;
-            g.most_large.fetch_max(open, Ordering::SeqCst);
+            let open = self.open_large.fetch_add(1, Ordering::SeqCst) + 1;
+            self.most_large.fetch_max(open, Ordering::SeqCst);
         }
         // Every read that can start does, before any of them ends.
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        let data = self.inner.get(key, range).await;
-        g.open.fetch_sub(1, Ordering::SeqCst);
+        let data = inner.get(key, range).await;
+        self.open.fetch_sub(1, Ordering::SeqCst);
         if large {
-            g.open_large.fetch_sub(1, Ordering::SeqCst);
+            self.open_large.fetch_sub(1, Ordering::SeqCst);
         }
         data
-    }
-    async fn put(&self, key: &str, data: ByteStream) -> Result<u64, StorageError> {
-        self.inner.put(key, data).await
-    }
-    async fn delete(&self, key: &str) -> Result<(), StorageError> {
-        self.inner.delete(key).await
-    }
-    async fn region(&self) -> Result<Option<String>, StorageError> {
-        Ok(None)
     }
 }
 
@@ -580,10 +586,7 @@ async fn small_objects_are_copied_more_at_once_than_large_ones() {
         std::fs::write(root.join(format!("small-{i:02}.bin")), vec![i as u8; 1000]).unwrap();
     }
     let gauge = Arc::new(Gauge::default());
-    let src: Arc<dyn ObjectStore> = Arc::new(Slow {
-        inner: LocalStore::new(&root),
-        gauge: gauge.clone(),
-    });
+    let src: Arc<dyn ObjectStore> = Arc::new(Source::gauged(&root, gauge.clone()));
     let dst: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir.path().join("dst")));
     let r = run_once(
         &spec(""),
