@@ -130,7 +130,6 @@ pub(super) struct WholeRead {
     offset: u64,
     source: Source,
     phase: Phase,
-    tuning: ReadTuning,
     /// An error was handed on: nothing follows it.
     failed: bool,
 }
@@ -145,7 +144,6 @@ impl WholeRead {
         total: u64,
         body: SdkBody,
     ) -> Self {
-        let tuning = store.reads;
         Self {
             store,
             full,
@@ -156,7 +154,6 @@ impl WholeRead {
             source: Source::Stream(body),
             // Ranges may be tried after the very first window.
             phase: Phase::streaming(0, RETRY_AFTER),
-            tuning,
             failed: false,
         }
     }
@@ -230,7 +227,8 @@ impl WholeRead {
 
     /// After each chunk: at the end of a window, decide how to go on.
     fn choose(&mut self) {
-        let window = self.tuning.window;
+        let tuning = self.store.reads;
+        let window = tuning.window;
         match self.phase {
             Phase::Streaming {
                 from,
@@ -240,8 +238,7 @@ impl WholeRead {
             } if self.offset >= from + window => {
                 let elapsed = started.elapsed();
                 let since_trial = since_trial.saturating_add(1);
-                let held_back = self
-                    .tuning
+                let held_back = tuning
                     .try_ranges
                     .unwrap_or_else(|| stream_held_back(elapsed, waited));
                 let worth_it = self.total - self.offset >= 2 * window;
@@ -283,8 +280,7 @@ impl WholeRead {
                 stream,
             } if self.offset >= from + window => {
                 let elapsed = started.elapsed();
-                let keep = self
-                    .tuning
+                let keep = tuning
                     .keep_ranges
                     .unwrap_or_else(|| ranges_faster(stream, (self.offset - from, elapsed)));
                 tracing::debug!(
