@@ -4,7 +4,7 @@
 # (SFTP), all on 127.0.0.1. Writes docs/bench/transfer.md.
 #   bash docs/bench/transfer.sh [SIZE_MIB] [SMALL_COUNT]
 # ROUTES="s3 sftp,sftp s3" runs a subset; RSS_MIB (default 4096, 0 to skip) sizes
-# the object of the memory table; REPS (default 3, odd) is how many times each
+# the object of the memory table; REPS (default 5, odd) is how many times each
 # measurement runs: the tables give the median time and the largest peak RSS.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
@@ -14,13 +14,15 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$FERRY_CACHE/target}
 unset AWS_CA_BUNDLE
 BIG_MIB=${1:-1024}
 SMALL=${2:-1000}
-REPS=${REPS:-3}
+REPS=${REPS:-5}
 S3S_PORT=8014
 out=docs/bench/transfer.md
 work=$(mktemp -d /var/tmp/ferry-bench.XXXXXX)
 s3s_pid=""
+shm=""
 cleanup() {
   [ -n "$s3s_pid" ] && kill "$s3s_pid" 2>/dev/null || true
+  [ -n "$shm" ] && rm -rf "$shm"
   bash tests/bootstrap.sh stop >/dev/null 2>&1 || true
   rm -rf "$work"
 }
@@ -186,18 +188,44 @@ PY
   sync
 }
 
-# The median of its arguments (an odd count).
-median() { printf '%s\n' "$@" | sort -g | sed -n "$(( ($# + 1) / 2 ))p"; }
-# The largest of its arguments.
+# The median of its arguments (of an even count: the mean of the middle two).
+median() {
+  printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { m = (NR + 1) / 2; printf "%.2f\n", (v[int(m)] + v[int(m + 0.5)]) / 2 }'
+}
+# The largest and the smallest of its arguments.
 largest() { printf '%s\n' "$@" | sort -g | tail -1; }
+smallest() { printf '%s\n' "$@" | sort -g | head -1; }
+
+# Standalone throughput of one endpoint (rclone, the big object, from or to a
+# RAM disk): prints seconds.
+standalone_run() { # "s3 read" | "sftp write" ...
+  local name=$1 kind=${1%% *} remote r
+  case $kind in s3) remote="s3:srcbig" ;; sftp) remote="sftp:srcbig" ;; esac
+  if [[ $name == *read ]]; then
+    r=$(measure rclone --config "$work/rclone.conf" copy "$remote" "$shm/read-$kind")
+    rm -rf "$shm/read-$kind"
+  else
+    case $kind in
+      s3) remote="s3:dst/standalone" ;; azure) remote="azure:bench/standalone" ;; sftp) remote="sftp:dst/standalone" ;;
+    esac
+    r=$(measure rclone --config "$work/rclone.conf" copy "$shm/object.bin" "$remote")
+    reset_destinations
+  fi
+  echo "${r%%$'\t'*}"
+}
+
+# Every standalone time, per endpoint, over all routes: "s3 read" -> "4.9 5.1 ...".
+declare -A endpoint_times
 
 bench_route() { # src-kind dst-kind dataset bytes
   local src=$1 dst=$2 set=$3 bytes=$4 r rep
   local src_remote dst_remote
   case $src in s3) src_remote="s3:src$set" ;; sftp) src_remote="sftp:src$set" ;; esac
-  local -a plain_t=() plain_m=() crypt_t=() crypt_m=() ferry_t=() ferry_m=()
+  local -a plain_t=() crypt_t=() ferry_t=() read_t=() write_t=() plain_m=() crypt_m=() ferry_m=()
   # The three tools take turns, REPS times: a slow spell of the machine hits
-  # all of them, and the median drops it.
+  # all of them, and the median drops it. With the big object the route's two
+  # endpoints are also measured on their own in each round, so that Ferry is
+  # compared with what they delivered at the same time.
   for rep in $(seq 1 "$REPS"); do
     n=$((n + 1))
     case $dst in
@@ -220,46 +248,33 @@ bench_route() { # src-kind dst-kind dataset bytes
     echo "    $r" >&2
     ferry_t+=("${r%%$'\t'*}"); ferry_m+=("${r##*$'\t'}")
     reset_destinations
+    if [ "$set" = big ]; then
+      echo "  $src read, $dst write, run $rep: rclone alone" >&2
+      r=$(standalone_run "$src read"); read_t+=("$r"); endpoint_times["$src read"]+=" $r"
+      r=$(standalone_run "$dst write"); write_t+=("$r"); endpoint_times["$dst write"]+=" $r"
+      echo "    ${read_t[-1]} s, ${write_t[-1]} s" >&2
+    fi
   done
   local plain_s crypt_s ferry_s plain_rss crypt_rss ferry_rss
   plain_s=$(median "${plain_t[@]}"); crypt_s=$(median "${crypt_t[@]}"); ferry_s=$(median "${ferry_t[@]}")
   plain_rss=$(largest "${plain_m[@]}"); crypt_rss=$(largest "${crypt_m[@]}"); ferry_rss=$(largest "${ferry_m[@]}")
-  # Against the slower of the two endpoints on its own (big objects only:
-  # the standalone figures are for one big object).
+  # Against the slower of the two endpoints on its own, measured in the same
+  # rounds (big objects only: the standalone figures are for one big object).
   local ceiling="—"
   if [ "$set" = big ]; then
-    local rd=${speed["$src read"]} wr=${speed["$dst write"]}
-    local slower=$((rd < wr ? rd : wr))
+    local rd wr slower
+    rd=$(mbps "$big_bytes" "$(median "${read_t[@]}")"); wr=$(mbps "$big_bytes" "$(median "${write_t[@]}")")
+    slower=$((rd < wr ? rd : wr))
     ceiling="$(python3 -c "print(f'{$bytes / $ferry_s / 1e6 / $slower * 100:.0f}')")% of $slower"
   fi
-  rows+=("| $src → $dst | $set | $(mbps "$bytes" "$plain_s") | $(mbps "$bytes" "$crypt_s") | **$(mbps "$bytes" "$ferry_s")** | $(python3 -c "print(f'{$plain_s / $ferry_s:.2f}')")× | $(python3 -c "print(f'{$crypt_s / $ferry_s:.2f}')")× | $ceiling | $((plain_rss / 1024)) / $((crypt_rss / 1024)) / **$((ferry_rss / 1024))** |")
+  rows+=("| $src → $dst | $set | $(mbps "$bytes" "$plain_s") | $(mbps "$bytes" "$crypt_s") | **$(mbps "$bytes" "$ferry_s")** ($(mbps "$bytes" "$(largest "${ferry_t[@]}")")–$(mbps "$bytes" "$(smallest "${ferry_t[@]}")")) | $(python3 -c "print(f'{$plain_s / $ferry_s:.2f}')")× | $(python3 -c "print(f'{$crypt_s / $ferry_s:.2f}')")× | $ceiling | $((plain_rss / 1024)) / $((crypt_rss / 1024)) / **$((ferry_rss / 1024))** |")
 }
 
 big_bytes=$((BIG_MIB << 20))
 small_bytes=$((SMALL * 65536))
-declare -A speed
-# Standalone throughput of each endpoint (rclone, 1 big object, to or from a RAM disk).
-echo "standalone endpoints..." >&2
+# The big object on a RAM disk, for the endpoints' standalone runs.
 shm=$(mktemp -d /dev/shm/ferry-bench.XXXXXX)
 cp "$work/data/srcbig/object.bin" "$shm/"
-standalone=()
-for ep in "s3 read:s3:srcbig" "sftp read:sftp:srcbig" "s3 write:s3:dst/standalone" "azure write:azure:bench/standalone" "sftp write:sftp:dst/standalone"; do
-  name=${ep%%:*}; remote=${ep#*:}
-  times=()
-  for rep in $(seq 1 "$REPS"); do
-    if [[ $name == *read ]]; then
-      r=$(measure rclone --config "$work/rclone.conf" copy "$remote" "$shm/read-${name%% *}")
-      rm -rf "$shm/read-${name%% *}"
-    else
-      r=$(measure rclone --config "$work/rclone.conf" copy "$shm/object.bin" "$remote")
-      reset_destinations
-    fi
-    times+=("${r%%$'\t'*}")
-  done
-  speed[$name]=$(mbps "$big_bytes" "$(median "${times[@]}")")
-  standalone+=("| $name | ${speed[$name]} |")
-done
-rm -rf "$shm"
 echo "running..." >&2
 # ROUTES="s3 sftp,sftp s3" runs a subset (the table then holds only those).
 IFS=, read -r -a routes <<< "${ROUTES:-s3 sftp,s3 azure,sftp s3,s3 s3}"
@@ -267,6 +282,13 @@ for route in "${routes[@]}"; do
   set -- $route
   bench_route "$1" "$2" big "$big_bytes"
   bench_route "$1" "$2" small "$small_bytes"
+done
+rm -rf "$shm"
+standalone=()
+for name in "s3 read" "sftp read" "s3 write" "azure write" "sftp write"; do
+  [ -n "${endpoint_times[$name]:-}" ] || continue
+  # shellcheck disable=SC2086 # one argument per time
+  standalone+=("| $name | $(mbps "$big_bytes" "$(median ${endpoint_times[$name]})") | $(echo ${endpoint_times[$name]} | wc -w) |")
 done
 
 # Memory does not grow with the object: Ferry alone, one RSS_MIB object per route.
@@ -301,9 +323,11 @@ cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)
   echo "defaults (4 transfers); Ferry with its defaults (4 objects at once), encrypting everything,"
   echo "hashing plaintext and ciphertext, and writing its signed manifest. Each figure is the median of"
   echo "$REPS runs, the three tools taking turns, with the destinations emptied and flushed to disk between"
-  echo "runs; peak RSS is the largest of the runs."
+  echo "runs; Ferry's slowest and fastest run are in brackets; peak RSS is the largest of the runs. With"
+  echo "the big object each round also measures the route's two endpoints on their own (rclone, from or to"
+  echo "a RAM disk), and Ferry is set against the slower one's median from the same rounds."
   echo
-  echo "| route | data | rclone MB/s | rclone crypt MB/s | Ferry MB/s | Ferry vs rclone | Ferry vs crypt | Ferry vs slower endpoint alone (MB/s) | peak RSS MiB (rclone / crypt / Ferry) |"
+  echo "| route | data | rclone MB/s | rclone crypt MB/s | Ferry MB/s (slowest–fastest) | Ferry vs rclone | Ferry vs crypt | Ferry vs slower endpoint alone (MB/s) | peak RSS MiB (rclone / crypt / Ferry) |"
   echo "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
   printf '%s\n' "${rows[@]}"
   echo
@@ -318,10 +342,11 @@ cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)
     printf '%s\n' "${memrows[@]}"
     echo
   fi
-  echo "Standalone throughput of each endpoint (rclone, one ${BIG_MIB} MiB object, from or to a RAM disk; median of $REPS):"
+  echo "Standalone throughput of each endpoint (rclone, one ${BIG_MIB} MiB object, from or to a RAM disk;"
+  echo "median of every round that measured it):"
   echo
-  echo "| endpoint | MB/s |"
-  echo "| --- | ---: |"
+  echo "| endpoint | MB/s | runs |"
+  echo "| --- | ---: | ---: |"
   printf '%s\n' "${standalone[@]}"
 } > "$out"
 bash docs/bench/assemble.sh
