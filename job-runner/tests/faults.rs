@@ -249,7 +249,11 @@ async fn an_s3_object_replaced_during_a_whole_read_is_never_spliced() {
     };
     let ways = [
         ("one stream", Some(false), None),
-        ("ranges after the first window", Some(true), Some(true)),
+        (
+            "ranges after the stream's first windows",
+            Some(true),
+            Some(true),
+        ),
         (
             "ranges tried, then the stream again",
             Some(true),
