@@ -39,6 +39,7 @@ const RANGES_IN_FLIGHT: usize = 4;
 /// tried again: a store's pace changes during a long read. The wait doubles
 /// with each trial lost, up to `RETRY_AFTER << MAX_BACKOFF`.
 const RETRY_AFTER: u32 = 8;
+/// Lost trials after which the wait stops doubling.
 const MAX_BACKOFF: u32 = 3;
 /// Windows a stream's measured run must cover before ranges are set against
 /// it: on s3s-fs here single windows took 40-170 ms, and ranges kept for
@@ -55,8 +56,8 @@ pub struct ReadTuning {
     /// Bytes streamed before ranges are considered, and fetched as ranges
     /// when they are tried.
     pub window: u64,
-    /// Try ranges after the first window; `None` decides by whether the stream
-    /// kept the reader waiting.
+    /// Try ranges once the stream has a measured run; `None` decides by
+    /// whether the stream kept the reader waiting.
     pub try_ranges: Option<bool>,
     /// Keep ranges after the trial window; `None` decides by comparing their
     /// rate with the stream's.
@@ -452,8 +453,9 @@ mod tests {
     }
 
     /// With ranges forced, a whole read hands on the stream's first window and
-    /// a measured run of `MIN_RUN` windows before it asks for a range. The ranges go to a server that answers no
-    /// request, so the first byte they owe is an error.
+    /// a measured run of `MIN_RUN` windows before it asks for a range. The
+    /// ranges go to a server that answers no request, so the first byte they
+    /// owe is an error.
     #[tokio::test]
     async fn ranges_are_tried_only_after_a_measured_run_of_the_stream() {
         use crate::storage::s3::{S3Auth, S3Config};
