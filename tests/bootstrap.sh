@@ -22,6 +22,8 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 AZURITE_VERSION=3.37.0
 MOTO_VERSION=5.1.22
 TINK_VERSION=1.16.1
+# Google's CEL implementation (cel-cpp) for Python: the chart's admission policy tests.
+CEL_VERSION=0.1.3
 AZURE_BLOB_VERSION=12.28.0
 OPENLINEAGE_VERSION=1.54.0
 KMOCK_VERSION=0.8
@@ -62,12 +64,12 @@ install() {
 
   # Python tools: Google Tink, moto (S3), the OpenLineage client, the Azure SDK (to set
   # up Azurite containers in tests), kmock (the end-to-end tests' Kubernetes API) with
-  # pytest and PyYAML, the Helm/kubectl layer.
+  # pytest and PyYAML, Google's CEL (the admission policy's tests), the Helm/kubectl layer.
   if [ ! -x "$VENV/bin/python" ]; then
     log "python venv at $VENV"
     python3 -m venv "$VENV" || die "python3 -m venv"
   fi
-  local want="tink==$TINK_VERSION moto[server]==$MOTO_VERSION openlineage-python==$OPENLINEAGE_VERSION azure-storage-blob==$AZURE_BLOB_VERSION kmock==$KMOCK_VERSION pytest==$PYTEST_VERSION pyyaml==$PYYAML_VERSION"
+  local want="tink==$TINK_VERSION moto[server]==$MOTO_VERSION openlineage-python==$OPENLINEAGE_VERSION azure-storage-blob==$AZURE_BLOB_VERSION kmock==$KMOCK_VERSION pytest==$PYTEST_VERSION pyyaml==$PYYAML_VERSION cel-expr-python==$CEL_VERSION"
   if [ "$(cat "$VENV/.ferry-pins" 2>/dev/null)" != "$want" ]; then
     log "pip install $want"
     # shellcheck disable=SC2086
@@ -205,12 +207,12 @@ check() {
     || { cat "$RUN/sftp-check.log" >&2; die "sftp round trip"; }
   cmp -s "$RUN/probe.txt" "$RUN/probe.back" || die "sftp round trip returned other bytes"
   # Tools.
-  "$VENV/bin/python" -c 'import tink, openlineage.client, kmock, pytest, yaml' || die "python: tink / openlineage / kmock / pytest"
+  "$VENV/bin/python" -c 'import tink, openlineage.client, kmock, pytest, yaml, cel_expr_python.cel' || die "python: tink / openlineage / kmock / pytest / cel"
   promtool --version >/dev/null 2>&1 || die "promtool"
   lua5.4 -v >/dev/null 2>&1 || die "lua5.4"
   "$BIN/helm" version --short >/dev/null 2>&1 || die "helm"
   "$BIN/kubectl" version --client >/dev/null 2>&1 || die "kubectl"
-  log "checked: azurite, moto, sshd/sftp, tink, openlineage, kmock, promtool, lua5.4, helm, kubectl"
+  log "checked: azurite, moto, sshd/sftp, tink, openlineage, kmock, cel, promtool, lua5.4, helm, kubectl"
 }
 
 stop() {

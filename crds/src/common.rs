@@ -125,7 +125,7 @@ pub struct WebIdentity {
 }
 
 fn default_sts_audience() -> String {
-    "sts.amazonaws.com".to_string()
+    crate::AWS_TOKEN_AUDIENCE.to_string()
 }
 
 /// An Azure Blob Storage container and the prefix inside it.

@@ -7,13 +7,18 @@
 pub mod common;
 pub mod connector;
 pub mod crdgen;
+pub mod endpoint;
 pub mod run;
 pub mod secrets;
 
 pub use common::*;
 pub use connector::*;
+pub use endpoint::{EndpointUrl, UrlRefusal, check_endpoint_url};
 pub use run::*;
-pub use secrets::{SecretNeed, secret_names, secret_needs};
+pub use secrets::{
+    REFUSED_SECRET_TYPES, SECRET_OPT_IN_LABEL, SECRET_OPT_IN_VALUE, SecretNeed, SecretRefusal,
+    secret_names, secret_needs, secret_usable,
+};
 
 /// The API group of every Ferry resource.
 pub const GROUP: &str = "ferry.dev";
@@ -24,3 +29,11 @@ pub const REGION_LABEL: &str = "ferry.dev/region";
 /// Namespace annotation, set by the platform team, capping the sensitivity tags
 /// any Connector of the namespace may allow (comma separated, e.g. `pii,phi`).
 pub const ALLOWED_SENSITIVITY_ANNOTATION: &str = "ferry.dev/allowed-sensitivity";
+/// Audience of the token AWS STS accepts for web identity (the default of
+/// `webIdentity.audience`).
+pub const AWS_TOKEN_AUDIENCE: &str = "sts.amazonaws.com";
+/// Audience of Azure federated (workload identity) credentials.
+pub const AZURE_TOKEN_AUDIENCE: &str = "api://AzureADTokenExchange";
+/// Environment variable of a run's pod naming the STS endpoint the operator is
+/// configured with (none: the official regional endpoint).
+pub const STS_ENDPOINT_ENV: &str = "FERRY_STS_ENDPOINT";

@@ -279,3 +279,65 @@ pub struct RunError {
     /// are not retried.
     pub retryable: bool,
 }
+
+/// Folder, under the destination prefix, holding Ferry's manifests; a run's
+/// manifest is named `<UTC timestamp>Z-<run>.json` in it.
+pub const MANIFEST_DIR: &str = ".ferry/manifests/";
+
+/// Annotation of a ConnectorRun holding the operator's record of it, the JSON of
+/// a [`RunRecord`]. A run's own ServiceAccount may patch the run's status but
+/// not its metadata (a status write ignores everything but `status`), so the
+/// record is what the operator trusts: the pinned spec, phase, attempts and
+/// conditions, and the result it accepted. `status` shows the same, and is
+/// rewritten from the record when anything else changed it.
+pub const RUN_RECORD_ANNOTATION: &str = "ferry.dev/run-record";
+
+/// Environment variable of a run's pod: the hash of the pinned spec, which the
+/// runner checks the spec it reads against (the pod is immutable, and created by
+/// the operator alone).
+pub const SPEC_HASH_ENV: &str = "FERRY_SPEC_HASH";
+
+/// The operator's record of a run (see [`RUN_RECORD_ANNOTATION`]).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RunRecord {
+    /// The operator's fields of the status as it last decided them (no
+    /// `progress`), and the `result` it accepted when the run succeeded.
+    pub status: ConnectorRunStatus,
+    /// Digest of the operator's fields as they were before the last decision,
+    /// so that a status write that did not get through is told apart from a
+    /// status someone else wrote.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<String>,
+}
+
+impl RunRecord {
+    /// The record of `run`: `Ok(None)` when it has none yet, `Err` when the
+    /// annotation is not a record.
+    pub fn of(run: &ConnectorRun) -> Result<Option<Self>, serde_json::Error> {
+        run.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(RUN_RECORD_ANNOTATION))
+            .map(|text| serde_json::from_str(text))
+            .transpose()
+    }
+
+    /// The pinned spec, when its hash is the one recorded with it.
+    pub fn verified_spec(&self) -> Option<&crate::ConnectorSpec> {
+        let spec = self.status.connector_spec.as_ref()?;
+        (self.status.connector_spec_hash.as_deref() == Some(spec_hash(spec).as_str()))
+            .then_some(spec)
+    }
+}
+
+/// SHA-256 of a Connector spec, as pinned in a run's record.
+pub fn spec_hash(spec: &crate::ConnectorSpec) -> String {
+    digest(&serde_json::to_vec(spec).unwrap_or_default())
+}
+
+/// `sha256:` and the hex SHA-256 of `bytes`.
+pub fn digest(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
+}

@@ -2,7 +2,78 @@
 //! to check a run before it starts (and to name the Secrets in the run's Role),
 //! and by the runner to read them.
 
+use std::collections::BTreeMap;
+
 use crate::{ConnectorSpec, Endpoint, EndpointKind};
+
+/// The label a Secret must carry, with the value [`SECRET_OPT_IN_VALUE`], for
+/// Ferry to read it: set by whoever creates the Secret, so that naming a Secret
+/// in a Connector is not enough to have a run read it (and send its values to
+/// a host the Connector names).
+pub const SECRET_OPT_IN_LABEL: &str = "ferry.dev/usable";
+/// The value of [`SECRET_OPT_IN_LABEL`].
+pub const SECRET_OPT_IN_VALUE: &str = "true";
+/// Types of Secret Ferry never reads, label or not: Kubernetes' own credentials
+/// (ServiceAccount and bootstrap tokens), registry credentials and TLS keys.
+pub const REFUSED_SECRET_TYPES: [&str; 5] = [
+    "kubernetes.io/service-account-token",
+    "bootstrap.kubernetes.io/token",
+    "kubernetes.io/dockercfg",
+    "kubernetes.io/dockerconfigjson",
+    "kubernetes.io/tls",
+];
+
+/// Why a Secret may not be read by a run. The operator rejects the run with it
+/// before any pod exists; the runner refuses the same way should the Secret
+/// have changed since.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretRefusal {
+    /// The Secret lacks the opt-in label.
+    NotOptedIn,
+    /// The Secret is of a type Ferry never reads.
+    TypeRefused(String),
+}
+
+impl SecretRefusal {
+    /// Stable reason: a condition and Event reason and a metric label.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            SecretRefusal::NotOptedIn => "SecretNotOptedIn",
+            SecretRefusal::TypeRefused(_) => "SecretTypeRefused",
+        }
+    }
+
+    /// What is wrong and how to fix it, for the Secret `name`.
+    pub fn message(&self, name: &str, purpose: &str) -> String {
+        match self {
+            SecretRefusal::NotOptedIn => format!(
+                "Secret {name:?} ({purpose}) is not labelled {SECRET_OPT_IN_LABEL}={SECRET_OPT_IN_VALUE}: \
+                 label it to let Ferry's runs read it"
+            ),
+            SecretRefusal::TypeRefused(t) => {
+                format!("Secret {name:?} ({purpose}) is of type {t}, which Ferry never reads")
+            }
+        }
+    }
+}
+
+/// Whether a Secret with these labels and this type may be read by a run.
+pub fn secret_usable(
+    labels: Option<&BTreeMap<String, String>>,
+    type_: Option<&str>,
+) -> Result<(), SecretRefusal> {
+    if let Some(t) = type_.filter(|t| REFUSED_SECRET_TYPES.contains(t)) {
+        return Err(SecretRefusal::TypeRefused(t.to_string()));
+    }
+    let opted_in = labels
+        .and_then(|l| l.get(SECRET_OPT_IN_LABEL))
+        .is_some_and(|v| v == SECRET_OPT_IN_VALUE);
+    if opted_in {
+        Ok(())
+    } else {
+        Err(SecretRefusal::NotOptedIn)
+    }
+}
 
 /// One Secret a run reads, and the keys it must hold.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -168,6 +239,30 @@ encryption: {keyRef: {secretRef: {name: kek}}}
         assert!(az.satisfied_by(["tenantId", "clientId", "clientSecret", "x"]));
         assert!(!az.satisfied_by(["tenantId", "clientId"]));
         assert!(!az.satisfied_by([]));
+    }
+
+    #[test]
+    fn a_secret_is_usable_only_when_labelled_and_of_an_ordinary_type() {
+        let labelled = BTreeMap::from([(
+            SECRET_OPT_IN_LABEL.to_string(),
+            SECRET_OPT_IN_VALUE.to_string(),
+        )]);
+        assert_eq!(secret_usable(Some(&labelled), Some("Opaque")), Ok(()));
+        assert_eq!(secret_usable(Some(&labelled), None), Ok(()));
+        assert_eq!(
+            secret_usable(None, Some("Opaque")),
+            Err(SecretRefusal::NotOptedIn)
+        );
+        let wrong = BTreeMap::from([(SECRET_OPT_IN_LABEL.to_string(), "yes".to_string())]);
+        assert_eq!(
+            secret_usable(Some(&wrong), None),
+            Err(SecretRefusal::NotOptedIn)
+        );
+        for t in REFUSED_SECRET_TYPES {
+            let refused = secret_usable(Some(&labelled), Some(t)).unwrap_err();
+            assert_eq!(refused.reason(), "SecretTypeRefused");
+            assert!(refused.message("x", "source credentials").contains(t));
+        }
     }
 
     #[test]

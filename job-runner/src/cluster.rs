@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use ferry_crds::{
     Connector, ConnectorRun, ConnectorSpec, ErasedObject, RunError, RunMode, RunProgress,
-    RunResult, secret_names,
+    RunRecord, RunResult, secret_names, secret_usable, spec_hash,
 };
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams};
@@ -33,6 +33,8 @@ pub struct RunRef {
     pub namespace: String,
     pub name: String,
     pub attempt: i32,
+    /// Hash of the spec the operator pinned, from the pod's environment.
+    pub spec_hash: String,
 }
 
 fn api_failure(what: &str, e: kube::Error) -> Failure {
@@ -49,7 +51,9 @@ fn api_failure(what: &str, e: kube::Error) -> Failure {
 }
 
 /// The run and the Connector it pinned: the Connector's metadata (read through
-/// the API) with the spec copied into the run's status when it was admitted.
+/// the API) with the spec the operator recorded in the run's record when it
+/// admitted the run (never the status copy, which this run's own token could
+/// have rewritten), checked against the hash in the pod's environment.
 pub async fn load(client: &Client, run: &RunRef) -> Result<(ConnectorRun, Connector), Failure> {
     let runs: Api<ConnectorRun> = Api::namespaced(client.clone(), &run.namespace);
     let cr = runs.get(&run.name).await.map_err(|e| {
@@ -58,17 +62,24 @@ pub async fn load(client: &Client, run: &RunRef) -> Result<(ConnectorRun, Connec
             e,
         )
     })?;
-    let spec: ConnectorSpec = cr
-        .status
-        .as_ref()
-        .and_then(|s| s.connector_spec.clone())
-        .ok_or_else(|| Failure {
-            reason: "NotAdmitted",
+    let not_admitted = || Failure {
+        reason: "NotAdmitted",
+        message: format!(
+            "ConnectorRun {}/{} has no pinned Connector spec: the operator has not admitted it",
+            run.namespace, run.name
+        ),
+    };
+    let record = RunRecord::of(&cr).ok().flatten().ok_or_else(not_admitted)?;
+    let spec: ConnectorSpec = record.verified_spec().cloned().ok_or_else(not_admitted)?;
+    if spec_hash(&spec) != run.spec_hash {
+        return Err(Failure {
+            reason: "PinnedSpecTampered",
             message: format!(
-                "ConnectorRun {}/{} has no pinned Connector spec: the operator has not admitted it",
+                "the spec recorded for ConnectorRun {}/{} is not the one its pod was created for",
                 run.namespace, run.name
             ),
-        })?;
+        });
+    }
     let connectors: Api<Connector> = Api::namespaced(client.clone(), &run.namespace);
     let name = &cr.spec.connector_ref.name;
     let mut connector = connectors
@@ -80,7 +91,8 @@ pub async fn load(client: &Client, run: &RunRef) -> Result<(ConnectorRun, Connec
 }
 
 /// Fetches the Secrets the spec references. A missing Secret is left out: the
-/// read that needs it fails naming it.
+/// read that needs it fails naming it. A Secret without Ferry's opt-in label, or
+/// of a type Ferry never reads, fails the run.
 pub async fn fetch_secrets(
     client: &Client,
     namespace: &str,
@@ -94,6 +106,14 @@ pub async fn fetch_secrets(
             .await
             .map_err(|e| api_failure(&format!("read Secret {namespace}/{name}"), e))?;
         let Some(secret) = secret else { continue };
+        // The operator checked this before the pod existed; the Secret may have
+        // been replaced since.
+        secret_usable(secret.metadata.labels.as_ref(), secret.type_.as_deref()).map_err(|r| {
+            Failure {
+                reason: r.reason(),
+                message: r.message(&format!("{namespace}/{name}"), "named by the Connector"),
+            }
+        })?;
         let mut keys = BTreeMap::new();
         for (k, v) in secret.data.unwrap_or_default() {
             keys.insert(k, Zeroizing::new(v.0));
@@ -268,6 +288,8 @@ pub struct Settings {
     pub progress_every: Duration,
     /// Where lineage events go, if anywhere.
     pub lineage: Option<crate::lineage::Sink>,
+    /// The platform team's settings, from the operator.
+    pub platform: crate::config::Platform,
 }
 
 /// One attempt, start to end: load the run, fetch the Secrets, transfer (with
@@ -345,6 +367,7 @@ async fn attempt_inner(
         concurrency: settings.concurrency,
         base_dir: &settings.base_dir,
         lineage: lineage.as_ref(),
+        platform: &settings.platform,
     };
     let ticker = spawn_progress(reporter.clone(), progress.clone(), settings.progress_every);
     let reread = || fetch_secrets(client, &run.namespace, &connector.spec);

@@ -288,12 +288,24 @@ impl SecretsDir {
     }
 }
 
+/// What the platform team sets for every run and a Connector cannot: in
+/// cluster mode the operator puts it in the pod's environment, in local mode it
+/// comes from the command line.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Platform {
+    /// The STS endpoint that AWS web identity tokens are sent to. Unset: the
+    /// official regional endpoint (`sts.<region>.amazonaws.com`). Never the
+    /// Connector's S3 `endpoint`, which the tenant chooses.
+    pub sts_endpoint: Option<String>,
+}
+
 /// Opens the store of one end. Relative local paths are taken from `base`.
 pub fn open_store(
     side: &'static str,
     endpoint: &Endpoint,
     base: &Path,
     secrets: &SecretsDir,
+    platform: &Platform,
 ) -> Result<Arc<dyn ObjectStore>, ConfigError> {
     let store: Arc<dyn ObjectStore> = match endpoint.kind().ok_or(ConfigError::Endpoint(side))? {
         EndpointKind::Local(l) => Arc::new(LocalStore::new(base.join(&l.path))),
@@ -308,7 +320,7 @@ pub fn open_store(
                     role_arn: w.role_arn.clone(),
                     token_file: token_file("AWS_WEB_IDENTITY_TOKEN_FILE"),
                     session_name: format!("ferry-{side}"),
-                    sts_endpoint: e.endpoint.clone(),
+                    sts_endpoint: platform.sts_endpoint.clone(),
                 },
                 _ => return Err(ConfigError::Endpoint(side)),
             };

@@ -35,6 +35,8 @@ pub struct Job<'a> {
     pub base_dir: &'a Path,
     /// Where OpenLineage events of a sync go (runs touching sensitive streams).
     pub lineage: Option<&'a Lineage>,
+    /// The platform team's settings (STS endpoint).
+    pub platform: &'a config::Platform,
 }
 
 /// Why a run failed: a stable reason and a message naming the endpoint and
@@ -65,6 +67,9 @@ impl Failure {
                 | "NotAdmitted"
                 | "NotProjectable"
                 | "ObjectsRefused"
+                | "SecretNotOptedIn"
+                | "SecretTypeRefused"
+                | "PinnedSpecTampered"
         )
     }
 }
@@ -107,10 +112,16 @@ pub async fn execute(
         }
     };
     let spec = &connector.spec;
-    let src = config::open_store("source", &spec.source, job.base_dir, secrets)
+    let src = config::open_store("source", &spec.source, job.base_dir, secrets, job.platform)
         .map_err(|e| failure(e.reason(), e))?;
-    let dst = config::open_store("destination", &spec.destination, job.base_dir, secrets)
-        .map_err(|e| failure(e.reason(), e))?;
+    let dst = config::open_store(
+        "destination",
+        &spec.destination,
+        job.base_dir,
+        secrets,
+        job.platform,
+    )
+    .map_err(|e| failure(e.reason(), e))?;
     if spec.compliance.data_residency == DataResidency::InRegionOnly
         && let Some(tenant) = job.tenant_region
     {

@@ -36,6 +36,10 @@ struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "FERRY_LOG_FORMAT")]
     log_format: LogFormat,
+    /// STS endpoint for AWS web identity (set by the platform team; in a
+    /// cluster, by the operator). Default: the official regional endpoint.
+    #[arg(long, global = true, env = ferry_crds::STS_ENDPOINT_ENV)]
+    sts_endpoint: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -129,6 +133,9 @@ struct ClusterArgs {
     /// Which attempt this pod is.
     #[arg(long, env = "FERRY_RUN_ATTEMPT", default_value_t = 1)]
     attempt: i32,
+    /// Hash of the Connector spec the operator pinned for the run.
+    #[arg(long, env = ferry_crds::SPEC_HASH_ENV)]
+    spec_hash: String,
     /// The tenant's region (set by the operator from the namespace label).
     #[arg(long, env = "FERRY_TENANT_REGION")]
     tenant_region: Option<String>,
@@ -240,7 +247,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(dispatch(cli.command)) {
+    let platform = config::Platform {
+        sts_endpoint: cli.sts_endpoint,
+    };
+    match runtime.block_on(dispatch(cli.command, &platform)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("job-runner: error: {e}");
@@ -363,10 +373,10 @@ fn log_filter() -> tracing_subscriber::EnvFilter {
     })
 }
 
-async fn dispatch(command: Command) -> Result<(), BoxError> {
+async fn dispatch(command: Command, platform: &config::Platform) -> Result<(), BoxError> {
     match command {
-        Command::Run(args) => run(args).await,
-        Command::Cluster(args) => cluster(args).await,
+        Command::Run(args) => run(args, platform).await,
+        Command::Cluster(args) => cluster(args, platform).await,
         Command::Decrypt {
             keks,
             dir,
@@ -381,7 +391,7 @@ async fn dispatch(command: Command) -> Result<(), BoxError> {
             match (file, object_key) {
                 (Some(file), Some(object_key)) => decrypt_file(keys, file, object_key, out).await,
                 (None, _) => {
-                    let store = destination(dir, connector, secrets_dir)?;
+                    let store = destination(dir, connector, secrets_dir, platform)?;
                     let (m, bytes) = readback::decrypt_all(
                         store.as_ref(),
                         keys,
@@ -410,7 +420,7 @@ async fn dispatch(command: Command) -> Result<(), BoxError> {
             deep,
         } => {
             let keys = Arc::new(load_keys(&keks)?);
-            let store = destination(dir, connector, secrets_dir)?;
+            let store = destination(dir, connector, secrets_dir, platform)?;
             let (key, m) =
                 readback::verify(store.as_ref(), keys, manifest.as_deref(), deep).await?;
             println!(
@@ -449,6 +459,7 @@ fn destination(
     dir: Option<PathBuf>,
     connector: Option<PathBuf>,
     secrets_dir: Option<PathBuf>,
+    platform: &config::Platform,
 ) -> Result<Arc<dyn ObjectStore>, BoxError> {
     match (dir, connector, secrets_dir) {
         (Some(dir), None, _) => Ok(Arc::new(LocalStore::new(dir))),
@@ -460,6 +471,7 @@ fn destination(
                 &connector.spec.destination,
                 std::path::Path::new("."),
                 &secrets,
+                platform,
             )?)
         }
         _ => Err("give --dir, or --connector with --secrets-dir".into()),
@@ -478,7 +490,7 @@ fn load_keys(paths: &[PathBuf]) -> Result<KeyRing, BoxError> {
     Ok(KeyRing::new(keys))
 }
 
-async fn run(args: RunArgs) -> Result<(), BoxError> {
+async fn run(args: RunArgs, platform: &config::Platform) -> Result<(), BoxError> {
     let RunArgs {
         connector: connector_path,
         secrets_dir,
@@ -557,6 +569,7 @@ async fn run(args: RunArgs) -> Result<(), BoxError> {
         concurrency: usize::from(concurrency),
         base_dir: &base_dir,
         lineage: lineage.as_ref(),
+        platform,
     };
     audit.record("run.started", Outcome::Success, None, None);
     let reread = || async { Ok(dir.snapshot(&connector.spec)) };
@@ -618,11 +631,12 @@ fn print_report(mode: Mode, report: &transfer::Report) {
 }
 
 /// `job-runner cluster`: one attempt of a ConnectorRun, in its pod.
-async fn cluster(args: ClusterArgs) -> Result<(), BoxError> {
+async fn cluster(args: ClusterArgs, platform: &config::Platform) -> Result<(), BoxError> {
     let run = RunRef {
         namespace: args.namespace,
         name: args.run,
         attempt: args.attempt,
+        spec_hash: args.spec_hash,
     };
     let client = kube::Client::try_default()
         .await
@@ -633,6 +647,7 @@ async fn cluster(args: ClusterArgs) -> Result<(), BoxError> {
         base_dir: args.base_dir,
         progress_every: std::time::Duration::from_secs(args.progress_interval.max(1)),
         lineage: args.lineage.sink()?,
+        platform: platform.clone(),
     };
     let (outcome, reported) =
         cluster::attempt(&client, &run, &settings, Box::new(std::io::stdout())).await;
@@ -719,7 +734,9 @@ fn keygen(
     let mut stdout = std::io::stdout().lock();
     write!(
         stdout,
-        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\n{ns}  annotations:\n    ferry.dev/kek-id: \"{}\"\ntype: Opaque\ndata:\n  {key}: ",
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\n{ns}  labels:\n    {}: \"{}\"\n  annotations:\n    ferry.dev/kek-id: \"{}\"\ntype: Opaque\ndata:\n  {key}: ",
+        ferry_crds::SECRET_OPT_IN_LABEL,
+        ferry_crds::SECRET_OPT_IN_VALUE,
         kek.id()
     )?;
     // base64 of the base64 text: the Secret's data holds the key file's content.

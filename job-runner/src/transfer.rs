@@ -21,8 +21,7 @@ use crate::project::{Format, ProjectionError, Projector};
 use crate::select::{GlobError, Selection, Selector, StreamMatch};
 use crate::storage::{ByteStream, ObjectMeta, ObjectStore, StorageError, check_key};
 
-/// Folder, under the destination prefix, holding Ferry's manifests.
-pub const MANIFEST_DIR: &str = ".ferry/manifests/";
+pub use ferry_crds::MANIFEST_DIR;
 /// Encrypted bytes gathered before they are handed to the destination.
 const WRITE_CHUNK: usize = 1 << 20;
 /// Objects up to this size (one encryption segment) cost a few requests and

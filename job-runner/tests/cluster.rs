@@ -32,6 +32,13 @@ fn secret(name: &str, key: &str, value: &str) -> Secret {
     s.metadata.name = Some(name.into());
     s.metadata.namespace = Some(NS.into());
     s.data = Some([(key.to_string(), ByteString(value.as_bytes().to_vec()))].into());
+    s.metadata.labels = Some(
+        [(
+            ferry_crds::SECRET_OPT_IN_LABEL.to_string(),
+            ferry_crds::SECRET_OPT_IN_VALUE.to_string(),
+        )]
+        .into(),
+    );
     s
 }
 
@@ -75,19 +82,53 @@ async fn fixture(destination: &str, secrets: Vec<Secret>) -> Fixture {
         .await
         .unwrap();
     runs.create(&PostParams::default(), &run).await.unwrap();
-    // What the operator writes when it admits the run.
+    admit(&client, "sales-1", &spec).await;
+    Fixture { client, dir }
+}
+
+/// What the operator writes when it admits a run: its record (the pinned spec
+/// and its hash, in an annotation) and the status that shows it.
+async fn admit(client: &kube::Client, name: &str, spec: &ferry_crds::ConnectorSpec) {
+    let runs: Api<ConnectorRun> = Api::namespaced(client.clone(), NS);
+    let status: ferry_crds::ConnectorRunStatus = serde_json::from_value(serde_json::json!({
+        "phase": "Running", "attempts": 1, "podName": format!("{name}-1"),
+        "connectorSpec": spec, "connectorSpecHash": ferry_crds::spec_hash(spec),
+    }))
+    .unwrap();
+    let record = ferry_crds::RunRecord {
+        status: status.clone(),
+        previous: None,
+    };
+    let annotations = serde_json::json!({"metadata": {"annotations": {
+        ferry_crds::RUN_RECORD_ANNOTATION: serde_json::to_string(&record).unwrap(),
+    }}});
+    runs.patch(name, &PatchParams::default(), &Patch::Merge(&annotations))
+        .await
+        .unwrap();
     let admitted = serde_json::json!({
-        "apiVersion": "ferry.dev/v1alpha1", "kind": "ConnectorRun",
-        "status": {"phase": "Running", "attempts": 1, "podName": "sales-1-1", "connectorSpec": spec},
+        "apiVersion": "ferry.dev/v1alpha1", "kind": "ConnectorRun", "status": status,
     });
     runs.patch_status(
-        "sales-1",
+        name,
         &PatchParams::apply("ferry-operator").force(),
         &Patch::Apply(&admitted),
     )
     .await
     .unwrap();
-    Fixture { client, dir }
+}
+
+/// The run as its pod knows it: name, attempt and the hash of the spec the
+/// operator recorded.
+async fn run_ref_of(client: &kube::Client, name: &str) -> RunRef {
+    let runs: Api<ConnectorRun> = Api::namespaced(client.clone(), NS);
+    let run = runs.get(name).await.unwrap();
+    let record = ferry_crds::RunRecord::of(&run).unwrap().unwrap();
+    RunRef {
+        namespace: NS.into(),
+        name: name.into(),
+        attempt: 1,
+        spec_hash: record.status.connector_spec_hash.unwrap(),
+    }
 }
 
 fn settings(base: &std::path::Path) -> Settings {
@@ -97,15 +138,12 @@ fn settings(base: &std::path::Path) -> Settings {
         base_dir: base.to_path_buf(),
         progress_every: Duration::from_millis(50),
         lineage: None,
+        platform: Default::default(),
     }
 }
 
-fn run_ref() -> RunRef {
-    RunRef {
-        namespace: NS.into(),
-        name: "sales-1".into(),
-        attempt: 1,
-    }
+async fn run_ref(f: &Fixture) -> RunRef {
+    run_ref_of(&f.client, "sales-1").await
 }
 
 fn azurite_destination() -> String {
@@ -140,7 +178,7 @@ async fn a_run_reports_its_result_next_to_the_operators_fields() {
     let audit = Lines::default();
     let (outcome, reported) = cluster::attempt(
         &f.client,
-        &run_ref(),
+        &run_ref(&f).await,
         &settings(f.dir.path()),
         Box::new(audit.clone()),
     )
@@ -199,7 +237,7 @@ async fn a_run_that_is_not_admitted_fails_without_retry() {
     let f = fixture("local: {path: dst}", vec![secret("acme-kek", "kek", KEK)]).await;
     let run = RunRef {
         name: "nope".into(),
-        ..run_ref()
+        ..run_ref(&f).await
     };
     let (outcome, _) = cluster::attempt(
         &f.client,
@@ -210,6 +248,85 @@ async fn a_run_that_is_not_admitted_fails_without_retry() {
     .await;
     let failure = outcome.unwrap_err();
     assert_eq!(failure.reason, "NotAdmitted");
+    assert!(!failure.retryable());
+}
+
+/// Attack: the Secret the operator checked is replaced, after the pod was
+/// created, by one nobody opted in for Ferry (or by a token Secret). The runner
+/// refuses it before it reads a value: the run fails, not retried.
+#[tokio::test]
+async fn a_secret_swapped_for_one_not_opted_in_is_refused_by_the_runner() {
+    let mut unlabelled = secret("blob", "accountKey", AZURITE_KEY);
+    unlabelled.metadata.labels = None;
+    let mut token = secret("blob", "accountKey", AZURITE_KEY);
+    token.type_ = Some("kubernetes.io/service-account-token".into());
+    for (swapped, reason) in [
+        (unlabelled, "SecretNotOptedIn"),
+        (token, "SecretTypeRefused"),
+    ] {
+        let f = fixture(
+            "local: {path: dst}",
+            vec![secret("acme-kek", "kek", KEK), swapped],
+        )
+        .await;
+        // The local destination needs no Secret: name `blob` as the KEK's.
+        let runs: Api<ConnectorRun> = Api::namespaced(f.client.clone(), NS);
+        let mut spec = runs
+            .get("sales-1")
+            .await
+            .unwrap()
+            .status
+            .unwrap()
+            .connector_spec
+            .unwrap();
+        spec.encryption.key_ref.secret_ref.name = "blob".into();
+        spec.encryption.key_ref.key = "accountKey".into();
+        admit(&f.client, "sales-1", &spec).await;
+        let (outcome, _) = cluster::attempt(
+            &f.client,
+            &run_ref(&f).await,
+            &settings(f.dir.path()),
+            Box::new(Lines::default()),
+        )
+        .await;
+        let failure = outcome.unwrap_err();
+        assert_eq!(failure.reason, reason, "{failure}");
+        assert!(!failure.retryable());
+        assert_no_canary(&failure.to_string());
+        assert!(!f.dir.path().join("dst").exists(), "nothing was written");
+    }
+}
+
+/// Attack: an earlier attempt's runner, whose token may patch the run's status,
+/// rewrote the pinned spec there (another destination). The next attempt's
+/// runner reads the operator's record, not the status, and the record's spec
+/// must hash to what its pod was created with.
+#[tokio::test]
+async fn a_spec_rewritten_by_an_earlier_runner_is_not_used() {
+    let f = fixture("local: {path: dst}", vec![secret("acme-kek", "kek", KEK)]).await;
+    let expected = run_ref(&f).await;
+    let runs: Api<ConnectorRun> = Api::namespaced(f.client.clone(), NS);
+    let mut spec = runs
+        .get("sales-1")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .connector_spec
+        .unwrap();
+    spec.destination.local.as_mut().unwrap().path = "stolen".into();
+    // The runner's own token can write the status...
+    let forged = serde_json::json!({"status": {"connectorSpec": spec, "connectorSpecHash": ferry_crds::spec_hash(&spec)}});
+    runs.patch_status("sales-1", &PatchParams::default(), &Patch::Merge(&forged))
+        .await
+        .unwrap();
+    let (_, connector) = cluster::load(&f.client, &expected).await.unwrap();
+    assert_eq!(connector.spec.destination.local.unwrap().path, "dst");
+    // ...and where the record itself was changed, the hash the pod was
+    // created with does not match: the run stops.
+    admit(&f.client, "sales-1", &spec).await;
+    let failure = cluster::load(&f.client, &expected).await.unwrap_err();
+    assert_eq!(failure.reason, "PinnedSpecTampered");
     assert!(!failure.retryable());
 }
 
@@ -226,7 +343,7 @@ async fn refused_credentials_fail_fast_with_invalid_credentials() {
     let audit = Lines::default();
     let (outcome, reported) = cluster::attempt(
         &f.client,
-        &run_ref(),
+        &run_ref(&f).await,
         &settings(f.dir.path()),
         Box::new(audit.clone()),
     )
@@ -262,7 +379,7 @@ async fn rotated_credentials_are_read_again_once() {
         ],
     )
     .await;
-    let (_, connector) = cluster::load(&f.client, &run_ref()).await.unwrap();
+    let (_, connector) = cluster::load(&f.client, &run_ref(&f).await).await.unwrap();
     let stale = cluster::fetch_secrets(&f.client, NS, &connector.spec)
         .await
         .unwrap();
@@ -284,6 +401,7 @@ async fn rotated_credentials_are_read_again_once() {
         concurrency: 2,
         base_dir: f.dir.path(),
         lineage: None,
+        platform: &Default::default(),
     };
     let secrets: Api<Secret> = Api::namespaced(f.client.clone(), NS);
     let reads = std::sync::atomic::AtomicUsize::new(0);
@@ -328,7 +446,7 @@ async fn an_erase_run_reports_what_it_erased() {
     let f = fixture("local: {path: dst}", vec![secret("acme-kek", "kek", KEK)]).await;
     let (outcome, reported) = cluster::attempt(
         &f.client,
-        &run_ref(),
+        &run_ref(&f).await,
         &settings(f.dir.path()),
         Box::new(Lines::default()),
     )
@@ -350,23 +468,9 @@ async fn an_erase_run_reports_what_it_erased() {
     ))
     .unwrap();
     runs.create(&PostParams::default(), &erase).await.unwrap();
-    let admitted = serde_json::json!({
-        "apiVersion": "ferry.dev/v1alpha1", "kind": "ConnectorRun",
-        "status": {"phase": "Running", "attempts": 1, "podName": "erase-1-1", "connectorSpec": spec},
-    });
-    runs.patch_status(
-        "erase-1",
-        &PatchParams::apply("ferry-operator").force(),
-        &Patch::Apply(&admitted),
-    )
-    .await
-    .unwrap();
+    admit(&f.client, "erase-1", &spec.unwrap()).await;
     let audit = Lines::default();
-    let erase_ref = RunRef {
-        namespace: NS.into(),
-        name: "erase-1".into(),
-        attempt: 1,
-    };
+    let erase_ref = run_ref_of(&f.client, "erase-1").await;
     let (outcome, reported) = cluster::attempt(
         &f.client,
         &erase_ref,

@@ -123,12 +123,21 @@ async fn pair(src_kind: &str, dst_kind: &str) {
     std::fs::write(&file, yaml).unwrap();
     let connector = config::load_connector(&file).unwrap();
     let secrets = SecretsDir::new(&secrets_path);
-    let src = config::open_store("source", &connector.spec.source, dir.path(), &secrets).unwrap();
+    let platform = config::Platform::default();
+    let src = config::open_store(
+        "source",
+        &connector.spec.source,
+        dir.path(),
+        &secrets,
+        &platform,
+    )
+    .unwrap();
     let dst = config::open_store(
         "destination",
         &connector.spec.destination,
         dir.path(),
         &secrets,
+        &platform,
     )
     .unwrap();
     for (k, v) in tree() {

@@ -47,6 +47,13 @@ fn secret(name: &str, keys: &[&str]) -> Secret {
             .map(|k| (k.to_string(), ByteString(b"x".to_vec())))
             .collect(),
     );
+    s.metadata.labels = Some(
+        [(
+            ferry_crds::SECRET_OPT_IN_LABEL.to_string(),
+            ferry_crds::SECRET_OPT_IN_VALUE.to_string(),
+        )]
+        .into(),
+    );
     s
 }
 

@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
+use crate::pod_bounds::PodBounds;
+
 /// Field manager of every server-side apply the operator makes.
 pub const FIELD_MANAGER: &str = "ferry-operator";
 
@@ -27,11 +29,22 @@ pub struct Config {
     pub api_server_ports: Vec<i32>,
     /// Accept `local` endpoints (demos and tests).
     pub allow_local_endpoints: bool,
+    /// Accept plain `http://` endpoints on loopback where a Connector opts out
+    /// of TLS (demos and tests; off in the chart).
+    pub allow_plain_http_loopback: bool,
     /// `RUST_LOG` of the runner.
     pub runner_log: String,
     /// Where runners send OpenLineage events of runs touching sensitive streams
     /// (an https URL); none when unset.
     pub lineage_url: Option<String>,
+    /// Audiences a run's projected cloud token may be minted for; a Connector
+    /// that asks for another is rejected.
+    pub token_audiences: Vec<String>,
+    /// The STS endpoint runners send AWS web identity tokens to; unset, the
+    /// official regional endpoint. Never the Connector's S3 endpoint.
+    pub sts_endpoint: Option<String>,
+    /// What a Connector's pod settings may ask for.
+    pub pod_bounds: PodBounds,
 }
 
 impl Default for Config {
@@ -52,8 +65,15 @@ impl Default for Config {
             scratch_size: "64Mi".into(),
             api_server_ports: vec![443, 6443],
             allow_local_endpoints: false,
+            allow_plain_http_loopback: false,
             runner_log: "info".into(),
             lineage_url: None,
+            token_audiences: vec![
+                ferry_crds::AWS_TOKEN_AUDIENCE.into(),
+                ferry_crds::AZURE_TOKEN_AUDIENCE.into(),
+            ],
+            sts_endpoint: None,
+            pod_bounds: PodBounds::default(),
         }
     }
 }

@@ -76,8 +76,20 @@ fn sort_time(run: &ConnectorRun) -> (Timestamp, String) {
     (t, run.name_any())
 }
 
+/// A run's phase as the operator recorded it (never as its status says: the
+/// run's own identity may write that).
 fn phase(run: &ConnectorRun) -> Option<RunPhase> {
-    run.status.as_ref().and_then(|s| s.phase)
+    recorded(run).and_then(|s| s.phase)
+}
+
+/// The operator's record of a run's status; a run from before records counts
+/// by its status.
+fn recorded(run: &ConnectorRun) -> Option<ferry_crds::ConnectorRunStatus> {
+    match ferry_crds::RunRecord::of(run) {
+        Ok(Some(r)) => Some(r.status),
+        Ok(None) => run.status.clone(),
+        Err(_) => None,
+    }
 }
 
 fn is_active(run: &ConnectorRun) -> bool {
@@ -110,9 +122,7 @@ pub async fn reconcile_connector(connector: &Connector, ctx: &Context) -> Result
         .transpose();
     let tenant = dereference::tenant(ctx, &namespace);
     let secrets = dereference::secret_keys(ctx, &namespace, spec).await?;
-    let settings = Settings {
-        allow_local_endpoints: ctx.config.allow_local_endpoints,
-    };
+    let settings = Settings::of(&ctx.config);
     let (violations, _) = policy::check(spec, &tenant, &secrets, settings);
     let (ready, ready_reason, ready_message) = match (&schedule, violations.first()) {
         (Err(e), _) => (false, "InvalidSchedule", e.to_string()),
@@ -381,7 +391,7 @@ async fn prune(
 /// success and the cursor never go back, even once their run is pruned.
 pub fn derive_run_status(status: &mut ConnectorStatus, runs: &[ConnectorRun]) {
     if let Some(newest) = runs.first() {
-        let s = newest.status.clone().unwrap_or_default();
+        let s = recorded(newest).unwrap_or_default();
         status.last_run = Some(LastRun {
             name: newest.name_any(),
             phase: s.phase,
@@ -392,10 +402,7 @@ pub fn derive_run_status(status: &mut ConnectorStatus, runs: &[ConnectorRun]) {
     let succeeded = runs
         .iter()
         .filter(|r| phase(r) == Some(RunPhase::Succeeded))
-        .filter_map(|r| {
-            let s = r.status.as_ref()?;
-            Some((s.completion_time.clone()?, r))
-        });
+        .filter_map(|r| Some((recorded(r)?.completion_time?, r)));
     let newest_success = succeeded.max_by_key(|(t, _)| t.0);
     if let Some((t, run)) = newest_success
         && status
@@ -405,7 +412,9 @@ pub fn derive_run_status(status: &mut ConnectorStatus, runs: &[ConnectorRun]) {
     {
         {
             status.last_successful_time = Some(t);
-            let result = run.status.as_ref().and_then(|s| s.result.as_ref());
+            // The result the operator accepted when the run succeeded.
+            let accepted = recorded(run).and_then(|s| s.result);
+            let result = accepted.as_ref();
             if run.spec.mode == RunMode::Sync
                 && let Some(manifest) = result.and_then(|r| r.manifest.clone())
             {

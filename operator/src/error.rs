@@ -22,6 +22,10 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
+    #[error(
+        "failed to create {kind} {name:?}: an object of that name exists that this run does not own"
+    )]
+    Foreign { kind: &'static str, name: String },
     #[error("{kind} has no {field}")]
     MissingMetadata {
         kind: &'static str,
@@ -52,6 +56,7 @@ impl Error {
             Error::Build(_) => "build",
             Error::Encode { .. } => "encode",
             Error::MissingMetadata { .. } => "invalid",
+            Error::Foreign { .. } => "conflict",
         }
     }
 }

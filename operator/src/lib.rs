@@ -10,6 +10,7 @@ pub mod context;
 pub mod error;
 pub mod metrics;
 pub mod names;
+pub mod pod_bounds;
 pub mod policy;
 pub mod run;
 pub mod schedule;

@@ -19,9 +19,11 @@ use ferry_operator::audit::AuditLog;
 use ferry_operator::config::Config;
 use ferry_operator::context::Context;
 use ferry_operator::metrics::Metrics;
+use ferry_operator::pod_bounds::PodBounds;
 use ferry_operator::{connector, names, run};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::{Api, PartialObjectMeta};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
@@ -67,12 +69,68 @@ struct Args {
         value_delimiter = ','
     )]
     api_server_ports: Vec<i32>,
+    /// Audiences a run's projected cloud token may be minted for, comma
+    /// separated; a Connector asking for another is rejected.
+    #[arg(
+        long,
+        env = "FERRY_TOKEN_AUDIENCES",
+        value_delimiter = ',',
+        default_value = "sts.amazonaws.com,api://AzureADTokenExchange"
+    )]
+    token_audiences: Vec<String>,
+    /// The STS endpoint runners send AWS web identity tokens to (https);
+    /// default: the official regional endpoint.
+    #[arg(long, env = "FERRY_STS_ENDPOINT")]
+    sts_endpoint: Option<String>,
     /// Accept `local` endpoints (a folder of the runner pod; demos and tests only).
     #[arg(long, env = "FERRY_ALLOW_LOCAL_ENDPOINTS")]
     allow_local_endpoints: bool,
-    /// Namespaces to watch, comma separated; all when empty.
-    #[arg(long, env = "FERRY_WATCH_NAMESPACES", value_delimiter = ',')]
-    watch_namespaces: Vec<String>,
+    /// Pod annotation keys a Connector may set (comma separated; `x/*` allows
+    /// every key starting with `x/`). None by default.
+    #[arg(long, env = "FERRY_POD_ANNOTATION_KEYS", value_delimiter = ',')]
+    pod_annotation_keys: Vec<String>,
+    /// Pod label keys a Connector may set (same form). None by default.
+    #[arg(long, env = "FERRY_POD_LABEL_KEYS", value_delimiter = ',')]
+    pod_label_keys: Vec<String>,
+    /// Node label keys a Connector may select nodes by (nodeSelector, node
+    /// affinity).
+    #[arg(
+        long,
+        env = "FERRY_NODE_LABEL_KEYS",
+        value_delimiter = ',',
+        default_value = "kubernetes.io/arch,kubernetes.io/os,topology.kubernetes.io/region,topology.kubernetes.io/zone,node.kubernetes.io/instance-type"
+    )]
+    node_label_keys: Vec<String>,
+    /// Taint keys a Connector may tolerate (`*`: any, and tolerations without a
+    /// key). None by default.
+    #[arg(long, env = "FERRY_TOLERATION_KEYS", value_delimiter = ',')]
+    toleration_keys: Vec<String>,
+    /// The most a Connector may request or limit, as NAME=QUANTITY pairs; a
+    /// resource not named may not be asked for.
+    #[arg(
+        long,
+        env = "FERRY_MAX_RESOURCES",
+        value_delimiter = ',',
+        default_value = "cpu=4,memory=8Gi,ephemeral-storage=1Gi",
+        value_parser = parse_resource_cap
+    )]
+    max_resources: Vec<(String, String)>,
+    /// Accept plain http:// endpoints on a loopback address, for Connectors that
+    /// set insecurePlainHttpOnLoopback (demos and tests only).
+    #[arg(long, env = "FERRY_ALLOW_PLAIN_HTTP_LOOPBACK")]
+    allow_plain_http_loopback: bool,
+    /// The tenant namespaces, comma separated: the only namespaces whose
+    /// Connectors and runs the operator acts on.
+    #[arg(
+        long,
+        env = "FERRY_TENANT_NAMESPACES",
+        value_delimiter = ',',
+        conflicts_with = "cluster_wide"
+    )]
+    tenant_namespaces: Vec<String>,
+    /// Act on Connectors of every namespace (the chart's cluster-wide mode).
+    #[arg(long, env = "FERRY_CLUSTER_WIDE")]
+    cluster_wide: bool,
     /// Address of the metrics and health server.
     #[arg(long, env = "FERRY_METRICS_ADDR", default_value = "0.0.0.0:8080")]
     metrics_addr: SocketAddr,
@@ -97,6 +155,25 @@ struct Args {
     /// Log format: json (one object per line) or text.
     #[arg(long, env = "FERRY_LOG_FORMAT", default_value = "json")]
     log_format: String,
+}
+
+/// The non-empty entries of a comma-separated list (`--x=` gives none).
+fn listed(values: &[String]) -> Vec<String> {
+    values
+        .iter()
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+        .collect()
+}
+
+/// `NAME=QUANTITY`, e.g. `memory=8Gi`.
+fn parse_resource_cap(s: &str) -> Result<(String, String), String> {
+    let (name, q) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not NAME=QUANTITY"))?;
+    ferry_operator::pod_bounds::quantity_value(q)
+        .ok_or_else(|| format!("{q:?} is not a Kubernetes quantity"))?;
+    Ok((name.trim().to_string(), q.trim().to_string()))
 }
 
 #[tokio::main]
@@ -208,7 +285,21 @@ async fn run_operator(args: Args) -> Result<(), BoxError> {
         scratch_size: args.runner_scratch_size.clone(),
         api_server_ports: args.api_server_ports.clone(),
         allow_local_endpoints: args.allow_local_endpoints,
+        allow_plain_http_loopback: args.allow_plain_http_loopback,
+        pod_bounds: PodBounds {
+            annotation_keys: listed(&args.pod_annotation_keys),
+            label_keys: listed(&args.pod_label_keys),
+            node_label_keys: listed(&args.node_label_keys),
+            toleration_keys: listed(&args.toleration_keys),
+            max_resources: args
+                .max_resources
+                .iter()
+                .map(|(k, v)| (k.clone(), Quantity(v.clone())))
+                .collect(),
+        },
         lineage_url: args.lineage_url.clone(),
+        token_audiences: args.token_audiences.clone(),
+        sts_endpoint: args.sts_endpoint.clone(),
         ..Config::default()
     };
 
@@ -307,14 +398,13 @@ async fn run_operator(args: Args) -> Result<(), BoxError> {
         audit,
         namespaces,
     ));
-    let scopes: Vec<Option<String>> = if args.watch_namespaces.is_empty() {
-        vec![None]
-    } else {
-        args.watch_namespaces
-            .iter()
-            .map(|n| Some(n.clone()))
-            .collect()
-    };
+    let scopes = scopes(&args);
+    if scopes.is_empty() {
+        tracing::warn!(
+            "no tenant namespaces: the operator acts on nothing until some are listed \
+             (--tenant-namespaces, the chart's tenantNamespaces)"
+        );
+    }
 
     let stop = Arc::new(tokio::sync::Notify::new());
     let mut controllers = Vec::new();
@@ -360,6 +450,18 @@ async fn run_operator(args: Args) -> Result<(), BoxError> {
     let _ = shutdown_tx.send(true);
     let _ = http.await;
     outcome
+}
+
+/// Where the controllers watch: every namespace in cluster-wide mode, else
+/// each tenant namespace (none when none is listed).
+fn scopes(args: &Args) -> Vec<Option<String>> {
+    if args.cluster_wide {
+        return vec![None];
+    }
+    let mut namespaces = listed(&args.tenant_namespaces);
+    namespaces.sort();
+    namespaces.dedup();
+    namespaces.into_iter().map(Some).collect()
 }
 
 fn scoped<K>(client: &Client, scope: Option<&str>) -> Api<K>

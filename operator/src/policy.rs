@@ -4,7 +4,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use ferry_crds::{ConnectorSpec, DataResidency, Endpoint, EndpointKind, Sensitivity, secret_needs};
+use crate::pod_bounds::{self, PodBounds};
+use ferry_crds::{
+    ConnectorSpec, DataResidency, Endpoint, EndpointKind, SecretRefusal, Sensitivity, secret_needs,
+};
 
 /// What the platform team set on the tenant's namespace.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -35,14 +38,54 @@ impl Tenant {
     }
 }
 
-/// The keys each referenced Secret holds; `None` when the Secret does not exist.
-pub type SecretKeys = BTreeMap<String, Option<BTreeSet<String>>>;
+/// What the operator may know of a referenced Secret: the names of its keys
+/// (never their values) and whether Ferry may read it at all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretFacts {
+    /// Names of the keys it holds.
+    pub keys: BTreeSet<String>,
+    /// Its opt-in label and type allow Ferry to read it.
+    pub usable: Result<(), SecretRefusal>,
+}
+
+impl SecretFacts {
+    /// A usable Secret holding these keys.
+    pub fn usable<'a>(keys: impl IntoIterator<Item = &'a str>) -> Self {
+        Self {
+            keys: keys.into_iter().map(str::to_string).collect(),
+            usable: Ok(()),
+        }
+    }
+}
+
+/// Each referenced Secret; `None` when it does not exist.
+pub type SecretKeys = BTreeMap<String, Option<SecretFacts>>;
 
 /// Operator-wide settings that change what is allowed.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Settings {
+pub struct Settings<'a> {
     /// Accept `local` endpoints (a folder of the runner pod: demos and tests only).
     pub allow_local_endpoints: bool,
+    /// Audiences a run's projected cloud token may carry.
+    pub token_audiences: &'a [String],
+    /// Accept plain `http://` to a loopback address where a Connector opts out
+    /// of TLS (demos and tests).
+    pub allow_plain_http_loopback: bool,
+    /// Bounds of the pod settings a Connector may ask for (the defaults when
+    /// `None`).
+    pub pod_bounds: Option<&'a PodBounds>,
+}
+
+impl<'a> Settings<'a> {
+    /// The settings of the operator's configuration.
+    pub fn of(config: &'a crate::config::Config) -> Self {
+        Self {
+            allow_local_endpoints: config.allow_local_endpoints,
+            token_audiences: &config.token_audiences,
+            allow_plain_http_loopback: config.allow_plain_http_loopback,
+            pod_bounds: Some(&config.pod_bounds),
+        }
+    }
 }
 
 /// One reason a run may not start.
@@ -76,7 +119,7 @@ pub fn check(
     spec: &ConnectorSpec,
     tenant: &Tenant,
     secrets: &SecretKeys,
-    settings: Settings,
+    settings: Settings<'_>,
 ) -> (Vec<Violation>, Vec<Warning>) {
     let mut violations = Vec::new();
     let mut warnings = Vec::new();
@@ -86,13 +129,64 @@ pub fn check(
     check_sensitivity(spec, tenant, &mut violations);
     check_residency(spec, tenant, &mut violations);
     check_secrets(spec, secrets, &mut violations);
+    check_token_audiences(spec, settings, &mut violations);
+    let default_bounds;
+    let bounds = match settings.pod_bounds {
+        Some(b) => b,
+        None => {
+            default_bounds = PodBounds::default();
+            &default_bounds
+        }
+    };
+    for breach in pod_bounds::breaches(&spec.run, bounds) {
+        violations.push(Violation::new(
+            "PodSettingNotAllowed",
+            format!("run: {breach}"),
+        ));
+    }
     (violations, warnings)
+}
+
+/// A tenant must not choose whom the run's cluster-signed token is for: an
+/// audience the API server or another service accepts would let the token be
+/// replayed there. Only the audiences the platform team allows are minted.
+fn check_token_audiences(
+    spec: &ConnectorSpec,
+    settings: Settings<'_>,
+    violations: &mut Vec<Violation>,
+) {
+    for (side, endpoint) in [("source", &spec.source), ("destination", &spec.destination)] {
+        let audience = match endpoint.kind() {
+            Some(EndpointKind::S3(s)) => s
+                .credentials
+                .web_identity
+                .as_ref()
+                .map(|w| w.audience.as_str()),
+            Some(EndpointKind::AzureBlob(a)) => a
+                .credentials
+                .workload_identity
+                .as_ref()
+                .map(|_| ferry_crds::AZURE_TOKEN_AUDIENCE),
+            _ => None,
+        };
+        if let Some(audience) = audience
+            && !settings.token_audiences.iter().any(|a| a == audience)
+        {
+            violations.push(Violation::new(
+                "TokenAudienceNotAllowed",
+                format!(
+                    "{side}: a token for the audience {audience:?} may not be minted; this operator allows {}",
+                    settings.token_audiences.join(", ")
+                ),
+            ));
+        }
+    }
 }
 
 fn check_endpoint(
     side: &str,
     endpoint: &Endpoint,
-    settings: Settings,
+    settings: Settings<'_>,
     violations: &mut Vec<Violation>,
     warnings: &mut Vec<Warning>,
 ) {
@@ -134,38 +228,16 @@ fn check_endpoint(
         }
     };
     let Some(url) = url else { return };
-    if url.starts_with("https://") {
-        return;
-    }
-    let plain_loopback = url
-        .strip_prefix("http://")
-        .map(host_of)
-        .is_some_and(is_loopback);
-    if !(plain_loopback && insecure_ok) {
+    // Plain http needs both the tenant's opt-out and the operator's.
+    let plain_ok = insecure_ok && settings.allow_plain_http_loopback;
+    if let Err(refusal) = ferry_crds::check_endpoint_url(url, plain_ok) {
         violations.push(Violation::new(
             "InsecureEndpoint",
             format!(
-                "{side}: endpoint {url} does not use https://; plain http:// is only accepted for a loopback address with insecurePlainHttpOnLoopback: true"
+                "{side}: {refusal}; https:// is required, plain http:// is accepted only for a loopback address with insecurePlainHttpOnLoopback: true where the operator allows it"
             ),
         ));
     }
-}
-
-/// The host of `host[:port][/path]`, without brackets for IPv6.
-fn host_of(rest: &str) -> &str {
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    let authority = authority.rsplit('@').next().unwrap_or_default();
-    if let Some(v6) = authority.strip_prefix('[') {
-        return v6.split(']').next().unwrap_or_default();
-    }
-    authority.split(':').next().unwrap_or_default()
-}
-
-fn is_loopback(host: &str) -> bool {
-    host.eq_ignore_ascii_case("localhost")
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
 }
 
 fn tags(set: &BTreeSet<Sensitivity>) -> String {
@@ -273,7 +345,14 @@ fn check_secrets(spec: &ConnectorSpec, secrets: &SecretKeys, violations: &mut Ve
                     need.name, need.purpose
                 ),
             )),
-            Some(Some(keys)) => {
+            Some(Some(SecretFacts {
+                usable: Err(refusal),
+                ..
+            })) => violations.push(Violation::new(
+                refusal.reason(),
+                refusal.message(&need.name, &need.purpose),
+            )),
+            Some(Some(SecretFacts { keys, .. })) => {
                 if !need.satisfied_by(keys.iter().map(String::as_str)) {
                     violations.push(Violation::new(
                         "SecretKeyMissing",
@@ -314,7 +393,7 @@ encryption: {keyRef: {secretRef: {name: kek}}}
 
     fn all_secrets() -> SecretKeys {
         let mut m = SecretKeys::new();
-        let keys = |ks: &[&str]| Some(ks.iter().map(|k| k.to_string()).collect());
+        let keys = |ks: &[&str]| Some(SecretFacts::usable(ks.iter().copied()));
         m.insert("s3".into(), keys(&["accessKeyId", "secretAccessKey"]));
         m.insert("az".into(), keys(&["accountKey"]));
         m.insert("kek".into(), keys(&["kek"]));
@@ -428,7 +507,7 @@ encryption: {keyRef: {secretRef: {name: kek}}}
     fn missing_secrets_and_keys_are_named_without_values() {
         let mut secrets = all_secrets();
         secrets.insert("s3".into(), None);
-        secrets.insert("az".into(), Some(["tenantId".to_string()].into()));
+        secrets.insert("az".into(), Some(SecretFacts::usable(["tenantId"])));
         let (v, _) = check(
             &spec(BASE),
             &tenant(Some("eu-west-1"), None),
@@ -446,6 +525,78 @@ encryption: {keyRef: {secretRef: {name: kek}}}
         );
     }
 
+    /// Attack: a tenant names a Secret it was never meant to use (the
+    /// namespace's ServiceAccount token, a registry credential, or any Secret
+    /// nobody opted in) so that its run sends the values to a host it controls.
+    #[test]
+    fn a_connector_naming_a_secret_not_opted_in_or_a_token_is_rejected() {
+        let mut secrets = all_secrets();
+        secrets.insert(
+            "s3".into(),
+            Some(SecretFacts {
+                usable: Err(SecretRefusal::NotOptedIn),
+                ..SecretFacts::usable(["accessKeyId", "secretAccessKey"])
+            }),
+        );
+        secrets.insert(
+            "az".into(),
+            Some(SecretFacts {
+                usable: Err(SecretRefusal::TypeRefused(
+                    "kubernetes.io/service-account-token".into(),
+                )),
+                ..SecretFacts::usable(["accountKey", "token"])
+            }),
+        );
+        let (v, _) = check(
+            &spec(BASE),
+            &tenant(Some("eu-west-1"), None),
+            &secrets,
+            Settings::default(),
+        );
+        assert_eq!(reasons(&v), ["SecretNotOptedIn", "SecretTypeRefused"]);
+        assert!(v[0].message.contains("ferry.dev/usable=true"), "{v:?}");
+        assert!(v[1].message.contains("service-account-token"), "{v:?}");
+    }
+
+    /// Attack: a tenant asks for a token whose audience is the API server's (or
+    /// any service's but the cloud's), to replay the cluster-signed token there.
+    #[test]
+    fn a_connector_asking_for_a_token_for_another_audience_is_rejected() {
+        let config = crate::config::Config::default();
+        let t = tenant(Some("eu-west-1"), None);
+        let web = |audience: &str| {
+            spec(&BASE.replace(
+                "credentials: {secretRef: {name: s3}}",
+                &format!("credentials: {{webIdentity: {{roleArn: 'arn:aws:iam::123456789012:role/r', audience: '{audience}'}}}}"),
+            ))
+        };
+        let run = |s: &ConnectorSpec, settings| reasons(&check(s, &t, &all_secrets(), settings).0);
+        assert!(run(&web("sts.amazonaws.com"), Settings::of(&config)).is_empty());
+        for stolen in [
+            "https://kubernetes.default.svc",
+            "vault",
+            "api://AzureADTokenExchange2",
+        ] {
+            let (v, _) = check(&web(stolen), &t, &all_secrets(), Settings::of(&config));
+            assert_eq!(reasons(&v), ["TokenAudienceNotAllowed"], "{stolen}");
+            assert!(v[0].message.contains(stolen), "{v:?}");
+        }
+        // Azure's fixed audience is minted only where the platform allows it.
+        let azure = spec(&BASE.replace(
+            "credentials: {secretRef: {name: az}}",
+            "credentials: {workloadIdentity: {clientId: c, tenantId: t}}",
+        ));
+        assert!(run(&azure, Settings::of(&config)).is_empty());
+        let aws_only = crate::config::Config {
+            token_audiences: vec!["sts.amazonaws.com".into()],
+            ..config.clone()
+        };
+        assert_eq!(
+            run(&azure, Settings::of(&aws_only)),
+            ["TokenAudienceNotAllowed"]
+        );
+    }
+
     #[test]
     fn plain_http_only_for_loopback_with_the_opt_out() {
         let with = |url: &str, opt: bool| {
@@ -455,7 +606,24 @@ encryption: {keyRef: {secretRef: {name: kek}}}
             ))
         };
         let t = tenant(Some("eu-west-1"), None);
-        let run = |s: &ConnectorSpec| reasons(&check(s, &t, &all_secrets(), Settings::default()).0);
+        let operator_allows = Settings {
+            allow_plain_http_loopback: true,
+            ..Settings::default()
+        };
+        let run = |s: &ConnectorSpec| reasons(&check(s, &t, &all_secrets(), operator_allows).0);
+        // The tenant's opt-out alone is not enough: the operator must allow it.
+        assert_eq!(
+            reasons(
+                &check(
+                    &with("http://127.0.0.1:9000", true),
+                    &t,
+                    &all_secrets(),
+                    Settings::default()
+                )
+                .0
+            ),
+            ["InsecureEndpoint"]
+        );
         assert!(run(&with("https://s3.example.com", false)).is_empty());
         assert!(run(&with("http://127.0.0.1:9000", true)).is_empty());
         assert!(run(&with("http://[::1]:9000/x", true)).is_empty());
@@ -476,6 +644,12 @@ encryption: {keyRef: {secretRef: {name: kek}}}
             run(&with("http://user@127.0.0.2@evil.com", true)),
             ["InsecureEndpoint"]
         );
+        // Attack: read as loopback by a hand-written check, as 10.0.0.5 by the
+        // client's parser.
+        assert_eq!(
+            run(&with("http://10.0.0.5:8080\\@localhost:8080", true)),
+            ["InsecureEndpoint"]
+        );
     }
 
     #[test]
@@ -491,7 +665,7 @@ encryption: {keyRef: {secretRef: {name: kek}}}
         let mut secrets = all_secrets();
         secrets.insert(
             "sftp".into(),
-            Some(["username".to_string(), "password".to_string()].into()),
+            Some(SecretFacts::usable(["username", "password"])),
         );
         let t = tenant(Some("eu-west-1"), None);
         let (v, w) = check(&s, &t, &secrets, Settings::default());
@@ -504,6 +678,7 @@ encryption: {keyRef: {secretRef: {name: kek}}}
             &secrets,
             Settings {
                 allow_local_endpoints: true,
+                ..Settings::default()
             },
         );
         assert!(v.is_empty(), "{v:?}");

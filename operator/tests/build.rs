@@ -242,6 +242,50 @@ fn workload_identity_needs_no_secret_read_but_a_projected_cloud_token() {
     );
 }
 
+/// The STS endpoint the runner sends its token to is the operator's, passed in
+/// the pod's environment, and its port is the only extra one the run may reach.
+#[test]
+fn the_sts_endpoint_comes_from_the_operators_configuration() {
+    let s = spec(&CONNECTOR.replace(
+        "credentials: {secretRef: {name: s3-reader}}",
+        "credentials: {webIdentity: {roleArn: 'arn:aws:iam::123456789012:role/reader'}}",
+    ));
+    let config = Config {
+        sts_endpoint: Some("https://sts.internal.example.com:8443".into()),
+        ..Config::default()
+    };
+    let o = build(RunInput {
+        run: &run(),
+        spec: &s,
+        attempt: 1,
+        tenant_region: None,
+        config: &config,
+    })
+    .unwrap();
+    let env = o.pod.spec.as_ref().unwrap().containers[0]
+        .env
+        .clone()
+        .unwrap();
+    assert!(env.iter().any(|e| e.name == ferry_crds::STS_ENDPOINT_ENV
+        && e.value.as_deref() == Some("https://sts.internal.example.com:8443")));
+    let ports = serde_json::to_string(&o.network_policy.spec).unwrap();
+    assert!(ports.contains("8443"), "{ports}");
+    // Without web identity the runner is told nothing about STS.
+    let plain = build(RunInput {
+        run: &run(),
+        spec: &spec(CONNECTOR),
+        attempt: 1,
+        tenant_region: None,
+        config: &config,
+    })
+    .unwrap();
+    let env = plain.pod.spec.as_ref().unwrap().containers[0]
+        .env
+        .clone()
+        .unwrap();
+    assert!(!env.iter().any(|e| e.name == ferry_crds::STS_ENDPOINT_ENV));
+}
+
 #[test]
 fn every_object_is_owned_by_the_run_and_labelled() {
     let RunObjects {
@@ -390,14 +434,38 @@ fn the_tenants_knobs_are_carried_over_but_not_the_image() {
     let annotations = pod.metadata.annotations.as_ref().unwrap();
     assert_eq!(annotations["team"], "data");
     assert_eq!(
-        annotations["sidecar.istio.io/inject"], "true",
-        "a tenant may opt into the mesh"
+        annotations["sidecar.istio.io/inject"], "false",
+        "Ferry's annotations win: a sidecar would break Pod Security restricted"
     );
+    // The default requests stay where the Connector names only a limit.
+    let requests = ps.containers[0]
+        .resources
+        .as_ref()
+        .unwrap()
+        .requests
+        .as_ref()
+        .unwrap();
+    assert_eq!(requests["cpu"].0, "250m");
     assert_eq!(
         ps.containers[0].image.as_deref(),
         Some(Config::default().runner_image.as_str())
     );
     assert_eq!(ps.containers[0].args.as_ref().unwrap(), &["cluster"]);
+}
+
+#[test]
+fn requests_above_the_default_limit_raise_it() {
+    let s = spec(&format!(
+        "{CONNECTOR}  run:\n    resources: {{requests: {{memory: 2Gi}}}}\n"
+    ));
+    let pod = objects(&s, 1).pod;
+    let r = pod.spec.unwrap().containers[0].resources.clone().unwrap();
+    assert_eq!(r.requests.unwrap()["memory"].0, "2Gi");
+    assert_eq!(
+        r.limits.unwrap()["memory"].0,
+        "2Gi",
+        "never a limit below the request"
+    );
 }
 
 #[test]

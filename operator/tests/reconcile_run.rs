@@ -230,6 +230,51 @@ async fn rejected_for_a_missing_secret() {
     assert_denial_recorded(&w, "SecretNotFound").await;
 }
 
+/// Attack: the tenant names a Secret nobody opted in for Ferry, hoping its run
+/// reads it and sends it to a host the tenant controls.
+#[tokio::test]
+async fn a_connector_naming_a_secret_not_opted_in_is_rejected() {
+    let w = World::new(namespace(Some("eu-west-1"), None)).await;
+    let run = rejected(
+        &w,
+        &CONNECTOR.replace("name: bronze-writer", "name: team-db"),
+    )
+    .await;
+    assert_eq!(reason(&run), "SecretNotOptedIn");
+    assert_denial_recorded(&w, "SecretNotOptedIn").await;
+}
+
+/// Attack: the tenant names the namespace's ServiceAccount token Secret (even
+/// one labelled for Ferry): a run must never read Kubernetes' own credentials.
+#[tokio::test]
+async fn a_connector_naming_a_service_account_token_is_rejected() {
+    let w = World::new(namespace(Some("eu-west-1"), None)).await;
+    let run = rejected(
+        &w,
+        &CONNECTOR.replace("name: bronze-writer", "name: default-token"),
+    )
+    .await;
+    assert_eq!(reason(&run), "SecretTypeRefused");
+    assert_denial_recorded(&w, "SecretTypeRefused").await;
+}
+
+/// Attack: the tenant asks for a web identity token whose audience is the API
+/// server's, to be sent to a server of its choosing: no pod, no token.
+#[tokio::test]
+async fn a_run_asking_for_a_token_for_the_api_server_is_rejected() {
+    let w = World::new(namespace(Some("eu-west-1"), None)).await;
+    let run = rejected(
+        &w,
+        &CONNECTOR.replace(
+            "credentials: {secretRef: {name: s3-reader}}",
+            "credentials: {webIdentity: {roleArn: 'arn:aws:iam::123456789012:role/r', audience: 'https://kubernetes.default.svc'}}",
+        ),
+    )
+    .await;
+    assert_eq!(reason(&run), "TokenAudienceNotAllowed");
+    assert_denial_recorded(&w, "TokenAudienceNotAllowed").await;
+}
+
 #[tokio::test]
 async fn a_run_waits_for_its_connector() {
     let w = World::new(namespace(Some("eu-west-1"), None)).await;

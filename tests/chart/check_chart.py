@@ -45,7 +45,7 @@ ALL_ON = [
     "metrics.serviceMonitor.enabled=true",
     "metrics.prometheusRule.enabled=true",
     "metrics.dashboard.enabled=true",
-    "watchNamespaces={tenant-a,tenant-b}",
+    "tenantNamespaces={tenant-a,tenant-b}",
 ]
 
 run("helm", "lint", str(CHART))
@@ -61,7 +61,6 @@ ok(
             "ClusterRole/ferry-view",
             "ClusterRole/ferry-operator",
             "ClusterRole/ferry-operator-namespaces",
-            "ClusterRoleBinding/ferry-operator",
             "ClusterRoleBinding/ferry-operator-namespaces",
             "Deployment/ferry-operator",
             "NetworkPolicy/ferry-operator",
@@ -70,6 +69,8 @@ ok(
             "RoleBinding/ferry-operator-leader",
             "Service/ferry-operator-metrics",
             "ServiceAccount/ferry-operator",
+            "ValidatingAdmissionPolicy/ferry-operator-run-objects",
+            "ValidatingAdmissionPolicyBinding/ferry-operator-run-objects",
         ]
     ),
     f"default render names only the expected resources: {kinds(default)}",
@@ -82,9 +83,13 @@ expected_extra = {
 }
 got = set(kinds(all_on))
 ok(expected_extra <= got, f"toggles add ServiceMonitor, PrometheusRule, dashboard: {got}")
-ok("ClusterRoleBinding/ferry-operator" not in got, "watchNamespaces replaces the cluster-wide binding")
+ok("ClusterRoleBinding/ferry-operator" not in got, "tenants get RoleBindings, not a cluster-wide binding")
 bindings = [d for d in all_on if d["kind"] == "RoleBinding" and d["metadata"]["name"] == "ferry-operator"]
-ok(sorted(b["metadata"]["namespace"] for b in bindings) == ["tenant-a", "tenant-b"], "one RoleBinding per watched namespace")
+ok(sorted(b["metadata"]["namespace"] for b in bindings) == ["tenant-a", "tenant-b"], "one RoleBinding per tenant namespace")
+ok(all(b["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "ferry-operator"}
+       for b in bindings), "tenant RoleBindings grant the operator's ClusterRole")
+tenant_args = next(d for d in all_on if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+ok("--tenant-namespaces=tenant-a,tenant-b" in tenant_args, f"the operator acts on its tenants only: {tenant_args}")
 dashboard = next(d for d in all_on if d["kind"] == "ConfigMap")
 json.loads(dashboard["data"]["ferry.json"])
 ok(dashboard["metadata"]["labels"].get("grafana_dashboard") == "1", "dashboard labelled for Grafana's sidecar")
@@ -106,6 +111,79 @@ ok(spec["topologySpreadConstraints"][0]["topologyKey"] == "kubernetes.io/hostnam
 ok(any(a.startswith("--runner-image=ghcr.io/ferry-dev/job-runner:") for a in c["args"]), "runner image from values")
 ok(c["resources"]["limits"]["memory"], "memory limit")
 
+# Attack: the operator is taken over. By default it holds no right outside the
+# tenant namespaces (none listed: none at all), and nowhere can it patch a pod
+# or a run's RBAC objects, nor list Secrets.
+def hijacked_operator_rights(docs):
+    """(namespace or '*', apiGroup, resource, verb) the operator's ServiceAccount holds."""
+    roles = {(d["kind"], d["metadata"].get("namespace"), d["metadata"]["name"]): d
+             for d in docs if d["kind"] in ("ClusterRole", "Role")}
+    rights = set()
+    for b in docs:
+        if b["kind"] not in ("ClusterRoleBinding", "RoleBinding"):
+            continue
+        if not any(s["kind"] == "ServiceAccount" and s["name"] == "ferry-operator" for s in b["subjects"]):
+            continue
+        scope = b["metadata"].get("namespace", "*") if b["kind"] == "RoleBinding" else "*"
+        ref = b["roleRef"]
+        role = roles[(ref["kind"], None if ref["kind"] == "ClusterRole" else scope, ref["name"])]
+        for r in role.get("rules", []):
+            for g in r.get("apiGroups", []):
+                for res in r.get("resources", []):
+                    for v in r["verbs"]:
+                        rights.add((scope, g, res, v))
+    return rights
+
+
+def hijacked_operator_cannot_reach_other_namespaces(docs, tenants):
+    rights = hijacked_operator_rights(docs)
+    wide = {r for r in rights if r[0] == "*" and r[2] not in ("namespaces",)}
+    ok(not wide, f"no cluster-wide right but reading namespaces: {sorted(wide)}")
+    ok({r[0] for r in rights} - {"*", "ferry-system"} == set(tenants),
+       f"rights only in the tenant namespaces {tenants}: {sorted({r[0] for r in rights})}")
+    ok(not any(r[2] == "secrets" and r[3] != "get" for r in rights), "Secrets: get only")
+
+
+def hijacked_operator_cannot_patch_pods_or_rbac(docs):
+    for scope, group, res, verb in hijacked_operator_rights(docs):
+        if res in ("pods", "serviceaccounts", "roles", "rolebindings", "networkpolicies"):
+            ok(verb in ("get", "list", "watch", "create", "delete"),
+               f"{res} are created and deleted, never {verb} ({scope})")
+
+
+hijacked_operator_cannot_reach_other_namespaces(default, [])
+hijacked_operator_cannot_reach_other_namespaces(all_on, ["tenant-a", "tenant-b"])
+hijacked_operator_cannot_patch_pods_or_rbac(default)
+hijacked_operator_cannot_patch_pods_or_rbac(all_on)
+ok(not [a for a in next(d for d in default if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+        if a.startswith(("--tenant-namespaces", "--cluster-wide"))], "no tenants and not cluster-wide by default")
+
+# The cluster-wide mode, when asked for: one ClusterRoleBinding, tenant list ignored.
+wide = render("clusterWide=true", "tenantNamespaces={tenant-a}")
+ok("ClusterRoleBinding/ferry-operator" in kinds(wide), "clusterWide binds the ClusterRole everywhere")
+ok(not [d for d in wide if d["kind"] == "RoleBinding" and d["metadata"]["name"] == "ferry-operator"],
+   "no tenant RoleBindings in cluster-wide mode")
+ok("--cluster-wide" in next(d for d in wide if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"],
+   "the operator is told it is cluster-wide")
+hijacked_operator_cannot_patch_pods_or_rbac(wide)
+
+# The admission policy: the chart installs on Kubernetes 1.30 and newer only,
+# which serve ValidatingAdmissionPolicy v1; the policy is bound to deny; its
+# expressions are tested in operator/tests/admission.rs against the builders'
+# objects and against an operator that has been taken over.
+ok("ValidatingAdmissionPolicy/ferry-operator-run-objects" not in kinds(render("admissionPolicy.enabled=false")),
+   "admissionPolicy.enabled=false leaves the policy out")
+run("helm", "template", "ferry", str(CHART), "--kube-version", "1.29.0", expect_ok=False)
+run("helm", "template", "ferry", str(CHART), "--kube-version", "1.30.0")
+vap = next(d for d in default if d["kind"] == "ValidatingAdmissionPolicy")
+ok(vap["spec"]["failurePolicy"] == "Fail", "the policy fails closed")
+ok("system:serviceaccount:ferry-system:ferry-operator" in vap["spec"]["matchConditions"][0]["expression"],
+   "the policy is bound to the operator's ServiceAccount")
+sys.path.insert(0, str(Path(__file__).parent))
+import admission  # noqa: E402  (compiles every expression, as the API server would)
+
+admission.policy_of(default)
+
 # RBAC: no wildcard, Secrets `get` only, no escalate/bind/impersonate.
 for d in default:
     if d["kind"] in ("ClusterRole", "Role"):
@@ -118,6 +196,15 @@ for d in default:
 view = next(d for d in default if d["metadata"]["name"] == "ferry-view")
 ok(view["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"] == "true", "ferry-view folds into view")
 
+# Token audiences and the STS endpoint come from the chart, not from tenants.
+default_args = next(d for d in default if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+ok("--token-audiences=sts.amazonaws.com,api://AzureADTokenExchange" in default_args, f"audiences: {default_args}")
+ok(not any(a.startswith("--sts-endpoint") for a in default_args), "the regional STS endpoint by default")
+ok("--allow-plain-http-loopback" not in default_args, "plain http is off by default")
+sts = render("runner.stsEndpoint=https://sts.eu-west-1.amazonaws.com")
+ok("--sts-endpoint=https://sts.eu-west-1.amazonaws.com" in next(d for d in sts if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"],
+   "the STS endpoint reaches the operator")
+
 # Lineage: the URL reaches the operator's arguments; plain http is refused.
 lineage = render("lineage.url=https://lineage.example.com/api/v1/lineage")
 args = next(d for d in lineage if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
@@ -125,7 +212,7 @@ ok("--lineage-url=https://lineage.example.com/api/v1/lineage" in args, f"lineage
 ok(not any(a.startswith("--lineage-url") for a in next(d for d in default if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]), "no lineage by default")
 
 # Values that break the schema fail at install.
-for bad in ["operator.replicas=0", "operator.logFormat=xml", "operatr.replicas=2", "metrics.port=80", "watchNamespaces={Bad_NS}", "lineage.url=http://lineage.example.com"]:
+for bad in ["operator.replicas=0", "operator.logFormat=xml", "operatr.replicas=2", "metrics.port=80", "tenantNamespaces={Bad_NS}", "tenantNamespaces={kube-system}", "runner.tokenAudiences={}", "runner.stsEndpoint=http://sts.example.com", "lineage.url=http://lineage.example.com"]:
     run("helm", "template", "ferry", str(CHART), "--set", bad, expect_ok=False)
 
 # The alert rules.

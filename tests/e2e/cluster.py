@@ -85,11 +85,16 @@ class Cluster:
             assert proc.poll() is None, f"{name} exited:\n{self.log(name)}"
         return proc
 
-    def start_operator(self, name: str, lease_seconds: int = 4) -> None:
+    def start_operator(self, name: str, tenants: list[str], lease_seconds: int = 4) -> None:
+        """A replica of the operator, acting on the namespaces `tenants` only, as
+        the chart's default (tenantNamespaces) starts it."""
         port = free_port()
         self.metrics[name] = port
         self._start(name, [str(OPERATOR), "--runner-image", "ferry/job-runner:e2e", "--metrics-addr",
                            f"127.0.0.1:{port}", "--lease-duration", str(lease_seconds),
+                           "--tenant-namespaces", ",".join(tenants),
+                           # moto and Azurite listen on plain http on 127.0.0.1.
+                           "--allow-plain-http-loopback",
                            "--audit-log", str(self.dir / f"{name}.audit")],
                     env={"KUBECONFIG": str(self._kubeconfig(name, f"{name}-token")), "POD_NAME": name,
                          "POD_NAMESPACE": "ferry-system", "RUST_LOG": "info,kube=warn"})

@@ -30,6 +30,8 @@ KEK = secrets.token_bytes(32)
 RUN_ID = secrets.token_hex(3)
 RUN = "/apis/ferry.dev/v1alpha1/namespaces/{ns}/connectorruns"
 CONN = "/apis/ferry.dev/v1alpha1/namespaces/{ns}/connectors"
+# The namespaces the platform team opted in; the operator acts on no other.
+TENANTS = ["acme", "refused-sensitivity", "refused-residency", "retry", "deadline", "scheduled"]
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +40,7 @@ def cluster():
     with tempfile.TemporaryDirectory(prefix="ferry-e2e-") as tmp:
         c = Cluster(pathlib.Path(tmp))
         try:
-            c.start_operator("operator-a")
+            c.start_operator("operator-a", TENANTS)
             yield c
         finally:
             c.stop()
@@ -193,6 +195,28 @@ def test_s3_to_azure_manual_run(cluster: Cluster):
         context=lambda: json.dumps([[i["metadata"]["name"] for i in cluster.items(p)] for p in run_objects]))
 
 
+def test_a_namespace_that_is_not_a_tenant_cannot_steer_the_operator(cluster: Cluster):
+    """Attack: a namespace the platform team did not opt in creates a Connector
+    and a run, hoping the operator (which could read its Secrets and create
+    pods and Roles there) acts on them. It is never looked at: no status, no
+    pod, no Role, while a tenant's run in the same time is carried out."""
+    ns, bucket, container = "outsider", f"outsider-exports-{RUN_ID}", f"outsider-bronze-{RUN_ID}"
+    tenant(cluster, ns)
+    example(cluster, ns, bucket, container)
+    name = manual_run(cluster, ns)
+    # The control: a tenant's run (acme's Connector, from the first scenario),
+    # created after the outsider's, is carried out to its end meanwhile.
+    assert cluster.get(f"{CONN.format(ns='acme')}/sales-exports"), "the first scenario made acme's Connector"
+    control = manual_run(cluster, "acme")
+    wait_phase(cluster, "acme", control, ("Succeeded",))
+    run = cluster.get(f"{RUN.format(ns=ns)}/{name}")
+    assert not run.get("status"), run
+    assert not cluster.get(f"{CONN.format(ns=ns)}/sales-exports").get("status")
+    assert not [p for p in cluster.watch_pods() if p["metadata"]["namespace"] == ns], "a pod was created"
+    assert not cluster.items(f"/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/roles")
+    assert not cluster.items(f"/api/v1/namespaces/{ns}/serviceaccounts")
+
+
 def warnings_about(cluster: Cluster, ns: str, name: str) -> list[dict]:
     events = cluster.items(f"/apis/events.k8s.io/v1/namespaces/{ns}/events")
     return [e for e in events if e.get("type") == "Warning" and (e.get("regarding") or {}).get("name") == name]
@@ -312,7 +336,7 @@ def test_a_schedule_produces_runs_and_prunes_history(cluster: Cluster):
 def test_only_the_leader_reconciles_and_another_replica_takes_over(cluster: Cluster):
     lease = "/apis/coordination.k8s.io/v1/namespaces/ferry-system/leases/ferry-operator"
     assert cluster.get(lease)["spec"]["holderIdentity"] == "operator-a"
-    cluster.start_operator("operator-b")
+    cluster.start_operator("operator-b", TENANTS)
     ns = "acme"
     before = metric(cluster.scrape("operator-a"), "ferry_reconcile_total")
     name = manual_run(cluster, ns)

@@ -167,45 +167,20 @@ pub fn check_key(endpoint: &str, key: &str) -> Result<(), StorageError> {
 }
 
 /// Accepts an `https://` URL, and an `http://` one only for a loopback host
-/// (127.0.0.0/8, ::1, localhost) with the explicit opt-out. Never echoes
+/// (127.0.0.0/8, ::1, localhost) with the explicit opt-out; the rule the
+/// operator applies too ([`ferry_crds::check_endpoint_url`]). Never echoes
 /// anything after the host (a URL may carry a SAS token in its query).
 pub fn check_endpoint_url(
     endpoint: &str,
     url: &str,
     allow_plain_loopback: bool,
 ) -> Result<(), StorageError> {
-    let refuse = |reason: String| StorageError::Unreachable {
-        endpoint: endpoint.to_string(),
-        reason,
-    };
-    let (scheme, rest) = url
-        .split_once("://")
-        .ok_or_else(|| refuse("endpoint is not a URL".into()))?;
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    let host_port = authority.rsplit('@').next().unwrap_or_default();
-    let host = if let Some(v6) = host_port.strip_prefix('[') {
-        v6.split(']').next().unwrap_or_default()
-    } else {
-        host_port.split(':').next().unwrap_or_default()
-    };
-    match scheme.to_ascii_lowercase().as_str() {
-        "https" => Ok(()),
-        "http" if allow_plain_loopback && is_loopback(host) => Ok(()),
-        "http" if is_loopback(host) => Err(refuse(format!(
-            "plain http to {host} needs insecurePlainHttpOnLoopback: true"
-        ))),
-        "http" => Err(refuse(format!(
-            "plain http to {host} is refused: use https"
-        ))),
-        other => Err(refuse(format!("unsupported scheme {other:?}: use https"))),
-    }
-}
-
-fn is_loopback(host: &str) -> bool {
-    host.eq_ignore_ascii_case("localhost")
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
+    ferry_crds::check_endpoint_url(url, allow_plain_loopback)
+        .map(|_| ())
+        .map_err(|refusal| StorageError::Unreachable {
+            endpoint: endpoint.to_string(),
+            reason: refusal.to_string(),
+        })
 }
 
 #[cfg(test)]
@@ -224,6 +199,7 @@ mod tests {
         assert!(!ok("http://example.com@127.0.0.1.evil.com/", true));
         assert!(!ok("ftp://127.0.0.1", true));
         assert!(!ok("127.0.0.1:9000", true));
+        assert!(!ok("http://10.0.0.5:8080\\@localhost:8080", true));
         let err = check_endpoint_url("e", "http://h.example/?sig=SECRET", false).unwrap_err();
         assert!(!err.to_string().contains("SECRET"));
     }

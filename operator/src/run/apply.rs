@@ -1,22 +1,75 @@
-//! Client required: server-side apply of a run's objects, and their deletion
-//! when the run ends.
+//! Client required: creation of a run's objects, and their deletion when the
+//! run ends. A run's objects are never patched: the operator holds `create`
+//! and `delete` on them, not `patch` (docs/security.md, "The operator"). An
+//! object that already exists is kept when it is the one this run would
+//! create, and deleted and created again when it has drifted.
 
 use ferry_crds::{ConnectorRun, ConnectorRunStatus};
 use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::Resource;
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::config::FIELD_MANAGER;
 use crate::context::Context;
-use crate::error::{Error, is_not_found};
+use crate::error::{Error, is_already_exists, is_not_found};
 use crate::names;
 use crate::run::build::RunObjects;
 
-async fn apply_one<K>(ctx: &Context, namespace: &str, obj: &K) -> Result<(), Error>
+/// The parts of a run's object that must be exactly as built for an existing
+/// object to stand for it: everything but `metadata` and `status` (a Pod's spec
+/// is filled with the server's defaults, so only its owner is compared).
+fn compared_fields<K: Resource<DynamicType = ()>>() -> &'static [&'static str] {
+    match K::kind(&()).as_ref() {
+        "Role" => &["rules"],
+        "RoleBinding" => &["roleRef", "subjects"],
+        "ServiceAccount" => &["automountServiceAccountToken"],
+        "NetworkPolicy" => &["spec"],
+        _ => &[],
+    }
+}
+
+/// Whether `existing` is the object `desired` describes: owned by the same run
+/// (controller reference with its UID), carrying its labels, and equal in the
+/// fields that say what it grants.
+pub fn stands_for<K>(desired: &K, existing: &K) -> bool
+where
+    K: Resource<DynamicType = ()> + Serialize,
+{
+    let owner = |k: &K| {
+        k.meta()
+            .owner_references
+            .iter()
+            .flatten()
+            .find(|o| o.controller == Some(true))
+            .map(|o| o.uid.clone())
+    };
+    if owner(desired).is_none() || owner(desired) != owner(existing) {
+        return false;
+    }
+    let labels = existing.meta().labels.clone().unwrap_or_default();
+    let labelled = desired
+        .meta()
+        .labels
+        .iter()
+        .flatten()
+        .all(|(k, v)| labels.get(k) == Some(v));
+    let (Ok(want), Ok(have)) = (
+        serde_json::to_value(desired),
+        serde_json::to_value(existing),
+    ) else {
+        return false;
+    };
+    labelled
+        && compared_fields::<K>()
+            .iter()
+            .all(|f| want.get(*f) == have.get(*f))
+}
+
+async fn create_one<K>(ctx: &Context, namespace: &str, obj: &K) -> Result<(), Error>
 where
     K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
         + Serialize
@@ -25,23 +78,42 @@ where
         + std::fmt::Debug,
 {
     let name = obj.meta().name.clone().unwrap_or_default();
+    let kind = static_kind::<K>();
     let api: Api<K> = Api::namespaced(ctx.client.clone(), namespace);
-    let mut value = serde_json::to_value(obj).map_err(|source| Error::Encode {
-        name: name.clone(),
-        source,
-    })?;
-    if let Some(map) = value.as_object_mut() {
-        map.insert("apiVersion".into(), K::api_version(&()).into());
-        map.insert("kind".into(), K::kind(&()).into());
+    let params = PostParams {
+        field_manager: Some(FIELD_MANAGER.to_string()),
+        ..PostParams::default()
+    };
+    // Two tries: the second follows the deletion of a drifted object.
+    for _ in 0..2 {
+        match api.create(&params, obj).await {
+            Ok(_) => return Ok(()),
+            Err(e) if is_already_exists(&e) => {}
+            Err(e) => return Err(Error::kube("create", kind, &name, e)),
+        }
+        let existing = api
+            .get_opt(&name)
+            .await
+            .map_err(|e| Error::kube("get", kind, &name, e))?;
+        match existing {
+            // Created by an earlier reconcile of this run (one whose status
+            // write did not get through).
+            Some(existing) if stands_for(obj, &existing) => return Ok(()),
+            // Another run's pod, or a pod that is not a run's: never taken over.
+            Some(_) if kind == "Pod" => return Err(Error::Foreign { kind, name }),
+            Some(_) => {
+                tracing::warn!(
+                    namespace,
+                    kind,
+                    name,
+                    "deleting a drifted object to create it again"
+                );
+                delete_one::<K>(ctx, namespace, &name).await?;
+            }
+            None => {}
+        }
     }
-    api.patch(
-        &name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&value),
-    )
-    .await
-    .map_err(|e| Error::kube("apply", static_kind::<K>(), &name, e))?;
-    Ok(())
+    Err(Error::Foreign { kind, name })
 }
 
 fn static_kind<K: Resource<DynamicType = ()>>() -> &'static str {
@@ -55,7 +127,7 @@ fn static_kind<K: Resource<DynamicType = ()>>() -> &'static str {
     }
 }
 
-/// Applies every object of an attempt. The identity comes first, the pod last,
+/// Creates every object of an attempt. The identity comes first, the pod last,
 /// so the pod never starts without its ServiceAccount, Role and NetworkPolicy.
 pub async fn apply(ctx: &Context, namespace: &str, objects: &RunObjects) -> Result<(), Error> {
     let RunObjects {
@@ -65,11 +137,11 @@ pub async fn apply(ctx: &Context, namespace: &str, objects: &RunObjects) -> Resu
         network_policy,
         pod,
     } = objects;
-    apply_one(ctx, namespace, service_account).await?;
-    apply_one(ctx, namespace, role).await?;
-    apply_one(ctx, namespace, role_binding).await?;
-    apply_one(ctx, namespace, network_policy).await?;
-    apply_one(ctx, namespace, pod).await?;
+    create_one(ctx, namespace, service_account).await?;
+    create_one(ctx, namespace, role).await?;
+    create_one(ctx, namespace, role_binding).await?;
+    create_one(ctx, namespace, network_policy).await?;
+    create_one(ctx, namespace, pod).await?;
     Ok(())
 }
 

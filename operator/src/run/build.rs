@@ -8,7 +8,7 @@ use ferry_crds::{ConnectorRun, ConnectorSpec, EndpointKind, secret_names};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapProjection, Container, DownwardAPIProjection, DownwardAPIVolumeFile,
     EmptyDirVolumeSource, EnvVar, KeyToPath, ObjectFieldSelector, Pod, PodSecurityContext, PodSpec,
-    ProjectedVolumeSource, SeccompProfile, SecurityContext, ServiceAccount,
+    ProjectedVolumeSource, ResourceRequirements, SeccompProfile, SecurityContext, ServiceAccount,
     ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
 };
 use k8s_openapi::api::networking::v1::{
@@ -22,6 +22,7 @@ use kube::Resource;
 
 use crate::config::Config;
 use crate::names;
+use crate::pod_bounds::quantity_value;
 
 /// Where the runner finds its Kubernetes API token, CA and namespace: the path
 /// that Kubernetes clients read in a pod.
@@ -30,8 +31,7 @@ pub const API_ACCESS_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount
 pub const AWS_TOKEN_DIR: &str = "/var/run/secrets/ferry.dev/aws";
 /// Where the Azure federated token is projected.
 pub const AZURE_TOKEN_DIR: &str = "/var/run/secrets/ferry.dev/azure";
-/// Audience of Azure federated credentials.
-pub const AZURE_TOKEN_AUDIENCE: &str = "api://AzureADTokenExchange";
+pub use ferry_crds::AZURE_TOKEN_AUDIENCE;
 /// UID and GID the runner runs as (distroless `nonroot`).
 pub const RUNNER_UID: i64 = 65532;
 /// Name of the runner container.
@@ -211,19 +211,18 @@ pub fn role_binding(input: RunInput<'_>) -> Result<RoleBinding, BuildError> {
     })
 }
 
-/// TCP port of an `https://` or `http://` URL, or the scheme's default.
+/// TCP port of an endpoint URL (already checked by the policy), or the
+/// scheme's default, as the clients' parser reads it.
 fn url_port(url: &str) -> i32 {
-    let (rest, default) = match url.split_once("://") {
-        Some(("http", rest)) => (rest, 80),
-        Some((_, rest)) => (rest, 443),
-        None => (url, 443),
-    };
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    let port = match authority.rsplit_once(']') {
-        Some((_, after)) => after.strip_prefix(':'),
-        None => authority.rsplit_once(':').map(|(_, p)| p),
-    };
-    port.and_then(|p| p.parse().ok()).unwrap_or(default)
+    ferry_crds::check_endpoint_url(url, true).map_or(443, |u| i32::from(u.port()))
+}
+
+/// Whether either end assumes an AWS role with the run's token.
+fn uses_web_identity(spec: &ConnectorSpec) -> bool {
+    [&spec.source, &spec.destination].into_iter().any(|e| {
+        e.s3.as_ref()
+            .is_some_and(|s| s.credentials.web_identity.is_some())
+    })
 }
 
 /// TCP ports the runner must reach for its two endpoints, sorted.
@@ -266,8 +265,11 @@ pub fn network_policy(input: RunInput<'_>) -> Result<NetworkPolicy, BuildError> 
     if let Some(url) = &input.config.lineage_url {
         tcp.push(url_port(url));
     }
-    tcp.sort_unstable();
-    tcp.dedup();
+    if let Some(url) = &input.config.sts_endpoint
+        && uses_web_identity(input.spec)
+    {
+        tcp.push(url_port(url));
+    }
     tcp.sort_unstable();
     tcp.dedup();
     Ok(NetworkPolicy {
@@ -294,6 +296,40 @@ pub fn network_policy(input: RunInput<'_>) -> Result<NetworkPolicy, BuildError> 
             ]),
         }),
     })
+}
+
+/// The runner's resources: the operator's defaults, each request and limit the
+/// Connector names replacing the default one (the policy holds them under the
+/// operator's caps). A Connector that names only requests still gets the
+/// default limits, raised to its requests where they are lower, so no run is
+/// unbounded and no pod is invalid.
+fn resources(
+    asked: Option<&ResourceRequirements>,
+    defaults: &ResourceRequirements,
+) -> ResourceRequirements {
+    let merge = |default: &Option<BTreeMap<String, Quantity>>,
+                 asked: Option<&BTreeMap<String, Quantity>>| {
+        let mut out = default.clone().unwrap_or_default();
+        out.extend(asked.cloned().unwrap_or_default());
+        (!out.is_empty()).then_some(out)
+    };
+    let requests = merge(&defaults.requests, asked.and_then(|a| a.requests.as_ref()));
+    let mut limits = merge(&defaults.limits, asked.and_then(|a| a.limits.as_ref()));
+    let explicit = asked.and_then(|a| a.limits.as_ref());
+    for (name, request) in requests.iter().flatten() {
+        let Some(limit) = limits.as_mut().and_then(|l| l.get_mut(name)) else {
+            continue;
+        };
+        let below = quantity_value(&limit.0) < quantity_value(&request.0);
+        if below && !explicit.is_some_and(|e| e.contains_key(name)) {
+            *limit = request.clone();
+        }
+    }
+    ResourceRequirements {
+        requests,
+        limits,
+        ..Default::default()
+    }
 }
 
 fn token_seconds(spec: &ConnectorSpec) -> i64 {
@@ -351,11 +387,12 @@ pub fn pod(input: RunInput<'_>) -> Result<Pod, BuildError> {
     labels.extend(run_labels(run));
     labels.insert(names::LABEL_ATTEMPT.into(), input.attempt.to_string());
     metadata.labels = Some(labels);
-    let mut annotations = BTreeMap::from([
-        // A mesh sidecar would keep the pod running after the runner exits.
-        ("sidecar.istio.io/inject".to_string(), "false".to_string()),
-    ]);
-    annotations.extend(template.pod_annotations.clone());
+    // The tenant's annotations (allow-listed by the policy) first, Ferry's over
+    // them: Ferry's keys always win.
+    let mut annotations = template.pod_annotations.clone();
+    // A mesh sidecar would keep the pod running after the runner exits, and
+    // would not meet Pod Security "restricted".
+    annotations.insert("sidecar.istio.io/inject".to_string(), "false".to_string());
     metadata.annotations = Some(annotations);
 
     let mut env_vars = vec![
@@ -372,6 +409,9 @@ pub fn pod(input: RunInput<'_>) -> Result<Pod, BuildError> {
                 ..Default::default()
             }),
         },
+        // The runner checks the spec it reads from the run's record against
+        // this: the pod is immutable and only the operator creates it.
+        env(ferry_crds::SPEC_HASH_ENV, ferry_crds::spec_hash(input.spec)),
         env("RUST_LOG", input.config.runner_log.clone()),
         env("FERRY_LOG_FORMAT", "json"),
     ];
@@ -380,6 +420,11 @@ pub fn pod(input: RunInput<'_>) -> Result<Pod, BuildError> {
     }
     if let Some(url) = &input.config.lineage_url {
         env_vars.push(env("FERRY_LINEAGE_URL", url.clone()));
+    }
+    if let Some(url) = &input.config.sts_endpoint
+        && uses_web_identity(input.spec)
+    {
+        env_vars.push(env(ferry_crds::STS_ENDPOINT_ENV, url.clone()));
     }
     let mut volumes = vec![
         Volume {
@@ -476,12 +521,10 @@ pub fn pod(input: RunInput<'_>) -> Result<Pod, BuildError> {
         command: Some(input.config.runner_command.clone()),
         args: Some(vec!["cluster".into()]),
         env: Some(env_vars),
-        resources: Some(
-            template
-                .resources
-                .clone()
-                .unwrap_or_else(|| input.config.runner_resources.clone()),
-        ),
+        resources: Some(resources(
+            template.resources.as_ref(),
+            &input.config.runner_resources,
+        )),
         volume_mounts: Some(mounts),
         security_context: Some(SecurityContext {
             allow_privilege_escalation: Some(false),

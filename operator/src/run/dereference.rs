@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 
 use ferry_crds::{
     ALLOWED_SENSITIVITY_ANNOTATION, Connector, ConnectorSpec, REGION_LABEL, secret_names,
+    secret_usable,
 };
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::Api;
@@ -12,7 +13,7 @@ use kube::runtime::reflector::ObjectRef;
 
 use crate::context::Context;
 use crate::error::Error;
-use crate::policy::{SecretKeys, Tenant};
+use crate::policy::{SecretFacts, SecretKeys, Tenant};
 
 /// The Connector, or `None` when it does not exist.
 pub async fn connector(
@@ -48,8 +49,9 @@ pub fn tenant(ctx: &Context, namespace: &str) -> Tenant {
     }
 }
 
-/// For each Secret the spec references, the names of its keys, or `None` when it
-/// does not exist. The values are dropped at once and never leave this function.
+/// For each Secret the spec references, the names of its keys and whether its
+/// label and type let Ferry read it, or `None` when it does not exist. The
+/// values are dropped at once and never leave this function.
 pub async fn secret_keys(
     ctx: &Context,
     namespace: &str,
@@ -62,12 +64,13 @@ pub async fn secret_keys(
             .get_opt(&name)
             .await
             .map_err(|e| Error::kube("get", "Secret", &name, e))?;
-        let keys = secret.map(|s| {
+        let facts = secret.map(|s| {
+            let usable = secret_usable(s.metadata.labels.as_ref(), s.type_.as_deref());
             let mut keys: BTreeSet<String> = s.data.unwrap_or_default().into_keys().collect();
             keys.extend(s.string_data.unwrap_or_default().into_keys());
-            keys
+            SecretFacts { keys, usable }
         });
-        out.insert(name, keys);
+        out.insert(name, facts);
     }
     Ok(out)
 }

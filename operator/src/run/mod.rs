@@ -14,6 +14,7 @@ pub mod apply;
 pub mod build;
 pub mod dereference;
 pub mod fate;
+pub mod record;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,7 +25,6 @@ use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::controller::Action;
 use kube::{Api, Resource, ResourceExt};
-use sha2::{Digest, Sha256};
 
 use crate::audit::{Outcome, Record};
 use crate::conditions;
@@ -33,6 +33,7 @@ use crate::error::Error;
 use crate::names;
 use crate::policy::{self, Settings};
 use fate::Fate;
+use record::RunRecordExt;
 
 /// Name of this controller in metrics and logs.
 pub const CONTROLLER: &str = "connectorrun";
@@ -53,11 +54,7 @@ pub async fn reconcile(run: Arc<ConnectorRun>, ctx: Arc<Context>) -> Result<Acti
     result
 }
 
-/// SHA-256 of a Connector spec, as pinned in a run's status.
-pub fn spec_hash(spec: &ConnectorSpec) -> String {
-    let bytes = serde_json::to_vec(spec).unwrap_or_default();
-    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
-}
+pub use ferry_crds::spec_hash;
 
 /// The run being reconciled, with what every step needs.
 #[derive(Clone, Copy)]
@@ -81,6 +78,12 @@ fn reference(run: &ConnectorRun) -> ObjectReference {
 }
 
 /// The reconcile itself, without metrics.
+///
+/// What the operator decided is kept in the run's record (an annotation, see
+/// [`ferry_crds::RunRecord`]), which the run's own ServiceAccount cannot write;
+/// `status` shows the same, plus the runner's `progress` and `result`. Each
+/// reconcile starts from the record: anything else written into the operator's
+/// fields of the status is undone, and flagged.
 pub async fn reconcile_run(run: &ConnectorRun, ctx: &Context) -> Result<Action, Error> {
     let namespace = run.namespace().ok_or(Error::MissingMetadata {
         kind: "ConnectorRun",
@@ -91,12 +94,15 @@ pub async fn reconcile_run(run: &ConnectorRun, ctx: &Context) -> Result<Action, 
         return Ok(Action::await_change());
     }
     // Once a run has pods, its cached copy may lag behind this operator's own
-    // last status write: a pod event (the cleanup deleting the pod of a run
-    // just marked Succeeded) can arrive before the run's own. Acting on the
-    // stale copy would take the deleted pod for a lost one and start another
+    // last write: a pod event (the cleanup deleting the pod of a run just
+    // marked Succeeded) can arrive before the run's own. Acting on the stale
+    // copy would take the deleted pod for a lost one and start another
     // attempt. Such runs are decided on the run as the API has it now.
-    let in_flight = run.status.as_ref().is_some_and(|s| {
-        s.attempts.unwrap_or(0) > 0 && !s.phase.is_some_and(RunPhase::is_terminal)
+    let cached = record::read(run);
+    let in_flight = cached.as_ref().is_ok_and(|r| {
+        r.as_ref().is_some_and(|r| {
+            r.status.attempts.unwrap_or(0) > 0 && !r.status.phase.is_some_and(RunPhase::is_terminal)
+        })
     });
     let fresh;
     let run = if in_flight {
@@ -115,17 +121,80 @@ pub async fn reconcile_run(run: &ConnectorRun, ctx: &Context) -> Result<Action, 
     } else {
         run
     };
-    let old = run.status.clone().unwrap_or_default();
+    let shown = run.status.clone().unwrap_or_default();
+    let recorded = record::read(run);
+    // What the operator itself decided, with the runner's progress and result.
+    let (old, tampered) = match &recorded {
+        Ok(Some(r)) => (r.trusted_status(&shown), !r.explains(&shown)),
+        // A run from before records: its status is adopted once.
+        Ok(None) => (shown.clone(), false),
+        Err(_) => (
+            ConnectorRunStatus {
+                progress: shown.progress.clone(),
+                result: shown.result.clone(),
+                ..ConnectorRunStatus::default()
+            },
+            true,
+        ),
+    };
+    if tampered {
+        flag_tampering(ctx, run, &namespace, &name).await;
+    }
     if old.phase.is_some_and(RunPhase::is_terminal) {
+        record::write(
+            ctx,
+            &namespace,
+            &name,
+            recorded.ok().flatten().as_ref(),
+            &old,
+            &old,
+        )
+        .await?;
+        write_if_changed(ctx, &namespace, &name, &shown, &old).await?;
         apply::cleanup(ctx, &namespace, &name, old.attempts.unwrap_or(0)).await?;
         return Ok(Action::await_change());
     }
 
     // dereference: the spec pinned at the run's first reconcile.
     let mut status = old.clone();
-    let spec = match old.connector_spec.clone() {
-        Some(spec) => spec,
-        None => {
+    let spec = match (old.connector_spec.clone(), &recorded) {
+        (Some(spec), _)
+            if ferry_crds::spec_hash(&spec)
+                == old.connector_spec_hash.clone().unwrap_or_default() =>
+        {
+            spec
+        }
+        (Some(_), _) | (None, Err(_)) => {
+            // The record's spec does not match its hash (or the record is not
+            // one): the run cannot be trusted to do what was admitted.
+            let subject = Subject {
+                run,
+                ctx,
+                namespace: &namespace,
+                name: &name,
+                spec: &ConnectorSpec::default(),
+            };
+            let step = finish(
+                subject,
+                status,
+                RunPhase::Failed,
+                "PinnedSpecTampered",
+                "the run's pinned Connector spec does not match the hash recorded when it was pinned; the run is stopped".into(),
+            )
+            .await?;
+            record::write(
+                ctx,
+                &namespace,
+                &name,
+                recorded.ok().flatten().as_ref(),
+                &old,
+                &step.status,
+            )
+            .await?;
+            write_if_changed(ctx, &namespace, &name, &shown, &step.status).await?;
+            return Ok(step.action);
+        }
+        (None, _) => {
             let Some(connector) =
                 dereference::connector(ctx, &namespace, &run.spec.connector_ref.name).await?
             else {
@@ -136,7 +205,7 @@ pub async fn reconcile_run(run: &ConnectorRun, ctx: &Context) -> Result<Action, 
                     run.spec.connector_ref.name
                 ));
                 status.observed_generation = run.meta().generation;
-                write_if_changed(ctx, &namespace, &name, &old, &status).await?;
+                write_if_changed(ctx, &namespace, &name, &shown, &status).await?;
                 return Ok(Action::requeue(Duration::from_secs(30)));
             };
             status.connector_spec_hash = Some(spec_hash(&connector.spec));
@@ -157,10 +226,58 @@ pub async fn reconcile_run(run: &ConnectorRun, ctx: &Context) -> Result<Action, 
         name: &name,
         spec: &spec,
     };
-    let step = advance(subject, status).await?;
-    write_if_changed(ctx, &namespace, &name, &old, &step.status).await?;
+    let step = advance(subject, status, tampered).await?;
+    // The record first: once it is written, the decision stands even if the
+    // status write after it fails (the next reconcile writes the status again).
+    record::write(
+        ctx,
+        &namespace,
+        &name,
+        recorded.ok().flatten().as_ref(),
+        &old,
+        &step.status,
+    )
+    .await?;
+    write_if_changed(ctx, &namespace, &name, &shown, &step.status).await?;
     Ok(step.action)
 }
+
+/// Someone other than the operator (the run's own runner, whose token may
+/// patch the status) changed the operator's fields of the run's status: a
+/// Warning Event, an audit line and a metric. The record stands, and the
+/// attempt in flight, if any, is failed ([`advance`]).
+async fn flag_tampering(ctx: &Context, run: &ConnectorRun, namespace: &str, name: &str) {
+    let connector = &run.spec.connector_ref.name;
+    tracing::warn!(
+        namespace,
+        run = name,
+        "the run's status was changed by someone other than the operator"
+    );
+    ctx.metrics
+        .policy_denials_total
+        .with_label_values(&[TAMPERED])
+        .inc();
+    ctx.audit(&Record::new(
+        "run.tampered",
+        Outcome::Denied,
+        Some(TAMPERED),
+        namespace,
+        connector,
+        name,
+        None,
+    ));
+    ctx.event(
+        &reference(run),
+        true,
+        TAMPERED,
+        "Verify",
+        "the run's status was changed by someone other than the operator (its runner?): the operator's record stands".into(),
+    )
+    .await;
+}
+
+/// Reason of a run whose status someone else rewrote.
+pub const TAMPERED: &str = "StatusTampered";
 
 async fn write_if_changed(
     ctx: &Context,
@@ -169,19 +286,19 @@ async fn write_if_changed(
     old: &ConnectorRunStatus,
     new: &ConnectorRunStatus,
 ) -> Result<(), Error> {
-    let strip = |s: &ConnectorRunStatus| ConnectorRunStatus {
-        progress: None,
-        result: None,
-        ..s.clone()
-    };
-    if strip(old) != strip(new) {
+    if record::operators_part(old) != record::operators_part(new) {
         apply::write_status(ctx, namespace, name, new).await?;
     }
     Ok(())
 }
 
-/// Moves the run one step on from `status`.
-async fn advance(subject: Subject<'_>, mut status: ConnectorRunStatus) -> Result<Step, Error> {
+/// Moves the run one step on from `status`. `tampered`: the operator's fields
+/// were rewritten by someone else; an attempt in flight is failed for it.
+async fn advance(
+    subject: Subject<'_>,
+    mut status: ConnectorRunStatus,
+    tampered: bool,
+) -> Result<Step, Error> {
     let Subject {
         run,
         ctx,
@@ -219,7 +336,24 @@ async fn advance(subject: Subject<'_>, mut status: ConnectorRunStatus) -> Result
             message: format!("pod {pod_name} disappeared before the run ended"),
             retryable: true,
         },
-        (Some(pod), _) => fate::fate(pod, status.result.as_ref(), attempts),
+        (_, None) if tampered => Fate::Failed {
+            reason: TAMPERED.into(),
+            message: format!(
+                "attempt {attempts}: the run's status was changed by someone other than the operator"
+            ),
+            retryable: true,
+        },
+        (Some(pod), _) => match fate::fate(pod, status.result.as_ref(), attempts) {
+            Fate::Succeeded => match record::implausible(status.result.as_ref(), name, attempts) {
+                None => Fate::Succeeded,
+                Some(why) => Fate::Failed {
+                    reason: "ImplausibleResult".into(),
+                    message: format!("attempt {attempts}: the runner's result was refused: {why}"),
+                    retryable: true,
+                },
+            },
+            other => other,
+        },
     };
 
     match fate {
@@ -302,11 +436,13 @@ async fn advance(subject: Subject<'_>, mut status: ConnectorRunStatus) -> Result
 
 /// Failure reasons of the runner that are policy refusals: counted with the
 /// operator's own denials and shown as a PolicyViolation condition.
-const RUNNER_POLICY_REASONS: [&str; 4] = [
+const RUNNER_POLICY_REASONS: [&str; 6] = [
     "ResidencyViolation",
     "SensitivityNotAllowed",
     "NotProjectable",
     "ObjectsRefused",
+    "SecretNotOptedIn",
+    "SecretTypeRefused",
 ];
 
 fn summary(mode: RunMode, result: Option<&ferry_crds::RunResult>) -> String {
@@ -343,9 +479,7 @@ async fn start_attempt(
     let tenant = dereference::tenant(ctx, namespace);
     let secrets = dereference::secret_keys(ctx, namespace, spec).await?;
     // validate
-    let settings = Settings {
-        allow_local_endpoints: ctx.config.allow_local_endpoints,
-    };
+    let settings = Settings::of(&ctx.config);
     let (violations, warnings) = policy::check(spec, &tenant, &secrets, settings);
     let connector = &run.spec.connector_ref.name;
     if !violations.is_empty() {

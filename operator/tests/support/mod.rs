@@ -55,6 +55,13 @@ fn secret(name: &str, data: &[(&str, &str)]) -> Secret {
     let mut s = Secret::default();
     s.metadata.name = Some(name.into());
     s.metadata.namespace = Some(NS.into());
+    s.metadata.labels = Some(
+        [(
+            ferry_crds::SECRET_OPT_IN_LABEL.to_string(),
+            ferry_crds::SECRET_OPT_IN_VALUE.to_string(),
+        )]
+        .into(),
+    );
     s.string_data = None;
     s.data = Some(
         data.iter()
@@ -80,6 +87,21 @@ pub fn secrets() -> Vec<Secret> {
         ),
         secret("bronze-writer", &[("accountKey", CANARIES[2])]),
         secret("acme-kek", &[("kek", CANARIES[3])]),
+        // Not opted in: no ferry.dev/usable label.
+        {
+            let mut s = secret("team-db", &[("accountKey", CANARIES[2])]);
+            s.metadata.labels = None;
+            s
+        },
+        // The namespace's ServiceAccount token: never usable, label or not.
+        {
+            let mut s = secret(
+                "default-token",
+                &[("accountKey", CANARIES[2]), ("token", CANARIES[0])],
+            );
+            s.type_ = Some("kubernetes.io/service-account-token".into());
+            s
+        },
         secret(
             "sftp-login",
             &[

@@ -1,0 +1,222 @@
+//! The operator's record of a run: what it decided, kept where the run's own
+//! identity cannot write (an annotation: a status write ignores metadata), and
+//! the checks that keep the runner's report from steering the operator.
+//!
+//! - No client required: [`RunRecordExt::trusted_status`], [`RunRecordExt::explains`],
+//!   [`operators_part`], [`implausible`].
+//! - Client required: [`write`].
+
+use ferry_crds::{
+    ConnectorRun, ConnectorRunStatus, RUN_RECORD_ANNOTATION, RunPhase, RunRecord, RunResult, digest,
+};
+use kube::api::{Api, Patch, PatchParams};
+
+use crate::config::FIELD_MANAGER;
+use crate::context::Context;
+use crate::error::Error;
+
+/// The record of a run; `Err` when its annotation is not a record.
+pub fn read(run: &ConnectorRun) -> Result<Option<RunRecord>, serde_json::Error> {
+    RunRecord::of(run)
+}
+
+/// The operator's fields of a status: all but the runner's `progress` and
+/// `result`.
+pub fn operators_part(status: &ConnectorRunStatus) -> ConnectorRunStatus {
+    ConnectorRunStatus {
+        progress: None,
+        result: None,
+        ..status.clone()
+    }
+}
+
+fn fingerprint(status: &ConnectorRunStatus) -> String {
+    digest(&serde_json::to_vec(&operators_part(status)).unwrap_or_default())
+}
+
+/// What the operator reads of a record.
+pub trait RunRecordExt {
+    /// The status as the operator decided it, with the runner's progress and,
+    /// until the operator accepted one, its result.
+    fn trusted_status(&self, shown: &ConnectorRunStatus) -> ConnectorRunStatus;
+    /// Whether the shown status is one the operator wrote: the recorded one, or
+    /// the one before it (a status write that did not get through).
+    fn explains(&self, shown: &ConnectorRunStatus) -> bool;
+}
+
+impl RunRecordExt for RunRecord {
+    fn trusted_status(&self, shown: &ConnectorRunStatus) -> ConnectorRunStatus {
+        ConnectorRunStatus {
+            progress: shown.progress.clone(),
+            result: self.status.result.clone().or_else(|| shown.result.clone()),
+            ..operators_part(&self.status)
+        }
+    }
+
+    fn explains(&self, shown: &ConnectorRunStatus) -> bool {
+        operators_part(shown) == operators_part(&self.status)
+            || self.previous.as_deref() == Some(fingerprint(shown).as_str())
+    }
+}
+
+/// Writes the record of `new` (a merge patch of the run's annotation), unless
+/// it is already the one recorded. `old` is the status the decision started
+/// from; its fingerprint is kept so that a status write that fails after this
+/// one is not taken for tampering.
+pub async fn write(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+    recorded: Option<&RunRecord>,
+    old: &ConnectorRunStatus,
+    new: &ConnectorRunStatus,
+) -> Result<(), Error> {
+    let accepted = (new.phase == Some(RunPhase::Succeeded))
+        .then(|| new.result.clone())
+        .flatten();
+    let status = ConnectorRunStatus {
+        result: accepted,
+        ..operators_part(new)
+    };
+    if recorded.is_some_and(|r| r.status == status) {
+        return Ok(());
+    }
+    let record = RunRecord {
+        status,
+        previous: Some(fingerprint(old)),
+    };
+    let text = serde_json::to_string(&record).map_err(|source| Error::Encode {
+        name: name.to_string(),
+        source,
+    })?;
+    let patch = serde_json::json!({"metadata": {"annotations": {RUN_RECORD_ANNOTATION: text}}});
+    let api: Api<ConnectorRun> = Api::namespaced(ctx.client.clone(), namespace);
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.to_string()),
+        ..PatchParams::default()
+    };
+    api.patch(name, &params, &Patch::Merge(&patch))
+        .await
+        .map_err(|e| Error::kube("record", "ConnectorRun", name, e))?;
+    Ok(())
+}
+
+/// Why the runner's result of a successful attempt cannot be taken as it is
+/// (it moves the Connector's cursor), or `None` when it can: reported by this
+/// attempt, no negative count, a manifest under `.ferry/manifests/` named
+/// after this run.
+pub fn implausible(result: Option<&RunResult>, run: &str, attempt: i32) -> Option<String> {
+    let r = result?;
+    if r.attempt.is_some_and(|a| a != attempt) {
+        return Some(format!(
+            "it was reported for attempt {}, not {attempt}",
+            r.attempt.unwrap_or_default()
+        ));
+    }
+    let counts = [
+        r.objects_copied,
+        r.objects_skipped,
+        r.objects_failed,
+        r.objects_erased,
+        r.bytes_read,
+        r.bytes_written,
+    ];
+    if counts.iter().any(|c| *c < 0) {
+        return Some("it has a negative count".into());
+    }
+    if let Some(m) = &r.manifest {
+        let file = m.strip_prefix(ferry_crds::MANIFEST_DIR);
+        // `<timestamp>Z-<run>.json`, or `<run>.json` as runners named it before.
+        let named = file.is_some_and(|f| {
+            (f.ends_with(&format!("Z-{run}.json")) || f == format!("{run}.json"))
+                && !f.contains('/')
+                && !f.contains("..")
+        });
+        if !named {
+            return Some(format!(
+                "its manifest {m:?} is not a manifest of run {run} under {}",
+                ferry_crds::MANIFEST_DIR
+            ));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(manifest: &str) -> RunResult {
+        RunResult {
+            objects_copied: 2,
+            bytes_read: 10,
+            bytes_written: 40,
+            manifest: Some(manifest.into()),
+            attempt: Some(1),
+            ..RunResult::default()
+        }
+    }
+
+    #[test]
+    fn a_plausible_result_is_taken() {
+        let r = result(".ferry/manifests/20261204T101010123456Z-sales-1.json");
+        assert_eq!(implausible(Some(&r), "sales-1", 1), None);
+        assert_eq!(implausible(None, "sales-1", 1), None);
+    }
+
+    /// Attack: the runner reports a result that would move the Connector's
+    /// cursor to a manifest of its choosing (an older run's, or outside the
+    /// manifest folder), or counts that are not counts.
+    #[test]
+    fn a_result_that_would_steer_the_cursor_is_refused() {
+        for manifest in [
+            ".ferry/manifests/20261204T101010123456Z-other-run.json",
+            ".ferry/manifests/x/../../20261204T101010123456Z-sales-1.json",
+            "elsewhere/20261204T101010123456Z-sales-1.json",
+        ] {
+            let r = result(manifest);
+            assert!(implausible(Some(&r), "sales-1", 1).is_some(), "{manifest}");
+        }
+        let mut r = result(".ferry/manifests/20261204T101010123456Z-sales-1.json");
+        r.bytes_written = -1;
+        assert!(implausible(Some(&r), "sales-1", 1).is_some());
+        let r = result(".ferry/manifests/20261204T101010123456Z-sales-1.json");
+        assert!(
+            implausible(Some(&r), "sales-1", 2).is_some(),
+            "another attempt's"
+        );
+    }
+
+    #[test]
+    fn a_failed_status_write_is_not_taken_for_tampering() {
+        let before = ConnectorRunStatus {
+            phase: Some(RunPhase::Pending),
+            ..ConnectorRunStatus::default()
+        };
+        let after = ConnectorRunStatus {
+            phase: Some(RunPhase::Running),
+            attempts: Some(1),
+            ..ConnectorRunStatus::default()
+        };
+        let record = RunRecord {
+            status: after.clone(),
+            previous: Some(fingerprint(&before)),
+        };
+        assert!(record.explains(&after));
+        assert!(
+            record.explains(&before),
+            "the status write after the record failed"
+        );
+        let forged = ConnectorRunStatus {
+            phase: Some(RunPhase::Succeeded),
+            ..after.clone()
+        };
+        assert!(!record.explains(&forged));
+        // The runner's own fields are its to write.
+        let reported = ConnectorRunStatus {
+            progress: Some(Default::default()),
+            ..after
+        };
+        assert!(record.explains(&reported));
+    }
+}

@@ -1,0 +1,301 @@
+//! The chart's ValidatingAdmissionPolicy against the objects the operator's
+//! builders make, and against what an operator that has been taken over would
+//! try. The policy is rendered by `helm template` and evaluated the way the API
+//! server does, with Google's CEL implementation (tests/chart/admission.py); the
+//! test bootstrap's Python and helm must be there (`make test-rust` sources its
+//! environment): without them the test fails.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use ferry_crds::{ConnectorRun, ConnectorSpec};
+use ferry_operator::config::Config;
+use ferry_operator::run::build::{RunInput, RunObjects, build};
+use serde_json::{Value, json};
+use support::*;
+
+const OPERATOR: &str = "system:serviceaccount:ferry-system:ferry-operator";
+
+fn spec(yaml: &str) -> ConnectorSpec {
+    connector(yaml).spec
+}
+
+fn run(name: &str) -> ConnectorRun {
+    let mut r = run_of(name, "sales");
+    r.metadata.uid = Some("0b6f7c2e-uid".into());
+    r
+}
+
+fn objects(run_name: &str, spec: &ConnectorSpec) -> Vec<Value> {
+    let RunObjects {
+        service_account,
+        role,
+        role_binding,
+        network_policy,
+        pod,
+    } = build(RunInput {
+        run: &run(run_name),
+        spec,
+        attempt: 1,
+        tenant_region: Some("eu-west-1"),
+        config: &Config::default(),
+    })
+    .expect("builds");
+    vec![
+        serde_json::to_value(service_account).unwrap(),
+        serde_json::to_value(role).unwrap(),
+        serde_json::to_value(role_binding).unwrap(),
+        serde_json::to_value(network_policy).unwrap(),
+        serde_json::to_value(pod).unwrap(),
+    ]
+}
+
+fn create(object: &Value) -> Value {
+    json!({"operation": "CREATE", "namespace": NS, "username": OPERATOR, "object": object})
+}
+
+fn delete(object: &Value) -> Value {
+    json!({"operation": "DELETE", "namespace": NS, "username": OPERATOR, "oldObject": object})
+}
+
+/// Each request's verdict: `Ok(())` when admitted, the messages when denied.
+fn admit(requests: &[Value]) -> Vec<Result<(), Vec<String>>> {
+    let python = std::env::var("FERRY_PYTHON")
+        .expect("FERRY_PYTHON is not set: source the test bootstrap's environment");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/chart/admission.py");
+    // The chart's runner image is the operator's default configuration's.
+    let mut child = Command::new(python)
+        .arg(script)
+        .args(["--set", "runner.image.tag=latest"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("runs the CEL evaluator");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&serde_json::to_vec(requests).unwrap())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "admission.py failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let verdicts: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(verdicts.len(), requests.len());
+    verdicts
+        .into_iter()
+        .map(|v| {
+            if v["allowed"] == true {
+                Ok(())
+            } else {
+                Err(serde_json::from_value(v["messages"].clone()).unwrap())
+            }
+        })
+        .collect()
+}
+
+/// Denied, with a message that contains `words`.
+fn assert_denied(request: Value, words: &str) {
+    let verdict = admit(std::slice::from_ref(&request)).remove(0);
+    match verdict {
+        Ok(()) => panic!("admitted: {request:#}"),
+        Err(messages) => assert!(
+            messages.iter().any(|m| m.contains(words)),
+            "denied, but not for {words:?}: {messages:?}"
+        ),
+    }
+}
+
+fn pod_of(objects: &[Value]) -> Value {
+    objects[4].clone()
+}
+
+const WEB_IDENTITY: &str =
+    "credentials: {webIdentity: {roleArn: 'arn:aws:iam::123456789012:role/reader'}}";
+
+#[test]
+fn every_object_a_run_needs_is_admitted_on_create_and_delete() {
+    let specs = [
+        spec(CONNECTOR),
+        spec(&CONNECTOR.replace("credentials: {secretRef: {name: s3-reader}}", WEB_IDENTITY)),
+        spec(&CONNECTOR.replace(
+            "credentials: {secretRef: {name: bronze-writer}}",
+            "credentials: {workloadIdentity: {clientId: c, tenantId: t}}",
+        )),
+    ];
+    let mut requests = Vec::new();
+    for s in &specs {
+        for name in ["sales-29923860", &"a-very-long-run-name-".repeat(6)] {
+            for o in objects(name, s) {
+                requests.push(create(&o));
+                requests.push(delete(&o));
+            }
+        }
+    }
+    for (request, verdict) in requests.iter().zip(admit(&requests)) {
+        assert_eq!(verdict, Ok(()), "{request:#}");
+    }
+}
+
+#[test]
+fn a_tenants_own_requests_are_not_the_policys_concern() {
+    let mut pod = pod_of(&objects("sales-29923860", &spec(CONNECTOR)));
+    pod["spec"]["hostNetwork"] = json!(true);
+    let mut request = create(&pod);
+    request["username"] = json!("alice@example.com");
+    assert_eq!(admit(&[request]), vec![Ok(())]);
+}
+
+#[test]
+fn hijacked_operator_runs_a_pod_with_its_own_image() {
+    let mut pod = pod_of(&objects("sales-29923860", &spec(CONNECTOR)));
+    pod["spec"]["containers"][0]["image"] = json!("evil.example.com/miner:latest");
+    assert_denied(create(&pod), "with the runner image");
+}
+
+#[test]
+fn hijacked_operator_mounts_the_host_filesystem() {
+    let mut pod = pod_of(&objects("sales-29923860", &spec(CONNECTOR)));
+    pod["spec"]["volumes"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "host", "hostPath": {"path": "/"}}));
+    assert_denied(create(&pod), "no hostPath");
+}
+
+#[test]
+fn hijacked_operator_mounts_another_secret_into_a_pod() {
+    let mut pod = pod_of(&objects("sales-29923860", &spec(CONNECTOR)));
+    pod["spec"]["volumes"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "s", "secret": {"secretName": "other-tenant-creds"}}));
+    assert_denied(create(&pod), "no hostPath, Secret");
+    let mut pod = pod_of(&objects("sales-29923860", &spec(CONNECTOR)));
+    pod["spec"]["containers"][0]["env"]
+        .as_array_mut()
+        .unwrap()
+        .push(
+            json!({"name": "X", "valueFrom": {"secretKeyRef": {"name": "db", "key": "password"}}}),
+        );
+    assert_denied(create(&pod), "no environment taken from Secrets");
+}
+
+#[test]
+fn hijacked_operator_runs_a_privileged_pod_in_the_hosts_namespaces() {
+    for (field, value, words) in [
+        ("hostNetwork", json!(true), "no host namespaces"),
+        ("hostPID", json!(true), "no host namespaces"),
+        (
+            "nodeName",
+            json!("control-plane-1"),
+            "placed by the scheduler",
+        ),
+    ] {
+        let mut pod = pod_of(&objects("sales-29923860", &spec(CONNECTOR)));
+        pod["spec"][field] = value;
+        assert_denied(create(&pod), words);
+    }
+    let mut pod = pod_of(&objects("sales-29923860", &spec(CONNECTOR)));
+    pod["spec"]["containers"][0]["securityContext"]["privileged"] = json!(true);
+    assert_denied(create(&pod), "restricted");
+    let mut pod = pod_of(&objects("sales-29923860", &spec(CONNECTOR)));
+    pod["spec"]["containers"][0]["securityContext"]["capabilities"]["add"] = json!(["SYS_ADMIN"]);
+    assert_denied(create(&pod), "restricted");
+}
+
+#[test]
+fn hijacked_operator_runs_a_pod_as_another_service_account() {
+    let mut pod = pod_of(&objects("sales-29923860", &spec(CONNECTOR)));
+    pod["spec"]["serviceAccountName"] = json!("argocd-application-controller");
+    assert_denied(create(&pod), "runs as the run's ServiceAccount");
+}
+
+#[test]
+fn hijacked_operator_mints_a_token_for_the_api_server() {
+    let s = spec(&CONNECTOR.replace("credentials: {secretRef: {name: s3-reader}}", WEB_IDENTITY));
+    let mut pod = pod_of(&objects("sales-29923860", &s));
+    let volumes = pod["spec"]["volumes"].as_array_mut().unwrap();
+    let aws = volumes
+        .iter_mut()
+        .find(|v| v["name"] == "aws-token")
+        .unwrap();
+    aws["projected"]["sources"][0]["serviceAccountToken"]["audience"] =
+        json!("https://kubernetes.default.svc");
+    assert_denied(create(&pod), "with an allowed audience");
+}
+
+#[test]
+fn hijacked_operator_grants_a_run_more_than_get_on_named_secrets() {
+    let o = objects("sales-29923860", &spec(CONNECTOR));
+    for rule in [
+        json!({"apiGroups": [""], "resources": ["secrets"], "verbs": ["list"], "resourceNames": ["x"]}),
+        json!({"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}),
+        json!({"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"], "resourceNames": ["x"]}),
+        json!({"apiGroups": [""], "resources": ["pods"], "verbs": ["get"], "resourceNames": ["x"]}),
+        json!({"apiGroups": ["ferry.dev"], "resources": ["connectorruns/status"], "verbs": ["patch"], "resourceNames": ["another-run"]}),
+    ] {
+        let mut role = o[1].clone();
+        role["rules"].as_array_mut().unwrap().push(rule);
+        assert_denied(create(&role), "grants only get on named Secrets");
+    }
+}
+
+#[test]
+fn hijacked_operator_binds_a_role_to_another_subject() {
+    let o = objects("sales-29923860", &spec(CONNECTOR));
+    let mut rb = o[2].clone();
+    rb["subjects"][0]["name"] = json!("ferry-operator");
+    rb["subjects"][0]["namespace"] = json!("ferry-system");
+    assert_denied(
+        create(&rb),
+        "binds the run's Role to the run's ServiceAccount",
+    );
+    let mut rb = o[2].clone();
+    rb["roleRef"] = json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"});
+    assert_denied(create(&rb), "binds the run's Role");
+}
+
+#[test]
+fn hijacked_operator_creates_objects_no_run_owns() {
+    let o = objects("sales-29923860", &spec(CONNECTOR));
+    for object in &o {
+        let mut orphan = object.clone();
+        orphan["metadata"]["ownerReferences"] = json!([]);
+        assert_denied(create(&orphan), "is not controlled by a ConnectorRun");
+        let mut unlabelled = object.clone();
+        unlabelled["metadata"]["labels"] = json!({});
+        assert_denied(create(&unlabelled), "lacks Ferry's labels");
+    }
+    let mut renamed = o[1].clone();
+    renamed["metadata"]["name"] = json!("admin");
+    assert_denied(create(&renamed), "is not named after its run");
+}
+
+#[test]
+fn hijacked_operator_deletes_a_tenants_network_policy() {
+    let theirs = json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": "default-deny", "namespace": NS},
+        "spec": {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]},
+    });
+    assert_denied(delete(&theirs), "may only create or delete a run's objects");
+}
+
+#[test]
+fn hijacked_operator_changes_a_running_pod() {
+    let pod = pod_of(&objects("sales-29923860", &spec(CONNECTOR)));
+    let mut changed = pod.clone();
+    changed["spec"]["containers"][0]["image"] = json!("evil.example.com/miner:latest");
+    let request = json!({"operation": "UPDATE", "namespace": NS, "username": OPERATOR,
+                         "object": changed, "oldObject": pod});
+    assert_denied(request, "never updates a run's objects");
+}
