@@ -37,3 +37,6 @@ pub const AZURE_TOKEN_AUDIENCE: &str = "api://AzureADTokenExchange";
 /// Environment variable of a run's pod naming the STS endpoint the operator is
 /// configured with (none: the official regional endpoint).
 pub const STS_ENDPOINT_ENV: &str = "FERRY_STS_ENDPOINT";
+/// Environment variable of a run's pod: networks (CIDRs, comma separated) the
+/// runner refuses to connect to, besides those it always refuses.
+pub const DENIED_NETWORKS_ENV: &str = "FERRY_DENIED_NETWORKS";

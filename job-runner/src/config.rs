@@ -291,12 +291,14 @@ impl SecretsDir {
 /// What the platform team sets for every run and a Connector cannot: in
 /// cluster mode the operator puts it in the pod's environment, in local mode it
 /// comes from the command line.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct Platform {
     /// The STS endpoint that AWS web identity tokens are sent to. Unset: the
     /// official regional endpoint (`sts.<region>.amazonaws.com`). Never the
     /// Connector's S3 `endpoint`, which the tenant chooses.
     pub sts_endpoint: Option<String>,
+    /// Networks no connection of the run may go to.
+    pub network: crate::net::NetworkGuard,
 }
 
 /// Opens the store of one end. Relative local paths are taken from `base`.
@@ -332,6 +334,7 @@ pub fn open_store(
                     endpoint: e.endpoint.clone(),
                     force_path_style: e.force_path_style,
                     insecure_plain_http_on_loopback: e.insecure_plain_http_on_loopback,
+                    network: platform.network.clone(),
                     auth,
                     reads: ReadTuning::default(),
                 })
@@ -355,6 +358,7 @@ pub fn open_store(
                     prefix: e.prefix.clone(),
                     endpoint: e.endpoint.clone(),
                     insecure_plain_http_on_loopback: e.insecure_plain_http_on_loopback,
+                    network: platform.network.clone(),
                     auth,
                 })
                 .map_err(|source| ConfigError::Store { side, source })?,
@@ -402,6 +406,7 @@ pub fn open_store(
                 username: secrets.string(secret, "username")?.to_string(),
                 auth,
                 host_key,
+                network: platform.network.clone(),
             }))
         }
     };

@@ -8,6 +8,7 @@ pub mod config;
 pub mod crypto;
 pub mod job;
 pub mod lineage;
+pub mod net;
 pub mod project;
 pub mod readback;
 pub mod select;

@@ -40,6 +40,11 @@ struct Cli {
     /// cluster, by the operator). Default: the official regional endpoint.
     #[arg(long, global = true, env = ferry_crds::STS_ENDPOINT_ENV)]
     sts_endpoint: Option<String>,
+    /// Networks (CIDRs, comma separated) no connection may go to, besides
+    /// link-local and the cloud metadata addresses, which are always denied; in
+    /// a cluster, set by the operator (the cluster's pod and service ranges).
+    #[arg(long, global = true, env = ferry_crds::DENIED_NETWORKS_ENV, value_delimiter = ',')]
+    denied_networks: Vec<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -247,8 +252,16 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let network = match ferry_runner::net::NetworkGuard::new(&cli.denied_networks) {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("job-runner: error: --denied-networks: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let platform = config::Platform {
         sts_endpoint: cli.sts_endpoint,
+        network,
     };
     match runtime.block_on(dispatch(cli.command, &platform)) {
         Ok(()) => ExitCode::SUCCESS,
@@ -290,8 +303,9 @@ fn bound_allocator_footprint() {}
 
 /// Libraries that hold credentials or see signed requests and log them at
 /// debug or trace level (the AWS SDK logs the access key id and the signed
-/// request): capped at info whatever RUST_LOG asks.
-const CREDENTIAL_HANDLERS: [&str; 16] = [
+/// request; the Kubernetes client and its HTTP layers see the run's token and
+/// the Secrets it fetches): capped at info whatever RUST_LOG asks.
+const CREDENTIAL_HANDLERS: [&str; 24] = [
     "aws_config",
     "aws_credential_types",
     "aws_runtime",
@@ -304,10 +318,18 @@ const CREDENTIAL_HANDLERS: [&str; 16] = [
     "h2",
     "hyper",
     "hyper_util",
+    "hyper_rustls",
+    "kube",
+    "kube_client",
+    "kube_runtime",
     "object_store",
     "reqwest",
     "russh",
     "russh_sftp",
+    "rustls",
+    "tokio_rustls",
+    "tower",
+    "tower_http",
 ];
 
 /// Passes `log` records (russh logs through `log`) on to tracing, except one

@@ -94,12 +94,12 @@ fn a_tenant_endpoint_never_receives_the_runs_web_identity_token() {
     assert!(!out.status.success(), "nothing to verify there");
     let heard = evil.heard();
     assert!(
+        !heard.contains(token) && !heard.contains("AssumeRoleWithWebIdentity"),
+        "the run's token was sent to the tenant's endpoint:\n{heard}"
+    );
+    assert!(
         heard.contains("GET /b"),
         "the S3 requests reach the tenant's endpoint: {heard}\n{}",
         String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        !heard.contains(token) && !heard.contains("AssumeRoleWithWebIdentity"),
-        "the run's token was sent to the tenant's endpoint:\n{heard}"
     );
 }

@@ -254,6 +254,7 @@ fn debug_output_of_credential_types_holds_no_secret() {
         endpoint: None,
         force_path_style: false,
         insecure_plain_http_on_loopback: false,
+        network: Default::default(),
         auth: s3_auth.clone(),
         reads: ReadTuning::default(),
     };
@@ -286,6 +287,7 @@ fn debug_output_of_credential_types_holds_no_secret() {
             prefix: String::new(),
             endpoint: None,
             insecure_plain_http_on_loopback: false,
+            network: Default::default(),
             auth: auth.clone(),
         };
         printed.push(format!("{auth:?} {auth:#?} {config:?} {config:#?}"));
@@ -299,6 +301,7 @@ fn debug_output_of_credential_types_holds_no_secret() {
             username: "u".into(),
             auth: auth.clone(),
             host_key: HostKeyCheck::Fingerprint("SHA256:x".into()),
+            network: Default::default(),
         };
         printed.push(format!("{auth:?} {auth:#?} {config:?} {config:#?}"));
         printed.push(format!("{:?}", SftpStore::new(config)));

@@ -318,6 +318,7 @@ mod azure {
             prefix: prefix.into(),
             endpoint: Some(service_env("FERRY_AZURITE_ENDPOINT")),
             insecure_plain_http_on_loopback: true,
+            network: Default::default(),
             auth: AzureAuth::AccountKey(Zeroizing::new(DEV_KEY.into())),
         }
     }
@@ -381,6 +382,7 @@ mod sftp {
                 passphrase: None,
             },
             host_key: HostKeyCheck::from_known_hosts(&host_key).expect("host key parses"),
+            network: Default::default(),
         }
     }
 

@@ -203,6 +203,7 @@ async fn credentials_that_may_not_write_fail_as_access_denied_without_retry() {
             prefix: "in/".into(),
             endpoint: Some(service_env("FERRY_AZURITE_ENDPOINT")),
             insecure_plain_http_on_loopback: true,
+            network: Default::default(),
             auth: AzureAuth::Sas(Zeroizing::new(sas.clone())),
         })
         .unwrap(),

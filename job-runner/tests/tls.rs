@@ -85,6 +85,7 @@ fn s3(port: u16) -> S3Store {
         endpoint: Some(format!("https://127.0.0.1:{port}")),
         force_path_style: true,
         insecure_plain_http_on_loopback: false,
+        network: Default::default(),
         auth: S3Auth::Static {
             access_key_id: Zeroizing::new("id".into()),
             secret_access_key: Zeroizing::new("secret".into()),
@@ -102,6 +103,7 @@ fn azure(port: u16) -> AzureStore {
         prefix: String::new(),
         endpoint: Some(format!("https://127.0.0.1:{port}/acct")),
         insecure_plain_http_on_loopback: false,
+        network: Default::default(),
         auth: AzureAuth::AccountKey(Zeroizing::new("a2V5".into())),
     })
     .unwrap()

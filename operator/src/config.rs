@@ -45,7 +45,42 @@ pub struct Config {
     pub sts_endpoint: Option<String>,
     /// What a Connector's pod settings may ask for.
     pub pod_bounds: PodBounds,
+    /// Where a run's pod may connect (its NetworkPolicy and the runner's own
+    /// check of every address it connects to).
+    pub network: RunNetwork,
 }
+
+/// The network rules of every run, set by the platform team.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunNetwork {
+    /// Networks no run may reach besides link-local and the cloud metadata
+    /// addresses (always denied): the cluster's pod and service ranges.
+    pub denied_cidrs: Vec<String>,
+    /// Where the API server is (CIDRs of its endpoints); empty: anywhere on
+    /// its ports.
+    pub api_server_cidrs: Vec<String>,
+    /// Namespace of the cluster DNS pods.
+    pub dns_namespace: String,
+    /// Labels of the cluster DNS pods.
+    pub dns_pod_labels: BTreeMap<String, String>,
+}
+
+impl Default for RunNetwork {
+    fn default() -> Self {
+        Self {
+            denied_cidrs: Vec::new(),
+            api_server_cidrs: Vec::new(),
+            dns_namespace: "kube-system".into(),
+            dns_pod_labels: BTreeMap::from([("k8s-app".to_string(), "kube-dns".to_string())]),
+        }
+    }
+}
+
+/// IPv4 networks no run may reach, whatever is configured (the runner refuses
+/// the same, and IPv4-mapped forms of them).
+pub const ALWAYS_DENIED_V4: [&str; 3] = ["169.254.0.0/16", "100.100.100.200/32", "0.0.0.0/8"];
+/// IPv6 networks no run may reach, whatever is configured.
+pub const ALWAYS_DENIED_V6: [&str; 2] = ["fe80::/10", "fd00:ec2::254/128"];
 
 impl Default for Config {
     fn default() -> Self {
@@ -74,6 +109,7 @@ impl Default for Config {
             ],
             sts_endpoint: None,
             pod_bounds: PodBounds::default(),
+            network: RunNetwork::default(),
         }
     }
 }

@@ -16,7 +16,7 @@ use axum::routing::get;
 use clap::Parser;
 use ferry_crds::{Connector, ConnectorRun, RunPhase};
 use ferry_operator::audit::AuditLog;
-use ferry_operator::config::Config;
+use ferry_operator::config::{Config, RunNetwork};
 use ferry_operator::context::Context;
 use ferry_operator::metrics::Metrics;
 use ferry_operator::pod_bounds::PodBounds;
@@ -85,6 +85,26 @@ struct Args {
     /// Accept `local` endpoints (a folder of the runner pod; demos and tests only).
     #[arg(long, env = "FERRY_ALLOW_LOCAL_ENDPOINTS")]
     allow_local_endpoints: bool,
+    /// Networks (CIDRs) no run may reach besides link-local and the cloud
+    /// metadata addresses: the cluster's pod and service ranges.
+    #[arg(long, env = "FERRY_DENIED_NETWORKS", value_delimiter = ',')]
+    denied_networks: Vec<String>,
+    /// CIDRs of the API server's endpoints; runs reach the API server ports
+    /// only there (anywhere when unset).
+    #[arg(long, env = "FERRY_API_SERVER_CIDRS", value_delimiter = ',')]
+    api_server_cidrs: Vec<String>,
+    /// Namespace of the cluster DNS pods (runs' DNS egress).
+    #[arg(long, env = "FERRY_DNS_NAMESPACE", default_value = "kube-system")]
+    dns_namespace: String,
+    /// Labels of the cluster DNS pods, as KEY=VALUE pairs.
+    #[arg(
+        long,
+        env = "FERRY_DNS_POD_LABELS",
+        value_delimiter = ',',
+        default_value = "k8s-app=kube-dns",
+        value_parser = parse_label
+    )]
+    dns_pod_labels: Vec<(String, String)>,
     /// Pod annotation keys a Connector may set (comma separated; `x/*` allows
     /// every key starting with `x/`). None by default.
     #[arg(long, env = "FERRY_POD_ANNOTATION_KEYS", value_delimiter = ',')]
@@ -164,6 +184,14 @@ fn listed(values: &[String]) -> Vec<String> {
         .map(|v| v.trim().to_string())
         .filter(|v| !v.is_empty())
         .collect()
+}
+
+/// `KEY=VALUE`.
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))?;
+    Ok((k.trim().to_string(), v.trim().to_string()))
 }
 
 /// `NAME=QUANTITY`, e.g. `memory=8Gi`.
@@ -300,6 +328,12 @@ async fn run_operator(args: Args) -> Result<(), BoxError> {
         lineage_url: args.lineage_url.clone(),
         token_audiences: args.token_audiences.clone(),
         sts_endpoint: args.sts_endpoint.clone(),
+        network: RunNetwork {
+            denied_cidrs: listed(&args.denied_networks),
+            api_server_cidrs: listed(&args.api_server_cidrs),
+            dns_namespace: args.dns_namespace.clone(),
+            dns_pod_labels: args.dns_pod_labels.iter().cloned().collect(),
+        },
         ..Config::default()
     };
 

@@ -349,17 +349,76 @@ fn the_network_policy_denies_ingress_and_limits_egress() {
     assert_eq!(spec.policy_types.unwrap(), ["Ingress", "Egress"]);
     assert_eq!(spec.ingress.unwrap().len(), 0);
     let egress = serde_json::to_value(spec.egress.unwrap()).unwrap();
+    let outside = serde_json::json!([
+        {"ipBlock": {"cidr": "0.0.0.0/0", "except": ["0.0.0.0/8", "100.100.100.200/32", "169.254.0.0/16"]}},
+        {"ipBlock": {"cidr": "::/0", "except": ["fd00:ec2::254/128", "fe80::/10"]}},
+    ]);
     assert_eq!(
         egress,
         serde_json::json!([
-            {"ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]},
-            {"ports": [{"protocol": "TCP", "port": 443}, {"protocol": "TCP", "port": 6443}, {"protocol": "TCP", "port": 8443}]},
+            {"ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
+             "to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+                     "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}]},
+            {"ports": [{"protocol": "TCP", "port": 443}, {"protocol": "TCP", "port": 6443}]},
+            {"ports": [{"protocol": "TCP", "port": 443}, {"protocol": "TCP", "port": 8443}], "to": outside},
         ])
     );
     assert_eq!(
         spec.pod_selector.unwrap().match_labels.unwrap()["ferry.dev/run"],
         "sales-29923860"
     );
+}
+
+/// Attack: a Connector points at the cloud metadata service or at a pod or
+/// service of the cluster (SSRF). The run's NetworkPolicy lets it reach the
+/// endpoints' ports outside the denied networks only, the API server only
+/// where it is, DNS only at the cluster's DNS pods; the runner is told the
+/// denied networks to check every address it connects to.
+#[test]
+fn the_network_policy_keeps_a_run_from_metadata_and_cluster_addresses() {
+    let config = Config {
+        network: ferry_operator::config::RunNetwork {
+            denied_cidrs: vec![
+                "10.96.0.0/12".into(),
+                "10.244.0.0/16".into(),
+                "fd10::/64".into(),
+            ],
+            api_server_cidrs: vec!["192.0.2.10/32".into()],
+            ..Default::default()
+        },
+        ..Config::default()
+    };
+    let o = build(RunInput {
+        run: &run(),
+        spec: &spec(CONNECTOR),
+        attempt: 1,
+        tenant_region: None,
+        config: &config,
+    })
+    .unwrap();
+    let egress = serde_json::to_value(o.network_policy.spec.unwrap().egress.unwrap()).unwrap();
+    assert_eq!(
+        egress[1]["to"],
+        serde_json::json!([{"ipBlock": {"cidr": "192.0.2.10/32"}}])
+    );
+    assert_eq!(
+        egress[2]["to"],
+        serde_json::json!([
+            {"ipBlock": {"cidr": "0.0.0.0/0", "except": ["0.0.0.0/8", "10.244.0.0/16", "10.96.0.0/12", "100.100.100.200/32", "169.254.0.0/16"]}},
+            {"ipBlock": {"cidr": "::/0", "except": ["fd00:ec2::254/128", "fd10::/64", "fe80::/10"]}},
+        ])
+    );
+    assert!(
+        egress
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r.get("to").is_some()),
+        "with the API server's address configured, no rule lets a run anywhere"
+    );
+    let env = o.pod.spec.unwrap().containers[0].env.clone().unwrap();
+    assert!(env.iter().any(|e| e.name == ferry_crds::DENIED_NETWORKS_ENV
+        && e.value.as_deref() == Some("10.96.0.0/12,10.244.0.0/16,fd10::/64")));
 }
 
 #[test]
@@ -382,7 +441,7 @@ fn a_lineage_sink_is_passed_to_the_runner_and_let_through_the_network_policy() {
         && e.value.as_deref() == Some("https://lineage.example.com:5443/api/v1/lineage")));
     let egress = serde_json::to_value(o.network_policy.spec.unwrap().egress.unwrap()).unwrap();
     assert!(
-        egress[1]["ports"]
+        egress[2]["ports"]
             .as_array()
             .unwrap()
             .contains(&serde_json::json!({"protocol": "TCP", "port": 5443}))

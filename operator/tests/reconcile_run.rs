@@ -538,3 +538,137 @@ async fn a_stale_copy_of_a_finished_run_starts_no_new_attempt() {
         .count();
     assert_eq!(finished, 1, "the run finished once");
 }
+
+/// Attack: a run's runner, whose token may patch the run's status, rewrites the
+/// operator's fields there: the pinned spec (so that the next attempt's Role
+/// names other Secrets and its pod reads another source), the phase and
+/// conditions (to end the run as it likes), the attempt count, and a result
+/// that would move the Connector's cursor. The operator's record stands: the
+/// attempt is flagged and failed, the next one is built from the spec pinned at
+/// admission, and the Connector's status does not move.
+#[tokio::test]
+async fn a_runner_rewriting_the_operators_status_fields_steers_nothing() {
+    let w = World::new(namespace(Some("eu-west-1"), None)).await;
+    w.create_connector(CONNECTOR).await;
+    w.create_run("r1", "sales").await;
+    let admitted = w.reconcile_run("r1").await.status.unwrap();
+    w.set_pod_status("r1-1", json!({"phase": "Running"})).await;
+    w.reconcile_run("r1").await;
+
+    let mut forged = admitted.connector_spec.clone().unwrap();
+    forged.source.s3.as_mut().unwrap().bucket = "someone-elses-bucket".into();
+    forged
+        .source
+        .s3
+        .as_mut()
+        .unwrap()
+        .credentials
+        .secret_ref
+        .as_mut()
+        .unwrap()
+        .name = "team-db".into();
+    // The runner's token, posing as the operator's field manager.
+    let tamper = json!({"status": {
+        "connectorSpec": forged,
+        "connectorSpecHash": ferry_crds::spec_hash(&forged),
+        "phase": "Succeeded",
+        "attempts": 7,
+        "completionTime": "2026-11-23T10:00:30Z",
+        "conditions": [{"type": "Complete", "status": "True", "reason": "Succeeded", "message": "done",
+                        "lastTransitionTime": "2026-11-23T10:00:30Z"}],
+        "result": {"attempt": 1, "objectsCopied": 0, "objectsSkipped": 0, "bytesRead": 0, "bytesWritten": 0,
+                   "manifest": ".ferry/manifests/20261101T000000000000Z-an-old-run.json"},
+    }});
+    w.runs()
+        .patch_status(
+            "r1",
+            &kube::api::PatchParams {
+                field_manager: Some("ferry-operator".into()),
+                ..Default::default()
+            },
+            &kube::api::Patch::Merge(&tamper),
+        )
+        .await
+        .unwrap();
+
+    let run = w.reconcile_run("r1").await;
+    let status = run.status.clone().unwrap();
+    // Flagged: the attempt failed for it, an Event, an audit line.
+    assert_eq!(status.phase, Some(RunPhase::Pending), "{status:?}");
+    assert_eq!(status.reason.as_deref(), Some("StatusTampered"));
+    assert_eq!(status.attempts, Some(1));
+    assert_eq!(
+        status.connector_spec, admitted.connector_spec,
+        "the pinned spec is shown again"
+    );
+    assert!(
+        !w.exists::<Pod>("r1-1").await,
+        "the flagged attempt's pod is gone"
+    );
+    let events = w.events().await;
+    assert!(
+        events
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("StatusTampered"))
+    );
+    assert!(
+        w.audit_lines()
+            .iter()
+            .any(|l| l["action"] == "run.tampered")
+    );
+    // The Connector did not take the forged success or its manifest.
+    let c = w.reconcile_connector("sales").await.status.unwrap();
+    assert!(
+        c.cursor.is_none() && c.last_successful_time.is_none(),
+        "{c:?}"
+    );
+
+    // The next attempt is built from the spec pinned at admission.
+    w.advance(3600);
+    w.reconcile_run("r1").await;
+    let role: Role = w.get("ferry-run-r1").await;
+    let secrets = &role.rules.unwrap()[0];
+    assert_eq!(
+        secrets.resource_names.as_ref().unwrap(),
+        &["acme-kek", "bronze-writer", "s3-reader"]
+    );
+    let pod: Pod = w.get("r1-2").await;
+    let env = pod.spec.unwrap().containers[0].env.clone().unwrap();
+    let hash = env
+        .iter()
+        .find(|e| e.name == ferry_crds::SPEC_HASH_ENV)
+        .unwrap();
+    assert_eq!(hash.value, admitted.connector_spec_hash);
+}
+
+/// A status write that fails after the record was written is not tampering:
+/// the next reconcile writes the status again and flags nothing.
+#[tokio::test]
+async fn a_status_that_lags_the_record_is_not_taken_for_tampering() {
+    let w = World::new(namespace(Some("eu-west-1"), None)).await;
+    w.create_connector(CONNECTOR).await;
+    w.create_run("r1", "sales").await;
+    let admitted = w.reconcile_run("r1").await.status.unwrap();
+    // The record moves on (pod running) but the status write is lost: put the
+    // status back to what it was.
+    w.set_pod_status("r1-1", json!({"phase": "Running"})).await;
+    w.reconcile_run("r1").await;
+    w.runs()
+        .patch_status(
+            "r1",
+            &Default::default(),
+            &kube::api::Patch::Merge(
+                &json!({"status": {"phase": admitted.phase, "startTime": null}}),
+            ),
+        )
+        .await
+        .unwrap();
+    let run = w.reconcile_run("r1").await;
+    assert_eq!(phase(&run), Some(RunPhase::Running));
+    assert!(
+        !w.audit_lines()
+            .iter()
+            .any(|l| l["action"] == "run.tampered")
+    );
+    assert!(w.exists::<Pod>("r1-1").await);
+}

@@ -201,6 +201,12 @@ default_args = next(d for d in default if d["kind"] == "Deployment")["spec"]["te
 ok("--token-audiences=sts.amazonaws.com,api://AzureADTokenExchange" in default_args, f"audiences: {default_args}")
 ok(not any(a.startswith("--sts-endpoint") for a in default_args), "the regional STS endpoint by default")
 ok("--allow-plain-http-loopback" not in default_args, "plain http is off by default")
+ok("--dns-pod-labels=k8s-app=kube-dns" in default_args and "--dns-namespace=kube-system" in default_args,
+   f"runs query the cluster DNS pods only: {default_args}")
+net = render("runner.network.deniedCIDRs={10.244.0.0/16,10.96.0.0/12}", "runner.network.apiServerCIDRs={192.0.2.10/32}")
+net_args = next(d for d in net if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+ok("--denied-networks=10.244.0.0/16,10.96.0.0/12" in net_args and "--api-server-cidrs=192.0.2.10/32" in net_args,
+   f"the cluster's ranges reach the operator: {net_args}")
 sts = render("runner.stsEndpoint=https://sts.eu-west-1.amazonaws.com")
 ok("--sts-endpoint=https://sts.eu-west-1.amazonaws.com" in next(d for d in sts if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"],
    "the STS endpoint reaches the operator")
@@ -212,7 +218,7 @@ ok("--lineage-url=https://lineage.example.com/api/v1/lineage" in args, f"lineage
 ok(not any(a.startswith("--lineage-url") for a in next(d for d in default if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]), "no lineage by default")
 
 # Values that break the schema fail at install.
-for bad in ["operator.replicas=0", "operator.logFormat=xml", "operatr.replicas=2", "metrics.port=80", "tenantNamespaces={Bad_NS}", "tenantNamespaces={kube-system}", "runner.tokenAudiences={}", "runner.stsEndpoint=http://sts.example.com", "lineage.url=http://lineage.example.com"]:
+for bad in ["operator.replicas=0", "operator.logFormat=xml", "operatr.replicas=2", "metrics.port=80", "tenantNamespaces={Bad_NS}", "tenantNamespaces={kube-system}", "runner.tokenAudiences={}", "runner.stsEndpoint=http://sts.example.com", "runner.network.deniedCIDRs={not-a-cidr}", "lineage.url=http://lineage.example.com"]:
     run("helm", "template", "ferry", str(CHART), "--set", bad, expect_ok=False)
 
 # The alert rules.

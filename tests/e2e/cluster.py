@@ -85,14 +85,15 @@ class Cluster:
             assert proc.poll() is None, f"{name} exited:\n{self.log(name)}"
         return proc
 
-    def start_operator(self, name: str, tenants: list[str], lease_seconds: int = 4) -> None:
+    def start_operator(self, name: str, tenants: list[str], lease_seconds: int = 4,
+                       runner_log: str = "info") -> None:
         """A replica of the operator, acting on the namespaces `tenants` only, as
         the chart's default (tenantNamespaces) starts it."""
         port = free_port()
         self.metrics[name] = port
         self._start(name, [str(OPERATOR), "--runner-image", "ferry/job-runner:e2e", "--metrics-addr",
                            f"127.0.0.1:{port}", "--lease-duration", str(lease_seconds),
-                           "--tenant-namespaces", ",".join(tenants),
+                           "--tenant-namespaces", ",".join(tenants), "--runner-log", runner_log,
                            # moto and Azurite listen on plain http on 127.0.0.1.
                            "--allow-plain-http-loopback",
                            "--audit-log", str(self.dir / f"{name}.audit")],

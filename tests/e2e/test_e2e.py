@@ -333,6 +333,51 @@ def test_a_schedule_produces_runs_and_prunes_history(cluster: Cluster):
     cluster.kubectl("delete", "namespace", ns, "--wait=false")
 
 
+def test_a_runner_at_trace_level_leaks_no_secret_in_cluster_mode(cluster: Cluster):
+    """Canary, cluster mode: the runner fetches its Secrets through the API with
+    RUST_LOG=trace (set by the operator for every run); the planted values, raw
+    or base64 as the API returns them, are in no log of the runner, the
+    operator, the API or the kubelet, nor in any run status or Event."""
+    with tempfile.TemporaryDirectory(prefix="ferry-e2e-canary-") as tmp:
+        c = Cluster(pathlib.Path(tmp))
+        try:
+            ns, bucket, container = "canary", f"canary-exports-{RUN_ID}", f"canary-bronze-{RUN_ID}"
+            c.start_operator("operator-trace", [ns], runner_log="trace")
+            tenant(c, ns)
+            data(bucket)
+            azure().create_container(container)
+            example(c, ns, bucket, container)
+            key_id, secret = "AKIACANARYE2E0000001", f"canary/e2e+secret-{RUN_ID}"
+            c.apply_text(yaml.safe_dump({
+                "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                "metadata": {"name": "s3-reader", "namespace": ns, "labels": {"ferry.dev/usable": "true"}},
+                "stringData": {"accessKeyId": key_id, "secretAccessKey": secret}}))
+            name = manual_run(c, ns)
+            run = wait_phase(c, ns, name, ("Succeeded", "Failed", "Rejected"))
+            assert run["status"]["phase"] == "Succeeded", json.dumps(run["status"], indent=1) + c.logs()
+            pod_logs = list(pathlib.Path(tmp, "node", "logs").glob(f"{ns}_*.log"))
+            assert pod_logs and any('"TRACE"' in p.read_text(errors="replace") for p in pod_logs), \
+                "the runner did not log at trace level"
+            texts = [p.read_text(errors="replace") for p in pathlib.Path(tmp).rglob("*")
+                     if p.is_file() and p.suffix in (".log", ".audit")]
+            texts.append(json.dumps(c.items(RUN.format(ns=ns))))
+            texts.append(json.dumps(c.items(f"/apis/events.k8s.io/v1/namespaces/{ns}/events")))
+            everything = "\n".join(texts)
+            planted = [key_id, secret, DEV_KEY, base64.b64encode(KEK).decode()]
+            for value in planted + [base64.b64encode(v.encode()).decode() for v in planted]:
+                assert value not in everything, f"a planted secret value leaked: {value[:6]}..."
+            # The run's own API token is in no output of the runner (the test API
+            # itself logs the tokens it is shown, as a real audit log would not).
+            tokens = [yaml.safe_load(p.read_text())["users"][0]["user"]["token"]
+                      for p in pathlib.Path(tmp, "node", "kubeconfigs").glob(f"{ns}_*")]
+            assert tokens, "the kubelet gave the run a token"
+            runner_output = "\n".join(p.read_text(errors="replace") for p in pod_logs)
+            for token in tokens:
+                assert token not in runner_output, "the run's API token is in the runner's output"
+        finally:
+            c.stop()
+
+
 def test_only_the_leader_reconciles_and_another_replica_takes_over(cluster: Cluster):
     lease = "/apis/coordination.k8s.io/v1/namespaces/ferry-system/leases/ferry-operator"
     assert cluster.get(lease)["spec"]["holderIdentity"] == "operator-a"

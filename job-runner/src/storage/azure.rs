@@ -76,6 +76,8 @@ pub struct AzureConfig {
     /// Blob service URL (emulator, sovereign cloud), without a trailing slash.
     pub endpoint: Option<String>,
     pub insecure_plain_http_on_loopback: bool,
+    /// Where the client may connect.
+    pub network: crate::net::NetworkGuard,
     pub auth: AzureAuth,
 }
 
@@ -144,12 +146,14 @@ impl AzureStore {
         let mut b = MicrosoftAzureBuilder::new()
             .with_account(&config.account)
             .with_container_name(&config.container);
+        let mut options =
+            object_store::ClientOptions::new().with_dns_resolver(Arc::new(config.network.clone()));
         if let Some(url) = &config.endpoint {
             check_endpoint_url(&name, url, config.insecure_plain_http_on_loopback)?;
-            b = b
-                .with_endpoint(url.trim_end_matches('/').to_string())
-                .with_allow_http(url.starts_with("http://"));
+            b = b.with_endpoint(url.trim_end_matches('/').to_string());
+            options = options.with_allow_http(url.starts_with("http://"));
         }
+        b = b.with_client_options(options);
         b = match &config.auth {
             AzureAuth::AccountKey(k) => b.with_access_key(k.as_str()),
             AzureAuth::Sas(token) => {

@@ -93,6 +93,8 @@ pub struct SftpConfig {
     pub username: String,
     pub auth: SftpAuth,
     pub host_key: HostKeyCheck,
+    /// Where the client may connect.
+    pub network: crate::net::NetworkGuard,
 }
 
 struct Verifier {
@@ -247,10 +249,16 @@ impl SftpStore {
             expected: self.config.host_key.clone(),
             refused: refused.clone(),
         };
-        let addr = (self.config.host.as_str(), self.config.port);
+        // Resolved and checked here, connected to as checked.
+        let addrs = self
+            .config
+            .network
+            .resolve(&self.config.host, self.config.port)
+            .await
+            .map_err(|e| self.unreachable(e))?;
         let mut session = match tokio::time::timeout(
             std::time::Duration::from_secs(30),
-            client::connect(config, addr, verifier),
+            client::connect(config, &addrs[..], verifier),
         )
         .await
         {

@@ -67,6 +67,7 @@ pub fn moto_s3_config(
         endpoint: Some(endpoint),
         force_path_style: true,
         insecure_plain_http_on_loopback: true,
+        network: Default::default(),
         auth: S3Auth::Static {
             access_key_id: Zeroizing::new("testing".into()),
             secret_access_key: Zeroizing::new("testing".into()),

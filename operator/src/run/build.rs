@@ -12,7 +12,8 @@ use k8s_openapi::api::core::v1::{
     ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
 };
 use k8s_openapi::api::networking::v1::{
-    NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyPort, NetworkPolicySpec,
+    IPBlock, NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyPeer, NetworkPolicyPort,
+    NetworkPolicySpec,
 };
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -20,7 +21,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::Resource;
 
-use crate::config::Config;
+use crate::config::{ALWAYS_DENIED_V4, ALWAYS_DENIED_V6, Config, RunNetwork};
 use crate::names;
 use crate::pod_bounds::quantity_value;
 
@@ -260,8 +261,10 @@ pub fn network_policy(input: RunInput<'_>) -> Result<NetworkPolicy, BuildError> 
         port: Some(IntOrString::Int(port)),
         end_port: None,
     };
-    let mut tcp: Vec<i32> = input.config.api_server_ports.clone();
-    tcp.extend(endpoint_ports(input.spec));
+    let mut api_ports = input.config.api_server_ports.clone();
+    api_ports.sort_unstable();
+    api_ports.dedup();
+    let mut tcp: Vec<i32> = endpoint_ports(input.spec);
     if let Some(url) = &input.config.lineage_url {
         tcp.push(url_port(url));
     }
@@ -285,13 +288,20 @@ pub fn network_policy(input: RunInput<'_>) -> Result<NetworkPolicy, BuildError> 
             policy_types: Some(vec!["Ingress".into(), "Egress".into()]),
             ingress: Some(vec![]),
             egress: Some(vec![
+                // DNS, to the cluster's DNS pods only.
                 NetworkPolicyEgressRule {
                     ports: Some(vec![port("UDP", 53), port("TCP", 53)]),
-                    to: None,
+                    to: Some(vec![dns_peer(&input.config.network)]),
                 },
+                // The API server (the runner reads its run and Secrets there).
+                NetworkPolicyEgressRule {
+                    ports: Some(api_ports.into_iter().map(|p| port("TCP", p)).collect()),
+                    to: ip_blocks(&input.config.network.api_server_cidrs),
+                },
+                // The endpoints: anywhere but the denied networks.
                 NetworkPolicyEgressRule {
                     ports: Some(tcp.into_iter().map(|p| port("TCP", p)).collect()),
-                    to: None,
+                    to: Some(outside_denied(&input.config.network)),
                 },
             ]),
         }),
@@ -330,6 +340,64 @@ fn resources(
         limits,
         ..Default::default()
     }
+}
+
+/// The cluster DNS pods, by namespace and labels.
+fn dns_peer(network: &RunNetwork) -> NetworkPolicyPeer {
+    NetworkPolicyPeer {
+        namespace_selector: Some(LabelSelector {
+            match_labels: Some(BTreeMap::from([(
+                "kubernetes.io/metadata.name".to_string(),
+                network.dns_namespace.clone(),
+            )])),
+            match_expressions: None,
+        }),
+        pod_selector: Some(LabelSelector {
+            match_labels: Some(network.dns_pod_labels.clone()),
+            match_expressions: None,
+        }),
+        ip_block: None,
+    }
+}
+
+/// Peers for exactly these CIDRs; `None` (anywhere) when there are none.
+fn ip_blocks(cidrs: &[String]) -> Option<Vec<NetworkPolicyPeer>> {
+    (!cidrs.is_empty()).then(|| {
+        cidrs
+            .iter()
+            .map(|c| NetworkPolicyPeer {
+                ip_block: Some(IPBlock {
+                    cidr: c.clone(),
+                    except: None,
+                }),
+                ..Default::default()
+            })
+            .collect()
+    })
+}
+
+/// Every IPv4 and IPv6 address but the denied networks (link-local, cloud
+/// metadata, and the configured cluster ranges).
+fn outside_denied(network: &RunNetwork) -> Vec<NetworkPolicyPeer> {
+    let (v6, v4): (Vec<&String>, Vec<&String>) =
+        network.denied_cidrs.iter().partition(|c| c.contains(':'));
+    let block = |cidr: &str, always: &[&str], extra: Vec<&String>| {
+        let mut except: Vec<String> = always.iter().map(|s| s.to_string()).collect();
+        except.extend(extra.into_iter().cloned());
+        except.sort();
+        except.dedup();
+        NetworkPolicyPeer {
+            ip_block: Some(IPBlock {
+                cidr: cidr.to_string(),
+                except: Some(except),
+            }),
+            ..Default::default()
+        }
+    };
+    vec![
+        block("0.0.0.0/0", &ALWAYS_DENIED_V4, v4),
+        block("::/0", &ALWAYS_DENIED_V6, v6),
+    ]
 }
 
 fn token_seconds(spec: &ConnectorSpec) -> i64 {
@@ -425,6 +493,12 @@ pub fn pod(input: RunInput<'_>) -> Result<Pod, BuildError> {
         && uses_web_identity(input.spec)
     {
         env_vars.push(env(ferry_crds::STS_ENDPOINT_ENV, url.clone()));
+    }
+    if !input.config.network.denied_cidrs.is_empty() {
+        env_vars.push(env(
+            ferry_crds::DENIED_NETWORKS_ENV,
+            input.config.network.denied_cidrs.join(","),
+        ));
     }
     let mut volumes = vec![
         Volume {

@@ -217,7 +217,9 @@ pub async fn reconcile_run(run: &ConnectorRun, ctx: &Context) -> Result<Action, 
             connector.spec
         }
     };
-    status.observed_generation = run.meta().generation;
+    // The spec of a run is immutable: the status speaks of the generation it
+    // was admitted at.
+    status.observed_generation = old.observed_generation.or(run.meta().generation);
 
     let subject = Subject {
         run,

@@ -71,9 +71,12 @@ pub async fn write(
     old: &ConnectorRunStatus,
     new: &ConnectorRunStatus,
 ) -> Result<(), Error> {
-    let accepted = (new.phase == Some(RunPhase::Succeeded))
-        .then(|| new.result.clone())
-        .flatten();
+    // The result of the attempt that succeeded, never one an earlier attempt
+    // left behind.
+    let accepted = new
+        .result
+        .clone()
+        .filter(|r| new.phase == Some(RunPhase::Succeeded) && r.attempt == new.attempts);
     let status = ConnectorRunStatus {
         result: accepted,
         ..operators_part(new)
@@ -102,17 +105,12 @@ pub async fn write(
 }
 
 /// Why the runner's result of a successful attempt cannot be taken as it is
-/// (it moves the Connector's cursor), or `None` when it can: reported by this
-/// attempt, no negative count, a manifest under `.ferry/manifests/` named
-/// after this run.
+/// (it moves the Connector's cursor), or `None` when it can: no negative
+/// count, a manifest under `.ferry/manifests/` named after this run. A result
+/// another attempt reported is not this attempt's: it is never accepted into
+/// the record ([`write`]), and not judged here.
 pub fn implausible(result: Option<&RunResult>, run: &str, attempt: i32) -> Option<String> {
-    let r = result?;
-    if r.attempt.is_some_and(|a| a != attempt) {
-        return Some(format!(
-            "it was reported for attempt {}, not {attempt}",
-            r.attempt.unwrap_or_default()
-        ));
-    }
+    let r = result.filter(|r| r.attempt == Some(attempt))?;
     let counts = [
         r.objects_copied,
         r.objects_skipped,
@@ -180,10 +178,10 @@ mod tests {
         let mut r = result(".ferry/manifests/20261204T101010123456Z-sales-1.json");
         r.bytes_written = -1;
         assert!(implausible(Some(&r), "sales-1", 1).is_some());
-        let r = result(".ferry/manifests/20261204T101010123456Z-sales-1.json");
+        let r = result(".ferry/manifests/20261204T101010123456Z-other.json");
         assert!(
-            implausible(Some(&r), "sales-1", 2).is_some(),
-            "another attempt's"
+            implausible(Some(&r), "sales-1", 2).is_none(),
+            "another attempt's: not judged, and never accepted"
         );
     }
 

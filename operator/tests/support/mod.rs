@@ -276,6 +276,17 @@ impl World {
         let api: Api<K> = Api::namespaced(self.client.clone(), NS);
         api.get_opt(name).await.expect("get").is_some()
     }
+
+    pub async fn get<K>(&self, name: &str) -> K
+    where
+        K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+            + serde::de::DeserializeOwned
+            + Clone
+            + std::fmt::Debug,
+    {
+        let api: Api<K> = Api::namespaced(self.client.clone(), NS);
+        api.get(name).await.expect("get")
+    }
 }
 
 pub fn names(runs: &[ConnectorRun]) -> Vec<String> {

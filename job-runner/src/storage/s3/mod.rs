@@ -44,6 +44,8 @@ pub struct S3Config {
     pub force_path_style: bool,
     /// Accept `http://` for a loopback endpoint.
     pub insecure_plain_http_on_loopback: bool,
+    /// Where the client may connect (S3 and STS alike).
+    pub network: crate::net::NetworkGuard,
     pub auth: S3Auth,
     /// How whole objects are read.
     pub reads: ReadTuning,
@@ -97,6 +99,7 @@ impl S3Store {
             } => {
                 let mut sts = aws_sdk_sts::Config::builder()
                     .behavior_version(BehaviorVersion::latest())
+                    .http_client(crate::net::aws_http_client(&config.network))
                     .region(aws_sdk_sts::config::Region::new(config.region.clone()));
                 if let Some(url) = sts_endpoint {
                     check_endpoint_url(&name, url, config.insecure_plain_http_on_loopback)?;
@@ -112,6 +115,7 @@ impl S3Store {
         };
         let mut builder = aws_sdk_s3::Config::builder()
             .behavior_version(BehaviorVersion::latest())
+            .http_client(crate::net::aws_http_client(&config.network))
             .region(Region::new(config.region.clone()))
             .credentials_provider(credentials)
             .force_path_style(config.force_path_style);

@@ -488,6 +488,7 @@ mod tests {
             endpoint: Some(format!("http://127.0.0.1:{port}")),
             force_path_style: true,
             insecure_plain_http_on_loopback: true,
+            network: Default::default(),
             auth: S3Auth::Static {
                 access_key_id: zeroize::Zeroizing::new("id".into()),
                 secret_access_key: zeroize::Zeroizing::new("secret".into()),
