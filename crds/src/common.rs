@@ -118,7 +118,8 @@ pub struct WebIdentity {
         regex(pattern = r"^arn:[a-z-]+:iam::[0-9]{12}:role/.+$")
     )]
     pub role_arn: String,
-    /// Audience of the projected token.
+    /// Audience of the projected token: one of the audiences the operator
+    /// allows (`sts.amazonaws.com` by default).
     #[serde(default = "default_sts_audience")]
     #[schemars(length(min = 1, max = 253))]
     pub audience: String,
@@ -271,7 +272,9 @@ pub struct LocalEndpoint {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SecretRef {
-    /// Name of the Secret.
+    /// Name of the Secret. It must carry the label `ferry.dev/usable: "true"`
+    /// (set by whoever creates it) and not be a ServiceAccount token, bootstrap
+    /// token, registry or TLS Secret.
     #[schemars(
         length(min = 1, max = 253),
         regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")

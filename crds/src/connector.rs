@@ -170,30 +170,37 @@ pub struct RunTemplate {
     #[schemars(range(min = 0, max = 10))]
     pub backoff_limit: i32,
 
-    /// CPU and memory requests and limits of the runner container.
+    /// CPU and memory requests and limits of the runner container, within the
+    /// caps of the operator's configuration; what is not given comes from the
+    /// operator's defaults.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
 
-    /// Node labels the run's pod must be scheduled on.
+    /// Node labels the run's pod must be scheduled on (keys the operator's
+    /// configuration allows).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(schema_with = "string_map_schema")]
     pub node_selector: BTreeMap<String, String>,
 
-    /// Tolerations of the run's pod.
+    /// Tolerations of the run's pod (taint keys the operator's configuration
+    /// allows).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32))]
     pub tolerations: Vec<Toleration>,
 
-    /// Affinity rules of the run's pod.
+    /// Affinity rules of the run's pod (node affinity on the node label keys
+    /// the operator's configuration allows).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub affinity: Option<Affinity>,
 
-    /// Extra annotations of the run's pod. Ferry's own annotations win on a clash.
+    /// Extra annotations of the run's pod, with keys the operator's
+    /// configuration allows. Ferry's own annotations win on a clash.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(schema_with = "string_map_schema")]
     pub pod_annotations: BTreeMap<String, String>,
 
-    /// Extra labels of the run's pod. Ferry's own labels win on a clash.
+    /// Extra labels of the run's pod, with keys the operator's configuration
+    /// allows. Ferry's own labels win on a clash.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(schema_with = "string_map_schema")]
     pub pod_labels: BTreeMap<String, String>,
