@@ -333,7 +333,9 @@ async fn a_failed_pod_is_retried_with_backoff_then_the_run_fails() {
         "the identity stays for the retry"
     );
 
-    // A failed pod that is still terminating changes nothing during the backoff.
+    // A failed pod that is still there (its deletion after the retry was
+    // written did not get through) changes nothing during the backoff, and is
+    // deleted again.
     w.pods()
         .create(&Default::default(), &{
             let mut p = k8s_openapi::api::core::v1::Pod::default();
@@ -348,7 +350,10 @@ async fn a_failed_pod_is_retried_with_backoff_then_the_run_fails() {
         again.next_attempt_time, s.next_attempt_time,
         "the backoff does not restart"
     );
-    w.pods().delete("r1-1", &Default::default()).await.unwrap();
+    assert!(
+        !w.exists::<Pod>("r1-1").await,
+        "the failed attempt's pod is deleted again"
+    );
 
     // Not before the backoff has passed.
     w.advance(5);

@@ -64,11 +64,11 @@ class Cluster:
 
     # -- processes --
 
-    def _kubeconfig(self, user: str, token: str) -> pathlib.Path:
+    def _kubeconfig(self, user: str, token: str, server: str | None = None) -> pathlib.Path:
         path = self.dir / f"kubeconfig-{user}"
         path.write_text(json.dumps({
             "apiVersion": "v1", "kind": "Config", "current-context": "e2e",
-            "clusters": [{"name": "kapi", "cluster": {"server": self.url}}],
+            "clusters": [{"name": "kapi", "cluster": {"server": server or self.url}}],
             "users": [{"name": user, "user": {"token": token}}],
             "contexts": [{"name": "e2e", "context": {"cluster": "kapi", "user": user}}],
         }))
@@ -80,15 +80,34 @@ class Cluster:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
                                 cwd=self.dir, start_new_session=True)
         self.procs[name] = proc
+        (self.dir / f"{name}.pid").write_text(str(proc.pid))
         if ready is not None:
             wait_for(f"{name} to start", lambda: ready.exists() or proc.poll() is not None, 30)
             assert proc.poll() is None, f"{name} exited:\n{self.log(name)}"
         return proc
 
+    def start_proxy(self, name: str, seed: int = 0) -> str:
+        """A fault-injecting proxy (tests/faults/proxy.py) in front of the API:
+        its URL."""
+        port = free_port()
+        self._start(name, [sys.executable, str(ROOT / "tests/faults/proxy.py"), "--upstream", self.url,
+                           "--port", str(port), "--seed", str(seed),
+                           "--ready-file", str(self.dir / f"{name}.ready")], ready=self.dir / f"{name}.ready")
+        return f"http://127.0.0.1:{port}"
+
+    def faults(self, proxy: str, rules: list[dict] | None = None) -> list[dict]:
+        """Sets the proxy's rules (when given); how often each fired."""
+        data = json.dumps(rules).encode() if rules is not None else None
+        req = urllib.request.Request(f"{proxy}/__faults", data=data, method="POST" if data else "GET",
+                                     headers={"content-type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return json.loads(r.read())
+
     def start_operator(self, name: str, tenants: list[str], lease_seconds: int = 4,
-                       runner_log: str = "info") -> None:
+                       runner_log: str = "info", server: str | None = None, wait: bool = True) -> None:
         """A replica of the operator, acting on the namespaces `tenants` only, as
-        the chart's default (tenantNamespaces) starts it."""
+        the chart's default (tenantNamespaces) starts it; through `server` (a
+        fault proxy) when given."""
         port = free_port()
         self.metrics[name] = port
         self._start(name, [str(OPERATOR), "--runner-image", "ferry/job-runner:e2e", "--metrics-addr",
@@ -97,10 +116,11 @@ class Cluster:
                            # moto and Azurite listen on plain http on 127.0.0.1.
                            "--allow-plain-http-loopback",
                            "--audit-log", str(self.dir / f"{name}.audit")],
-                    env={"KUBECONFIG": str(self._kubeconfig(name, f"{name}-token")), "POD_NAME": name,
+                    env={"KUBECONFIG": str(self._kubeconfig(name, f"{name}-token", server)), "POD_NAME": name,
                          "POD_NAMESPACE": "ferry-system", "RUST_LOG": "info,kube=warn"})
-        wait_for(f"{name}'s /healthz", lambda: self.http_ok(f"http://127.0.0.1:{port}/healthz"), 30,
-                 context=lambda: self.log(name))
+        if wait:
+            wait_for(f"{name}'s /healthz", lambda: self.http_ok(f"http://127.0.0.1:{port}/healthz"), 30,
+                     context=lambda: self.log(name))
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         proc = self.procs[name]

@@ -13,6 +13,7 @@
 pub mod apply;
 pub mod build;
 pub mod dereference;
+pub mod effects;
 pub mod fate;
 pub mod record;
 
@@ -32,6 +33,7 @@ use crate::context::Context;
 use crate::error::Error;
 use crate::names;
 use crate::policy::{self, Settings};
+use effects::Effect;
 use fate::Fate;
 use record::RunRecordExt;
 
@@ -67,10 +69,22 @@ struct Subject<'a> {
     spec: &'a ConnectorSpec,
 }
 
-/// What the reconcile decided about the run.
+/// What the reconcile decided about the run: its new status, when to look
+/// again, and what to do once the status is written.
 struct Step {
     status: ConnectorRunStatus,
     action: Action,
+    effects: Vec<Effect>,
+}
+
+impl Step {
+    fn new(status: ConnectorRunStatus, action: Action) -> Self {
+        Self {
+            status,
+            action,
+            effects: Vec::new(),
+        }
+    }
 }
 
 fn reference(run: &ConnectorRun) -> ObjectReference {
@@ -137,34 +151,44 @@ pub async fn reconcile_run(run: &ConnectorRun, ctx: &Context) -> Result<Action, 
             true,
         ),
     };
-    if tampered {
-        flag_tampering(ctx, run, &namespace, &name).await;
-    }
+    let flagged = if tampered {
+        tampering(run, &namespace, &name)
+    } else {
+        Vec::new()
+    };
+    let unreadable = recorded.is_err();
+    let recorded = recorded.ok().flatten();
     if old.phase.is_some_and(RunPhase::is_terminal) {
-        record::write(
+        // An ended run: its status written back if someone changed it, and its
+        // objects removed; nothing counted again.
+        let mut step = Step::new(old.clone(), Action::await_change());
+        step.effects = flagged;
+        step.effects.push(Effect::Cleanup {
+            attempts: old.attempts.unwrap_or(0),
+        });
+        return commit(
             ctx,
+            run,
             &namespace,
             &name,
-            recorded.ok().flatten().as_ref(),
+            recorded.as_ref(),
             &old,
-            &old,
+            &shown,
+            step,
         )
-        .await?;
-        write_if_changed(ctx, &namespace, &name, &shown, &old).await?;
-        apply::cleanup(ctx, &namespace, &name, old.attempts.unwrap_or(0)).await?;
-        return Ok(Action::await_change());
+        .await;
     }
 
     // dereference: the spec pinned at the run's first reconcile.
     let mut status = old.clone();
-    let spec = match (old.connector_spec.clone(), &recorded) {
+    let spec = match (old.connector_spec.clone(), unreadable) {
         (Some(spec), _)
             if ferry_crds::spec_hash(&spec)
                 == old.connector_spec_hash.clone().unwrap_or_default() =>
         {
             spec
         }
-        (Some(_), _) | (None, Err(_)) => {
+        (Some(_), _) | (None, true) => {
             // The record's spec does not match its hash (or the record is not
             // one): the run cannot be trusted to do what was admitted.
             let subject = Subject {
@@ -174,27 +198,27 @@ pub async fn reconcile_run(run: &ConnectorRun, ctx: &Context) -> Result<Action, 
                 name: &name,
                 spec: &ConnectorSpec::default(),
             };
-            let step = finish(
+            let mut step = finish(
                 subject,
                 status,
                 RunPhase::Failed,
                 "PinnedSpecTampered",
                 "the run's pinned Connector spec does not match the hash recorded when it was pinned; the run is stopped".into(),
-            )
-            .await?;
-            record::write(
+            );
+            step.effects.splice(0..0, flagged);
+            return commit(
                 ctx,
+                run,
                 &namespace,
                 &name,
-                recorded.ok().flatten().as_ref(),
+                recorded.as_ref(),
                 &old,
-                &step.status,
+                &shown,
+                step,
             )
-            .await?;
-            write_if_changed(ctx, &namespace, &name, &shown, &step.status).await?;
-            return Ok(step.action);
+            .await;
         }
-        (None, _) => {
+        (None, false) => {
             let Some(connector) =
                 dereference::connector(ctx, &namespace, &run.spec.connector_ref.name).await?
             else {
@@ -214,6 +238,10 @@ pub async fn reconcile_run(run: &ConnectorRun, ctx: &Context) -> Result<Action, 
             status.phase = Some(RunPhase::Pending);
             status.reason = None;
             status.message = None;
+            // The spec is recorded before anything is made from it: the pod
+            // about to be created reads it from the record, even if this
+            // reconcile goes no further.
+            record::write(ctx, &namespace, &name, None, &old, &status).await?;
             connector.spec
         }
     };
@@ -228,19 +256,38 @@ pub async fn reconcile_run(run: &ConnectorRun, ctx: &Context) -> Result<Action, 
         name: &name,
         spec: &spec,
     };
-    let step = advance(subject, status, tampered).await?;
-    // The record first: once it is written, the decision stands even if the
-    // status write after it fails (the next reconcile writes the status again).
-    record::write(
+    let mut step = advance(subject, status, tampered).await?;
+    step.effects.splice(0..0, flagged);
+    commit(
         ctx,
+        run,
         &namespace,
         &name,
-        recorded.ok().flatten().as_ref(),
+        recorded.as_ref(),
         &old,
-        &step.status,
+        &shown,
+        step,
     )
-    .await?;
-    write_if_changed(ctx, &namespace, &name, &shown, &step.status).await?;
+    .await
+}
+
+/// Writes a decision, then acts on it: the record first (once it is written,
+/// the decision stands even if the status write after it fails: the next
+/// reconcile writes the status again), the status, and only then the effects.
+#[allow(clippy::too_many_arguments)]
+async fn commit(
+    ctx: &Context,
+    run: &ConnectorRun,
+    namespace: &str,
+    name: &str,
+    recorded: Option<&ferry_crds::RunRecord>,
+    old: &ConnectorRunStatus,
+    shown: &ConnectorRunStatus,
+    step: Step,
+) -> Result<Action, Error> {
+    record::write(ctx, namespace, name, recorded, old, &step.status).await?;
+    write_if_changed(ctx, namespace, name, shown, &step.status).await?;
+    effects::perform(ctx, run, namespace, name, step.effects).await?;
     Ok(step.action)
 }
 
@@ -248,34 +295,30 @@ pub async fn reconcile_run(run: &ConnectorRun, ctx: &Context) -> Result<Action, 
 /// patch the status) changed the operator's fields of the run's status: a
 /// Warning Event, an audit line and a metric. The record stands, and the
 /// attempt in flight, if any, is failed ([`advance`]).
-async fn flag_tampering(ctx: &Context, run: &ConnectorRun, namespace: &str, name: &str) {
-    let connector = &run.spec.connector_ref.name;
+fn tampering(run: &ConnectorRun, namespace: &str, name: &str) -> Vec<Effect> {
     tracing::warn!(
         namespace,
         run = name,
         "the run's status was changed by someone other than the operator"
     );
-    ctx.metrics
-        .policy_denials_total
-        .with_label_values(&[TAMPERED])
-        .inc();
-    ctx.audit(&Record::new(
-        "run.tampered",
-        Outcome::Denied,
-        Some(TAMPERED),
-        namespace,
-        connector,
-        name,
-        None,
-    ));
-    ctx.event(
-        &reference(run),
-        true,
-        TAMPERED,
-        "Verify",
-        "the run's status was changed by someone other than the operator (its runner?): the operator's record stands".into(),
-    )
-    .await;
+    vec![
+        Effect::Denial(TAMPERED.into()),
+        Effect::Audit(Record::new(
+            "run.tampered",
+            Outcome::Denied,
+            Some(TAMPERED),
+            namespace,
+            &run.spec.connector_ref.name,
+            name,
+            None,
+        )),
+        Effect::Event {
+            warning: true,
+            reason: TAMPERED.into(),
+            action: "Verify",
+            note: "the run's status was changed by someone other than the operator (its runner?): the operator's record stands".into(),
+        },
+    ]
 }
 
 /// Reason of a run whose status someone else rewrote.
@@ -328,10 +371,13 @@ async fn advance(
                 return start_attempt(subject, status, attempts + 1).await;
             }
             let wait = (at.0.as_second() - now.as_second()).max(1) as u64;
-            return Ok(Step {
-                status,
-                action: Action::requeue(Duration::from_secs(wait)),
-            });
+            let mut step = Step::new(status, Action::requeue(Duration::from_secs(wait)));
+            // The failed attempt's pod is deleted after the retry was written;
+            // should that have failed, here again.
+            if pod.is_some() {
+                step.effects.push(Effect::DeletePod(pod_name));
+            }
+            return Ok(step);
         }
         (None, None) => Fate::Failed {
             reason: "PodDeleted".into(),
@@ -371,14 +417,17 @@ async fn advance(
                 status.reason = message.as_ref().map(|_| "PodPending".to_string());
                 status.message = message;
             }
-            Ok(Step {
-                status,
-                action: Action::requeue(RESYNC),
-            })
+            Ok(Step::new(status, Action::requeue(RESYNC)))
         }
         Fate::Succeeded => {
             let message = summary(run.spec.mode, status.result.as_ref());
-            finish(subject, status, RunPhase::Succeeded, "Succeeded", message).await
+            Ok(finish(
+                subject,
+                status,
+                RunPhase::Succeeded,
+                "Succeeded",
+                message,
+            ))
         }
         Fate::Failed {
             reason,
@@ -387,9 +436,6 @@ async fn advance(
         } => {
             let backoff_limit = spec.run.backoff_limit;
             if retryable && attempts <= backoff_limit {
-                if let Some(pod) = &pod {
-                    apply::delete_pod(ctx, namespace, &pod.name_any()).await?;
-                }
                 let wait = fate::backoff_seconds(attempts);
                 let at = Timestamp::from_second(now.as_second() + wait).unwrap_or(now);
                 status.phase = Some(RunPhase::Pending);
@@ -399,39 +445,34 @@ async fn advance(
                     backoff_limit + 1
                 ));
                 status.next_attempt_time = Some(Time(at));
-                ctx.event(
-                    &reference(run),
-                    true,
-                    "AttemptFailed",
-                    "Retry",
-                    status.message.clone().unwrap_or_default(),
-                )
-                .await;
-                return Ok(Step {
-                    status,
-                    action: Action::requeue(Duration::from_secs(wait as u64)),
+                let note = status.message.clone().unwrap_or_default();
+                let mut step = Step::new(status, Action::requeue(Duration::from_secs(wait as u64)));
+                step.effects.push(Effect::Event {
+                    warning: true,
+                    reason: "AttemptFailed".into(),
+                    action: "Retry",
+                    note,
                 });
+                if pod.is_some() {
+                    step.effects.push(Effect::DeletePod(pod_name));
+                }
+                return Ok(step);
             }
             let message = if retryable {
                 format!("{message} (after {attempts} attempts)")
             } else {
                 message
             };
+            let mut step = finish(subject, status, RunPhase::Failed, &reason, message);
             if reason == "IntegrityFailure" {
-                ctx.metrics
-                    .integrity_failures_total
-                    .with_label_values(&[namespace, &run.spec.connector_ref.name])
-                    .inc();
+                step.effects.push(Effect::IntegrityFailure);
             }
-            if let Some(policy) = RUNNER_POLICY_REASONS.iter().find(|r| **r == reason) {
+            if RUNNER_POLICY_REASONS.contains(&reason.as_str()) {
                 // Refused by the runner (what only it can see: where a bucket
                 // really is, an object's stream, a file that cannot be minimised).
-                ctx.metrics
-                    .policy_denials_total
-                    .with_label_values(&[policy])
-                    .inc();
+                step.effects.push(Effect::Denial(reason));
             }
-            finish(subject, status, RunPhase::Failed, &reason, message).await
+            Ok(step)
         }
     }
 }
@@ -464,7 +505,9 @@ fn summary(mode: RunMode, result: Option<&ferry_crds::RunResult>) -> String {
     }
 }
 
-/// Checks the run, then builds and applies the objects of attempt `attempt`.
+/// Checks the run, then builds and applies the objects of attempt `attempt`
+/// (creation is idempotent: an object this run already made is kept, so an
+/// attempt whose status write failed is started again without a second pod).
 async fn start_attempt(
     subject: Subject<'_>,
     mut status: ConnectorRunStatus,
@@ -485,12 +528,16 @@ async fn start_attempt(
     let (violations, warnings) = policy::check(spec, &tenant, &secrets, settings);
     let connector = &run.spec.connector_ref.name;
     if !violations.is_empty() {
+        let reason = violations[0].reason;
+        let message = violations
+            .iter()
+            .map(|v| v.message.as_str())
+            .collect::<Vec<_>>()
+            .join("; ");
+        let mut step = finish(subject, status, RunPhase::Rejected, reason, message);
         for v in &violations {
-            ctx.metrics
-                .policy_denials_total
-                .with_label_values(&[v.reason])
-                .inc();
-            ctx.audit(&Record::new(
+            step.effects.push(Effect::Denial(v.reason.into()));
+            step.effects.push(Effect::Audit(Record::new(
                 "run.rejected",
                 Outcome::Denied,
                 Some(v.reason),
@@ -498,27 +545,9 @@ async fn start_attempt(
                 connector,
                 name,
                 Some(spec),
-            ));
+            )));
         }
-        let reason = violations[0].reason;
-        let message = violations
-            .iter()
-            .map(|v| v.message.as_str())
-            .collect::<Vec<_>>()
-            .join("; ");
-        return finish(subject, status, RunPhase::Rejected, reason, message).await;
-    }
-    if attempt == 1 {
-        for w in &warnings {
-            ctx.event(
-                &reference(run),
-                true,
-                w.reason,
-                "Validate",
-                w.message.clone(),
-            )
-            .await;
-        }
+        return Ok(step);
     }
     // build
     let objects = build::build(build::RunInput {
@@ -532,7 +561,26 @@ async fn start_attempt(
     apply::apply(ctx, namespace, &objects).await?;
 
     let pod_name = names::pod(name, attempt);
-    ctx.audit(&Record::new(
+    status.phase = Some(RunPhase::Pending);
+    status.attempts = Some(attempt);
+    status.pod_name = Some(pod_name.clone());
+    status.next_attempt_time = None;
+    if attempt == 1 {
+        status.reason = None;
+        status.message = None;
+    }
+    let mut step = Step::new(status, Action::requeue(RESYNC));
+    if attempt == 1 {
+        for w in &warnings {
+            step.effects.push(Effect::Event {
+                warning: true,
+                reason: w.reason.into(),
+                action: "Validate",
+                note: w.message.clone(),
+            });
+        }
+    }
+    step.effects.push(Effect::Audit(Record::new(
         "run.started",
         Outcome::Success,
         (attempt > 1).then_some("Retry"),
@@ -540,37 +588,25 @@ async fn start_attempt(
         connector,
         name,
         Some(spec),
-    ));
-    ctx.event(
-        &reference(run),
-        false,
-        "Started",
-        "CreatePod",
-        format!("attempt {attempt}: created pod {pod_name}"),
-    )
-    .await;
-    status.phase = Some(RunPhase::Pending);
-    status.attempts = Some(attempt);
-    status.pod_name = Some(pod_name);
-    status.next_attempt_time = None;
-    if attempt == 1 {
-        status.reason = None;
-        status.message = None;
-    }
-    Ok(Step {
-        status,
-        action: Action::requeue(RESYNC),
-    })
+    )));
+    step.effects.push(Effect::Event {
+        warning: false,
+        reason: "Started".into(),
+        action: "CreatePod",
+        note: format!("attempt {attempt}: created pod {pod_name}"),
+    });
+    Ok(step)
 }
 
-/// Ends the run: final phase, conditions, metrics, Event, audit line, cleanup.
-async fn finish(
+/// Ends the run: final phase and conditions (no client required); the metrics,
+/// Event, audit line and cleanup are effects, done once the end is written.
+fn finish(
     subject: Subject<'_>,
     mut status: ConnectorRunStatus,
     phase: RunPhase,
     reason: &str,
     message: String,
-) -> Result<Step, Error> {
+) -> Step {
     let Subject {
         run,
         ctx,
@@ -599,24 +635,17 @@ async fn finish(
         RunPhase::Rejected => (false, true, true),
         _ => (false, true, RUNNER_POLICY_REASONS.contains(&reason)),
     };
-    conditions::set(
-        &mut status.conditions,
-        "Complete",
-        complete,
-        reason,
-        &message,
-        generation,
-        now,
-    );
-    conditions::set(
-        &mut status.conditions,
-        "Failed",
-        failed,
-        reason,
-        &message,
-        generation,
-        now,
-    );
+    for (kind, on) in [("Complete", complete), ("Failed", failed)] {
+        conditions::set(
+            &mut status.conditions,
+            kind,
+            on,
+            reason,
+            &message,
+            generation,
+            now,
+        );
+    }
     if violation {
         conditions::set(
             &mut status.conditions,
@@ -628,65 +657,44 @@ async fn finish(
             now,
         );
     }
+    tracing::info!(namespace, run = name, connector, phase = ?phase, reason, "run ends");
 
-    let result_label = match phase {
-        RunPhase::Succeeded => "succeeded",
-        RunPhase::Rejected => "rejected",
-        _ => "failed",
-    };
-    let m = &ctx.metrics;
-    m.runs_total
-        .with_label_values(&[namespace, connector, result_label])
-        .inc();
+    let mut effects = vec![Effect::Ended {
+        phase,
+        seconds,
+        result: status.result.clone(),
+    }];
     if phase != RunPhase::Rejected {
-        m.run_duration_seconds
-            .with_label_values(&[namespace, connector])
-            .observe(seconds.max(0) as f64);
-    }
-    if let Some(r) = status.result.as_ref() {
-        let nc = [namespace, connector];
-        m.bytes_transferred_total
-            .with_label_values(&nc)
-            .inc_by(r.bytes_written.max(0) as u64);
-        m.objects_transferred_total
-            .with_label_values(&nc)
-            .inc_by(r.objects_copied.max(0) as u64);
-        m.objects_failed_total
-            .with_label_values(&nc)
-            .inc_by(r.objects_failed.max(0) as u64);
-    }
-
-    let (action, outcome) = match phase {
-        RunPhase::Rejected => ("run.rejected", Outcome::Denied),
-        RunPhase::Succeeded => ("run.finished", Outcome::Success),
-        _ => ("run.finished", Outcome::Failure),
-    };
-    if phase != RunPhase::Rejected {
-        // Rejections were audited per violation already.
-        ctx.audit(&Record::new(
-            action,
+        // Rejections are audited per violation.
+        let outcome = if phase == RunPhase::Succeeded {
+            Outcome::Success
+        } else {
+            Outcome::Failure
+        };
+        effects.push(Effect::Audit(Record::new(
+            "run.finished",
             outcome,
             Some(reason),
             namespace,
             connector,
             name,
             Some(spec),
-        ));
+        )));
     }
-    ctx.event(
-        &reference(run),
-        phase != RunPhase::Succeeded,
-        reason,
-        "Finish",
-        message,
-    )
-    .await;
-    apply::cleanup(ctx, namespace, name, status.attempts.unwrap_or(0)).await?;
-    tracing::info!(namespace, run = name, connector, phase = ?phase, reason, "run ended");
-    Ok(Step {
+    effects.push(Effect::Event {
+        warning: phase != RunPhase::Succeeded,
+        reason: reason.into(),
+        action: "Finish",
+        note: message,
+    });
+    effects.push(Effect::Cleanup {
+        attempts: status.attempts.unwrap_or(0),
+    });
+    Step {
         status,
         action: Action::await_change(),
-    })
+        effects,
+    }
 }
 
 /// What to do after a failed reconcile: an invalid object waits for a change, a
