@@ -387,6 +387,9 @@ fn log_filter() -> tracing_subscriber::EnvFilter {
     let caps: Vec<String> = CREDENTIAL_HANDLERS
         .iter()
         .map(|t| format!("{t}=info"))
+        // The Kubernetes client logs a whole response body at warn when it
+        // cannot decode it: for a Secret, its values.
+        .chain(["kube_client=error".to_string()])
         .collect();
     let spec = format!("{requested},{}", caps.join(","));
     tracing_subscriber::EnvFilter::try_new(&spec).unwrap_or_else(|e| {

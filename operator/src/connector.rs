@@ -14,6 +14,7 @@ use ferry_crds::{
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 
@@ -28,6 +29,36 @@ use crate::schedule::Schedule;
 
 /// Name of this controller in metrics and logs.
 pub const CONTROLLER: &str = "connector";
+
+/// Reconciles one Connector as the controller reads it: one that cannot be read
+/// is reported and left alone.
+pub async fn reconcile_guarded(
+    connector: Arc<DeserializeGuard<Connector>>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    match &connector.0 {
+        Ok(c) => reconcile(Arc::new(c.clone()), ctx).await,
+        Err(invalid) => {
+            let timer = ctx.metrics.reconcile_started(CONTROLLER);
+            crate::run::report_invalid(&ctx, "Connector", invalid).await;
+            timer.finish(Err("invalid"));
+            Ok(Action::await_change())
+        }
+    }
+}
+
+/// What to do after a failed reconcile, as the controller calls it.
+pub fn error_policy_guarded(
+    connector: Arc<DeserializeGuard<Connector>>,
+    error: &Error,
+    _ctx: Arc<Context>,
+) -> Action {
+    tracing::warn!(connector = %connector.name_any(), error = %error, category = error.category(), "reconcile failed");
+    match error {
+        Error::MissingMetadata { .. } => Action::await_change(),
+        _ => Action::requeue(Duration::from_secs(15)),
+    }
+}
 
 /// Reconciles one Connector, recording metrics.
 pub async fn reconcile(connector: Arc<Connector>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -53,13 +84,16 @@ pub async fn runs_of(
     namespace: &str,
     connector: &str,
 ) -> Result<Vec<ConnectorRun>, Error> {
-    let api: Api<ConnectorRun> = Api::namespaced(ctx.client.clone(), namespace);
+    // A run that cannot be read (written by a newer version, or hand-edited)
+    // is left out rather than failing the whole list.
+    let api: Api<DeserializeGuard<ConnectorRun>> = Api::namespaced(ctx.client.clone(), namespace);
     let mut runs: Vec<ConnectorRun> = api
         .list(&ListParams::default())
         .await
         .map_err(|e| Error::kube("list", "ConnectorRun", namespace, e))?
         .items
         .into_iter()
+        .filter_map(|r| r.0.ok())
         .filter(|r| r.spec.connector_ref.name == connector)
         .collect();
     runs.sort_by_key(|r| std::cmp::Reverse(sort_time(r)));

@@ -25,6 +25,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::{Api, PartialObjectMeta};
+use kube::core::DeserializeGuard;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
@@ -517,14 +518,19 @@ fn run_controller(
     scope: Option<&str>,
     ctx: Arc<Context>,
     stop: Arc<tokio::sync::Notify>,
-) -> (tokio::task::JoinHandle<()>, Store<ConnectorRun>) {
+) -> (
+    tokio::task::JoinHandle<()>,
+    Store<DeserializeGuard<ConnectorRun>>,
+) {
     let pods = watcher::Config::default().labels(&format!(
         "{}={}",
         names::LABEL_MANAGED_BY,
         names::MANAGED_BY
     ));
+    // Guarded: a run that cannot be read is reported and skipped, never a
+    // reason for the watch (and so every other run) to stall.
     let controller = Controller::new(
-        scoped::<ConnectorRun>(client, scope),
+        scoped::<DeserializeGuard<ConnectorRun>>(client, scope),
         watcher::Config::default(),
     );
     let reader = controller.store();
@@ -532,7 +538,7 @@ fn run_controller(
         // Pods are cached as metadata only: a reconcile reads the pod it looks at.
         .owns(scoped::<PartialObjectMeta<Pod>>(client, scope), pods)
         .graceful_shutdown_on(async move { stop.notified().await })
-        .run(run::reconcile, run::error_policy, ctx)
+        .run(run::reconcile_guarded, run::error_policy_guarded, ctx)
         .for_each(|res| {
             if let Err(e) = res {
                 tracing::debug!(error = %e, "connectorrun controller event");
@@ -547,24 +553,32 @@ fn connector_controller(
     scope: Option<&str>,
     ctx: Arc<Context>,
     stop: Arc<tokio::sync::Notify>,
-) -> (tokio::task::JoinHandle<()>, Store<Connector>) {
+) -> (
+    tokio::task::JoinHandle<()>,
+    Store<DeserializeGuard<Connector>>,
+) {
     // Runs made by hand carry no owner reference: map every run to its Connector.
     let controller = Controller::new(
-        scoped::<Connector>(client, scope),
+        scoped::<DeserializeGuard<Connector>>(client, scope),
         watcher::Config::default(),
     );
     let reader = controller.store();
     let controller = controller
         .watches(
-            scoped::<ConnectorRun>(client, scope),
+            scoped::<DeserializeGuard<ConnectorRun>>(client, scope),
             watcher::Config::default(),
-            |run: ConnectorRun| {
+            |run: DeserializeGuard<ConnectorRun>| {
+                let run = run.0.ok()?;
                 let ns = run.namespace()?;
                 Some(ObjectRef::new(&run.spec.connector_ref.name).within(&ns))
             },
         )
         .graceful_shutdown_on(async move { stop.notified().await })
-        .run(connector::reconcile, connector::error_policy, ctx)
+        .run(
+            connector::reconcile_guarded,
+            connector::error_policy_guarded,
+            ctx,
+        )
         .for_each(|res| {
             if let Err(e) = res {
                 tracing::debug!(error = %e, "connector controller event");
@@ -577,17 +591,22 @@ fn connector_controller(
 /// Keeps `ferry_runs_active` equal to the runs that have not ended, and the
 /// queue depth gauges current.
 async fn gauges(
-    runs: Vec<Store<ConnectorRun>>,
-    connectors: Vec<Store<Connector>>,
+    runs: Vec<Store<DeserializeGuard<ConnectorRun>>>,
+    connectors: Vec<Store<DeserializeGuard<Connector>>>,
     ctx: Arc<Context>,
 ) {
     loop {
-        let all_runs: Vec<Arc<ConnectorRun>> = runs.iter().flat_map(|s| s.state()).collect();
+        let all_runs: Vec<Arc<DeserializeGuard<ConnectorRun>>> =
+            runs.iter().flat_map(|s| s.state()).collect();
         let active = all_runs
             .iter()
+            .filter_map(|r| r.0.as_ref().ok())
             .filter(|r| {
-                !r.status
-                    .as_ref()
+                !ferry_crds::RunRecord::of(r)
+                    .ok()
+                    .flatten()
+                    .map(|rec| rec.status)
+                    .or_else(|| r.status.clone())
                     .and_then(|s| s.phase)
                     .is_some_and(RunPhase::is_terminal)
             })

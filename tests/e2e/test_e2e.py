@@ -378,6 +378,31 @@ def test_a_runner_at_trace_level_leaks_no_secret_in_cluster_mode(cluster: Cluste
             c.stop()
 
 
+def test_a_run_that_cannot_be_read_does_not_stall_the_operator(cluster: Cluster):
+    """A ConnectorRun whose status no longer reads as one (hand-edited, or
+    written by a newer Ferry) is reported with a Warning Event and skipped; an
+    operator started after it (listing every run) carries out the tenant's next
+    run as usual."""
+    ns = "acme"
+    text = (ROOT / "examples/runs/manual-run.yaml").read_text().replace("namespace: acme", f"namespace: {ns}")
+    bad = yaml.safe_load(text)
+    bad["metadata"] = {"name": f"unreadable-{RUN_ID}", "namespace": ns}
+    cluster.apply_text(yaml.safe_dump(bad))
+    cluster.kubectl("patch", "connectorrun", bad["metadata"]["name"], "-n", ns, "--subresource=status",
+                    "--type=merge", "-p", json.dumps({"status": {"phase": "Bogus", "attempts": "many"}}))
+    # A restart lists every run anew: the unreadable one is in that list.
+    cluster.kill("operator-a", signal.SIGTERM)
+    cluster.start_operator("operator-a", TENANTS)
+    name = manual_run(cluster, ns)
+    run = wait_phase(cluster, ns, name, ("Succeeded", "Failed", "Rejected"), 120)
+    assert run["status"]["phase"] == "Succeeded", json.dumps(run["status"], indent=1) + cluster.logs()
+    warnings = wait_for("a Warning Event about the unreadable run",
+                        lambda: [w for w in warnings_about(cluster, ns, bad["metadata"]["name"])
+                                 if w.get("reason") == "InvalidObject"], 30)
+    assert "cannot read" in warnings[0]["note"], warnings
+    cluster.kubectl("delete", "connectorrun", bad["metadata"]["name"], "-n", ns)
+
+
 def test_only_the_leader_reconciles_and_another_replica_takes_over(cluster: Cluster):
     lease = "/apis/coordination.k8s.io/v1/namespaces/ferry-system/leases/ferry-operator"
     assert cluster.get(lease)["spec"]["holderIdentity"] == "operator-a"

@@ -24,6 +24,8 @@ use ferry_crds::{ConnectorRun, ConnectorRunStatus, ConnectorSpec, RunMode, RunPh
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::core::DeserializeGuard;
+use kube::core::error_boundary::InvalidObject;
 use kube::runtime::controller::Action;
 use kube::{Api, Resource, ResourceExt};
 
@@ -42,6 +44,54 @@ pub const CONTROLLER: &str = "connectorrun";
 
 /// How often a run in progress is looked at even without a watch event.
 const RESYNC: Duration = Duration::from_secs(60);
+
+/// Reconciles one ConnectorRun as the controller reads it: an object that
+/// cannot be read as a ConnectorRun (written by a newer version of Ferry, or a
+/// hand-edited status) is reported and left alone, and the controller goes on
+/// with the others.
+pub async fn reconcile_guarded(
+    run: Arc<DeserializeGuard<ConnectorRun>>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    match &run.0 {
+        Ok(r) => reconcile(Arc::new(r.clone()), ctx).await,
+        Err(invalid) => {
+            let timer = ctx.metrics.reconcile_started(CONTROLLER);
+            report_invalid(&ctx, "ConnectorRun", invalid).await;
+            timer.finish(Err("invalid"));
+            Ok(Action::await_change())
+        }
+    }
+}
+
+/// Logs an object that cannot be read, and puts a Warning Event on it.
+pub async fn report_invalid(ctx: &Context, kind: &str, invalid: &InvalidObject) {
+    let meta = &invalid.metadata;
+    let (namespace, name) = (
+        meta.namespace.clone().unwrap_or_default(),
+        meta.name.clone().unwrap_or_default(),
+    );
+    tracing::warn!(kind, namespace, name, error = %invalid.error, "skipping an object that cannot be read");
+    let reference = ObjectReference {
+        api_version: Some(format!("{}/{}", ferry_crds::GROUP, ferry_crds::VERSION)),
+        kind: Some(kind.to_string()),
+        namespace: meta.namespace.clone(),
+        name: meta.name.clone(),
+        uid: meta.uid.clone(),
+        ..ObjectReference::default()
+    };
+    ctx.event(
+        &reference,
+        true,
+        "InvalidObject",
+        "Reconcile",
+        format!(
+            "Ferry cannot read this {kind}, and leaves it alone: {}",
+            invalid.error
+        ),
+    )
+    .await;
+}
 
 /// Reconciles one ConnectorRun, recording metrics.
 pub async fn reconcile(run: Arc<ConnectorRun>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -699,7 +749,16 @@ fn finish(
 
 /// What to do after a failed reconcile: an invalid object waits for a change, a
 /// transient failure is retried with backoff.
-pub fn error_policy(run: Arc<ConnectorRun>, error: &Error, _ctx: Arc<Context>) -> Action {
+pub fn error_policy(run: Arc<ConnectorRun>, error: &Error, ctx: Arc<Context>) -> Action {
+    error_policy_guarded(Arc::new(DeserializeGuard(Ok((*run).clone()))), error, ctx)
+}
+
+/// [`error_policy`], as the controller calls it.
+pub fn error_policy_guarded(
+    run: Arc<DeserializeGuard<ConnectorRun>>,
+    error: &Error,
+    _ctx: Arc<Context>,
+) -> Action {
     tracing::warn!(run = %run.name_any(), error = %error, category = error.category(), "reconcile failed");
     match error {
         Error::MissingMetadata { .. } | Error::Build(_) => Action::await_change(),
