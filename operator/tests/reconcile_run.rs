@@ -677,3 +677,64 @@ async fn a_status_that_lags_the_record_is_not_taken_for_tampering() {
     );
     assert!(w.exists::<Pod>("r1-1").await);
 }
+
+/// Someone with rights in the namespace edits a run's Role (or creates it
+/// first) with more than the run needs. The operator never patches a run's
+/// objects: a drifted one is deleted and created again as built.
+#[tokio::test]
+async fn a_drifted_run_object_is_deleted_and_created_again() {
+    let w = World::new(namespace(Some("eu-west-1"), None)).await;
+    w.create_connector(CONNECTOR).await;
+    let run = w.create_run("r1", "sales").await;
+    let mut role = Role::default();
+    role.metadata.name = Some("ferry-run-r1".into());
+    role.metadata.namespace = Some(NS.into());
+    role.metadata.labels = Some(ferry_operator::run::build::run_labels(&run));
+    role.metadata.owner_references = Some(vec![ferry_operator::run::build::owner(&run).unwrap()]);
+    role.rules = Some(vec![k8s_openapi::api::rbac::v1::PolicyRule {
+        api_groups: Some(vec!["".into()]),
+        resources: Some(vec!["secrets".into()]),
+        verbs: vec!["list".into()],
+        ..Default::default()
+    }]);
+    let roles: kube::Api<Role> = kube::Api::namespaced(w.client.clone(), NS);
+    roles.create(&Default::default(), &role).await.unwrap();
+    w.reconcile_run("r1").await;
+    let rules = w.get::<Role>("ferry-run-r1").await.rules.unwrap();
+    assert!(
+        rules.iter().all(|r| !r.verbs.contains(&"list".to_string())),
+        "{rules:?}"
+    );
+    assert_eq!(
+        rules[0].resource_names.as_ref().unwrap(),
+        &["acme-kek", "bronze-writer", "s3-reader"]
+    );
+}
+
+/// A pod with the name of a run's attempt that the run does not own (made by
+/// someone else to be taken for the run's) is never adopted: the reconcile
+/// fails and names it.
+#[tokio::test]
+async fn a_pod_the_run_does_not_own_is_never_taken_over() {
+    let w = World::new(namespace(Some("eu-west-1"), None)).await;
+    w.create_connector(CONNECTOR).await;
+    w.create_run("r1", "sales").await;
+    let mut pod = Pod::default();
+    pod.metadata.name = Some("r1-1".into());
+    pod.metadata.namespace = Some(NS.into());
+    w.pods().create(&Default::default(), &pod).await.unwrap();
+    let run = w.runs().get("r1").await.unwrap();
+    let err = ferry_operator::run::reconcile(Arc::new(run), w.ctx.clone())
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("that this run does not own"),
+        "{err}"
+    );
+    let run = w.runs().get("r1").await.unwrap();
+    assert_ne!(
+        run.status.and_then(|s| s.attempts),
+        Some(1),
+        "no attempt recorded on a pod not its own"
+    );
+}
