@@ -1,8 +1,9 @@
 //! Where a run may connect: every address a host name resolves to is checked
 //! against the networks the platform team denies (cloud metadata and
 //! link-local addresses always, the cluster's pod and service ranges as
-//! configured), after resolution and at connect time, for every client the
-//! runner has (S3 and STS, Azure, SFTP, lineage). So a Connector naming a host
+//! configured), after resolution and at connect time, for every client that
+//! reaches a Connector's endpoints (S3 and STS, Azure, SFTP). The lineage
+//! sink's URL is the operator's, and its client is not guarded. So a Connector naming a host
 //! whose DNS answers with a metadata or cluster address is refused even on a
 //! cluster whose network plugin ignores NetworkPolicy, and DNS rebinding gains
 //! nothing (the address checked is the address connected to).
@@ -118,17 +119,6 @@ impl NetworkGuard {
             });
         }
         Ok(allowed)
-    }
-}
-
-/// The guard as reqwest's resolver (Azure through object_store, lineage).
-impl reqwest::dns::Resolve for NetworkGuard {
-    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
-        let guard = self.clone();
-        Box::pin(async move {
-            let addrs = guard.resolve(name.as_str(), 0).await?;
-            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
-        })
     }
 }
 
