@@ -1,10 +1,10 @@
-//! What a reconcile does once the run's record and status are written: Events,
-//! audit lines, metrics and cleanup. A decision's effects follow the write that
-//! made it, so a write that fails leaves nothing done twice: the next
+//! What a reconcile does once the run's record is written: Events, audit
+//! lines, metrics and cleanup. A decision's effects follow the record write
+//! that made it, so a write that fails leaves nothing done twice: the next
 //! reconcile decides again from the record, and does the effects then. A crash
-//! between the write and its effects loses those effects (an Event, a count),
-//! never repeats them; cleanup is idempotent and repeated for every run that
-//! has ended.
+//! between the record write and its effects loses those effects (an Event, a
+//! count), never repeats them; cleanup is idempotent and repeated for every run
+//! that has ended.
 
 use ferry_crds::{ConnectorRun, RunPhase, RunResult};
 

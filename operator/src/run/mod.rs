@@ -312,9 +312,11 @@ async fn decide(
     advance(subject, status, tampered).await
 }
 
-/// Writes a decision, then acts on it: the record first (once it is written,
-/// the decision stands even if the status write after it fails: the next
-/// reconcile writes the status again), the status, and only then the effects.
+/// Writes a decision, then acts on it. The record is the commit point: once it
+/// is written the decision stands, and its effects follow it at once, before
+/// the status is written (a status write that fails is done again by the next
+/// reconcile, which reads the record, not the status). A record write that
+/// fails leaves nothing done.
 #[allow(clippy::too_many_arguments)]
 async fn commit(
     ctx: &Context,
@@ -327,8 +329,8 @@ async fn commit(
     step: Step,
 ) -> Result<Action, Error> {
     record::write(ctx, namespace, name, recorded, old, &step.status).await?;
-    write_if_changed(ctx, namespace, name, shown, &step.status).await?;
     effects::perform(ctx, run, namespace, name, step.effects).await?;
+    write_if_changed(ctx, namespace, name, shown, &step.status).await?;
     Ok(step.action)
 }
 
