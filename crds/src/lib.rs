@@ -6,14 +6,18 @@
 
 pub mod common;
 pub mod connector;
+pub mod contract;
 pub mod crdgen;
 pub mod endpoint;
+pub mod residency;
 pub mod run;
 pub mod secrets;
 
 pub use common::*;
 pub use connector::*;
+pub use contract::{AuditRecord, Reason};
 pub use endpoint::{EndpointUrl, UrlRefusal, check_endpoint_url};
+pub use residency::{ResidencyBreach, residency_breaches};
 pub use run::*;
 pub use secrets::{
     REFUSED_SECRET_TYPES, SECRET_OPT_IN_LABEL, SECRET_OPT_IN_VALUE, SecretNeed, SecretRefusal,
@@ -34,9 +38,3 @@ pub const ALLOWED_SENSITIVITY_ANNOTATION: &str = "ferry.dev/allowed-sensitivity"
 pub const AWS_TOKEN_AUDIENCE: &str = "sts.amazonaws.com";
 /// Audience of Azure federated (workload identity) credentials.
 pub const AZURE_TOKEN_AUDIENCE: &str = "api://AzureADTokenExchange";
-/// Environment variable of a run's pod naming the STS endpoint the operator is
-/// configured with (none: the official regional endpoint).
-pub const STS_ENDPOINT_ENV: &str = "FERRY_STS_ENDPOINT";
-/// Environment variable of a run's pod: networks (CIDRs, comma separated) the
-/// runner refuses to connect to, besides those it always refuses.
-pub const DENIED_NETWORKS_ENV: &str = "FERRY_DENIED_NETWORKS";

@@ -292,11 +292,6 @@ pub const MANIFEST_DIR: &str = ".ferry/manifests/";
 /// rewritten from the record when anything else changed it.
 pub const RUN_RECORD_ANNOTATION: &str = "ferry.dev/run-record";
 
-/// Environment variable of a run's pod: the hash of the pinned spec, which the
-/// runner checks the spec it reads against (the pod is immutable, and created by
-/// the operator alone).
-pub const SPEC_HASH_ENV: &str = "FERRY_SPEC_HASH";
-
 /// The operator's record of a run (see [`RUN_RECORD_ANNOTATION`]).
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]

@@ -36,10 +36,10 @@ pub enum SecretRefusal {
 
 impl SecretRefusal {
     /// Stable reason: a condition and Event reason and a metric label.
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> crate::Reason {
         match self {
-            SecretRefusal::NotOptedIn => "SecretNotOptedIn",
-            SecretRefusal::TypeRefused(_) => "SecretTypeRefused",
+            SecretRefusal::NotOptedIn => crate::Reason::SecretNotOptedIn,
+            SecretRefusal::TypeRefused(_) => crate::Reason::SecretTypeRefused,
         }
     }
 

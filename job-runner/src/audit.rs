@@ -1,37 +1,11 @@
-//! Audit records: one JSON line per security-relevant action. A record names
-//! systems (type and host/bucket/folder), never a credential and never data.
+//! The runner's audit trail: one line per security-relevant action, in the
+//! schema both the operator and the runner write ([`ferry_crds::AuditRecord`]).
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-use serde::Serialize;
-
-/// Outcome of an audited action.
-#[derive(Serialize, Debug, Clone, Copy, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum Outcome {
-    Success,
-    Failure,
-    Denied,
-}
-
-/// One audit record.
-#[derive(Serialize, Debug, Clone)]
-#[serde(rename_all = "camelCase")]
-pub struct Record<'a> {
-    pub timestamp: String,
-    pub action: &'a str,
-    pub outcome: Outcome,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<&'a str>,
-    pub connector: &'a str,
-    pub tenant: &'a str,
-    pub run: &'a str,
-    pub source: &'a str,
-    pub destination: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub object: Option<&'a str>,
-}
+pub use ferry_crds::contract::Outcome;
+use ferry_crds::contract::{Actor, AuditRecord};
 
 /// Where audit lines go, with the fields common to a run.
 #[derive(Clone)]
@@ -81,30 +55,28 @@ impl AuditLog {
         reason: Option<&str>,
         object: Option<&str>,
     ) {
-        let rec = Record {
+        let record = AuditRecord {
             timestamp: jiff::Timestamp::now().to_string(),
-            action,
+            action: action.into(),
             outcome,
-            reason,
-            connector: &self.connector,
-            tenant: &self.tenant,
-            run: &self.run,
-            source: &self.source,
-            destination: &self.destination,
-            object,
+            reason: reason.map(str::to_string),
+            connector: self.connector.clone(),
+            tenant: self.tenant.clone(),
+            run: self.run.clone(),
+            source: self.source.clone(),
+            destination: self.destination.clone(),
+            object: object.map(str::to_string),
+            actor: Actor::Runner,
         };
-        let line = match serde_json::to_string(&rec) {
+        let line = match record.to_line() {
             Ok(l) => l,
             Err(e) => {
                 eprintln!("audit: failed to encode a record: {e}");
                 return;
             }
         };
-        let mut out = match self.out.lock() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        if let Err(e) = writeln!(out, "{line}").and_then(|()| out.flush()) {
+        let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(e) = out.write_all(&line).and_then(|()| out.flush()) {
             eprintln!("audit: failed to write a record: {e}");
         }
     }

@@ -11,18 +11,17 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use ferry_crds::{
-    Connector, ConnectorRun, ConnectorSpec, ErasedObject, RunError, RunMode, RunProgress,
-    RunRecord, RunResult, secret_names, secret_usable, spec_hash,
+    Connector, ConnectorRun, ConnectorSpec, ErasedObject, Reason, RunError, RunProgress, RunRecord,
+    RunResult, secret_names, secret_usable, spec_hash,
 };
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams};
 use kube::{Client, Resource};
 use zeroize::Zeroizing;
 
-use crate::audit::{AuditLog, Outcome};
 use crate::config::SecretsDir;
-use crate::job::{Failure, Job, execute_with_rotation};
-use crate::transfer::{EraseRequest, Erased, Mode, Progress, Report};
+use crate::job::{Failure, Job, perform, prepare};
+use crate::transfer::{Erased, Progress, Report};
 
 /// Field manager of the runner's status writes.
 pub const FIELD_MANAGER: &str = "ferry-runner";
@@ -39,10 +38,10 @@ pub struct RunRef {
 
 fn api_failure(what: &str, e: kube::Error) -> Failure {
     let reason = match &e {
-        kube::Error::Api(s) if s.code == 401 => "InvalidCredentials",
-        kube::Error::Api(s) if s.code == 403 => "AccessDenied",
-        kube::Error::Api(s) if s.code == 404 => "NotAdmitted",
-        _ => "KubernetesUnreachable",
+        kube::Error::Api(s) if s.code == 401 => Reason::InvalidCredentials,
+        kube::Error::Api(s) if s.code == 403 => Reason::AccessDenied,
+        kube::Error::Api(s) if s.code == 404 => Reason::NotAdmitted,
+        _ => Reason::KubernetesUnreachable,
     };
     Failure {
         reason,
@@ -63,7 +62,7 @@ pub async fn load(client: &Client, run: &RunRef) -> Result<(ConnectorRun, Connec
         )
     })?;
     let not_admitted = || Failure {
-        reason: "NotAdmitted",
+        reason: Reason::NotAdmitted,
         message: format!(
             "ConnectorRun {}/{} has no pinned Connector spec: the operator has not admitted it",
             run.namespace, run.name
@@ -73,7 +72,7 @@ pub async fn load(client: &Client, run: &RunRef) -> Result<(ConnectorRun, Connec
     let spec: ConnectorSpec = record.verified_spec().cloned().ok_or_else(not_admitted)?;
     if spec_hash(&spec) != run.spec_hash {
         return Err(Failure {
-            reason: "PinnedSpecTampered",
+            reason: Reason::PinnedSpecTampered,
             message: format!(
                 "the spec recorded for ConnectorRun {}/{} is not the one its pod was created for",
                 run.namespace, run.name
@@ -325,57 +324,35 @@ async fn attempt_inner(
     progress: Arc<Progress>,
 ) -> Result<Report, Failure> {
     let (cr, connector) = load(client, run).await?;
-    let audit = AuditLog::new(
-        audit_out,
-        connector.metadata.name.as_deref().unwrap_or_default(),
+    // One OpenLineage run per attempt: the run's uid and the attempt name it.
+    let lineage_run = format!(
+        "{}/{}",
+        cr.metadata.uid.as_deref().unwrap_or(&run.name),
+        run.attempt
+    );
+    let prepared = prepare(
+        &connector,
         &run.namespace,
         &run.name,
-        &connector.spec.source.system(),
-        &connector.spec.destination.system(),
+        &lineage_run,
+        audit_out,
+        settings.lineage.clone(),
     );
-    audit.record("run.started", Outcome::Success, None, None);
-    let mode = match cr.spec.mode {
-        RunMode::Sync => Mode::Sync,
-        RunMode::Plan => Mode::Plan,
-        RunMode::Erase => Mode::Erase,
-    };
-    let erase = cr.spec.erase.as_ref().map(|e| EraseRequest {
-        keys: e.keys.clone(),
-        from_source: e.from_source,
-    });
-    // One OpenLineage run per attempt: the run's uid and the attempt name it.
-    let lineage = settings.lineage.clone().and_then(|sink| {
-        crate::lineage::Lineage::for_run(
-            &connector.spec,
-            &run.namespace,
-            connector.metadata.name.as_deref().unwrap_or_default(),
-            &format!(
-                "{}/{}",
-                cr.metadata.uid.as_deref().unwrap_or(&run.name),
-                run.attempt
-            ),
-            sink,
-        )
-    });
-    let secrets = fetch_secrets(client, &run.namespace, &connector.spec).await?;
     let job = Job {
         connector: &connector,
-        mode,
-        erase: erase.as_ref(),
+        mode: cr.spec.mode,
+        erase: cr.spec.erase.as_ref(),
         tenant_region: settings.tenant_region.as_deref(),
         run_id: &run.name,
         concurrency: settings.concurrency,
         base_dir: &settings.base_dir,
-        lineage: lineage.as_ref(),
+        lineage: prepared.lineage.as_ref(),
         platform: &settings.platform,
     };
     let ticker = spawn_progress(reporter.clone(), progress.clone(), settings.progress_every);
+    let secrets = fetch_secrets(client, &run.namespace, &connector.spec);
     let reread = || fetch_secrets(client, &run.namespace, &connector.spec);
-    let outcome = execute_with_rotation(job, secrets, reread, &audit, progress).await;
+    let outcome = perform(job, secrets, reread, &prepared.audit, progress).await;
     ticker.abort();
-    match &outcome {
-        Ok(_) => audit.record("run.finished", Outcome::Success, None, None),
-        Err(f) => audit.record("run.finished", Outcome::Failure, Some(f.reason), None),
-    }
     outcome
 }

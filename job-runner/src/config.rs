@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use ferry_crds::{Connector, DataResidency, Endpoint, EndpointKind};
+use ferry_crds::contract::{env, paths};
+use ferry_crds::{Connector, Endpoint, EndpointKind, Reason, ResidencyBreach, residency_breaches};
 use zeroize::Zeroizing;
 
 use crate::crypto::{Kek, KeyError};
@@ -14,10 +15,6 @@ use crate::storage::local::LocalStore;
 use crate::storage::s3::{ReadTuning, S3Auth, S3Config, S3Store};
 use crate::storage::sftp::{HostKeyCheck, SftpAuth, SftpConfig, SftpStore};
 use crate::storage::{ObjectStore, StorageError};
-
-/// Where the operator mounts the run's projected service-account token for
-/// web identity (overridden by `AWS_WEB_IDENTITY_TOKEN_FILE`).
-pub const WEB_IDENTITY_TOKEN_PATH: &str = "/var/run/secrets/ferry.dev/token/token";
 
 /// Why the inputs of a run are unusable.
 #[derive(Debug, thiserror::Error)]
@@ -58,16 +55,16 @@ pub enum ConfigError {
 
 impl ConfigError {
     /// A stable, machine-readable reason.
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> Reason {
         match self {
             ConfigError::Read { .. } | ConfigError::Parse { .. } | ConfigError::Endpoint(_) => {
-                "InvalidSpec"
+                Reason::InvalidSpec
             }
-            ConfigError::MissingSecretKey { .. } => "SecretKeyMissing",
-            ConfigError::BadKey { .. } => "InvalidEncryptionKey",
-            ConfigError::Residency(_) => "ResidencyViolation",
+            ConfigError::MissingSecretKey { .. } => Reason::SecretKeyMissing,
+            ConfigError::BadKey { .. } => Reason::InvalidEncryptionKey,
+            ConfigError::Residency(_) => Reason::ResidencyViolation,
             ConfigError::Store { source, .. } => source.reason(),
-            ConfigError::BadHostKey { .. } => "InvalidHostKey",
+            ConfigError::BadHostKey { .. } => Reason::InvalidHostKey,
         }
     }
 }
@@ -320,7 +317,7 @@ pub fn open_store(
                 },
                 (None, Some(w)) => S3Auth::WebIdentity {
                     role_arn: w.role_arn.clone(),
-                    token_file: token_file("AWS_WEB_IDENTITY_TOKEN_FILE"),
+                    token_file: token_file(env::AWS_WEB_IDENTITY_TOKEN_FILE, paths::AWS_TOKEN_FILE),
                     session_name: format!("ferry-{side}"),
                     sts_endpoint: platform.sts_endpoint.clone(),
                 },
@@ -347,7 +344,10 @@ pub fn open_store(
                 (None, Some(w)) => AzureAuth::WorkloadIdentity {
                     tenant_id: w.tenant_id.clone(),
                     client_id: w.client_id.clone(),
-                    token_file: token_file("AZURE_FEDERATED_TOKEN_FILE"),
+                    token_file: token_file(
+                        env::AZURE_FEDERATED_TOKEN_FILE,
+                        paths::AZURE_TOKEN_FILE,
+                    ),
                 },
                 _ => return Err(ConfigError::Endpoint(side)),
             };
@@ -414,11 +414,11 @@ pub fn open_store(
 }
 
 /// The projected token: the path in `env_var` when set, else where the operator
-/// mounts it.
-fn token_file(env_var: &str) -> PathBuf {
+/// mounts it (`mounted`, from the operator↔runner contract).
+fn token_file(env_var: &str, mounted: &str) -> PathBuf {
     std::env::var_os(env_var)
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(WEB_IDENTITY_TOKEN_PATH))
+        .unwrap_or_else(|| PathBuf::from(mounted))
 }
 
 /// An Azure Secret holds `accountKey`, or `sasToken`, or `tenantId`, `clientId`
@@ -444,46 +444,39 @@ fn azure_secret_auth(secrets: &SecretsDir, name: &str) -> Result<AzureAuth, Conf
     })
 }
 
-fn declared_region(endpoint: &Endpoint) -> Option<&str> {
-    match endpoint.kind()? {
-        EndpointKind::S3(s) => Some(&s.region),
-        EndpointKind::AzureBlob(a) => Some(&a.region),
-        EndpointKind::Sftp(s) => Some(&s.region),
-        EndpointKind::Local(l) => l.region.as_deref(),
-    }
-}
-
 /// The residency rule on declared regions: with `in-region-only`, both ends must
 /// declare the tenant's region.
 pub fn check_residency(
     connector: &Connector,
     tenant_region: Option<&str>,
 ) -> Result<(), ConfigError> {
-    if connector.spec.compliance.data_residency == DataResidency::Any {
-        return Ok(());
-    }
-    let Some(tenant) = tenant_region else {
-        return Err(ConfigError::Residency(
+    match residency_breaches(&connector.spec, tenant_region).into_iter().next() {
+        None => Ok(()),
+        Some(ResidencyBreach::TenantRegionUnknown) => Err(ConfigError::Residency(
             "dataResidency is in-region-only but the tenant's region is unknown: pass --tenant-region, or set compliance.dataResidency: any".into(),
-        ));
-    };
-    for (side, ep) in [
-        ("source", &connector.spec.source),
-        ("destination", &connector.spec.destination),
-    ] {
-        match declared_region(ep) {
-            Some(r) if r == tenant => {}
-            Some(r) => {
-                return Err(ConfigError::Residency(format!(
-                    "{side} is in region {r:?}, outside the tenant's region {tenant:?} (dataResidency: in-region-only)"
-                )));
-            }
-            None => {
-                return Err(ConfigError::Residency(format!(
-                    "{side} declares no region, and dataResidency is in-region-only"
-                )));
-            }
-        }
+        )),
+        Some(breach) => Err(ConfigError::Residency(breach.to_string())),
     }
-    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The runner once looked for its web identity token at a path the
+    /// operator never mounted anything at; both now take the path from the
+    /// contract.
+    #[test]
+    fn without_the_variable_tokens_are_read_where_the_operator_mounts_them() {
+        let unset = "FERRY_TEST_VARIABLE_NEVER_SET";
+        assert!(std::env::var_os(unset).is_none());
+        assert_eq!(
+            token_file(unset, paths::AWS_TOKEN_FILE),
+            Path::new(paths::AWS_TOKEN_DIR).join(paths::TOKEN_FILE_NAME)
+        );
+        assert_eq!(
+            token_file(unset, paths::AZURE_TOKEN_FILE),
+            Path::new(paths::AZURE_TOKEN_DIR).join(paths::TOKEN_FILE_NAME)
+        );
+    }
 }

@@ -5,15 +5,16 @@
 //! changed the run is tried once more, else it fails fast.
 
 use std::future::Future;
+use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 
-use ferry_crds::{Connector, DataResidency};
+use ferry_crds::{Connector, DataResidency, Reason};
 
 use crate::audit::{AuditLog, Outcome};
 use crate::config::{self, SecretsDir};
 use crate::crypto::KeyRing;
-use crate::lineage::{EventType, Lineage};
+use crate::lineage::{EventType, Lineage, Sink};
 use crate::storage::{ObjectStore, StorageError};
 use crate::transfer::{self, EraseRequest, Mode, Options, Progress, Report};
 
@@ -43,7 +44,7 @@ pub struct Job<'a> {
 /// object, never a secret.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure {
-    pub reason: &'static str,
+    pub reason: Reason,
     pub message: String,
 }
 
@@ -51,26 +52,7 @@ impl Failure {
     /// Whether another attempt may succeed. Credentials, policy, integrity and
     /// configuration failures will fail the same way again.
     pub fn retryable(&self) -> bool {
-        !matches!(
-            self.reason,
-            "InvalidCredentials"
-                | "AccessDenied"
-                | "HostKeyMismatch"
-                | "InvalidHostKey"
-                | "ResidencyViolation"
-                | "SensitivityNotAllowed"
-                | "InvalidSpec"
-                | "SecretKeyMissing"
-                | "InvalidEncryptionKey"
-                | "IntegrityFailure"
-                | "ContainerNotFound"
-                | "NotAdmitted"
-                | "NotProjectable"
-                | "ObjectsRefused"
-                | "SecretNotOptedIn"
-                | "SecretTypeRefused"
-                | "PinnedSpecTampered"
-        )
+        self.reason.retryable()
     }
 }
 
@@ -82,7 +64,7 @@ impl std::fmt::Display for Failure {
 
 impl std::error::Error for Failure {}
 
-fn failure(reason: &'static str, e: impl std::fmt::Display) -> Failure {
+fn failure(reason: Reason, e: impl std::fmt::Display) -> Failure {
     Failure {
         reason,
         message: e.to_string(),
@@ -98,7 +80,12 @@ pub async fn execute(
 ) -> Result<Report, Failure> {
     let connector = job.connector;
     if let Err(e) = config::check_residency(connector, job.tenant_region) {
-        audit.record("policy.residency", Outcome::Denied, Some(e.reason()), None);
+        audit.record(
+            "policy.residency",
+            Outcome::Denied,
+            Some(e.reason().as_str()),
+            None,
+        );
         return Err(failure(e.reason(), e));
     }
     let keys = match secrets.kek(connector) {
@@ -107,7 +94,12 @@ pub async fn execute(
             Arc::new(KeyRing::new(vec![k]))
         }
         Err(e) => {
-            audit.record("secret.read", Outcome::Failure, Some(e.reason()), None);
+            audit.record(
+                "secret.read",
+                Outcome::Failure,
+                Some(e.reason().as_str()),
+                None,
+            );
             return Err(failure(e.reason(), e));
         }
     };
@@ -146,7 +138,7 @@ pub async fn execute(
         }
         (Mode::Erase, None) => {
             return Err(failure(
-                "InvalidSpec",
+                Reason::InvalidSpec,
                 "an erase run needs the source keys to erase",
             ));
         }
@@ -168,8 +160,13 @@ async fn check_store_region(
 ) -> Result<(), Failure> {
     match store.region().await {
         Ok(Some(actual)) if actual != tenant => {
-            let reason = "ResidencyViolation";
-            audit.record("policy.residency", Outcome::Denied, Some(reason), None);
+            let reason = Reason::ResidencyViolation;
+            audit.record(
+                "policy.residency",
+                Outcome::Denied,
+                Some(reason.as_str()),
+                None,
+            );
             Err(failure(
                 reason,
                 format!(
@@ -249,8 +246,13 @@ where
 {
     let first = execute(job, &secrets, audit, progress.clone()).await;
     match first {
-        Err(f) if f.reason == "InvalidCredentials" => {
-            audit.record("auth.failure", Outcome::Failure, Some(f.reason), None);
+        Err(f) if f.reason == Reason::InvalidCredentials => {
+            audit.record(
+                "auth.failure",
+                Outcome::Failure,
+                Some(f.reason.as_str()),
+                None,
+            );
             let fresh = reread().await?;
             if fresh == secrets {
                 return Err(f);
@@ -264,12 +266,83 @@ where
             tracing::info!("credentials were refused; the Secrets changed since, trying once more");
             let second = execute(job, &fresh, audit, progress).await;
             if let Err(f) = &second
-                && f.reason == "InvalidCredentials"
+                && f.reason == Reason::InvalidCredentials
             {
-                audit.record("auth.failure", Outcome::Failure, Some(f.reason), None);
+                audit.record(
+                    "auth.failure",
+                    Outcome::Failure,
+                    Some(f.reason.as_str()),
+                    None,
+                );
             }
             second
         }
         other => other,
     }
+}
+
+/// What local and cluster mode both set up around a job: its audit trail and
+/// its lineage run.
+#[derive(Debug)]
+pub struct Prepared {
+    pub audit: AuditLog,
+    pub lineage: Option<Lineage>,
+}
+
+/// Prepares a run of `connector` in `namespace`, named `run`: its audit lines
+/// go to `audit_out`; lineage events (when there is a sink and the run touches
+/// streams tagged sensitive) name the OpenLineage run `lineage_run`.
+pub fn prepare(
+    connector: &Connector,
+    namespace: &str,
+    run: &str,
+    lineage_run: &str,
+    audit_out: Box<dyn Write + Send>,
+    sink: Option<Sink>,
+) -> Prepared {
+    let name = connector.metadata.name.as_deref().unwrap_or("connector");
+    let spec = &connector.spec;
+    Prepared {
+        audit: AuditLog::new(
+            audit_out,
+            name,
+            namespace,
+            run,
+            &spec.source.system(),
+            &spec.destination.system(),
+        ),
+        lineage: sink.and_then(|sink| Lineage::for_run(spec, namespace, name, lineage_run, sink)),
+    }
+}
+
+/// Runs a prepared job between its `run.started` and `run.finished` audit
+/// lines: the Secrets come from `secrets`, and again from `reread` after an
+/// authentication failure.
+pub async fn perform<S, F, Fut>(
+    job: Job<'_>,
+    secrets: S,
+    reread: F,
+    audit: &AuditLog,
+    progress: Arc<Progress>,
+) -> Result<Report, Failure>
+where
+    S: Future<Output = Result<SecretsDir, Failure>>,
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<SecretsDir, Failure>>,
+{
+    audit.record("run.started", Outcome::Success, None, None);
+    let outcome = match secrets.await {
+        Ok(secrets) => execute_with_rotation(job, secrets, reread, audit, progress).await,
+        Err(f) => Err(f),
+    };
+    match &outcome {
+        Ok(_) => audit.record("run.finished", Outcome::Success, None, None),
+        Err(f) => audit.record(
+            "run.finished",
+            Outcome::Failure,
+            Some(f.reason.as_str()),
+            None,
+        ),
+    }
+    outcome
 }

@@ -3,12 +3,14 @@
 #![forbid(unsafe_code)]
 
 pub mod audit;
+pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod crypto;
 pub mod job;
 pub mod lineage;
 pub mod net;
+pub mod pipe;
 pub mod project;
 pub mod readback;
 pub mod select;

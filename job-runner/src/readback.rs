@@ -4,11 +4,10 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
 
-use crate::crypto::{EnvelopeError, Finding, KeyRing, Manifest, ManifestEntry, ObjectDecrypter};
+use crate::crypto::{Finding, KeyRing, Manifest, ManifestEntry};
 use crate::storage::{ByteStream, ObjectStore, StorageError};
 use crate::transfer::{self, TransferError};
 
@@ -27,52 +26,7 @@ pub enum ReadbackError {
     Findings(Vec<Finding>),
 }
 
-/// Decrypts a stream of an object stored under `key`. Plaintext is released
-/// segment by segment, each only after it authenticated; the stream ends with an
-/// error naming the object if anything is wrong, so a writer fed by it discards
-/// what it wrote.
-pub fn decrypt_stream(mut input: ByteStream, keys: Arc<KeyRing>, key: String) -> ByteStream {
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, StorageError>>(4);
-    tokio::spawn(async move {
-        let mut dec = ObjectDecrypter::new(keys, &key);
-        let mut out = Vec::new();
-        let err = |e: EnvelopeError| StorageError::Source {
-            endpoint: "decrypt".into(),
-            key: key.clone(),
-            reason: e.to_string(),
-        };
-        while let Some(chunk) = input.next().await {
-            let chunk = match chunk {
-                Ok(c) => c,
-                Err(e) => {
-                    let _ = tx.send(Err(e)).await;
-                    return;
-                }
-            };
-            if let Err(e) = dec.push(&chunk, &mut out) {
-                let _ = tx.send(Err(err(e))).await;
-                return;
-            }
-            if !out.is_empty()
-                && tx
-                    .send(Ok(Bytes::from(std::mem::take(&mut out))))
-                    .await
-                    .is_err()
-            {
-                return;
-            }
-        }
-        match dec.finish(&mut out) {
-            Ok(()) => {
-                let _ = tx.send(Ok(Bytes::from(out))).await;
-            }
-            Err(e) => {
-                let _ = tx.send(Err(err(e))).await;
-            }
-        }
-    });
-    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) }).boxed()
-}
+pub use crate::pipe::decrypt_stream;
 
 /// The manifest at `key`, or the newest one.
 pub async fn manifest(

@@ -538,7 +538,7 @@ fn cluster_mode_without_an_api_server_fails_clearly() {
         .env("KUBECONFIG", dir.path().join("kubeconfig"))
         .env("FERRY_RUN_NAME", "sales-1")
         .env("FERRY_RUN_NAMESPACE", "acme")
-        .env(ferry_crds::SPEC_HASH_ENV, "sha256:00")
+        .env(ferry_crds::contract::env::SPEC_HASH, "sha256:00")
         .env_remove("KUBERNETES_SERVICE_HOST")
         .output()
         .unwrap();

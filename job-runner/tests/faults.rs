@@ -227,7 +227,7 @@ async fn credentials_that_may_not_write_fail_as_access_denied_without_retry() {
     assert!(!audit.contains(&sas) && !err.to_string().contains(&sas));
     assert!(dst.list().await.unwrap().is_empty(), "nothing was written");
     let one = Failure {
-        reason: "AccessDenied",
+        reason: ferry_crds::Reason::AccessDenied,
         message: String::new(),
     };
     assert!(!one.retryable());

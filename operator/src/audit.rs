@@ -6,57 +6,35 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use ferry_crds::ConnectorSpec;
-use serde::Serialize;
 
-/// Outcome of an audited action.
-#[derive(Serialize, Debug, Clone, Copy, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum Outcome {
-    Success,
-    Failure,
-    Denied,
-}
+pub use ferry_crds::contract::Outcome;
+use ferry_crds::contract::{Actor, AuditRecord};
 
-/// One audit record.
-#[derive(Serialize, Debug, Clone, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct Record {
-    pub timestamp: String,
-    pub action: String,
-    pub outcome: Outcome,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-    pub connector: String,
-    pub tenant: String,
-    pub run: String,
-    pub source: String,
-    pub destination: String,
-    pub actor: &'static str,
-}
+/// One audit record (the operator's lines carry `actor: operator`).
+pub type Record = AuditRecord;
 
-impl Record {
-    /// A record about `run` of a Connector with this spec.
-    pub fn new(
-        action: &str,
-        outcome: Outcome,
-        reason: Option<&str>,
-        tenant: &str,
-        connector: &str,
-        run: &str,
-        spec: Option<&ConnectorSpec>,
-    ) -> Self {
-        Self {
-            timestamp: jiff::Timestamp::now().to_string(),
-            action: action.to_string(),
-            outcome,
-            reason: reason.map(str::to_string),
-            connector: connector.to_string(),
-            tenant: tenant.to_string(),
-            run: run.to_string(),
-            source: spec.map(|s| s.source.system()).unwrap_or_default(),
-            destination: spec.map(|s| s.destination.system()).unwrap_or_default(),
-            actor: "operator",
-        }
+/// A record about `run` of a Connector with this spec.
+pub fn record(
+    action: &str,
+    outcome: Outcome,
+    reason: Option<&str>,
+    tenant: &str,
+    connector: &str,
+    run: &str,
+    spec: Option<&ConnectorSpec>,
+) -> Record {
+    AuditRecord {
+        timestamp: jiff::Timestamp::now().to_string(),
+        action: action.to_string(),
+        outcome,
+        reason: reason.map(str::to_string),
+        connector: connector.to_string(),
+        tenant: tenant.to_string(),
+        run: run.to_string(),
+        source: spec.map(|s| s.source.system()).unwrap_or_default(),
+        destination: spec.map(|s| s.destination.system()).unwrap_or_default(),
+        object: None,
+        actor: Actor::Operator,
     }
 }
 
@@ -90,14 +68,13 @@ impl AuditLog {
     /// Writes one record. A line that cannot be written is reported on stderr:
     /// losing it silently would defeat its purpose.
     pub fn record(&self, record: &Record) {
-        let mut line = match serde_json::to_vec(record) {
+        let line = match record.to_line() {
             Ok(l) => l,
             Err(e) => {
                 eprintln!("failed to encode an audit record: {e}");
                 return;
             }
         };
-        line.push(b'\n');
         let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
         if let Err(e) = out.write_all(&line).and_then(|()| out.flush()) {
             eprintln!("failed to write an audit record: {e}");

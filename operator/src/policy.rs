@@ -6,7 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::pod_bounds::{self, PodBounds};
 use ferry_crds::{
-    ConnectorSpec, DataResidency, Endpoint, EndpointKind, SecretRefusal, Sensitivity, secret_needs,
+    ConnectorSpec, Endpoint, EndpointKind, ResidencyBreach, SecretRefusal, Sensitivity,
+    residency_breaches, secret_needs,
 };
 
 /// What the platform team set on the tenant's namespace.
@@ -295,43 +296,17 @@ fn check_sensitivity(spec: &ConnectorSpec, tenant: &Tenant, violations: &mut Vec
     }
 }
 
-/// The region an endpoint declares.
-pub fn declared_region(endpoint: &Endpoint) -> Option<&str> {
-    match endpoint.kind()? {
-        EndpointKind::S3(s) => Some(&s.region),
-        EndpointKind::AzureBlob(a) => Some(&a.region),
-        EndpointKind::Sftp(s) => Some(&s.region),
-        EndpointKind::Local(l) => l.region.as_deref(),
-    }
-}
-
 fn check_residency(spec: &ConnectorSpec, tenant: &Tenant, violations: &mut Vec<Violation>) {
-    if spec.compliance.data_residency == DataResidency::Any {
-        return;
-    }
-    let Some(region) = tenant.region.as_deref() else {
-        violations.push(Violation::new(
-            "ResidencyViolation",
-            format!(
+    for breach in residency_breaches(spec, tenant.region.as_deref()) {
+        let message = match breach {
+            ResidencyBreach::TenantRegionUnknown => format!(
                 "dataResidency is in-region-only but namespace {} has no {} label; ask the platform team to set it, or use dataResidency: any",
                 tenant.namespace,
                 ferry_crds::REGION_LABEL
             ),
-        ));
-        return;
-    };
-    for (side, endpoint) in [("source", &spec.source), ("destination", &spec.destination)] {
-        match declared_region(endpoint) {
-            Some(r) if r == region => {}
-            Some(r) => violations.push(Violation::new(
-                "ResidencyViolation",
-                format!("{side} is in region {r:?}, outside the tenant's region {region:?} (dataResidency: in-region-only)"),
-            )),
-            None => violations.push(Violation::new(
-                "ResidencyViolation",
-                format!("{side} declares no region; dataResidency: in-region-only needs one equal to {region:?}"),
-            )),
-        }
+            other => other.to_string(),
+        };
+        violations.push(Violation::new("ResidencyViolation", message));
     }
 }
 
@@ -349,7 +324,7 @@ fn check_secrets(spec: &ConnectorSpec, secrets: &SecretKeys, violations: &mut Ve
                 usable: Err(refusal),
                 ..
             })) => violations.push(Violation::new(
-                refusal.reason(),
+                refusal.reason().as_str(),
                 refusal.message(&need.name, &need.purpose),
             )),
             Some(Some(SecretFacts { keys, .. })) => {

@@ -236,6 +236,19 @@ fn workload_identity_needs_no_secret_read_but_a_projected_cloud_token() {
     let env = ps.containers[0].env.as_ref().unwrap();
     assert!(env.iter().any(|e| e.name == "AWS_WEB_IDENTITY_TOKEN_FILE"
         && e.value.as_deref() == Some("/var/run/secrets/ferry.dev/aws/token")));
+    // The file the runner reads (without the variable too) is where the token
+    // is projected.
+    let mounted = ps.containers[0]
+        .volume_mounts
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|m| m.name == "aws-token")
+        .unwrap();
+    assert_eq!(
+        format!("{}/{}", mounted.mount_path, token.path),
+        ferry_crds::contract::paths::AWS_TOKEN_FILE
+    );
     assert!(
         env.iter()
             .any(|e| e.name == "FERRY_TENANT_REGION" && e.value.as_deref() == Some("eu-west-1"))
@@ -266,8 +279,11 @@ fn the_sts_endpoint_comes_from_the_operators_configuration() {
         .env
         .clone()
         .unwrap();
-    assert!(env.iter().any(|e| e.name == ferry_crds::STS_ENDPOINT_ENV
-        && e.value.as_deref() == Some("https://sts.internal.example.com:8443")));
+    assert!(
+        env.iter()
+            .any(|e| e.name == ferry_crds::contract::env::STS_ENDPOINT
+                && e.value.as_deref() == Some("https://sts.internal.example.com:8443"))
+    );
     let ports = serde_json::to_string(&o.network_policy.spec).unwrap();
     assert!(ports.contains("8443"), "{ports}");
     // Without web identity the runner is told nothing about STS.
@@ -283,7 +299,10 @@ fn the_sts_endpoint_comes_from_the_operators_configuration() {
         .env
         .clone()
         .unwrap();
-    assert!(!env.iter().any(|e| e.name == ferry_crds::STS_ENDPOINT_ENV));
+    assert!(
+        !env.iter()
+            .any(|e| e.name == ferry_crds::contract::env::STS_ENDPOINT)
+    );
 }
 
 #[test]
@@ -417,8 +436,11 @@ fn the_network_policy_keeps_a_run_from_metadata_and_cluster_addresses() {
         "with the API server's address configured, no rule lets a run anywhere"
     );
     let env = o.pod.spec.unwrap().containers[0].env.clone().unwrap();
-    assert!(env.iter().any(|e| e.name == ferry_crds::DENIED_NETWORKS_ENV
-        && e.value.as_deref() == Some("10.96.0.0/12,10.244.0.0/16,fd10::/64")));
+    assert!(
+        env.iter()
+            .any(|e| e.name == ferry_crds::contract::env::DENIED_NETWORKS
+                && e.value.as_deref() == Some("10.96.0.0/12,10.244.0.0/16,fd10::/64"))
+    );
 }
 
 #[test]

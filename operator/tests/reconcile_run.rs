@@ -641,7 +641,7 @@ async fn a_runner_rewriting_the_operators_status_fields_steers_nothing() {
     let env = pod.spec.unwrap().containers[0].env.clone().unwrap();
     let hash = env
         .iter()
-        .find(|e| e.name == ferry_crds::SPEC_HASH_ENV)
+        .find(|e| e.name == ferry_crds::contract::env::SPEC_HASH)
         .unwrap();
     assert_eq!(hash.value, admitted.connector_spec_hash);
 }

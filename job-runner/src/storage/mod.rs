@@ -6,6 +6,7 @@
 use std::ops::Range;
 
 use bytes::Bytes;
+use ferry_crds::Reason;
 use futures::stream::BoxStream;
 
 pub mod azure;
@@ -101,19 +102,19 @@ impl StorageError {
     }
 
     /// A stable, machine-readable reason (for conditions, metrics and audit).
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> Reason {
         match self {
-            StorageError::NotFound { .. } => "ObjectNotFound",
-            StorageError::NoSuchContainer { .. } => "ContainerNotFound",
-            StorageError::AccessDenied { .. } => "AccessDenied",
-            StorageError::InvalidCredentials { .. } => "InvalidCredentials",
-            StorageError::HostKeyMismatch { .. } => "HostKeyMismatch",
-            StorageError::Unreachable { .. } => "EndpointUnreachable",
-            StorageError::NoSpace { .. } => "NoSpace",
-            StorageError::ChangedDuringRead { .. } => "ObjectChanged",
-            StorageError::InvalidKey { .. } => "InvalidKey",
-            StorageError::Io { .. } => "StorageError",
-            StorageError::Source { .. } => "SourceError",
+            StorageError::NotFound { .. } => Reason::ObjectNotFound,
+            StorageError::NoSuchContainer { .. } => Reason::ContainerNotFound,
+            StorageError::AccessDenied { .. } => Reason::AccessDenied,
+            StorageError::InvalidCredentials { .. } => Reason::InvalidCredentials,
+            StorageError::HostKeyMismatch { .. } => Reason::HostKeyMismatch,
+            StorageError::Unreachable { .. } => Reason::EndpointUnreachable,
+            StorageError::NoSpace { .. } => Reason::NoSpace,
+            StorageError::ChangedDuringRead { .. } => Reason::ObjectChanged,
+            StorageError::InvalidKey { .. } => Reason::InvalidKey,
+            StorageError::Io { .. } => Reason::StorageError,
+            StorageError::Source { .. } => Reason::SourceError,
         }
     }
 }

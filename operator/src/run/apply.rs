@@ -16,8 +16,7 @@ use serde::de::DeserializeOwned;
 use crate::config::FIELD_MANAGER;
 use crate::context::Context;
 use crate::error::{Error, is_already_exists, is_not_found};
-use crate::names;
-use crate::run::build::RunObjects;
+use crate::run::build::{ObjectKind, RunObjects};
 
 /// The parts of a run's object that must be exactly as built for an existing
 /// object to stand for it: everything but `metadata` and `status` (a Pod's spec
@@ -127,21 +126,21 @@ fn static_kind<K: Resource<DynamicType = ()>>() -> &'static str {
     }
 }
 
-/// Creates every object of an attempt. The identity comes first, the pod last,
-/// so the pod never starts without its ServiceAccount, Role and NetworkPolicy.
+/// Creates every object of an attempt, in [`ObjectKind::ALL`]'s order: the
+/// identity first, the pod last, so the pod never starts without its
+/// ServiceAccount, Role and NetworkPolicy.
 pub async fn apply(ctx: &Context, namespace: &str, objects: &RunObjects) -> Result<(), Error> {
-    let RunObjects {
-        service_account,
-        role,
-        role_binding,
-        network_policy,
-        pod,
-    } = objects;
-    create_one(ctx, namespace, service_account).await?;
-    create_one(ctx, namespace, role).await?;
-    create_one(ctx, namespace, role_binding).await?;
-    create_one(ctx, namespace, network_policy).await?;
-    create_one(ctx, namespace, pod).await?;
+    for kind in ObjectKind::ALL {
+        match kind {
+            ObjectKind::ServiceAccount => {
+                create_one(ctx, namespace, &objects.service_account).await
+            }
+            ObjectKind::Role => create_one(ctx, namespace, &objects.role).await,
+            ObjectKind::RoleBinding => create_one(ctx, namespace, &objects.role_binding).await,
+            ObjectKind::NetworkPolicy => create_one(ctx, namespace, &objects.network_policy).await,
+            ObjectKind::Pod => create_one(ctx, namespace, &objects.pod).await,
+        }?;
+    }
     Ok(())
 }
 
@@ -165,22 +164,36 @@ pub async fn delete_pod(ctx: &Context, namespace: &str, pod: &str) -> Result<(),
     delete_one::<Pod>(ctx, namespace, pod).await
 }
 
-/// Deletes the run's pods and identity: done once the run has ended. The
-/// ConnectorRun itself stays, as history.
+/// Deletes one of the run's objects.
+async fn delete_kind(
+    ctx: &Context,
+    namespace: &str,
+    kind: ObjectKind,
+    name: &str,
+) -> Result<(), Error> {
+    match kind {
+        ObjectKind::ServiceAccount => delete_one::<ServiceAccount>(ctx, namespace, name).await,
+        ObjectKind::Role => delete_one::<Role>(ctx, namespace, name).await,
+        ObjectKind::RoleBinding => delete_one::<RoleBinding>(ctx, namespace, name).await,
+        ObjectKind::NetworkPolicy => delete_one::<NetworkPolicy>(ctx, namespace, name).await,
+        ObjectKind::Pod => delete_one::<Pod>(ctx, namespace, name).await,
+    }
+}
+
+/// Deletes the run's pods and identity, every object [`apply`] may have made
+/// (from the same list, in the reverse order): done once the run has ended.
+/// The ConnectorRun itself stays, as history.
 pub async fn cleanup(
     ctx: &Context,
     namespace: &str,
     run: &str,
     attempts: i32,
 ) -> Result<(), Error> {
-    for attempt in 1..=attempts {
-        delete_pod(ctx, namespace, &names::pod(run, attempt)).await?;
+    for kind in ObjectKind::ALL.into_iter().rev() {
+        for name in kind.names(run, attempts) {
+            delete_kind(ctx, namespace, kind, &name).await?;
+        }
     }
-    let id = names::run_identity(run);
-    delete_one::<NetworkPolicy>(ctx, namespace, &id).await?;
-    delete_one::<RoleBinding>(ctx, namespace, &id).await?;
-    delete_one::<Role>(ctx, namespace, &id).await?;
-    delete_one::<ServiceAccount>(ctx, namespace, &id).await?;
     Ok(())
 }
 

@@ -1,7 +1,8 @@
 //! No client required: what became of an attempt, read from its pod and the
 //! runner's report.
 
-use ferry_crds::RunResult;
+use ferry_crds::contract;
+use ferry_crds::{RunError, RunResult};
 use k8s_openapi::api::core::v1::{ContainerStateTerminated, Pod};
 
 use crate::run::build::RUNNER_CONTAINER;
@@ -33,6 +34,17 @@ fn failed(reason: &str, message: impl Into<String>, retryable: bool) -> Fate {
     }
 }
 
+/// The runner's own report of why it failed. Whether it is worth another
+/// attempt is the contract's word for the reasons it knows, the runner's for
+/// any other (a runner of another version).
+fn reported(e: &RunError) -> Fate {
+    failed(
+        &e.reason,
+        e.message.clone(),
+        contract::retryable(&e.reason, e.retryable),
+    )
+}
+
 fn terminated(pod: &Pod) -> Option<&ContainerStateTerminated> {
     pod.status
         .as_ref()?
@@ -54,7 +66,7 @@ pub fn fate(pod: &Pod, result: Option<&RunResult>, attempt: i32) -> Fate {
     let reported_error = result.and_then(|r| r.error.as_ref());
     match status.phase.as_deref() {
         Some("Succeeded") => match reported_error {
-            Some(e) => failed(&e.reason, e.message.clone(), e.retryable),
+            Some(e) => reported(e),
             None => Fate::Succeeded,
         },
         Some("Failed") => {
@@ -87,7 +99,7 @@ pub fn fate(pod: &Pod, result: Option<&RunResult>, attempt: i32) -> Fate {
                 );
             }
             if let Some(e) = reported_error {
-                return failed(&e.reason, e.message.clone(), e.retryable);
+                return reported(e);
             }
             match term {
                 Some(t) => failed(
@@ -217,6 +229,44 @@ status:
         // A report left by attempt 2 says nothing about attempt 3.
         assert!(
             matches!(fate(&failed_pod, Some(&result), 3), Fate::Failed { ref reason, retryable: true, .. } if reason == "PodFailed")
+        );
+    }
+
+    /// The runner's token may write the run's result: a runner that reports
+    /// a credentials or policy failure as retryable (to be started again and
+    /// again) is not believed; the contract decides for the reasons it knows.
+    #[test]
+    fn a_runner_claiming_a_refusal_is_retryable_is_not_believed() {
+        let claim = |reason: &str, retryable| RunResult {
+            attempt: Some(1),
+            error: Some(RunError {
+                reason: reason.into(),
+                message: "m".into(),
+                retryable,
+            }),
+            ..Default::default()
+        };
+        let failed_pod = pod("status: {phase: Failed}");
+        for reason in [
+            "InvalidCredentials",
+            "ResidencyViolation",
+            "IntegrityFailure",
+        ] {
+            assert_eq!(
+                fate(&failed_pod, Some(&claim(reason, true)), 1),
+                failed(reason, "m", false),
+                "{reason}"
+            );
+        }
+        // A transient failure stays retryable whatever the runner says, and
+        // an unknown reason keeps the runner's word.
+        assert_eq!(
+            fate(&failed_pod, Some(&claim("EndpointUnreachable", false)), 1),
+            failed("EndpointUnreachable", "m", true)
+        );
+        assert_eq!(
+            fate(&failed_pod, Some(&claim("SomethingNew", false)), 1),
+            failed("SomethingNew", "m", false)
         );
     }
 

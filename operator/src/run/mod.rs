@@ -16,11 +16,13 @@ pub mod dereference;
 pub mod effects;
 pub mod fate;
 pub mod record;
+pub mod validate;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferry_crds::{ConnectorRun, ConnectorRunStatus, ConnectorSpec, RunMode, RunPhase};
+use ferry_crds::contract;
+use ferry_crds::{ConnectorRun, ConnectorRunStatus, ConnectorSpec, Reason, RunMode, RunPhase};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -29,15 +31,16 @@ use kube::core::error_boundary::InvalidObject;
 use kube::runtime::controller::Action;
 use kube::{Api, Resource, ResourceExt};
 
-use crate::audit::{Outcome, Record};
+use crate::audit::{self, Outcome, Record};
 use crate::conditions;
 use crate::context::Context;
 use crate::error::Error;
 use crate::names;
-use crate::policy::{self, Settings};
+use crate::policy::{Violation, Warning};
 use effects::Effect;
 use fate::Fate;
 use record::RunRecordExt;
+use validate::Validation;
 
 /// Name of this controller in metrics and logs.
 pub const CONTROLLER: &str = "connectorrun";
@@ -134,6 +137,21 @@ impl Step {
             action,
             effects: Vec::new(),
         }
+    }
+}
+
+impl Subject<'_> {
+    /// An audit record about this run.
+    fn record(&self, action: &str, outcome: Outcome, reason: Option<&str>) -> Record {
+        audit::record(
+            action,
+            outcome,
+            reason,
+            self.namespace,
+            &self.run.spec.connector_ref.name,
+            self.name,
+            Some(self.spec),
+        )
     }
 }
 
@@ -272,7 +290,7 @@ async fn decide(
                 subject,
                 status,
                 RunPhase::Failed,
-                "PinnedSpecTampered",
+                Reason::PinnedSpecTampered.as_str(),
                 "the run's pinned Connector spec does not match the hash recorded when it was pinned; the run is stopped".into(),
             ));
         }
@@ -346,7 +364,7 @@ fn tampering(run: &ConnectorRun, namespace: &str, name: &str) -> Vec<Effect> {
     );
     vec![
         Effect::Denial(TAMPERED.into()),
-        Effect::Audit(Record::new(
+        Effect::Audit(audit::record(
             "run.tampered",
             Outcome::Denied,
             Some(TAMPERED),
@@ -507,10 +525,10 @@ async fn advance(
                 message
             };
             let mut step = finish(subject, status, RunPhase::Failed, &reason, message);
-            if reason == "IntegrityFailure" {
+            if reason == Reason::IntegrityFailure.as_str() {
                 step.effects.push(Effect::IntegrityFailure);
             }
-            if RUNNER_POLICY_REASONS.contains(&reason.as_str()) {
+            if contract::policy_refusal(&reason) {
                 // Refused by the runner (what only it can see: where a bucket
                 // really is, an object's stream, a file that cannot be minimised).
                 step.effects.push(Effect::Denial(reason));
@@ -519,17 +537,6 @@ async fn advance(
         }
     }
 }
-
-/// Failure reasons of the runner that are policy refusals: counted with the
-/// operator's own denials and shown as a PolicyViolation condition.
-const RUNNER_POLICY_REASONS: [&str; 6] = [
-    "ResidencyViolation",
-    "SensitivityNotAllowed",
-    "NotProjectable",
-    "ObjectsRefused",
-    "SecretNotOptedIn",
-    "SecretTypeRefused",
-];
 
 fn summary(mode: RunMode, result: Option<&ferry_crds::RunResult>) -> String {
     let Some(r) = result else {
@@ -548,62 +555,72 @@ fn summary(mode: RunMode, result: Option<&ferry_crds::RunResult>) -> String {
     }
 }
 
-/// Checks the run, then builds and applies the objects of attempt `attempt`
-/// (creation is idempotent: an object this run already made is kept, so an
-/// attempt whose status write failed is started again without a second pod).
+/// Starts attempt `attempt`: `dereference -> validate -> build -> apply`, then
+/// the status that says so. Creation is idempotent: an object this run already
+/// made is kept, so an attempt whose status write failed is started again
+/// without a second pod.
 async fn start_attempt(
     subject: Subject<'_>,
-    mut status: ConnectorRunStatus,
+    status: ConnectorRunStatus,
     attempt: i32,
 ) -> Result<Step, Error> {
     let Subject {
         run,
         ctx,
         namespace,
-        name,
         spec,
+        ..
     } = subject;
     // dereference
     let tenant = dereference::tenant(ctx, namespace);
     let secrets = dereference::secret_keys(ctx, namespace, spec).await?;
     // validate
-    let settings = Settings::of(&ctx.config);
-    let (violations, warnings) = policy::check(spec, &tenant, &secrets, settings);
-    let connector = &run.spec.connector_ref.name;
-    if !violations.is_empty() {
-        let reason = violations[0].reason;
-        let message = violations
-            .iter()
-            .map(|v| v.message.as_str())
-            .collect::<Vec<_>>()
-            .join("; ");
-        let mut step = finish(subject, status, RunPhase::Rejected, reason, message);
-        for v in &violations {
-            step.effects.push(Effect::Denial(v.reason.into()));
-            step.effects.push(Effect::Audit(Record::new(
-                "run.rejected",
-                Outcome::Denied,
-                Some(v.reason),
-                namespace,
-                connector,
-                name,
-                Some(spec),
-            )));
-        }
-        return Ok(step);
-    }
-    // build
-    let objects = build::build(build::RunInput {
+    let input = build::RunInput {
         run,
         spec,
         attempt,
         tenant_region: tenant.region.as_deref(),
         config: &ctx.config,
-    })?;
-    // apply
-    apply::apply(ctx, namespace, &objects).await?;
+    };
+    let (validated, warnings) = match validate::validate(input, &tenant, &secrets)? {
+        Validation::Valid { run, warnings } => (run, warnings),
+        Validation::Rejected(violations) => return Ok(reject(subject, status, &violations)),
+    };
+    // build, apply
+    apply::apply(ctx, namespace, &validated.objects()).await?;
+    Ok(started(subject, status, attempt, &warnings))
+}
 
-    let pod_name = names::pod(name, attempt);
+/// The run breaks `violations`: it ends Rejected, each violation denied and
+/// audited.
+fn reject(subject: Subject<'_>, status: ConnectorRunStatus, violations: &[Violation]) -> Step {
+    let reason = violations[0].reason;
+    let message = violations
+        .iter()
+        .map(|v| v.message.as_str())
+        .collect::<Vec<_>>()
+        .join("; ");
+    let mut step = finish(subject, status, RunPhase::Rejected, reason, message);
+    for v in violations {
+        step.effects.push(Effect::Denial(v.reason.into()));
+        step.effects.push(Effect::Audit(subject.record(
+            "run.rejected",
+            Outcome::Denied,
+            Some(v.reason),
+        )));
+    }
+    step
+}
+
+/// The status of a run whose attempt `attempt` was just created, and the
+/// Events and audit line that say so.
+fn started(
+    subject: Subject<'_>,
+    mut status: ConnectorRunStatus,
+    attempt: i32,
+    warnings: &[Warning],
+) -> Step {
+    let pod_name = names::pod(subject.name, attempt);
     status.phase = Some(RunPhase::Pending);
     status.attempts = Some(attempt);
     status.pod_name = Some(pod_name.clone());
@@ -614,7 +631,7 @@ async fn start_attempt(
     }
     let mut step = Step::new(status, Action::requeue(RESYNC));
     if attempt == 1 {
-        for w in &warnings {
+        for w in warnings {
             step.effects.push(Effect::Event {
                 warning: true,
                 reason: w.reason.into(),
@@ -623,14 +640,10 @@ async fn start_attempt(
             });
         }
     }
-    step.effects.push(Effect::Audit(Record::new(
+    step.effects.push(Effect::Audit(subject.record(
         "run.started",
         Outcome::Success,
         (attempt > 1).then_some("Retry"),
-        namespace,
-        connector,
-        name,
-        Some(spec),
     )));
     step.effects.push(Effect::Event {
         warning: false,
@@ -638,7 +651,7 @@ async fn start_attempt(
         action: "CreatePod",
         note: format!("attempt {attempt}: created pod {pod_name}"),
     });
-    Ok(step)
+    step
 }
 
 /// Ends the run: final phase and conditions (no client required); the metrics,
@@ -676,7 +689,7 @@ fn finish(
     let (complete, failed, violation) = match phase {
         RunPhase::Succeeded => (true, false, false),
         RunPhase::Rejected => (false, true, true),
-        _ => (false, true, RUNNER_POLICY_REASONS.contains(&reason)),
+        _ => (false, true, contract::policy_refusal(reason)),
     };
     for (kind, on) in [("Complete", complete), ("Failed", failed)] {
         conditions::set(
@@ -714,7 +727,7 @@ fn finish(
         } else {
             Outcome::Failure
         };
-        effects.push(Effect::Audit(Record::new(
+        effects.push(Effect::Audit(audit::record(
             "run.finished",
             outcome,
             Some(reason),

@@ -1,0 +1,346 @@
+//! The contract between the operator and the runner it starts: the reasons a
+//! run fails for and what each means (retried or not, a policy refusal or
+//! not), the environment of a run's pod, where tokens are projected, and the
+//! audit record both write. The operator builds the pod from these names and
+//! the runner reads it by them, so neither side can drift from the other.
+
+use serde::{Deserialize, Serialize};
+
+/// Why a run (or one attempt of it) failed: the `reason` of the runner's
+/// reported error, of the run's conditions and Events, of audit lines and
+/// metric labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Reason {
+    // Credentials and identities.
+    InvalidCredentials,
+    AccessDenied,
+    HostKeyMismatch,
+    InvalidHostKey,
+    SecretKeyMissing,
+    SecretNotOptedIn,
+    SecretTypeRefused,
+    InvalidEncryptionKey,
+    // Policy, as only the runner can see it.
+    ResidencyViolation,
+    SensitivityNotAllowed,
+    NotProjectable,
+    ObjectsRefused,
+    // The run itself.
+    InvalidSpec,
+    NotAdmitted,
+    PinnedSpecTampered,
+    IntegrityFailure,
+    ContainerNotFound,
+    // What another attempt may get past.
+    ObjectNotFound,
+    EndpointUnreachable,
+    NoSpace,
+    ObjectChanged,
+    InvalidKey,
+    StorageError,
+    SourceError,
+    EncryptionFailure,
+    ObjectsFailed,
+    KubernetesUnreachable,
+}
+
+impl Reason {
+    /// Every reason, for tests and documentation.
+    pub const ALL: [Reason; 27] = [
+        Reason::InvalidCredentials,
+        Reason::AccessDenied,
+        Reason::HostKeyMismatch,
+        Reason::InvalidHostKey,
+        Reason::SecretKeyMissing,
+        Reason::SecretNotOptedIn,
+        Reason::SecretTypeRefused,
+        Reason::InvalidEncryptionKey,
+        Reason::ResidencyViolation,
+        Reason::SensitivityNotAllowed,
+        Reason::NotProjectable,
+        Reason::ObjectsRefused,
+        Reason::InvalidSpec,
+        Reason::NotAdmitted,
+        Reason::PinnedSpecTampered,
+        Reason::IntegrityFailure,
+        Reason::ContainerNotFound,
+        Reason::ObjectNotFound,
+        Reason::EndpointUnreachable,
+        Reason::NoSpace,
+        Reason::ObjectChanged,
+        Reason::InvalidKey,
+        Reason::StorageError,
+        Reason::SourceError,
+        Reason::EncryptionFailure,
+        Reason::ObjectsFailed,
+        Reason::KubernetesUnreachable,
+    ];
+
+    /// The reason as conditions, Events, audit lines and metrics spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::InvalidCredentials => "InvalidCredentials",
+            Reason::AccessDenied => "AccessDenied",
+            Reason::HostKeyMismatch => "HostKeyMismatch",
+            Reason::InvalidHostKey => "InvalidHostKey",
+            Reason::SecretKeyMissing => "SecretKeyMissing",
+            Reason::SecretNotOptedIn => "SecretNotOptedIn",
+            Reason::SecretTypeRefused => "SecretTypeRefused",
+            Reason::InvalidEncryptionKey => "InvalidEncryptionKey",
+            Reason::ResidencyViolation => "ResidencyViolation",
+            Reason::SensitivityNotAllowed => "SensitivityNotAllowed",
+            Reason::NotProjectable => "NotProjectable",
+            Reason::ObjectsRefused => "ObjectsRefused",
+            Reason::InvalidSpec => "InvalidSpec",
+            Reason::NotAdmitted => "NotAdmitted",
+            Reason::PinnedSpecTampered => "PinnedSpecTampered",
+            Reason::IntegrityFailure => "IntegrityFailure",
+            Reason::ContainerNotFound => "ContainerNotFound",
+            Reason::ObjectNotFound => "ObjectNotFound",
+            Reason::EndpointUnreachable => "EndpointUnreachable",
+            Reason::NoSpace => "NoSpace",
+            Reason::ObjectChanged => "ObjectChanged",
+            Reason::InvalidKey => "InvalidKey",
+            Reason::StorageError => "StorageError",
+            Reason::SourceError => "SourceError",
+            Reason::EncryptionFailure => "EncryptionFailure",
+            Reason::ObjectsFailed => "ObjectsFailed",
+            Reason::KubernetesUnreachable => "KubernetesUnreachable",
+        }
+    }
+
+    /// The reason spelled `s`, if it is one of the runner's.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+
+    /// Whether another attempt may succeed. Credentials, policy, integrity and
+    /// configuration failures fail the same way again.
+    pub fn retryable(self) -> bool {
+        matches!(
+            self,
+            Reason::ObjectNotFound
+                | Reason::EndpointUnreachable
+                | Reason::NoSpace
+                | Reason::ObjectChanged
+                | Reason::InvalidKey
+                | Reason::StorageError
+                | Reason::SourceError
+                | Reason::EncryptionFailure
+                | Reason::ObjectsFailed
+                | Reason::KubernetesUnreachable
+        )
+    }
+
+    /// Whether the runner refused the run for a policy (what only it can see:
+    /// where a bucket really is, an object's stream, a file that cannot be
+    /// minimised, a Secret it may not read). The operator counts these with
+    /// its own denials and shows a `PolicyViolation` condition.
+    pub fn policy_refusal(self) -> bool {
+        matches!(
+            self,
+            Reason::ResidencyViolation
+                | Reason::SensitivityNotAllowed
+                | Reason::NotProjectable
+                | Reason::ObjectsRefused
+                | Reason::SecretNotOptedIn
+                | Reason::SecretTypeRefused
+        )
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<&str> for Reason {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl PartialEq<str> for Reason {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+/// Whether an attempt that failed for `reason` may be tried again: the
+/// contract decides for the runner's reasons; for any other (a runner of
+/// another version) the runner's own word stands.
+pub fn retryable(reason: &str, runner_says: bool) -> bool {
+    Reason::parse(reason).map_or(runner_says, Reason::retryable)
+}
+
+/// Whether `reason` is one of the runner's policy refusals.
+pub fn policy_refusal(reason: &str) -> bool {
+    Reason::parse(reason).is_some_and(Reason::policy_refusal)
+}
+
+/// The environment of a run's pod: set by the operator, read by the runner.
+pub mod env {
+    /// Name of the ConnectorRun.
+    pub const RUN_NAME: &str = "FERRY_RUN_NAME";
+    /// Its namespace (from the downward API).
+    pub const RUN_NAMESPACE: &str = "FERRY_RUN_NAMESPACE";
+    /// Which attempt the pod is, from 1.
+    pub const RUN_ATTEMPT: &str = "FERRY_RUN_ATTEMPT";
+    /// Hash of the Connector spec pinned for the run; the runner checks the
+    /// spec it reads from the run's record against it.
+    pub const SPEC_HASH: &str = "FERRY_SPEC_HASH";
+    /// The tenant's region (the namespace's `ferry.dev/region` label).
+    pub const TENANT_REGION: &str = "FERRY_TENANT_REGION";
+    /// Objects copied at once.
+    pub const CONCURRENCY: &str = "FERRY_CONCURRENCY";
+    /// Seconds between progress reports.
+    pub const PROGRESS_INTERVAL: &str = "FERRY_PROGRESS_INTERVAL";
+    /// Base folder of relative local paths.
+    pub const BASE_DIR: &str = "FERRY_BASE_DIR";
+    /// Log format on stderr (`json` in a pod).
+    pub const LOG_FORMAT: &str = "FERRY_LOG_FORMAT";
+    /// The log filter.
+    pub const RUST_LOG: &str = "RUST_LOG";
+    /// Where OpenLineage events go.
+    pub const LINEAGE_URL: &str = "FERRY_LINEAGE_URL";
+    /// The STS endpoint the platform team configured (none: the official
+    /// regional endpoint).
+    pub const STS_ENDPOINT: &str = "FERRY_STS_ENDPOINT";
+    /// Networks (CIDRs, comma separated) the runner refuses to connect to,
+    /// besides those it always refuses.
+    pub const DENIED_NETWORKS: &str = "FERRY_DENIED_NETWORKS";
+    /// The AWS web identity token file (the AWS SDKs' own variable).
+    pub const AWS_WEB_IDENTITY_TOKEN_FILE: &str = "AWS_WEB_IDENTITY_TOKEN_FILE";
+    /// The Azure federated token file (Azure workload identity's variable).
+    pub const AZURE_FEDERATED_TOKEN_FILE: &str = "AZURE_FEDERATED_TOKEN_FILE";
+}
+
+/// Where a run's pod holds its projected tokens.
+pub mod paths {
+    /// The Kubernetes API token, CA and namespace: where Kubernetes clients
+    /// look in a pod.
+    pub const API_ACCESS_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+    /// The folder of the AWS web identity token.
+    pub const AWS_TOKEN_DIR: &str = "/var/run/secrets/ferry.dev/aws";
+    /// The AWS web identity token.
+    pub const AWS_TOKEN_FILE: &str = "/var/run/secrets/ferry.dev/aws/token";
+    /// The folder of the Azure federated token.
+    pub const AZURE_TOKEN_DIR: &str = "/var/run/secrets/ferry.dev/azure";
+    /// The Azure federated token.
+    pub const AZURE_TOKEN_FILE: &str = "/var/run/secrets/ferry.dev/azure/token";
+    /// The file name of a token in its projected folder.
+    pub const TOKEN_FILE_NAME: &str = "token";
+    /// The runner's scratch space (a memory-backed emptyDir).
+    pub const SCRATCH_DIR: &str = "/tmp";
+}
+
+/// Outcome of an audited action.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Success,
+    Failure,
+    Denied,
+}
+
+/// Who wrote an audit line.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Actor {
+    Operator,
+    Runner,
+}
+
+/// One audit line: the same schema from the operator and the runner
+/// (docs/security.md, "What is logged"). It names systems (type and
+/// host/bucket/folder), never a credential and never data.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditRecord {
+    /// RFC 3339, UTC.
+    pub timestamp: String,
+    pub action: String,
+    pub outcome: Outcome,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub connector: String,
+    pub tenant: String,
+    pub run: String,
+    pub source: String,
+    pub destination: String,
+    /// The object key, for per-object actions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object: Option<String>,
+    pub actor: Actor,
+}
+
+impl AuditRecord {
+    /// The record as one line of JSON, newline included.
+    pub fn to_line(&self) -> Result<Vec<u8>, serde_json::Error> {
+        let mut line = serde_json::to_vec(self)?;
+        line.push(b'\n');
+        Ok(line)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_round_trip_and_are_distinct() {
+        let mut seen = std::collections::BTreeSet::new();
+        for r in Reason::ALL {
+            assert_eq!(Reason::parse(r.as_str()), Some(r));
+            assert!(seen.insert(r.as_str()), "{r} twice");
+        }
+        assert_eq!(Reason::parse("NoSuchReason"), None);
+    }
+
+    #[test]
+    fn policy_refusals_are_never_retried() {
+        for r in Reason::ALL.into_iter().filter(|r| r.policy_refusal()) {
+            assert!(!r.retryable(), "{r}");
+        }
+        assert!(!retryable("InvalidCredentials", true));
+        assert!(retryable("EndpointUnreachable", false));
+        // A reason this version does not know: the runner's word stands.
+        assert!(retryable("SomethingNew", true));
+        assert!(!retryable("SomethingNew", false));
+    }
+
+    #[test]
+    fn token_files_are_in_their_folders() {
+        for (dir, file) in [
+            (paths::AWS_TOKEN_DIR, paths::AWS_TOKEN_FILE),
+            (paths::AZURE_TOKEN_DIR, paths::AZURE_TOKEN_FILE),
+        ] {
+            assert_eq!(file, format!("{dir}/{}", paths::TOKEN_FILE_NAME));
+        }
+    }
+
+    #[test]
+    fn an_audit_line_reads_back() {
+        let record = AuditRecord {
+            timestamp: "2026-12-05T00:00:00Z".into(),
+            action: "object.copy".into(),
+            outcome: Outcome::Success,
+            reason: None,
+            connector: "c".into(),
+            tenant: "t".into(),
+            run: "r".into(),
+            source: "local:a".into(),
+            destination: "local:b".into(),
+            object: Some("k".into()),
+            actor: Actor::Runner,
+        };
+        let line = record.to_line().unwrap();
+        assert_eq!(line.last(), Some(&b'\n'));
+        let text = String::from_utf8(line).unwrap();
+        assert!(text.contains(r#""actor":"runner""#), "{text}");
+        assert!(!text.contains("reason"), "{text}");
+        let back: AuditRecord = serde_json::from_str(text.trim()).unwrap();
+        assert_eq!(back, record);
+    }
+}

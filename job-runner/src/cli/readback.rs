@@ -1,0 +1,191 @@
+//! `job-runner decrypt` and `job-runner verify`: reading back what Ferry wrote.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use futures::StreamExt;
+use tokio::io::AsyncWriteExt;
+
+use crate::config::{self, SecretsDir};
+use crate::crypto::{Kek, KeyRing};
+use crate::readback;
+use crate::storage::ObjectStore;
+use crate::storage::local::LocalStore;
+
+use super::BoxError;
+
+/// Arguments of `job-runner decrypt`.
+#[derive(clap::Args)]
+pub struct DecryptArgs {
+    /// KEK files (raw, base64 or hex); give older keys too after a rotation.
+    #[arg(long = "kek", required = true)]
+    keks: Vec<PathBuf>,
+    /// A destination folder written by Ferry: verified against its manifest, then decrypted.
+    #[arg(long, conflicts_with_all = ["file", "connector"])]
+    dir: Option<PathBuf>,
+    /// Or the destination of this Connector (any backend), verified then decrypted.
+    #[arg(long, conflicts_with = "file", requires = "secrets_dir")]
+    connector: Option<PathBuf>,
+    /// Secrets for --connector: DIR/<secret-name>/<key>.
+    #[arg(long)]
+    secrets_dir: Option<PathBuf>,
+    /// The manifest to use (its key under the destination); the newest when unset.
+    #[arg(long)]
+    manifest: Option<String>,
+    /// One encrypted object.
+    #[arg(long, requires = "object_key")]
+    file: Option<PathBuf>,
+    /// The object's key relative to the destination prefix (its associated data).
+    #[arg(long)]
+    object_key: Option<String>,
+    /// Output file (--file) or folder (--dir); `-` for stdout with --file.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+/// Arguments of `job-runner verify`.
+#[derive(clap::Args)]
+pub struct VerifyArgs {
+    /// KEK files (raw, base64 or hex).
+    #[arg(long = "kek", required = true)]
+    keks: Vec<PathBuf>,
+    /// The destination folder.
+    #[arg(
+        long,
+        conflicts_with = "connector",
+        required_unless_present = "connector"
+    )]
+    dir: Option<PathBuf>,
+    /// Or the destination of this Connector (any backend).
+    #[arg(long, requires = "secrets_dir")]
+    connector: Option<PathBuf>,
+    /// Secrets for --connector: DIR/<secret-name>/<key>.
+    #[arg(long)]
+    secrets_dir: Option<PathBuf>,
+    /// The manifest to use; the newest when unset.
+    #[arg(long)]
+    manifest: Option<String>,
+    /// Also decrypt every object and check its plaintext digest.
+    #[arg(long)]
+    deep: bool,
+}
+
+/// `job-runner decrypt`: one object, or a whole destination checked against
+/// its manifest.
+pub async fn decrypt(args: DecryptArgs, platform: &config::Platform) -> Result<(), BoxError> {
+    let keys = Arc::new(load_keys(&args.keks)?);
+    match (args.file, args.object_key) {
+        (Some(file), Some(object_key)) => decrypt_file(keys, file, object_key, args.out).await,
+        (None, _) => {
+            let store = destination(args.dir, args.connector, args.secrets_dir, platform)?;
+            let out = args.out;
+            let (m, bytes) = readback::decrypt_all(
+                store.as_ref(),
+                keys,
+                args.manifest.as_deref(),
+                &LocalStore::new(&out),
+            )
+            .await?;
+            println!(
+                "decrypted {} object(s), {bytes} bytes, from {} into {} (manifest of run {} verified)",
+                m.objects.len(),
+                store.describe(),
+                out.display(),
+                m.run
+            );
+            Ok(())
+        }
+        (Some(_), None) => Err("--file needs --object-key".into()),
+    }
+}
+
+/// `job-runner verify`: a destination against its signed manifest.
+pub async fn verify(args: VerifyArgs, platform: &config::Platform) -> Result<(), BoxError> {
+    let keys = Arc::new(load_keys(&args.keks)?);
+    let store = destination(args.dir, args.connector, args.secrets_dir, platform)?;
+    let (key, m) =
+        readback::verify(store.as_ref(), keys, args.manifest.as_deref(), args.deep).await?;
+    println!(
+        "ok: {} object(s) match manifest {key} (run {}, key {})",
+        m.objects.len(),
+        m.run,
+        m.kek_id
+    );
+    Ok(())
+}
+
+/// A file path as (the folder as a store, the file name as its key).
+fn split_file(path: &Path, flag: &str) -> Result<(LocalStore, String), BoxError> {
+    let folder = path
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| format!("{flag} must name a file"))?;
+    Ok((LocalStore::new(folder), name.to_string()))
+}
+
+/// The store to read back: a local folder, or a Connector's destination.
+fn destination(
+    dir: Option<PathBuf>,
+    connector: Option<PathBuf>,
+    secrets_dir: Option<PathBuf>,
+    platform: &config::Platform,
+) -> Result<Arc<dyn ObjectStore>, BoxError> {
+    match (dir, connector, secrets_dir) {
+        (Some(dir), None, _) => Ok(Arc::new(LocalStore::new(dir))),
+        (None, Some(file), Some(secrets)) => {
+            let connector = config::load_connector(&file)?;
+            let secrets = SecretsDir::new(secrets);
+            Ok(config::open_store(
+                "destination",
+                &connector.spec.destination,
+                std::path::Path::new("."),
+                &secrets,
+                platform,
+            )?)
+        }
+        _ => Err("give --dir, or --connector with --secrets-dir".into()),
+    }
+}
+
+fn load_keys(paths: &[PathBuf]) -> Result<KeyRing, BoxError> {
+    let mut keys = Vec::new();
+    for p in paths {
+        let bytes = zeroize::Zeroizing::new(
+            std::fs::read(p)
+                .map_err(|e| format!("failed to read key file {}: {e}", p.display()))?,
+        );
+        keys.push(Kek::parse(&bytes).map_err(|e| format!("key file {}: {e}", p.display()))?);
+    }
+    Ok(KeyRing::new(keys))
+}
+
+async fn decrypt_file(
+    keys: Arc<KeyRing>,
+    file: PathBuf,
+    object_key: String,
+    out: PathBuf,
+) -> Result<(), BoxError> {
+    let (folder, name) = split_file(&file, "--file")?;
+    let input = folder.get(&name, None).await?;
+    let mut plain = readback::decrypt_stream(input, keys, object_key.clone());
+    if out.as_os_str() == "-" {
+        let mut stdout = tokio::io::stdout();
+        while let Some(chunk) = plain.next().await {
+            let chunk = chunk.map_err(|e| format!("object {object_key:?}: {e}"))?;
+            stdout.write_all(&chunk).await?;
+        }
+        stdout.flush().await?;
+        return Ok(());
+    }
+    let (out_folder, out_name) = split_file(&out, "--out")?;
+    let n = out_folder
+        .put(&out_name, plain)
+        .await
+        .map_err(|e| format!("object {object_key:?}: {e}"))?;
+    println!("decrypted {object_key} ({n} bytes) to {}", out.display());
+    Ok(())
+}

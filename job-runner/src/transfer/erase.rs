@@ -1,0 +1,205 @@
+//! Erasure runs: delete what came from given source keys, remove it from every
+//! manifest, and leave tombstones so later runs do not copy it back.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use ferry_crds::Reason;
+
+use crate::audit::{AuditLog, Outcome};
+use crate::crypto::{Kek, KeyRing, Tombstone};
+use crate::storage::{ObjectStore, check_key};
+
+use super::records::{
+    audited, is_manifest_key, list_destination, newest_manifest, put_manifest, read_manifest,
+    write_manifest,
+};
+use super::{Erased, Options, Report, TransferError};
+
+/// A right-to-erasure request: the run's `erase` field.
+pub use ferry_crds::EraseSpec as EraseRequest;
+
+/// Erases the copies of the requested source keys: deletes each destination
+/// object, removes its entry from every manifest (each signed again), deletes
+/// the source object when asked, and records a tombstone for every key whose
+/// source object is still there, so later runs do not copy it back. Idempotent:
+/// erasing again finds nothing left and reports the keys as erased. One audit
+/// line per key and side.
+pub async fn erase(
+    src: Arc<dyn ObjectStore>,
+    dst: Arc<dyn ObjectStore>,
+    keys: Arc<KeyRing>,
+    request: &EraseRequest,
+    opts: &Options,
+    audit: &AuditLog,
+) -> Result<Report, TransferError> {
+    let kek = keys.current()?;
+    let wanted = wanted_keys(request)?;
+    let listed = list_destination(dst.as_ref()).await?;
+    let previous = audited(newest_manifest(dst.as_ref(), &listed, &keys).await, audit)?;
+    let at_destination: BTreeSet<String> = listed.into_iter().map(|o| o.key).collect();
+    let at_source: BTreeSet<String> = src.list().await?.into_iter().map(|o| o.key).collect();
+    let mut report = Report::default();
+    let mut tombstones = previous
+        .as_ref()
+        .map(|(_, m)| m.erased.clone())
+        .unwrap_or_default();
+    let now = jiff::Timestamp::now().to_string();
+    let mut first_error = None;
+    let sides = Sides {
+        src: src.as_ref(),
+        dst: dst.as_ref(),
+        at_source: &at_source,
+        at_destination: &at_destination,
+        from_source: request.from_source,
+        audit,
+    };
+    for key in &wanted {
+        let Some((done, source_remains)) =
+            sides.erase_one(key, &mut report, &mut first_error).await
+        else {
+            continue;
+        };
+        if source_remains && !tombstones.iter().any(|t| t.key == *key) {
+            tombstones.push(Tombstone {
+                key: key.to_string(),
+                run: opts.run_id.clone(),
+                erased: now.clone(),
+            });
+        }
+        report.erased.push(done);
+    }
+    tombstones.sort_by(|a, b| a.key.cmp(&b.key));
+    rewrite_manifests(dst.as_ref(), &keys, kek, &at_destination, &wanted, audit).await?;
+    if report.objects_failed > 0 {
+        return Err(match first_error {
+            Some(e) if report.objects_failed == 1 => e,
+            _ => TransferError::Incomplete {
+                failed: report.objects_failed,
+                refused: 0,
+                common: None,
+            },
+        });
+    }
+    // A new manifest carries the remaining entries and the tombstones forward.
+    let objects = previous
+        .map(|(_, m)| {
+            m.objects
+                .into_iter()
+                .filter(|e| !wanted.contains(e.key.as_str()))
+                .collect()
+        })
+        .unwrap_or_default();
+    report.manifest = Some(write_manifest(dst.as_ref(), kek, opts, objects, tombstones).await?);
+    Ok(report)
+}
+
+/// The requested keys, checked: valid keys, none of Ferry's own records.
+fn wanted_keys(request: &EraseRequest) -> Result<BTreeSet<&str>, TransferError> {
+    let wanted: BTreeSet<&str> = request.keys.iter().map(String::as_str).collect();
+    for key in &wanted {
+        check_key("erase.keys", key).map_err(|e| TransferError::Erase(e.to_string()))?;
+        if key.starts_with(".ferry/") {
+            return Err(TransferError::Erase(format!(
+                "{key:?} is under .ferry/, where Ferry keeps its own records"
+            )));
+        }
+    }
+    Ok(wanted)
+}
+
+/// Both ends of an erasure run, and what they held when it started.
+struct Sides<'a> {
+    src: &'a dyn ObjectStore,
+    dst: &'a dyn ObjectStore,
+    at_source: &'a BTreeSet<String>,
+    at_destination: &'a BTreeSet<String>,
+    from_source: bool,
+    audit: &'a AuditLog,
+}
+
+impl Sides<'_> {
+    /// Erases one key: its copy, then (when asked) its source. What was done
+    /// and whether the source object remains; `None` when the copy could not be
+    /// deleted (counted and kept in `first_error`).
+    async fn erase_one(
+        &self,
+        key: &str,
+        report: &mut Report,
+        first_error: &mut Option<TransferError>,
+    ) -> Option<(Erased, bool)> {
+        let mut done = Erased {
+            key: key.to_string(),
+            from_destination: false,
+            from_source: false,
+        };
+        if self.at_destination.contains(key) {
+            match self.dst.delete(key).await {
+                Ok(()) => {
+                    self.record(Outcome::Success, "Destination", key);
+                    done.from_destination = true;
+                }
+                Err(e) => {
+                    self.record(Outcome::Failure, e.reason().as_str(), key);
+                    report.objects_failed += 1;
+                    first_error.get_or_insert(TransferError::from(e));
+                    return None;
+                }
+            }
+        }
+        let mut source_remains = self.at_source.contains(key);
+        if self.from_source && source_remains {
+            match self.src.delete(key).await {
+                Ok(()) => {
+                    self.record(Outcome::Success, "Source", key);
+                    done.from_source = true;
+                    source_remains = false;
+                }
+                Err(e) => {
+                    let outcome = if e.reason() == Reason::AccessDenied {
+                        Outcome::Denied
+                    } else {
+                        Outcome::Failure
+                    };
+                    self.record(outcome, e.reason().as_str(), key);
+                    report.objects_failed += 1;
+                    first_error.get_or_insert(TransferError::from(e));
+                }
+            }
+        }
+        Some((done, source_remains))
+    }
+
+    fn record(&self, outcome: Outcome, reason: &str, key: &str) {
+        self.audit
+            .record("object.erase", outcome, Some(reason), Some(key));
+    }
+}
+
+/// Every manifest that still lists an erased key is rewritten without it, and
+/// signed again.
+async fn rewrite_manifests(
+    dst: &dyn ObjectStore,
+    keys: &KeyRing,
+    kek: &Kek,
+    at_destination: &BTreeSet<String>,
+    wanted: &BTreeSet<&str>,
+    audit: &AuditLog,
+) -> Result<(), TransferError> {
+    for mkey in at_destination.iter().filter(|k| is_manifest_key(k)) {
+        let mut m = read_manifest(dst, mkey, keys).await?;
+        let before = m.objects.len();
+        m.objects.retain(|e| !wanted.contains(e.key.as_str()));
+        if m.objects.len() != before {
+            m.resign(kek);
+            put_manifest(dst, mkey, &m).await?;
+            audit.record(
+                "manifest.rewrite",
+                Outcome::Success,
+                Some("Erasure"),
+                Some(mkey),
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,311 @@
+//! The transfer engine: list, [`plan`] (a pure function of the listing, the
+//! last manifest and the Connector: what to copy, skip or refuse), [`copy`]
+//! (minimisation and encryption inline, bounded concurrency), then write the
+//! signed manifest ([`records`]). Also erasure runs ([`erase`]): delete what came
+//! from given source keys and leave tombstones so later runs do not copy them
+//! again.
+
+mod copy;
+pub mod erase;
+pub mod plan;
+pub mod records;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use ferry_crds::{ConnectorSpec, Reason};
+
+use crate::audit::{AuditLog, Outcome};
+use crate::crypto::{KeyRing, ManifestEntry, ManifestError};
+use crate::project::ProjectionError;
+use crate::select::{GlobError, Selector};
+use crate::storage::{ObjectStore, StorageError};
+
+pub use erase::{EraseRequest, erase};
+pub use ferry_crds::MANIFEST_DIR;
+pub use plan::{Known, Verdict};
+pub use records::{latest_manifest, manifest_key, newest_manifest_key, read_manifest};
+/// Objects up to this size (one encryption segment) cost a few requests and
+/// little memory each: their pace is set by round trips, not bandwidth, so
+/// more of them are copied at once. On s3s-fs here, 1000 objects of 64 KiB
+/// from S3 to SFTP took 5.5 s four at a time, 1.5 s sixteen at a time.
+pub const SMALL_OBJECT: u64 = 1 << 20;
+/// How many times `Options::concurrency` small objects are copied at once.
+pub const SMALL_FACTOR: usize = 4;
+
+/// What a run does: the ConnectorRun's own `mode`.
+pub use ferry_crds::RunMode as Mode;
+
+/// Options of a run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub mode: Mode,
+    /// Run id: names the manifest.
+    pub run_id: String,
+    /// `namespace/name` of the Connector.
+    pub connector: String,
+    /// Objects larger than `SMALL_OBJECT` copied at once; smaller ones are
+    /// copied up to `SMALL_FACTOR` times as many at once.
+    pub concurrency: usize,
+    /// Attempts per object for transient errors.
+    pub attempts: u32,
+    /// First retry delay; doubles each time, with jitter.
+    pub backoff: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            mode: Mode::Sync,
+            run_id: String::from("run"),
+            connector: String::from("default/connector"),
+            concurrency: 4,
+            attempts: 4,
+            backoff: Duration::from_millis(200),
+        }
+    }
+}
+
+/// Why a run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TransferError {
+    #[error(transparent)]
+    Glob(#[from] GlobError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("the previous manifest {key:?} does not verify: {source}")]
+    Integrity { key: String, source: ManifestError },
+    #[error("the previous manifest {key:?} is not valid JSON: {reason}")]
+    ManifestParse { key: String, reason: String },
+    #[error("failed to encrypt object {key:?}: {reason}")]
+    Encrypt { key: String, reason: String },
+    #[error(transparent)]
+    Key(#[from] crate::crypto::KeyError),
+    #[error(transparent)]
+    Projection(#[from] ProjectionError),
+    #[error("invalid erasure request: {0}")]
+    Erase(String),
+    #[error(
+        "{failed} object(s) failed or were refused ({refused} refused by policy{}); the manifest was not written and the cursor did not move",
+        common.map(|r| format!(", all {r}")).unwrap_or_default()
+    )]
+    Incomplete {
+        failed: u64,
+        refused: u64,
+        /// The reason every failure had, when they all had the same one.
+        common: Option<Reason>,
+    },
+}
+
+impl TransferError {
+    /// A stable, machine-readable reason.
+    pub fn reason(&self) -> Reason {
+        match self {
+            TransferError::Glob(_) => Reason::InvalidSpec,
+            TransferError::Storage(e) => e.reason(),
+            TransferError::Integrity { .. } | TransferError::ManifestParse { .. } => {
+                Reason::IntegrityFailure
+            }
+            TransferError::Encrypt { .. } => Reason::EncryptionFailure,
+            TransferError::Key(_) => Reason::InvalidEncryptionKey,
+            TransferError::Projection(_) => Reason::NotProjectable,
+            TransferError::Erase(_) => Reason::InvalidSpec,
+            TransferError::Incomplete {
+                failed, refused, ..
+            } if failed == refused => Reason::ObjectsRefused,
+            // All failed the same way (access denied, say): that is the reason,
+            // and whether it is worth retrying.
+            TransferError::Incomplete {
+                refused: 0,
+                common: Some(reason),
+                ..
+            } => *reason,
+            TransferError::Incomplete { .. } => Reason::ObjectsFailed,
+        }
+    }
+}
+
+/// One object a plan would copy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Planned {
+    pub key: String,
+    pub size: u64,
+    pub streams: Vec<String>,
+}
+
+/// What a run did (or, in plan mode, would do).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    pub objects_copied: u64,
+    pub objects_skipped: u64,
+    pub objects_failed: u64,
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+    /// Key of the manifest written, in sync mode.
+    pub manifest: Option<String>,
+    /// What would be or was copied.
+    pub planned: Vec<Planned>,
+    /// Objects refused, with the reason.
+    pub refused: Vec<(String, String)>,
+    /// Objects not copied because an erasure run removed them.
+    pub objects_tombstoned: u64,
+    /// Erasure runs: what was erased, per requested key.
+    pub erased: Vec<Erased>,
+}
+
+/// What an erasure run did for one requested key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Erased {
+    pub key: String,
+    /// A copy was deleted from the destination by this run.
+    pub from_destination: bool,
+    /// The source object was deleted by this run.
+    pub from_source: bool,
+}
+
+/// Live counters, for progress reporting.
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub objects: AtomicU64,
+    pub bytes: AtomicU64,
+}
+
+/// Runs a Connector between two stores.
+pub async fn run(
+    spec: &ConnectorSpec,
+    src: Arc<dyn ObjectStore>,
+    dst: Arc<dyn ObjectStore>,
+    keys: Arc<KeyRing>,
+    opts: &Options,
+    audit: &AuditLog,
+    progress: Arc<Progress>,
+) -> Result<Report, TransferError> {
+    let selector = Selector::new(spec)?;
+    let kek = keys.current()?;
+    let listed = src.list().await?;
+    let at_destination = records::list_destination(dst.as_ref()).await?;
+    let previous = records::audited(
+        records::newest_manifest(dst.as_ref(), &at_destination, &keys).await,
+        audit,
+    )?;
+    let known = Known::new(
+        previous.as_ref().map(|(_, m)| m),
+        spec.sync_mode,
+        &at_destination,
+    );
+    drop(at_destination);
+    let verdicts = plan::plan(
+        listed,
+        &selector,
+        &spec.compliance.allowed_sensitivity,
+        &known,
+    );
+    let (mut report, work) = tally(verdicts, audit);
+    if opts.mode != Mode::Sync {
+        return Ok(report);
+    }
+    let copied = copy::copy_all(src, dst.clone(), kek, work, opts, audit, progress).await;
+    let Known {
+        mut entries,
+        tombstones,
+        ..
+    } = known;
+    settle(copied, &mut report, &mut entries)?;
+    let key = records::write_manifest(
+        dst.as_ref(),
+        kek,
+        opts,
+        entries.into_values().collect(),
+        tombstones,
+    )
+    .await?;
+    report.manifest = Some(key);
+    Ok(report)
+}
+
+/// Counts the verdicts into a report (with an audit line for each object
+/// refused or skipped as erased), and returns the objects to copy.
+fn tally(
+    verdicts: Vec<(crate::storage::ObjectMeta, Verdict)>,
+    audit: &AuditLog,
+) -> (Report, Vec<copy::Work>) {
+    let mut report = Report::default();
+    let mut work = Vec::new();
+    for (obj, verdict) in verdicts {
+        match verdict {
+            Verdict::Erased => {
+                audit.record(
+                    "object.skipped",
+                    Outcome::Success,
+                    Some("ErasedOnRequest"),
+                    Some(&obj.key),
+                );
+                report.objects_tombstoned += 1;
+            }
+            Verdict::Refused(r) => {
+                audit.record(
+                    "object.refused",
+                    Outcome::Denied,
+                    Some(r.reason.as_str()),
+                    Some(&obj.key),
+                );
+                report.objects_failed += 1;
+                report.refused.push((obj.key, r.message));
+            }
+            Verdict::Unchanged => report.objects_skipped += 1,
+            Verdict::Copy { fields, streams } => {
+                report.planned.push(Planned {
+                    key: obj.key.clone(),
+                    size: obj.size,
+                    streams,
+                });
+                work.push((obj, fields));
+            }
+        }
+    }
+    (report, work)
+}
+
+/// Adds what was copied to the report and to the manifest's entries. A run
+/// with any failure (or refusal) fails: it never advances the cursor, so no
+/// manifest is written; what it copied is complete and will be recognised (or
+/// copied again) next time.
+fn settle(
+    copied: Vec<Result<ManifestEntry, TransferError>>,
+    report: &mut Report,
+    entries: &mut BTreeMap<String, ManifestEntry>,
+) -> Result<(), TransferError> {
+    let mut first_error = None;
+    let mut reasons = BTreeSet::new();
+    for r in copied {
+        match r {
+            Ok(e) => {
+                report.objects_copied += 1;
+                report.bytes_read += e.size;
+                report.bytes_written += e.encrypted_size;
+                entries.insert(e.key.clone(), e);
+            }
+            Err(e) => {
+                report.objects_failed += 1;
+                tracing::error!(error = %e, "object failed");
+                reasons.insert(e.reason());
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    if report.objects_failed == 0 {
+        return Ok(());
+    }
+    Err(match first_error {
+        Some(e) if report.objects_failed == 1 && report.refused.is_empty() => e,
+        _ => TransferError::Incomplete {
+            failed: report.objects_failed,
+            refused: report.refused.len() as u64,
+            common: (reasons.len() == 1)
+                .then(|| reasons.into_iter().next())
+                .flatten(),
+        },
+    })
+}

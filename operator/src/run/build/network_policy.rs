@@ -1,0 +1,200 @@
+//! The run's NetworkPolicy: no ingress at all; egress only to the cluster's
+//! DNS, the API server, and the endpoints' ports anywhere but the denied
+//! networks.
+
+use std::collections::BTreeMap;
+
+use ferry_crds::{ConnectorSpec, EndpointKind};
+use k8s_openapi::api::networking::v1::{
+    IPBlock, NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyPeer, NetworkPolicyPort,
+    NetworkPolicySpec,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use super::ValidatedRun;
+use crate::config::{ALWAYS_DENIED_V4, ALWAYS_DENIED_V6, RunNetwork};
+use crate::names;
+
+/// TCP port of an endpoint URL (already checked by the policy), or the
+/// scheme's default, as the clients' parser reads it.
+pub(super) fn url_port(url: &str) -> i32 {
+    ferry_crds::check_endpoint_url(url, true).map_or(443, |u| i32::from(u.port()))
+}
+
+/// Whether either end assumes an AWS role with the run's token.
+pub(super) fn uses_web_identity(spec: &ConnectorSpec) -> bool {
+    [&spec.source, &spec.destination].into_iter().any(|e| {
+        e.s3.as_ref()
+            .is_some_and(|s| s.credentials.web_identity.is_some())
+    })
+}
+
+/// TCP ports the runner must reach for its two endpoints, sorted.
+pub fn endpoint_ports(spec: &ConnectorSpec) -> Vec<i32> {
+    let mut ports = Vec::new();
+    for endpoint in [&spec.source, &spec.destination] {
+        match endpoint.kind() {
+            Some(EndpointKind::S3(s)) => {
+                ports.push(s.endpoint.as_deref().map_or(443, url_port));
+                if s.credentials.web_identity.is_some() {
+                    ports.push(443); // STS
+                }
+            }
+            Some(EndpointKind::AzureBlob(a)) => {
+                ports.push(a.endpoint.as_deref().map_or(443, url_port));
+                if a.credentials.secret_ref.is_none() {
+                    ports.push(443); // Entra ID token endpoint
+                }
+            }
+            Some(EndpointKind::Sftp(s)) => ports.push(s.port),
+            Some(EndpointKind::Local(_)) | None => {}
+        }
+    }
+    ports.sort_unstable();
+    ports.dedup();
+    ports
+}
+
+/// Every TCP port the runner connects to outside the cluster: the endpoints,
+/// the lineage sink and the platform's STS endpoint.
+fn egress_ports(run: &ValidatedRun<'_>) -> Vec<i32> {
+    let config = run.input.config;
+    let mut tcp: Vec<i32> = endpoint_ports(run.input.spec);
+    if let Some(url) = &config.lineage_url {
+        tcp.push(url_port(url));
+    }
+    if let Some(url) = &config.sts_endpoint
+        && uses_web_identity(run.input.spec)
+    {
+        tcp.push(url_port(url));
+    }
+    tcp.sort_unstable();
+    tcp.dedup();
+    tcp
+}
+
+fn port(protocol: &str, port: i32) -> NetworkPolicyPort {
+    NetworkPolicyPort {
+        protocol: Some(protocol.to_string()),
+        port: Some(IntOrString::Int(port)),
+        end_port: None,
+    }
+}
+
+/// No ingress at all; egress only to DNS, the API server and the endpoints'
+/// ports.
+pub fn network_policy(run: &ValidatedRun<'_>) -> NetworkPolicy {
+    let config = run.input.config;
+    let mut api_ports = config.api_server_ports.clone();
+    api_ports.sort_unstable();
+    api_ports.dedup();
+    NetworkPolicy {
+        metadata: run.meta(run.identity_name()),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(LabelSelector {
+                match_labels: Some(BTreeMap::from([(
+                    names::LABEL_RUN.to_string(),
+                    names::label_value(run.name),
+                )])),
+                match_expressions: None,
+            }),
+            policy_types: Some(vec!["Ingress".into(), "Egress".into()]),
+            ingress: Some(vec![]),
+            egress: Some(vec![
+                // DNS, to the cluster's DNS pods only.
+                NetworkPolicyEgressRule {
+                    ports: Some(vec![port("UDP", 53), port("TCP", 53)]),
+                    to: Some(vec![dns_peer(&config.network)]),
+                },
+                // The API server (the runner reads its run and Secrets there).
+                NetworkPolicyEgressRule {
+                    ports: Some(api_ports.into_iter().map(|p| port("TCP", p)).collect()),
+                    to: ip_blocks(&config.network.api_server_cidrs),
+                },
+                // The endpoints: anywhere but the denied networks.
+                NetworkPolicyEgressRule {
+                    ports: Some(
+                        egress_ports(run)
+                            .into_iter()
+                            .map(|p| port("TCP", p))
+                            .collect(),
+                    ),
+                    to: Some(outside_denied(&config.network)),
+                },
+            ]),
+        }),
+    }
+}
+
+/// The cluster DNS pods, by namespace and labels.
+fn dns_peer(network: &RunNetwork) -> NetworkPolicyPeer {
+    NetworkPolicyPeer {
+        namespace_selector: Some(LabelSelector {
+            match_labels: Some(BTreeMap::from([(
+                "kubernetes.io/metadata.name".to_string(),
+                network.dns_namespace.clone(),
+            )])),
+            match_expressions: None,
+        }),
+        pod_selector: Some(LabelSelector {
+            match_labels: Some(network.dns_pod_labels.clone()),
+            match_expressions: None,
+        }),
+        ip_block: None,
+    }
+}
+
+/// Peers for exactly these CIDRs; `None` (anywhere) when there are none.
+fn ip_blocks(cidrs: &[String]) -> Option<Vec<NetworkPolicyPeer>> {
+    (!cidrs.is_empty()).then(|| {
+        cidrs
+            .iter()
+            .map(|c| NetworkPolicyPeer {
+                ip_block: Some(IPBlock {
+                    cidr: c.clone(),
+                    except: None,
+                }),
+                ..Default::default()
+            })
+            .collect()
+    })
+}
+
+/// Every IPv4 and IPv6 address but the denied networks (link-local, cloud
+/// metadata, and the configured cluster ranges).
+fn outside_denied(network: &RunNetwork) -> Vec<NetworkPolicyPeer> {
+    let (v6, v4): (Vec<&String>, Vec<&String>) =
+        network.denied_cidrs.iter().partition(|c| c.contains(':'));
+    let block = |cidr: &str, always: &[&str], extra: Vec<&String>| {
+        let mut except: Vec<String> = always.iter().map(|s| s.to_string()).collect();
+        except.extend(extra.into_iter().cloned());
+        except.sort();
+        except.dedup();
+        NetworkPolicyPeer {
+            ip_block: Some(IPBlock {
+                cidr: cidr.to_string(),
+                except: Some(except),
+            }),
+            ..Default::default()
+        }
+    };
+    vec![
+        block("0.0.0.0/0", &ALWAYS_DENIED_V4, v4),
+        block("::/0", &ALWAYS_DENIED_V6, v6),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_ports() {
+        assert_eq!(url_port("https://s3.example.com"), 443);
+        assert_eq!(url_port("https://s3.example.com:9000/x"), 9000);
+        assert_eq!(url_port("http://127.0.0.1:10000/devstoreaccount1"), 10000);
+        assert_eq!(url_port("http://[::1]/"), 80);
+        assert_eq!(url_port("http://[::1]:8080/"), 8080);
+    }
+}

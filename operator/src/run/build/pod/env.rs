@@ -1,0 +1,69 @@
+//! The runner's environment: which run and attempt it is, the spec hash it
+//! checks, the platform's settings, and where its tokens are. Every name comes
+//! from the operator↔runner contract ([`ferry_crds::contract::env`]), which the
+//! runner reads its arguments by.
+
+use ferry_crds::contract::env as names;
+use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, ObjectFieldSelector};
+
+use super::volumes::Files;
+use crate::run::build::ValidatedRun;
+use crate::run::build::network_policy::uses_web_identity;
+
+fn var(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        value_from: None,
+    }
+}
+
+/// The runner container's environment.
+pub fn env(run: &ValidatedRun<'_>, files: &Files) -> Vec<EnvVar> {
+    let input = run.input;
+    let config = input.config;
+    let mut vars = vec![
+        var(names::RUN_NAME, run.name),
+        var(names::RUN_ATTEMPT, input.attempt.to_string()),
+        EnvVar {
+            name: names::RUN_NAMESPACE.into(),
+            value: None,
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    api_version: Some("v1".into()),
+                    field_path: "metadata.namespace".into(),
+                }),
+                ..Default::default()
+            }),
+        },
+        // The runner checks the spec it reads from the run's record against
+        // this: the pod is immutable and only the operator creates it.
+        var(names::SPEC_HASH, ferry_crds::spec_hash(input.spec)),
+        var(names::RUST_LOG, config.runner_log.clone()),
+        var(names::LOG_FORMAT, "json"),
+    ];
+    if let Some(region) = input.tenant_region {
+        vars.push(var(names::TENANT_REGION, region));
+    }
+    if let Some(url) = &config.lineage_url {
+        vars.push(var(names::LINEAGE_URL, url.clone()));
+    }
+    if let Some(url) = &config.sts_endpoint
+        && uses_web_identity(input.spec)
+    {
+        vars.push(var(names::STS_ENDPOINT, url.clone()));
+    }
+    if !config.network.denied_cidrs.is_empty() {
+        vars.push(var(
+            names::DENIED_NETWORKS,
+            config.network.denied_cidrs.join(","),
+        ));
+    }
+    if let Some(file) = files.aws_token {
+        vars.push(var(names::AWS_WEB_IDENTITY_TOKEN_FILE, file));
+    }
+    if let Some(file) = files.azure_token {
+        vars.push(var(names::AZURE_FEDERATED_TOKEN_FILE, file));
+    }
+    vars
+}
