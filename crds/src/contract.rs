@@ -284,6 +284,65 @@ impl AuditRecord {
     }
 }
 
+/// Where audit lines go, for the operator and the runner alike: one JSON line
+/// per record, flushed at once. A line that cannot be written is reported on
+/// stderr: losing it silently would defeat its purpose.
+#[derive(Clone)]
+pub struct AuditSink {
+    out: std::sync::Arc<std::sync::Mutex<Box<dyn std::io::Write + Send>>>,
+}
+
+impl std::fmt::Debug for AuditSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditSink").finish_non_exhaustive()
+    }
+}
+
+impl AuditSink {
+    /// A sink writing to `out`.
+    pub fn new(out: Box<dyn std::io::Write + Send>) -> Self {
+        Self {
+            out: std::sync::Arc::new(std::sync::Mutex::new(out)),
+        }
+    }
+
+    /// A sink that keeps its lines in memory, for tests.
+    pub fn memory() -> (Self, std::sync::Arc<std::sync::Mutex<Vec<u8>>>) {
+        let buf = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        (Self::new(Box::new(SharedBuf(buf.clone()))), buf)
+    }
+
+    /// Writes one record.
+    pub fn record(&self, record: &AuditRecord) {
+        let line = match record.to_line() {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("audit: failed to encode a record: {e}");
+                return;
+            }
+        };
+        let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(e) = out.write_all(&line).and_then(|()| out.flush()) {
+            eprintln!("audit: failed to write a record: {e}");
+        }
+    }
+}
+
+struct SharedBuf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for SharedBuf {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,15 +2,14 @@
 //! schema both the operator and the runner write ([`ferry_crds::AuditRecord`]).
 
 use std::io::Write;
-use std::sync::{Arc, Mutex};
 
 pub use ferry_crds::contract::Outcome;
-use ferry_crds::contract::{Actor, AuditRecord};
+use ferry_crds::contract::{Actor, AuditRecord, AuditSink};
 
 /// Where audit lines go, with the fields common to a run.
 #[derive(Clone)]
 pub struct AuditLog {
-    out: Arc<Mutex<Box<dyn Write + Send>>>,
+    sink: AuditSink,
     pub connector: String,
     pub tenant: String,
     pub run: String,
@@ -37,7 +36,7 @@ impl AuditLog {
         destination: &str,
     ) -> Self {
         Self {
-            out: Arc::new(Mutex::new(out)),
+            sink: AuditSink::new(out),
             connector: connector.into(),
             tenant: tenant.into(),
             run: run.into(),
@@ -68,16 +67,6 @@ impl AuditLog {
             object: object.map(str::to_string),
             actor: Actor::Runner,
         };
-        let line = match record.to_line() {
-            Ok(l) => l,
-            Err(e) => {
-                eprintln!("audit: failed to encode a record: {e}");
-                return;
-            }
-        };
-        let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
-        if let Err(e) = out.write_all(&line).and_then(|()| out.flush()) {
-            eprintln!("audit: failed to write a record: {e}");
-        }
+        self.sink.record(&record);
     }
 }

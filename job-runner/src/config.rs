@@ -5,16 +5,13 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use ferry_crds::contract::{env, paths};
 use ferry_crds::{Connector, Endpoint, EndpointKind, Reason, ResidencyBreach, residency_breaches};
 use zeroize::Zeroizing;
 
 use crate::crypto::{Kek, KeyError};
-use crate::storage::azure::{AzureAuth, AzureConfig, AzureStore};
+use crate::storage::ObjectStore;
+pub use crate::storage::access::{OpenError, Platform, SecretKeyMissing, Secrets};
 use crate::storage::local::LocalStore;
-use crate::storage::s3::{ReadTuning, S3Auth, S3Config, S3Store};
-use crate::storage::sftp::{HostKeyCheck, SftpAuth, SftpConfig, SftpStore};
-use crate::storage::{ObjectStore, StorageError};
 
 /// Why the inputs of a run are unusable.
 #[derive(Debug, thiserror::Error)]
@@ -26,14 +23,8 @@ pub enum ConfigError {
     },
     #[error("{path} is not a valid Connector: {reason}")]
     Parse { path: PathBuf, reason: String },
-    #[error("{0}: exactly one of s3, azureBlob, sftp or local must be set")]
-    Endpoint(&'static str),
-    #[error("secret {secret:?} has no key {key:?} (looked in {location})")]
-    MissingSecretKey {
-        secret: String,
-        key: String,
-        location: String,
-    },
+    #[error(transparent)]
+    MissingSecretKey(#[from] SecretKeyMissing),
     #[error("secret {secret:?} key {key:?}: {source}")]
     BadKey {
         secret: String,
@@ -42,29 +33,16 @@ pub enum ConfigError {
     },
     #[error("{0}")]
     Residency(String),
-    #[error("{side}: {source}")]
-    Store {
-        side: &'static str,
-        source: StorageError,
-    },
-    #[error(
-        "secret {secret:?} key \"knownHosts\" holds no public key in known_hosts or .pub format"
-    )]
-    BadHostKey { secret: String },
 }
 
 impl ConfigError {
     /// A stable, machine-readable reason.
     pub fn reason(&self) -> Reason {
         match self {
-            ConfigError::Read { .. } | ConfigError::Parse { .. } | ConfigError::Endpoint(_) => {
-                Reason::InvalidSpec
-            }
-            ConfigError::MissingSecretKey { .. } => Reason::SecretKeyMissing,
+            ConfigError::Read { .. } | ConfigError::Parse { .. } => Reason::InvalidSpec,
+            ConfigError::MissingSecretKey(_) => Reason::SecretKeyMissing,
             ConfigError::BadKey { .. } => Reason::InvalidEncryptionKey,
             ConfigError::Residency(_) => Reason::ResidencyViolation,
-            ConfigError::Store { source, .. } => source.reason(),
-            ConfigError::BadHostKey { .. } => Reason::InvalidHostKey,
         }
     }
 }
@@ -233,7 +211,7 @@ impl SecretsDir {
     }
 
     /// Where a Secret is looked for, for messages.
-    fn location(&self, secret: &str) -> String {
+    pub fn location(&self, secret: &str) -> String {
         match &self.source {
             SecretSource::Dir(root) => root.join(secret).display().to_string(),
             SecretSource::Fetched(_) => format!("Secret {secret}"),
@@ -242,8 +220,8 @@ impl SecretsDir {
 
     /// The bytes of one key of one Secret, zeroized on drop. Errors name the
     /// Secret and key, never the content.
-    pub fn read(&self, secret: &str, key: &str) -> Result<Zeroizing<Vec<u8>>, ConfigError> {
-        let missing = || ConfigError::MissingSecretKey {
+    pub fn read(&self, secret: &str, key: &str) -> Result<Zeroizing<Vec<u8>>, SecretKeyMissing> {
+        let missing = || SecretKeyMissing {
             secret: secret.into(),
             key: key.into(),
             location: self.location(secret),
@@ -260,19 +238,6 @@ impl SecretsDir {
         }
     }
 
-    /// One key of one Secret as text, surrounding white space removed.
-    pub fn string(&self, secret: &str, key: &str) -> Result<Zeroizing<String>, ConfigError> {
-        let bytes = self.read(secret, key)?;
-        Ok(Zeroizing::new(
-            String::from_utf8_lossy(&bytes).trim().to_string(),
-        ))
-    }
-
-    /// Like [`SecretsDir::string`], for an optional key.
-    pub fn optional_string(&self, secret: &str, key: &str) -> Option<Zeroizing<String>> {
-        self.string(secret, key).ok().filter(|s| !s.is_empty())
-    }
-
     /// The Connector's KEK.
     pub fn kek(&self, connector: &Connector) -> Result<Kek, ConfigError> {
         let r = &connector.spec.encryption.key_ref;
@@ -285,162 +250,36 @@ impl SecretsDir {
     }
 }
 
-/// What the platform team sets for every run and a Connector cannot: in
-/// cluster mode the operator puts it in the pod's environment, in local mode it
-/// comes from the command line.
-#[derive(Debug, Clone, Default)]
-pub struct Platform {
-    /// The STS endpoint that AWS web identity tokens are sent to. Unset: the
-    /// official regional endpoint (`sts.<region>.amazonaws.com`). Never the
-    /// Connector's S3 `endpoint`, which the tenant chooses.
-    pub sts_endpoint: Option<String>,
-    /// Networks no connection of the run may go to.
-    pub network: crate::net::NetworkGuard,
+impl Secrets for SecretsDir {
+    fn string(&self, secret: &str, key: &str) -> Result<Zeroizing<String>, SecretKeyMissing> {
+        let bytes = self.read(secret, key)?;
+        Ok(Zeroizing::new(
+            String::from_utf8_lossy(&bytes).trim().to_string(),
+        ))
+    }
+
+    fn location(&self, secret: &str) -> String {
+        SecretsDir::location(self, secret)
+    }
 }
 
-/// Opens the store of one end. Relative local paths are taken from `base`.
+/// Opens the store of one end; each backend builds its own from its endpoint,
+/// its Secrets and the platform's settings. Relative local paths are taken
+/// from `base`.
 pub fn open_store(
     side: &'static str,
     endpoint: &Endpoint,
     base: &Path,
     secrets: &SecretsDir,
     platform: &Platform,
-) -> Result<Arc<dyn ObjectStore>, ConfigError> {
-    let store: Arc<dyn ObjectStore> = match endpoint.kind().ok_or(ConfigError::Endpoint(side))? {
+) -> Result<Arc<dyn ObjectStore>, OpenError> {
+    Ok(match endpoint.kind().ok_or(OpenError::Endpoint(side))? {
         EndpointKind::Local(l) => Arc::new(LocalStore::new(base.join(&l.path))),
-        EndpointKind::S3(e) => {
-            let auth = match (&e.credentials.secret_ref, &e.credentials.web_identity) {
-                (Some(r), None) => S3Auth::Static {
-                    access_key_id: secrets.string(&r.name, "accessKeyId")?,
-                    secret_access_key: secrets.string(&r.name, "secretAccessKey")?,
-                    session_token: secrets.optional_string(&r.name, "sessionToken"),
-                },
-                (None, Some(w)) => S3Auth::WebIdentity {
-                    role_arn: w.role_arn.clone(),
-                    token_file: token_file(env::AWS_WEB_IDENTITY_TOKEN_FILE, paths::AWS_TOKEN_FILE),
-                    session_name: format!("ferry-{side}"),
-                    sts_endpoint: platform.sts_endpoint.clone(),
-                },
-                _ => return Err(ConfigError::Endpoint(side)),
-            };
-            Arc::new(
-                S3Store::new(S3Config {
-                    bucket: e.bucket.clone(),
-                    prefix: e.prefix.clone(),
-                    region: e.region.clone(),
-                    endpoint: e.endpoint.clone(),
-                    force_path_style: e.force_path_style,
-                    insecure_plain_http_on_loopback: e.insecure_plain_http_on_loopback,
-                    network: platform.network.clone(),
-                    auth,
-                    reads: ReadTuning::default(),
-                })
-                .map_err(|source| ConfigError::Store { side, source })?,
-            )
-        }
+        EndpointKind::S3(e) => Arc::new(crate::storage::s3::open(side, e, secrets, platform)?),
         EndpointKind::AzureBlob(e) => {
-            let auth = match (&e.credentials.secret_ref, &e.credentials.workload_identity) {
-                (Some(r), None) => azure_secret_auth(secrets, &r.name)?,
-                (None, Some(w)) => AzureAuth::WorkloadIdentity {
-                    tenant_id: w.tenant_id.clone(),
-                    client_id: w.client_id.clone(),
-                    token_file: token_file(
-                        env::AZURE_FEDERATED_TOKEN_FILE,
-                        paths::AZURE_TOKEN_FILE,
-                    ),
-                },
-                _ => return Err(ConfigError::Endpoint(side)),
-            };
-            Arc::new(
-                AzureStore::new(AzureConfig {
-                    account: e.account.clone(),
-                    container: e.container.clone(),
-                    prefix: e.prefix.clone(),
-                    endpoint: e.endpoint.clone(),
-                    insecure_plain_http_on_loopback: e.insecure_plain_http_on_loopback,
-                    network: platform.network.clone(),
-                    auth,
-                })
-                .map_err(|source| ConfigError::Store { side, source })?,
-            )
+            Arc::new(crate::storage::azure::open(side, e, secrets, platform)?)
         }
-        EndpointKind::Sftp(e) => {
-            let secret = &e.credentials.secret_ref.name;
-            let auth = match secrets.optional_string(secret, "privateKey") {
-                Some(private_key) => SftpAuth::Key {
-                    private_key,
-                    passphrase: secrets.optional_string(secret, "passphrase"),
-                },
-                None if e.allow_password_auth => {
-                    tracing::warn!(
-                        side,
-                        "SFTP password authentication is in use (allowPasswordAuth: true)"
-                    );
-                    SftpAuth::Password(secrets.string(secret, "password")?)
-                }
-                None => {
-                    return Err(ConfigError::MissingSecretKey {
-                        secret: secret.clone(),
-                        key: "privateKey (password authentication needs allowPasswordAuth: true)"
-                            .into(),
-                        location: secrets.location(secret),
-                    });
-                }
-            };
-            let host_key = match (&e.host_key.fingerprint, &e.host_key.secret_ref) {
-                (Some(fp), None) => HostKeyCheck::Fingerprint(fp.clone()),
-                (None, Some(r)) => {
-                    let text = secrets.string(&r.name, "knownHosts")?;
-                    HostKeyCheck::from_known_hosts(&text).ok_or_else(|| {
-                        ConfigError::BadHostKey {
-                            secret: r.name.clone(),
-                        }
-                    })?
-                }
-                _ => return Err(ConfigError::Endpoint(side)),
-            };
-            Arc::new(SftpStore::new(SftpConfig {
-                host: e.host.clone(),
-                port: u16::try_from(e.port).map_err(|_| ConfigError::Endpoint(side))?,
-                path: e.path.clone(),
-                username: secrets.string(secret, "username")?.to_string(),
-                auth,
-                host_key,
-                network: platform.network.clone(),
-            }))
-        }
-    };
-    Ok(store)
-}
-
-/// The projected token: the path in `env_var` when set, else where the operator
-/// mounts it (`mounted`, from the operator↔runner contract).
-fn token_file(env_var: &str, mounted: &str) -> PathBuf {
-    std::env::var_os(env_var)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(mounted))
-}
-
-/// An Azure Secret holds `accountKey`, or `sasToken`, or `tenantId`, `clientId`
-/// and `clientSecret`.
-fn azure_secret_auth(secrets: &SecretsDir, name: &str) -> Result<AzureAuth, ConfigError> {
-    if let Some(key) = secrets.optional_string(name, "accountKey") {
-        return Ok(AzureAuth::AccountKey(key));
-    }
-    if let Some(sas) = secrets.optional_string(name, "sasToken") {
-        return Ok(AzureAuth::Sas(sas));
-    }
-    if let Some(secret) = secrets.optional_string(name, "clientSecret") {
-        return Ok(AzureAuth::ClientSecret {
-            tenant_id: secrets.string(name, "tenantId")?.to_string(),
-            client_id: secrets.string(name, "clientId")?.to_string(),
-            client_secret: secret,
-        });
-    }
-    Err(ConfigError::MissingSecretKey {
-        secret: name.to_string(),
-        key: "accountKey, sasToken or clientSecret".to_string(),
-        location: secrets.location(name),
+        EndpointKind::Sftp(e) => Arc::new(crate::storage::sftp::open(side, e, secrets, platform)?),
     })
 }
 
@@ -462,6 +301,8 @@ pub fn check_residency(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::access::token_file;
+    use ferry_crds::contract::paths;
 
     /// The runner once looked for its web identity token at a path the
     /// operator never mounted anything at; both now take the path from the

@@ -1,13 +1,48 @@
 //! Errors of the reconcilers. Each has a stable category: a metric label and the
 //! basis of the retry decision in `error_policy`.
 
+use std::time::Duration;
+
+use kube::runtime::controller::Action;
+
 use crate::run::build::BuildError;
+
+/// The step of a reconcile an error stopped: the error policy decides by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Reading what a decision needs: the object, its Connector, its Secrets,
+    /// its pod.
+    Read,
+    /// Building a run's objects from its validated spec.
+    Build,
+    /// Creating or deleting what a decision asks for: a run's objects, a
+    /// scheduled run, a pruned one.
+    Act,
+    /// Writing a run's record, the commit point of its decisions.
+    Record,
+    /// Writing a status.
+    Status,
+}
+
+impl Step {
+    /// The step's name, for logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Step::Read => "read",
+            Step::Build => "build",
+            Step::Act => "act",
+            Step::Record => "record",
+            Step::Status => "status",
+        }
+    }
+}
 
 /// A reconcile that could not finish.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("failed to {action} {kind} {name:?}: {source}")]
     Kube {
+        step: Step,
         action: &'static str,
         kind: &'static str,
         name: String,
@@ -34,9 +69,16 @@ pub enum Error {
 }
 
 impl Error {
-    /// Wraps an API error with what was being done.
-    pub fn kube(action: &'static str, kind: &'static str, name: &str, source: kube::Error) -> Self {
+    /// Wraps an API error with the step and what was being done.
+    pub fn kube(
+        step: Step,
+        action: &'static str,
+        kind: &'static str,
+        name: &str,
+        source: kube::Error,
+    ) -> Self {
         Error::Kube {
+            step,
             action,
             kind,
             name: name.to_string(),
@@ -61,6 +103,45 @@ impl Error {
     }
 }
 
+impl Error {
+    /// The step the error stopped.
+    pub fn step(&self) -> Step {
+        match self {
+            Error::Kube { step, .. } => *step,
+            Error::Build(_) => Step::Build,
+            Error::Foreign { .. } => Step::Act,
+            Error::MissingMetadata { .. } => Step::Read,
+            Error::Encode { .. } => Step::Status,
+        }
+    }
+
+    /// What a controller does after a reconcile of `name` failed with this
+    /// error, by step: an object that cannot be read or built waits for a
+    /// change of it; an object of the run's name that the run does not own
+    /// waits for a person to remove it, looked at again each minute; a write
+    /// of the record or the status that conflicted with another writer is
+    /// tried again at once (the next read has the other write); any other API
+    /// failure is tried again after [`RETRY`].
+    pub fn policy(&self, controller: &str, name: &str) -> Action {
+        tracing::warn!(controller, name, step = self.step().as_str(), error = %self, category = self.category(), "reconcile failed");
+        match (self.step(), self) {
+            (_, Error::MissingMetadata { .. }) | (Step::Build, _) => Action::await_change(),
+            (_, Error::Foreign { .. }) => Action::requeue(FOREIGN_RETRY),
+            (Step::Record | Step::Status, _) if self.category() == "conflict" => {
+                Action::requeue(CONFLICT_RETRY)
+            }
+            _ => Action::requeue(RETRY),
+        }
+    }
+}
+
+/// How soon a write that conflicted with another writer is tried again.
+pub const CONFLICT_RETRY: Duration = Duration::from_secs(1);
+/// How often a run blocked by an object it does not own is looked at again.
+pub const FOREIGN_RETRY: Duration = Duration::from_secs(60);
+/// How soon a reconcile that failed on the API is tried again.
+pub const RETRY: Duration = Duration::from_secs(15);
+
 /// Whether an API error says the object does not exist.
 pub fn is_not_found(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 404)
@@ -69,4 +150,44 @@ pub fn is_not_found(e: &kube::Error) -> bool {
 /// Whether an API error says the object already exists.
 pub fn is_already_exists(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 409 && s.reason == "AlreadyExists")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api(code: u16) -> kube::Error {
+        kube::Error::Api(Box::new(kube::core::Status {
+            code,
+            ..Default::default()
+        }))
+    }
+
+    #[test]
+    fn the_policy_decides_by_step() {
+        let conflict = |step| Error::kube(step, "write", "ConnectorRun", "r", api(409));
+        assert_eq!(
+            conflict(Step::Record).policy("c", "r"),
+            Action::requeue(CONFLICT_RETRY)
+        );
+        assert_eq!(
+            conflict(Step::Status).policy("c", "r"),
+            Action::requeue(CONFLICT_RETRY)
+        );
+        // A conflict creating an object is not cured by reading again.
+        assert_eq!(conflict(Step::Act).policy("c", "r"), Action::requeue(RETRY));
+        let unavailable = Error::kube(Step::Read, "get", "Pod", "p", api(503));
+        assert_eq!(unavailable.policy("c", "r"), Action::requeue(RETRY));
+        let foreign = Error::Foreign {
+            kind: "Pod",
+            name: "p".into(),
+        };
+        assert_eq!(foreign.step(), Step::Act);
+        assert_eq!(foreign.policy("c", "r"), Action::requeue(FOREIGN_RETRY));
+        let invalid = Error::MissingMetadata {
+            kind: "ConnectorRun",
+            field: "namespace",
+        };
+        assert_eq!(invalid.policy("c", "r"), Action::await_change());
+    }
 }

@@ -17,6 +17,7 @@ use clap::Parser;
 use ferry_crds::{Connector, ConnectorRun, RunPhase};
 use ferry_operator::audit::AuditLog;
 use ferry_operator::config::{Config, RunNetwork};
+use ferry_operator::connector::history::{self, RunIndex};
 use ferry_operator::context::Context;
 use ferry_operator::metrics::Metrics;
 use ferry_operator::pod_bounds::PodBounds;
@@ -26,7 +27,7 @@ use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::{Api, PartialObjectMeta};
 use kube::core::DeserializeGuard;
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector::{self, ObjectRef, ReflectHandle, Store};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use kube_lease_manager::LeaseManagerBuilder;
@@ -297,7 +298,181 @@ async fn run_operator(args: Args) -> Result<(), BoxError> {
     let client = Client::try_default().await?;
     let metrics = Arc::new(Metrics::new());
     metrics.init_controllers(&[connector::CONTROLLER, run::CONTROLLER]);
-    let audit = match &args.audit_log {
+    let audit = audit_log(&args)?;
+    let config = config(&args);
+    let lifecycle = Lifecycle::start(args.metrics_addr, metrics.clone());
+
+    // Leader election: only the holder of the Lease reconciles.
+    let leader = if args.no_leader_election {
+        None
+    } else {
+        match lead(&args, &client, &lifecycle).await? {
+            Some(leader) => Some(leader),
+            None => return lifecycle.stop(None).await, // terminated while standing by
+        }
+    };
+    lifecycle.ready.store(false, Ordering::Relaxed);
+
+    // The caches first: the namespaces (the tenants' rules) and the runs of
+    // each scope (both controllers' view of them), filled before any reconcile.
+    let scopes = scopes(&args);
+    let caches = Caches::start(&client, &scopes)?;
+    let synced = tokio::select! {
+        r = caches.ready() => { r?; true }
+        _ = lifecycle.terminated() => false,
+    };
+    if !synced {
+        caches.abort();
+        return lifecycle.stop(leader).await;
+    }
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        config,
+        metrics.clone(),
+        audit,
+        caches.namespaces.clone(),
+        RunIndex::new(caches.runs.iter().map(|r| r.reader.clone()).collect()),
+    ));
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let (tasks, connector_stores) = start_controllers(&client, &caches, &ctx, &stop);
+    lifecycle.ready.store(true, Ordering::Relaxed);
+    let gauge = tokio::spawn(gauges(connector_stores, ctx.clone()));
+
+    // Run until a signal, or until leadership is lost (then exit so that the
+    // replacement starts from a clean state, as controller-runtime does).
+    let lost = async {
+        match leader.as_ref() {
+            Some(l) => {
+                let mut channel = l.channel.clone();
+                let _ = channel.wait_for(|leading| !*leading).await;
+            }
+            None => futures::future::pending::<()>().await,
+        }
+    };
+    let outcome: Result<(), BoxError> = tokio::select! {
+        _ = lifecycle.terminated() => { tracing::info!("shutting down"); Ok(()) }
+        _ = lost => Err("lost the leader Lease".into()),
+    };
+    stop.notify_waiters();
+    for task in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(20), task).await;
+    }
+    gauge.abort();
+    caches.abort();
+    lifecycle.stop(leader).await?;
+    outcome
+}
+
+/// The watched caches the controllers read.
+struct Caches {
+    /// Every namespace.
+    namespaces: Store<Namespace>,
+    /// The runs of each scope.
+    runs: Vec<RunCache>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// One watch of the ConnectorRuns of a scope, shared: the run controller is
+/// driven by it, and the Connector controller is triggered by it only after
+/// the cache holds the change (so a Connector never reads its runs older than
+/// the event that woke it).
+struct RunCache {
+    scope: Option<String>,
+    reader: Store<DeserializeGuard<ConnectorRun>>,
+    subscriber: ReflectHandle<DeserializeGuard<ConnectorRun>>,
+}
+
+/// Events a slow subscriber may fall behind by before the watch waits for it.
+const RUN_EVENTS_BUFFERED: usize = 1024;
+
+impl Caches {
+    /// Starts the watches.
+    fn start(client: &Client, scopes: &[Option<String>]) -> Result<Self, BoxError> {
+        let (namespaces, writer) = reflector::store::<Namespace>();
+        let mut tasks = vec![tokio::spawn(
+            watcher(
+                Api::<Namespace>::all(client.clone()),
+                watcher::Config::default(),
+            )
+            .default_backoff()
+            .reflect(writer)
+            .for_each(|_| futures::future::ready(())),
+        )];
+        let mut runs = Vec::new();
+        for scope in scopes {
+            let (reader, writer) = reflector::store_shared(RUN_EVENTS_BUFFERED);
+            let subscriber = writer
+                .subscribe()
+                .ok_or("the runs' cache cannot be shared")?;
+            // Guarded: a run that cannot be read is cached as such, reported by
+            // the run controller and skipped, never a reason for the watch (and
+            // so every other run) to stall.
+            let api = scoped::<DeserializeGuard<ConnectorRun>>(client, scope.as_deref());
+            tasks.push(tokio::spawn(
+                watcher(api, watcher::Config::default())
+                    .default_backoff()
+                    .reflect_shared(writer)
+                    .for_each(|event| {
+                        if let Err(e) = event {
+                            tracing::warn!(error = %e, "connectorrun watch");
+                        }
+                        futures::future::ready(())
+                    }),
+            ));
+            runs.push(RunCache {
+                scope: scope.clone(),
+                reader,
+                subscriber,
+            });
+        }
+        Ok(Self {
+            namespaces,
+            runs,
+            tasks,
+        })
+    }
+
+    /// Resolves once every cache has been filled.
+    async fn ready(&self) -> Result<(), BoxError> {
+        self.namespaces.wait_until_ready().await?;
+        for run in &self.runs {
+            run.reader.wait_until_ready().await?;
+        }
+        Ok(())
+    }
+
+    fn abort(&self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// Starts both controllers in every scope, until `stop`; returns their tasks
+/// and the Connector controllers' caches (for the queue gauge).
+fn start_controllers(
+    client: &Client,
+    caches: &Caches,
+    ctx: &Arc<Context>,
+    stop: &Arc<tokio::sync::Notify>,
+) -> (
+    Vec<tokio::task::JoinHandle<()>>,
+    Vec<Store<DeserializeGuard<Connector>>>,
+) {
+    let mut tasks = Vec::new();
+    let mut connector_stores = Vec::new();
+    for runs in &caches.runs {
+        tasks.push(run_controller(client, runs, ctx.clone(), stop.clone()));
+        let (task, store) = connector_controller(client, runs, ctx.clone(), stop.clone());
+        tasks.push(task);
+        connector_stores.push(store);
+    }
+    (tasks, connector_stores)
+}
+
+/// The audit trail: appended to `--audit-log`, or written to stdout.
+fn audit_log(args: &Args) -> std::io::Result<AuditLog> {
+    Ok(match &args.audit_log {
         Some(path) => AuditLog::new(Box::new(
             std::fs::OpenOptions::new()
                 .create(true)
@@ -305,8 +480,12 @@ async fn run_operator(args: Args) -> Result<(), BoxError> {
                 .open(path)?,
         )),
         None => AuditLog::new(Box::new(std::io::stdout())),
-    };
-    let config = Config {
+    })
+}
+
+/// The controllers' configuration, from the command line.
+fn config(args: &Args) -> Config {
+    Config {
         runner_image: args.runner_image.clone(),
         runner_image_pull_policy: args.runner_image_pull_policy.clone(),
         runner_command: args.runner_command.clone(),
@@ -336,155 +515,103 @@ async fn run_operator(args: Args) -> Result<(), BoxError> {
             dns_pod_labels: args.dns_pod_labels.iter().cloned().collect(),
         },
         ..Config::default()
-    };
+    }
+}
 
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    // SIGTERM / Ctrl-C, observable from every stage below.
-    let (term_tx, term_rx) = watch::channel(false);
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        let _ = term_tx.send(true);
-    });
-    let terminated = || {
-        let mut rx = term_rx.clone();
-        async move {
-            let _ = rx.wait_for(|t| *t).await;
-        }
-    };
-    let ready = Arc::new(AtomicBool::new(false));
-    let http = tokio::spawn(serve_http(
-        args.metrics_addr,
-        Health {
-            metrics: metrics.clone(),
+/// What lives as long as the process: the HTTP server, its readiness, and the
+/// termination signal.
+struct Lifecycle {
+    ready: Arc<AtomicBool>,
+    shutdown: watch::Sender<bool>,
+    term: watch::Receiver<bool>,
+    http: tokio::task::JoinHandle<Result<(), BoxError>>,
+}
+
+/// The held leader Lease.
+struct Leader {
+    channel: watch::Receiver<bool>,
+    task: tokio::task::JoinHandle<kube_lease_manager::Result<kube_lease_manager::LeaseManager>>,
+}
+
+impl Lifecycle {
+    /// Serves HTTP on `addr` and listens for SIGTERM / Ctrl-C.
+    fn start(addr: SocketAddr, metrics: Arc<Metrics>) -> Self {
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let (term_tx, term) = watch::channel(false);
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            let _ = term_tx.send(true);
+        });
+        let ready = Arc::new(AtomicBool::new(false));
+        let health = Health {
+            metrics,
             ready: ready.clone(),
-        },
-        shutdown_rx.clone(),
-    ));
+        };
+        let http = tokio::spawn(serve_http(addr, health, shutdown_rx));
+        Self {
+            ready,
+            shutdown,
+            term,
+            http,
+        }
+    }
 
-    // Leader election: only the holder of the Lease reconciles.
+    /// Resolves once a termination signal arrived.
+    async fn terminated(&self) {
+        let mut rx = self.term.clone();
+        let _ = rx.wait_for(|t| *t).await;
+    }
+
+    /// Releases the Lease for the next replica and stops serving.
+    async fn stop(self, leader: Option<Leader>) -> Result<(), BoxError> {
+        if let Some(Leader { channel, task }) = leader {
+            drop(channel);
+            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        }
+        let _ = self.shutdown.send(true);
+        let _ = self.http.await;
+        Ok(())
+    }
+}
+
+/// Waits to hold the leader Lease; `None` when terminated first. A standby
+/// replica is ready: it serves metrics.
+async fn lead(
+    args: &Args,
+    client: &Client,
+    lifecycle: &Lifecycle,
+) -> Result<Option<Leader>, BoxError> {
     let identity = args
         .identity
         .clone()
         .or_else(|| std::env::var("HOSTNAME").ok())
         .unwrap_or_else(|| format!("ferry-operator-{}", std::process::id()));
-    let mut leader = if args.no_leader_election {
-        None
-    } else {
-        let manager = LeaseManagerBuilder::new(client.clone(), &args.lease_name)
-            .with_namespace(&args.lease_namespace)
-            .with_identity(&identity)
-            .with_duration(args.lease_duration)
-            .with_grace(args.lease_duration.div_ceil(3).max(2))
-            .with_field_manager("ferry-operator-lease")
-            .build()
-            .await?;
-        let (mut channel, task) = manager.watch().await;
-        ready.store(true, Ordering::Relaxed); // a standby replica is ready: it serves metrics
-        tracing::info!(
-            identity,
-            lease = args.lease_name,
-            "waiting to become the leader"
-        );
-        let leading = tokio::select! {
-            r = channel.wait_for(|leading| *leading) => r.map(|_| true),
-            _ = terminated() => Ok(false),
-        };
-        if !leading? {
-            drop(channel);
-            let _ = task.await;
-            let _ = shutdown_tx.send(true);
-            let _ = http.await;
-            return Ok(());
-        }
-        tracing::info!(identity, "became the leader");
-        Some((channel, task))
+    let manager = LeaseManagerBuilder::new(client.clone(), &args.lease_name)
+        .with_namespace(&args.lease_namespace)
+        .with_identity(&identity)
+        .with_duration(args.lease_duration)
+        .with_grace(args.lease_duration.div_ceil(3).max(2))
+        .with_field_manager("ferry-operator-lease")
+        .build()
+        .await?;
+    let (mut channel, task) = manager.watch().await;
+    lifecycle.ready.store(true, Ordering::Relaxed);
+    tracing::info!(
+        identity,
+        lease = args.lease_name,
+        "waiting to become the leader"
+    );
+    let leading = tokio::select! {
+        r = channel.wait_for(|leading| *leading) => r.map(|_| true),
+        _ = lifecycle.terminated() => Ok(false),
     };
-    ready.store(false, Ordering::Relaxed);
-
-    // Namespaces: the tenants' rules, an index kept current by a watch.
-    let (namespaces, ns_writer) = reflector::store::<Namespace>();
-    let ns_watch = watcher(
-        Api::<Namespace>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .reflect(ns_writer)
-    .for_each(|_| futures::future::ready(()));
-    let ns_task = tokio::spawn(ns_watch);
-    let synced = tokio::select! {
-        r = namespaces.wait_until_ready() => { r?; true }
-        _ = terminated() => false,
-    };
-    if !synced {
-        ns_task.abort();
-        if let Some((channel, task)) = leader {
-            drop(channel);
-            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
-        }
-        let _ = shutdown_tx.send(true);
-        let _ = http.await;
-        return Ok(());
+    if !leading? {
+        drop(channel);
+        let _ = task.await;
+        return Ok(None);
     }
-
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        config,
-        metrics.clone(),
-        audit,
-        namespaces,
-    ));
-    let scopes = scopes(&args);
-    if scopes.is_empty() {
-        tracing::warn!(
-            "no tenant namespaces: the operator acts on nothing until some are listed \
-             (--tenant-namespaces, the chart's tenantNamespaces)"
-        );
-    }
-
-    let stop = Arc::new(tokio::sync::Notify::new());
-    let mut controllers = Vec::new();
-    let mut run_stores = Vec::new();
-    let mut connector_stores = Vec::new();
-    for scope in scopes {
-        let (run_task, run_store) =
-            run_controller(&client, scope.as_deref(), ctx.clone(), stop.clone());
-        controllers.push(run_task);
-        run_stores.push(run_store);
-        let (connector_task, connector_store) =
-            connector_controller(&client, scope.as_deref(), ctx.clone(), stop.clone());
-        controllers.push(connector_task);
-        connector_stores.push(connector_store);
-    }
-    ready.store(true, Ordering::Relaxed);
-    let gauge = tokio::spawn(gauges(run_stores, connector_stores, ctx.clone()));
-
-    // Run until a signal, or until leadership is lost (then exit so that the
-    // replacement starts from a clean state, as controller-runtime does).
-    let lost = async {
-        match leader.as_mut() {
-            Some((channel, _)) => {
-                let _ = channel.wait_for(|leading| !*leading).await;
-            }
-            None => futures::future::pending::<()>().await,
-        }
-    };
-    let outcome: Result<(), BoxError> = tokio::select! {
-        _ = terminated() => { tracing::info!("shutting down"); Ok(()) }
-        _ = lost => Err("lost the leader Lease".into()),
-    };
-    stop.notify_waiters();
-    for c in controllers {
-        let _ = tokio::time::timeout(Duration::from_secs(20), c).await;
-    }
-    gauge.abort();
-    ns_task.abort();
-    if let Some((channel, task)) = leader {
-        drop(channel); // releases the Lease for the next replica
-        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
-    }
-    let _ = shutdown_tx.send(true);
-    let _ = http.await;
-    outcome
+    tracing::info!(identity, "became the leader");
+    Ok(Some(Leader { channel, task }))
 }
 
 /// Where the controllers watch: every namespace in cluster-wide mode, else
@@ -496,6 +623,12 @@ fn scopes(args: &Args) -> Vec<Option<String>> {
     let mut namespaces = listed(&args.tenant_namespaces);
     namespaces.sort();
     namespaces.dedup();
+    if namespaces.is_empty() {
+        tracing::warn!(
+            "no tenant namespaces: the operator acts on nothing until some are listed \
+             (--tenant-namespaces, the chart's tenantNamespaces)"
+        );
+    }
     namespaces.into_iter().map(Some).collect()
 }
 
@@ -513,30 +646,24 @@ fn key<K: kube::Resource>(obj: &K) -> String {
     format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any())
 }
 
+/// The ConnectorRun controller of one scope, driven by its shared cache.
 fn run_controller(
     client: &Client,
-    scope: Option<&str>,
+    runs: &RunCache,
     ctx: Arc<Context>,
     stop: Arc<tokio::sync::Notify>,
-) -> (
-    tokio::task::JoinHandle<()>,
-    Store<DeserializeGuard<ConnectorRun>>,
-) {
+) -> tokio::task::JoinHandle<()> {
     let pods = watcher::Config::default().labels(&format!(
         "{}={}",
         names::LABEL_MANAGED_BY,
         names::MANAGED_BY
     ));
-    // Guarded: a run that cannot be read is reported and skipped, never a
-    // reason for the watch (and so every other run) to stall.
-    let controller = Controller::new(
-        scoped::<DeserializeGuard<ConnectorRun>>(client, scope),
-        watcher::Config::default(),
-    );
-    let reader = controller.store();
-    let controller = controller
+    let controller = Controller::for_shared_stream(runs.subscriber.clone(), runs.reader.clone())
         // Pods are cached as metadata only: a reconcile reads the pod it looks at.
-        .owns(scoped::<PartialObjectMeta<Pod>>(client, scope), pods)
+        .owns(
+            scoped::<PartialObjectMeta<Pod>>(client, runs.scope.as_deref()),
+            pods,
+        )
         .graceful_shutdown_on(async move { stop.notified().await })
         .run(run::reconcile_guarded, run::error_policy_guarded, ctx)
         .for_each(|res| {
@@ -545,12 +672,14 @@ fn run_controller(
             }
             futures::future::ready(())
         });
-    (tokio::spawn(controller), reader)
+    tokio::spawn(controller)
 }
 
+/// The Connector controller of one scope: woken by its Connectors and by
+/// their runs, through the runs' shared cache.
 fn connector_controller(
     client: &Client,
-    scope: Option<&str>,
+    runs: &RunCache,
     ctx: Arc<Context>,
     stop: Arc<tokio::sync::Notify>,
 ) -> (
@@ -559,16 +688,15 @@ fn connector_controller(
 ) {
     // Runs made by hand carry no owner reference: map every run to its Connector.
     let controller = Controller::new(
-        scoped::<DeserializeGuard<Connector>>(client, scope),
+        scoped::<DeserializeGuard<Connector>>(client, runs.scope.as_deref()),
         watcher::Config::default(),
     );
     let reader = controller.store();
     let controller = controller
-        .watches(
-            scoped::<DeserializeGuard<ConnectorRun>>(client, scope),
-            watcher::Config::default(),
-            |run: DeserializeGuard<ConnectorRun>| {
-                let run = run.0.ok()?;
+        .watches_shared_stream(
+            runs.subscriber.clone(),
+            |run: Arc<DeserializeGuard<ConnectorRun>>| {
+                let run = run.0.as_ref().ok()?;
                 let ns = run.namespace()?;
                 Some(ObjectRef::new(&run.spec.connector_ref.name).within(&ns))
             },
@@ -590,26 +718,13 @@ fn connector_controller(
 
 /// Keeps `ferry_runs_active` equal to the runs that have not ended, and the
 /// queue depth gauges current.
-async fn gauges(
-    runs: Vec<Store<DeserializeGuard<ConnectorRun>>>,
-    connectors: Vec<Store<DeserializeGuard<Connector>>>,
-    ctx: Arc<Context>,
-) {
+async fn gauges(connectors: Vec<Store<DeserializeGuard<Connector>>>, ctx: Arc<Context>) {
     loop {
-        let all_runs: Vec<Arc<DeserializeGuard<ConnectorRun>>> =
-            runs.iter().flat_map(|s| s.state()).collect();
+        let all_runs = ctx.runs.all();
         let active = all_runs
             .iter()
             .filter_map(|r| r.0.as_ref().ok())
-            .filter(|r| {
-                !ferry_crds::RunRecord::of(r)
-                    .ok()
-                    .flatten()
-                    .map(|rec| rec.status)
-                    .or_else(|| r.status.clone())
-                    .and_then(|s| s.phase)
-                    .is_some_and(RunPhase::is_terminal)
-            })
+            .filter(|r| !history::phase(r).is_some_and(RunPhase::is_terminal))
             .count();
         let m = &ctx.metrics;
         m.runs_active.set(active as f64);

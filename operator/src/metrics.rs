@@ -31,13 +31,32 @@ pub struct Metrics {
     pub queue_depth: IntGaugeVec,
 }
 
-#[allow(clippy::expect_used)] // static definitions, checked by the tests
-fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition");
+/// Registers `metric` and hands it back.
+#[allow(clippy::expect_used)] // static definitions: a failure is a programming error caught by tests
+fn register<M: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: prometheus::Result<M>,
+) -> M {
+    let m = metric.expect("valid metric definition");
     registry
-        .register(Box::new(c.clone()))
+        .register(Box::new(m.clone()))
         .expect("metric registered once");
-    c
+    m
+}
+
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    register(registry, IntCounterVec::new(Opts::new(name, help), labels))
+}
+
+fn histogram(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    buckets: Vec<f64>,
+    labels: &[&str],
+) -> HistogramVec {
+    let opts = HistogramOpts::new(name, help).buckets(buckets);
+    register(registry, HistogramVec::new(opts, labels))
 }
 
 impl Default for Metrics {
@@ -47,123 +66,109 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// Creates and registers every metric.
-    #[allow(clippy::expect_used)] // static definitions: a failure is a programming error caught by tests
+    /// Creates and registers every metric, one declaration each, in the order
+    /// docs/metrics.md lists them (the function is long for that reason only).
     pub fn new() -> Self {
         let registry = Registry::new();
+        let r = &registry;
         let nc = &["namespace", "connector"];
-        let run_duration_seconds = HistogramVec::new(
-            HistogramOpts::new(
-                "ferry_run_duration_seconds",
-                "Duration of finished runs, from pod start to end.",
-            )
-            .buckets(vec![
-                1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 21600.0,
-            ]),
-            nc,
-        )
-        .expect("valid metric definition");
-        registry
-            .register(Box::new(run_duration_seconds.clone()))
-            .expect("metric registered once");
-        let runs_active = Gauge::new("ferry_runs_active", "Runs that have started and not ended.")
-            .expect("valid metric definition");
-        registry
-            .register(Box::new(runs_active.clone()))
-            .expect("metric registered once");
-        let last_success_timestamp_seconds = GaugeVec::new(
-            Opts::new(
-                "ferry_last_success_timestamp_seconds",
-                "Unix time of the last successful run of each Connector.",
-            ),
-            nc,
-        )
-        .expect("valid metric definition");
-        registry
-            .register(Box::new(last_success_timestamp_seconds.clone()))
-            .expect("metric registered once");
-        let reconcile_duration_seconds = HistogramVec::new(
-            HistogramOpts::new("ferry_reconcile_duration_seconds", "Time of one reconcile.")
-                .buckets(vec![
-                    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-                ]),
-            &["controller"],
-        )
-        .expect("valid metric definition");
-        registry
-            .register(Box::new(reconcile_duration_seconds.clone()))
-            .expect("metric registered once");
-        let queue_depth = IntGaugeVec::new(
-            Opts::new(
-                "ferry_reconcile_queue_depth",
-                "Objects changed and waiting for a reconcile, per controller.",
-            ),
-            &["controller"],
-        )
-        .expect("valid metric definition");
-        registry
-            .register(Box::new(queue_depth.clone()))
-            .expect("metric registered once");
         Self {
             runs_total: counter(
-                &registry,
+                r,
                 "ferry_runs_total",
                 "Finished runs by result (succeeded, failed, rejected).",
                 &["namespace", "connector", "result"],
             ),
-            run_duration_seconds,
+            run_duration_seconds: histogram(
+                r,
+                "ferry_run_duration_seconds",
+                "Duration of finished runs, from pod start to end.",
+                vec![
+                    1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 21600.0,
+                ],
+                nc,
+            ),
             bytes_transferred_total: counter(
-                &registry,
+                r,
                 "ferry_bytes_transferred_total",
                 "Bytes written to destinations by finished runs.",
                 nc,
             ),
             objects_transferred_total: counter(
-                &registry,
+                r,
                 "ferry_objects_transferred_total",
                 "Objects copied by finished runs.",
                 nc,
             ),
             objects_failed_total: counter(
-                &registry,
+                r,
                 "ferry_objects_failed_total",
                 "Objects refused or failed in finished runs.",
                 nc,
             ),
-            runs_active,
-            last_success_timestamp_seconds,
+            runs_active: register(
+                r,
+                Gauge::new("ferry_runs_active", "Runs that have started and not ended."),
+            ),
+            last_success_timestamp_seconds: register(
+                r,
+                GaugeVec::new(
+                    Opts::new(
+                        "ferry_last_success_timestamp_seconds",
+                        "Unix time of the last successful run of each Connector.",
+                    ),
+                    nc,
+                ),
+            ),
             policy_denials_total: counter(
-                &registry,
+                r,
                 "ferry_policy_denials_total",
                 "Runs rejected by policy, by reason.",
                 &["reason"],
             ),
             missed_schedules_total: counter(
-                &registry,
+                r,
                 "ferry_missed_schedules_total",
                 "Scheduled runs that were not started (missed or skipped).",
                 nc,
             ),
             integrity_failures_total: counter(
-                &registry,
+                r,
                 "ferry_integrity_failures_total",
                 "Runs that found data failing its integrity check.",
                 nc,
             ),
             reconcile_total: counter(
-                &registry,
+                r,
                 "ferry_reconcile_total",
                 "Reconciles by controller and result (success, error, requeue).",
                 &["controller", "result"],
             ),
             reconcile_errors_total: counter(
-                &registry,
+                r,
                 "ferry_reconcile_errors_total",
                 "Reconcile errors by controller and error category.",
                 &["controller", "error"],
             ),
-            reconcile_duration_seconds,
-            queue_depth,
+            reconcile_duration_seconds: histogram(
+                r,
+                "ferry_reconcile_duration_seconds",
+                "Time of one reconcile.",
+                vec![
+                    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                ],
+                &["controller"],
+            ),
+            queue_depth: register(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "ferry_reconcile_queue_depth",
+                        "Objects changed and waiting for a reconcile, per controller.",
+                    ),
+                    &["controller"],
+                ),
+            ),
             registry,
         }
     }

@@ -326,3 +326,27 @@ async fn times_missed_while_forbid_holds_back_are_counted_once() {
         "12:00 counted once"
     );
 }
+
+/// The runs' cache may not yet hold the run the last reconcile created, and
+/// that reconcile's status write may have failed: deciding again from the
+/// stale cache neither fails nor starts the run twice.
+#[tokio::test]
+async fn a_run_cache_lagging_behind_a_created_run_starts_it_once() {
+    let w = world_with(&hourly("Forbid")).await;
+    w.advance(3600 + 5);
+    w.reconcile_connector("sales").await;
+    assert_eq!(names(&all_runs(&w).await), ["sales-29923860"]);
+    // As if the status write had failed: the schedule has not moved on.
+    let patch = json!({"status": {"lastScheduleTime": "2026-11-23T10:00:00Z"}});
+    w.connectors()
+        .patch_status("sales", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    // The cache was filled before the run existed.
+    let c = w.reconcile_connector_from_cache("sales").await;
+    assert_eq!(names(&all_runs(&w).await), ["sales-29923860"]);
+    assert_eq!(
+        c.status.unwrap().last_schedule_time.unwrap().0.to_string(),
+        "2026-11-23T11:00:00Z"
+    );
+}

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::StreamExt;
+use futures::future::BoxFuture;
 use object_store::azure::{MicrosoftAzure, MicrosoftAzureBuilder};
 use object_store::path::Path;
 use object_store::{
@@ -18,24 +19,27 @@ use object_store::{
 };
 use zeroize::Zeroizing;
 
+use super::access::{OpenError, Platform, SecretKeyMissing, Secrets, token_file};
+use super::multipart::{self, Sizes, Uploader};
 use super::{ByteStream, ObjectMeta, ObjectStore, StorageError, check_endpoint_url, check_key};
+use ferry_crds::AzureBlobEndpoint;
+use ferry_crds::contract::{env, paths};
 
 /// Size of a block (and the largest object sent as one Put Blob).
 pub const BLOCK_SIZE: usize = 8 << 20;
 /// Blocks uploaded at once per object.
 const BLOCKS_IN_FLIGHT: usize = 4;
-/// Blocks of one size before the size doubles.
-const BLOCKS_PER_SIZE: usize = 5000;
 
-/// The size of block `number` (from 1): BLOCK_SIZE for the first 5,000
-/// blocks (objects up to 39 GiB), then doubling every 5,000 blocks, up to
-/// 2 GiB. Azure allows 50,000 blocks of at most 4,000 MiB: fixed 8 MiB blocks
-/// would stop at 390 GiB, these reach 29 TiB. Memory grows only with objects
-/// above 39 GiB: blocks in flight times their size.
-fn block_size(number: usize) -> usize {
-    let doublings = (number.max(1) - 1) / BLOCKS_PER_SIZE;
-    BLOCK_SIZE << doublings.min(8)
-}
+/// Azure's block sizes: BLOCK_SIZE for the first 5,000 blocks (objects up to
+/// 39 GiB), then doubling every 5,000 blocks, up to 2 GiB. Azure allows 50,000
+/// blocks of at most 4,000 MiB: fixed 8 MiB blocks would stop at 390 GiB,
+/// these reach 29 TiB. Memory grows only with objects above 39 GiB: blocks in
+/// flight times their size.
+const BLOCKS: Sizes = Sizes {
+    first: BLOCK_SIZE,
+    per_size: 5000,
+    max_doublings: 8,
+};
 
 /// How the runner authenticates to Azure. `Debug` never shows a secret.
 #[derive(Clone)]
@@ -201,23 +205,6 @@ impl AzureStore {
         })
     }
 
-    /// The outcome of a block upload task.
-    fn joined(
-        &self,
-        done: Result<object_store::Result<()>, tokio::task::JoinError>,
-        key: &str,
-    ) -> Result<(), StorageError> {
-        match done {
-            Ok(r) => r.map_err(|e| self.error(e, Some(key))),
-            Err(e) => Err(StorageError::Io {
-                endpoint: self.name.clone(),
-                action: "upload a block",
-                key: Some(key.to_string()),
-                source: std::io::Error::other(e.to_string()),
-            }),
-        }
-    }
-
     fn error(&self, e: object_store::Error, key: Option<&str>) -> StorageError {
         let endpoint = self.name.clone();
         let text = redact(&with_causes(&e));
@@ -350,97 +337,13 @@ impl ObjectStore for AzureStore {
             .boxed())
     }
 
-    async fn put(&self, key: &str, mut data: ByteStream) -> Result<u64, StorageError> {
-        let path = self.path(key)?;
-        // The first block decides between one Put Blob and a block upload; its
-        // chunks are kept as they are, not copied into one buffer.
-        let mut first = Vec::new();
-        let mut total = 0u64;
-        let mut ended = false;
-        while total < BLOCK_SIZE as u64 {
-            match data.next().await {
-                Some(chunk) => {
-                    let chunk = chunk?;
-                    total += chunk.len() as u64;
-                    first.push(chunk);
-                }
-                None => {
-                    ended = true;
-                    break;
-                }
-            }
-        }
-        if ended {
-            self.inner
-                .put(&path, first.into_iter().collect::<PutPayload>())
-                .await
-                .map_err(|e| self.error(e, Some(key)))?;
-            return Ok(total);
-        }
-        let mut upload = self
-            .inner
-            .put_multipart(&path)
-            .await
-            .map_err(|e| self.error(e, Some(key)))?;
-        // Each block uploads in a task of its own; dropping the set (on an
-        // error) cancels the ones in flight.
-        let mut in_flight = tokio::task::JoinSet::new();
-        let streamed: Result<u64, StorageError> = async {
-            let mut written = 0u64;
-            let mut blocks = 0usize;
-            let mut block: Vec<Bytes> = Vec::new();
-            let mut filled = 0usize;
-            let mut input = futures::stream::iter(first.into_iter().map(Ok)).chain(data);
-            loop {
-                let chunk = input.next().await.transpose()?;
-                let last = chunk.is_none();
-                let mut chunk = chunk.unwrap_or_default();
-                written += chunk.len() as u64;
-                while !chunk.is_empty() || (last && filled > 0) {
-                    let size = block_size(blocks + 1);
-                    let take = chunk.len().min(size - filled);
-                    if take > 0 {
-                        filled += take;
-                        block.push(chunk.split_to(take));
-                    }
-                    if filled < size && !last {
-                        break;
-                    }
-                    while in_flight.len() >= BLOCKS_IN_FLIGHT {
-                        if let Some(done) = in_flight.join_next().await {
-                            self.joined(done, key)?;
-                        }
-                    }
-                    let payload: PutPayload = std::mem::take(&mut block).into_iter().collect();
-                    in_flight.spawn(upload.put_part(payload));
-                    blocks += 1;
-                    filled = 0;
-                }
-                if last {
-                    break;
-                }
-            }
-            while let Some(done) = in_flight.join_next().await {
-                self.joined(done, key)?;
-            }
-            Ok(written)
-        }
-        .await;
-        match streamed {
-            Ok(written) => {
-                upload
-                    .complete()
-                    .await
-                    .map_err(|e| self.error(e, Some(key)))?;
-                Ok(written)
-            }
-            Err(e) => {
-                in_flight.abort_all();
-                // Uncommitted blocks are never visible and expire on their own.
-                let _ = upload.abort().await;
-                Err(e)
-            }
-        }
+    async fn put(&self, key: &str, data: ByteStream) -> Result<u64, StorageError> {
+        let upload = Upload {
+            store: self,
+            key,
+            path: self.path(key)?,
+        };
+        multipart::upload(&upload, data, BLOCKS, BLOCKS_IN_FLIGHT).await
     }
 
     async fn delete(&self, key: &str) -> Result<(), StorageError> {
@@ -457,6 +360,125 @@ impl ObjectStore for AzureStore {
     }
 }
 
+/// One blob's upload, as the multipart writer drives it: Put Blob when it
+/// fits in one block, else Put Block and Put Block List.
+struct Upload<'a> {
+    store: &'a AzureStore,
+    key: &'a str,
+    path: Path,
+}
+
+#[async_trait::async_trait]
+impl Uploader for Upload<'_> {
+    type Upload = Box<dyn object_store::MultipartUpload>;
+    type Part = ();
+
+    fn endpoint(&self) -> &str {
+        &self.store.name
+    }
+
+    fn key(&self) -> &str {
+        self.key
+    }
+
+    async fn put_whole(&self, body: Bytes) -> Result<(), StorageError> {
+        self.store
+            .inner
+            .put(&self.path, PutPayload::from(body))
+            .await
+            .map_err(|e| self.store.error(e, Some(self.key)))?;
+        Ok(())
+    }
+
+    async fn start(&self) -> Result<Self::Upload, StorageError> {
+        self.store
+            .inner
+            .put_multipart(&self.path)
+            .await
+            .map_err(|e| self.store.error(e, Some(self.key)))
+    }
+
+    fn put_part(
+        &self,
+        upload: &mut Self::Upload,
+        _number: usize,
+        body: Bytes,
+    ) -> BoxFuture<'static, Result<(), StorageError>> {
+        // The block's id is taken now, in call order: the block list follows it.
+        let part = upload.put_part(PutPayload::from(body));
+        let (store, key) = (self.store.clone(), self.key.to_string());
+        Box::pin(async move { part.await.map_err(|e| store.error(e, Some(&key))) })
+    }
+
+    async fn complete(&self, upload: &mut Self::Upload, _: Vec<()>) -> Result<(), StorageError> {
+        upload
+            .complete()
+            .await
+            .map_err(|e| self.store.error(e, Some(self.key)))?;
+        Ok(())
+    }
+
+    async fn abort(&self, upload: &mut Self::Upload) {
+        // Uncommitted blocks are never visible and expire on their own.
+        if let Err(e) = upload.abort().await {
+            let error = self.store.error(e, Some(self.key));
+            tracing::debug!(endpoint = %self.store.name, key = self.key, %error, "failed to abort a block upload");
+        }
+    }
+}
+
+/// Opens the Azure Blob container of one end (`side`) from its endpoint, its Secrets and
+/// the platform's settings.
+pub fn open(
+    side: &'static str,
+    e: &AzureBlobEndpoint,
+    secrets: &dyn Secrets,
+    platform: &Platform,
+) -> Result<AzureStore, OpenError> {
+    let auth = match (&e.credentials.secret_ref, &e.credentials.workload_identity) {
+        (Some(r), None) => secret_auth(secrets, &r.name)?,
+        (None, Some(w)) => AzureAuth::WorkloadIdentity {
+            tenant_id: w.tenant_id.clone(),
+            client_id: w.client_id.clone(),
+            token_file: token_file(env::AZURE_FEDERATED_TOKEN_FILE, paths::AZURE_TOKEN_FILE),
+        },
+        _ => return Err(OpenError::Endpoint(side)),
+    };
+    AzureStore::new(AzureConfig {
+        account: e.account.clone(),
+        container: e.container.clone(),
+        prefix: e.prefix.clone(),
+        endpoint: e.endpoint.clone(),
+        insecure_plain_http_on_loopback: e.insecure_plain_http_on_loopback,
+        network: platform.network.clone(),
+        auth,
+    })
+    .map_err(|source| OpenError::Store { side, source })
+}
+
+/// An Azure Secret holds `accountKey`, or `sasToken`, or `tenantId`, `clientId`
+/// and `clientSecret`.
+fn secret_auth(secrets: &dyn Secrets, name: &str) -> Result<AzureAuth, OpenError> {
+    if let Some(key) = secrets.optional_string(name, "accountKey") {
+        return Ok(AzureAuth::AccountKey(key));
+    }
+    if let Some(sas) = secrets.optional_string(name, "sasToken") {
+        return Ok(AzureAuth::Sas(sas));
+    }
+    if let Some(secret) = secrets.optional_string(name, "clientSecret") {
+        return Ok(AzureAuth::ClientSecret {
+            tenant_id: secrets.string(name, "tenantId")?.to_string(),
+            client_id: secrets.string(name, "clientId")?.to_string(),
+            client_secret: secret,
+        });
+    }
+    Err(OpenError::MissingSecretKey(SecretKeyMissing {
+        secret: name.to_string(),
+        key: "accountKey, sasToken or clientSecret".to_string(),
+        location: secrets.location(name),
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -466,9 +488,9 @@ mod tests {
         const MAX_BLOCKS: usize = 50_000;
         const MAX_BLOCK: usize = 4000 << 20;
         // Objects up to 39 GiB keep BLOCK_SIZE blocks (the memory bound).
-        assert!((1..=BLOCKS_PER_SIZE).all(|n| block_size(n) == BLOCK_SIZE));
-        assert_eq!(block_size(BLOCKS_PER_SIZE + 1), 2 * BLOCK_SIZE);
-        let sizes: Vec<usize> = (1..=MAX_BLOCKS).map(block_size).collect();
+        assert!((1..=5000).all(|n| BLOCKS.part(n) == BLOCK_SIZE));
+        assert_eq!(BLOCKS.part(5001), 2 * BLOCK_SIZE);
+        let sizes: Vec<usize> = (1..=MAX_BLOCKS).map(|n| BLOCKS.part(n)).collect();
         assert!(sizes.windows(2).all(|w| w[0] <= w[1]));
         assert!(sizes.iter().all(|s| *s <= MAX_BLOCK));
         let total: u64 = sizes.iter().map(|s| *s as u64).sum();

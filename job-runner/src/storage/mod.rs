@@ -9,8 +9,10 @@ use bytes::Bytes;
 use ferry_crds::Reason;
 use futures::stream::BoxStream;
 
+pub mod access;
 pub mod azure;
 pub mod local;
+pub mod multipart;
 pub mod s3;
 pub mod sftp;
 

@@ -23,8 +23,10 @@ use russh_sftp::protocol::{FileAttributes, OpenFlags, StatusCode};
 use tokio::sync::Mutex;
 use zeroize::Zeroizing;
 
+use super::access::{OpenError, Platform, SecretKeyMissing, Secrets};
 use super::local::TEMP_MARKER;
 use super::{ByteStream, ObjectMeta, ObjectStore, StorageError, check_key};
+use ferry_crds::SftpEndpoint;
 
 /// Bytes per read or write request (OpenSSH serves up to 255 KiB).
 pub const REQUEST_SIZE: usize = 255 * 1024;
@@ -227,23 +229,7 @@ impl SftpStore {
         {
             return Ok(c.clone());
         }
-        // AES-256-GCM first: the fastest cipher OpenSSH offers on AES-NI machines.
-        let preferred = russh::Preferred {
-            cipher: Cow::Borrowed(&[
-                russh::cipher::AES_256_GCM,
-                russh::cipher::CHACHA20_POLY1305,
-                russh::cipher::AES_256_CTR,
-            ]),
-            ..russh::Preferred::default()
-        };
-        let config = Arc::new(client::Config {
-            window_size: 16 << 20,
-            maximum_packet_size: 256 * 1024,
-            preferred,
-            inactivity_timeout: Some(std::time::Duration::from_secs(300)),
-            nodelay: true,
-            ..client::Config::default()
-        });
+        let config = ssh_config();
         let refused = Arc::new(std::sync::Mutex::new(None));
         let verifier = Verifier {
             expected: self.config.host_key.clone(),
@@ -274,6 +260,30 @@ impl SftpStore {
                 return Err(self.unreachable(e));
             }
         };
+        self.authenticate(&mut session).await?;
+        let channel = session
+            .channel_open_session()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        channel
+            .request_subsystem(true, "sftp")
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        let sftp = RawSftpSession::new(channel.into_stream());
+        sftp.set_timeout(60);
+        sftp.init()
+            .await
+            .map_err(|e| self.unreachable(format!("SFTP handshake: {e}")))?;
+        let conn = Arc::new(Connection { sftp, session });
+        *guard = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// Logs in with the key or the password; a refusal is invalid credentials.
+    async fn authenticate(
+        &self,
+        session: &mut client::Handle<Verifier>,
+    ) -> Result<(), StorageError> {
         let user = self.config.username.clone();
         let auth = match &self.config.auth {
             SftpAuth::Key {
@@ -305,22 +315,7 @@ impl SftpStore {
                 endpoint: self.name.clone(),
             });
         }
-        let channel = session
-            .channel_open_session()
-            .await
-            .map_err(|e| self.unreachable(e))?;
-        channel
-            .request_subsystem(true, "sftp")
-            .await
-            .map_err(|e| self.unreachable(e))?;
-        let sftp = RawSftpSession::new(channel.into_stream());
-        sftp.set_timeout(60);
-        sftp.init()
-            .await
-            .map_err(|e| self.unreachable(format!("SFTP handshake: {e}")))?;
-        let conn = Arc::new(Connection { sftp, session });
-        *guard = Some(conn.clone());
-        Ok(conn)
+        Ok(())
     }
 
     async fn walk(
@@ -586,4 +581,75 @@ impl ObjectStore for SftpStore {
         // SFTP cannot tell: the declared region is all there is.
         Ok(None)
     }
+}
+
+/// The SSH client settings: AES-256-GCM first (the fastest cipher OpenSSH
+/// offers on AES-NI machines), large windows and packets for throughput.
+fn ssh_config() -> Arc<client::Config> {
+    let preferred = russh::Preferred {
+        cipher: Cow::Borrowed(&[
+            russh::cipher::AES_256_GCM,
+            russh::cipher::CHACHA20_POLY1305,
+            russh::cipher::AES_256_CTR,
+        ]),
+        ..russh::Preferred::default()
+    };
+    Arc::new(client::Config {
+        window_size: 16 << 20,
+        maximum_packet_size: 256 * 1024,
+        preferred,
+        inactivity_timeout: Some(std::time::Duration::from_secs(300)),
+        nodelay: true,
+        ..client::Config::default()
+    })
+}
+
+/// Opens the SFTP server of one end (`side`) from its endpoint, its Secrets
+/// and the platform's settings.
+pub fn open(
+    side: &'static str,
+    e: &SftpEndpoint,
+    secrets: &dyn Secrets,
+    platform: &Platform,
+) -> Result<SftpStore, OpenError> {
+    let secret = &e.credentials.secret_ref.name;
+    let auth = match secrets.optional_string(secret, "privateKey") {
+        Some(private_key) => SftpAuth::Key {
+            private_key,
+            passphrase: secrets.optional_string(secret, "passphrase"),
+        },
+        None if e.allow_password_auth => {
+            tracing::warn!(
+                side,
+                "SFTP password authentication is in use (allowPasswordAuth: true)"
+            );
+            SftpAuth::Password(secrets.string(secret, "password")?)
+        }
+        None => {
+            return Err(OpenError::MissingSecretKey(SecretKeyMissing {
+                secret: secret.clone(),
+                key: "privateKey (password authentication needs allowPasswordAuth: true)".into(),
+                location: secrets.location(secret),
+            }));
+        }
+    };
+    let host_key = match (&e.host_key.fingerprint, &e.host_key.secret_ref) {
+        (Some(fp), None) => HostKeyCheck::Fingerprint(fp.clone()),
+        (None, Some(r)) => {
+            let text = secrets.string(&r.name, "knownHosts")?;
+            HostKeyCheck::from_known_hosts(&text).ok_or_else(|| OpenError::BadHostKey {
+                secret: r.name.clone(),
+            })?
+        }
+        _ => return Err(OpenError::Endpoint(side)),
+    };
+    Ok(SftpStore::new(SftpConfig {
+        host: e.host.clone(),
+        port: u16::try_from(e.port).map_err(|_| OpenError::Endpoint(side))?,
+        path: e.path.clone(),
+        username: secrets.string(secret, "username")?.to_string(),
+        auth,
+        host_key,
+        network: platform.network.clone(),
+    }))
 }

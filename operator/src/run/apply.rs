@@ -9,13 +9,13 @@ use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::Resource;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, PostParams};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::config::FIELD_MANAGER;
 use crate::context::Context;
-use crate::error::{Error, is_already_exists, is_not_found};
+use crate::error::{Error, Step, is_already_exists, is_not_found};
 use crate::run::build::{ObjectKind, RunObjects};
 
 /// The parts of a run's object that must be exactly as built for an existing
@@ -88,12 +88,12 @@ where
         match api.create(&params, obj).await {
             Ok(_) => return Ok(()),
             Err(e) if is_already_exists(&e) => {}
-            Err(e) => return Err(Error::kube("create", kind, &name, e)),
+            Err(e) => return Err(Error::kube(Step::Act, "create", kind, &name, e)),
         }
         let existing = api
             .get_opt(&name)
             .await
-            .map_err(|e| Error::kube("get", kind, &name, e))?;
+            .map_err(|e| Error::kube(Step::Act, "get", kind, &name, e))?;
         match existing {
             // Created by an earlier reconcile of this run (one whose status
             // write did not get through).
@@ -155,7 +155,13 @@ where
     match api.delete(name, &DeleteParams::background()).await {
         Ok(_) => Ok(()),
         Err(e) if is_not_found(&e) => Ok(()),
-        Err(e) => Err(Error::kube("delete", static_kind::<K>(), name, e)),
+        Err(e) => Err(Error::kube(
+            Step::Act,
+            "delete",
+            static_kind::<K>(),
+            name,
+            e,
+        )),
     }
 }
 
@@ -197,66 +203,13 @@ pub async fn cleanup(
     Ok(())
 }
 
-/// The operator's fields of a run's status; the runner owns `progress` and
-/// `result`.
-const RUN_STATUS_FIELDS: &[&str] = &[
-    "observedGeneration",
-    "phase",
-    "conditions",
-    "connectorGeneration",
-    "connectorSpecHash",
-    "connectorSpec",
-    "nextAttemptTime",
-    "startTime",
-    "completionTime",
-    "duration",
-    "attempts",
-    "podName",
-    "reason",
-    "message",
-];
-
-/// A merge patch of `status` that sets every field in `fields`: the ones that
-/// are unset become `null`, so a value that no longer applies (a retry time, an
-/// old reason) is removed. Fields outside `fields` are left alone.
-pub fn status_patch<T: serde::Serialize>(
-    status: &T,
-    fields: &[&str],
-    name: &str,
-) -> Result<serde_json::Value, Error> {
-    let value = serde_json::to_value(status).map_err(|source| Error::Encode {
-        name: name.to_string(),
-        source,
-    })?;
-    let mut out = serde_json::Map::new();
-    for field in fields {
-        let v = value
-            .get(*field)
-            .cloned()
-            .unwrap_or(serde_json::Value::Null);
-        out.insert((*field).to_string(), v);
-    }
-    Ok(serde_json::json!({ "status": out }))
-}
-
-/// Writes the operator's part of a run's status (a merge patch on the status
-/// subresource, field manager `ferry-operator`). The runner's fields
-/// (`progress`, `result`) are not in the patch, so each side writes only its own
-/// fields and neither overwrites the other.
+/// Writes the operator's part of a run's status ([`crate::status`]).
 pub async fn write_status(
     ctx: &Context,
     namespace: &str,
     name: &str,
     status: &ConnectorRunStatus,
 ) -> Result<(), Error> {
-    let patch = status_patch(status, RUN_STATUS_FIELDS, name)?;
-    let api: Api<ConnectorRun> = Api::namespaced(ctx.client.clone(), namespace);
-    let params = PatchParams {
-        field_manager: Some(FIELD_MANAGER.to_string()),
-        ..PatchParams::default()
-    };
-    api.patch_status(name, &params, &Patch::Merge(&patch))
+    crate::status::write::<ConnectorRun, _>(ctx, namespace, name, status, crate::status::RUN_FIELDS)
         .await
-        .map_err(|e| Error::kube("update the status of", "ConnectorRun", name, e))?;
-    Ok(())
 }

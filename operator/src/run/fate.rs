@@ -3,7 +3,7 @@
 
 use ferry_crds::contract;
 use ferry_crds::{RunError, RunResult};
-use k8s_openapi::api::core::v1::{ContainerStateTerminated, Pod};
+use k8s_openapi::api::core::v1::{ContainerStateTerminated, Pod, PodStatus};
 
 use crate::run::build::RUNNER_CONTAINER;
 
@@ -69,77 +69,77 @@ pub fn fate(pod: &Pod, result: Option<&RunResult>, attempt: i32) -> Fate {
             Some(e) => reported(e),
             None => Fate::Succeeded,
         },
-        Some("Failed") => {
-            match status.reason.as_deref() {
-                Some("DeadlineExceeded") => {
-                    return failed(
-                        "DeadlineExceeded",
-                        "the run took longer than run.activeDeadlineSeconds and was stopped",
-                        false,
-                    );
-                }
-                Some("Evicted") => {
-                    return failed(
-                        "Evicted",
-                        format!(
-                            "the run's pod was evicted: {}",
-                            status.message.as_deref().unwrap_or("no reason given")
-                        ),
-                        true,
-                    );
-                }
-                _ => {}
-            }
-            let term = terminated(pod);
-            if term.and_then(|t| t.reason.as_deref()) == Some("OOMKilled") {
-                return failed(
-                    "OOMKilled",
-                    "the runner ran out of memory; raise run.resources.limits.memory",
-                    true,
-                );
-            }
-            if let Some(e) = reported_error {
-                return reported(e);
-            }
-            match term {
-                Some(t) => failed(
-                    "RunnerFailed",
-                    format!(
-                        "the runner exited with code {} without reporting why",
-                        t.exit_code
-                    ),
-                    true,
-                ),
-                None => failed(
-                    "PodFailed",
-                    format!(
-                        "the run's pod failed: {}",
-                        status.message.as_deref().unwrap_or("no reason given")
-                    ),
-                    true,
-                ),
-            }
+        Some("Failed") => pod_failed(pod, &status, reported_error),
+        phase => waiting(&status, phase == Some("Running")),
+    }
+}
+
+/// A pod that failed: what Kubernetes says first (deadline, eviction, memory),
+/// then what the runner reported, then its exit code.
+fn pod_failed(pod: &Pod, status: &PodStatus, reported_error: Option<&RunError>) -> Fate {
+    let message = || status.message.as_deref().unwrap_or("no reason given");
+    match status.reason.as_deref() {
+        Some("DeadlineExceeded") => {
+            return failed(
+                "DeadlineExceeded",
+                "the run took longer than run.activeDeadlineSeconds and was stopped",
+                false,
+            );
         }
-        phase => {
-            let waiting = status
-                .container_statuses
-                .as_ref()
-                .and_then(|cs| cs.iter().find(|c| c.name == RUNNER_CONTAINER))
-                .and_then(|c| c.state.as_ref()?.waiting.as_ref())
-                .and_then(|w| w.reason.clone());
-            let unschedulable = status
-                .conditions
-                .as_ref()
-                .and_then(|cs| {
-                    cs.iter()
-                        .find(|c| c.type_ == "PodScheduled" && c.status == "False")
-                })
-                .and_then(|c| c.message.clone());
-            Fate::Waiting {
-                running: phase == Some("Running"),
-                message: waiting.or(unschedulable),
-            }
+        Some("Evicted") => {
+            let note = format!("the run's pod was evicted: {}", message());
+            return failed("Evicted", note, true);
         }
+        _ => {}
+    }
+    let term = terminated(pod);
+    if term.and_then(|t| t.reason.as_deref()) == Some("OOMKilled") {
+        return failed(
+            "OOMKilled",
+            "the runner ran out of memory; raise run.resources.limits.memory",
+            true,
+        );
+    }
+    if let Some(e) = reported_error {
+        return reported(e);
+    }
+    match term {
+        Some(t) => failed(
+            "RunnerFailed",
+            format!(
+                "the runner exited with code {} without reporting why",
+                t.exit_code
+            ),
+            true,
+        ),
+        None => failed(
+            "PodFailed",
+            format!("the run's pod failed: {}", message()),
+            true,
+        ),
+    }
+}
+
+/// A pod not yet ended: running, or waiting for what its container or the
+/// scheduler names.
+fn waiting(status: &PodStatus, running: bool) -> Fate {
+    let waiting = status
+        .container_statuses
+        .as_ref()
+        .and_then(|cs| cs.iter().find(|c| c.name == RUNNER_CONTAINER))
+        .and_then(|c| c.state.as_ref()?.waiting.as_ref())
+        .and_then(|w| w.reason.clone());
+    let unschedulable = status
+        .conditions
+        .as_ref()
+        .and_then(|cs| {
+            cs.iter()
+                .find(|c| c.type_ == "PodScheduled" && c.status == "False")
+        })
+        .and_then(|c| c.message.clone());
+    Fate::Waiting {
+        running,
+        message: waiting.or(unschedulable),
     }
 }
 

@@ -12,7 +12,6 @@
 
 pub mod apply;
 pub mod build;
-pub mod dereference;
 pub mod effects;
 pub mod fate;
 pub mod record;
@@ -27,14 +26,14 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::core::DeserializeGuard;
-use kube::core::error_boundary::InvalidObject;
 use kube::runtime::controller::Action;
 use kube::{Api, Resource, ResourceExt};
 
 use crate::audit::{self, Outcome, Record};
 use crate::conditions;
 use crate::context::Context;
-use crate::error::Error;
+use crate::dereference;
+use crate::error::{self, Error};
 use crate::names;
 use crate::policy::{Violation, Warning};
 use effects::Effect;
@@ -59,41 +58,10 @@ pub async fn reconcile_guarded(
     match &run.0 {
         Ok(r) => reconcile(Arc::new(r.clone()), ctx).await,
         Err(invalid) => {
-            let timer = ctx.metrics.reconcile_started(CONTROLLER);
-            report_invalid(&ctx, "ConnectorRun", invalid).await;
-            timer.finish(Err("invalid"));
+            crate::guard::report_invalid(&ctx, CONTROLLER, "ConnectorRun", invalid).await;
             Ok(Action::await_change())
         }
     }
-}
-
-/// Logs an object that cannot be read, and puts a Warning Event on it.
-pub async fn report_invalid(ctx: &Context, kind: &str, invalid: &InvalidObject) {
-    let meta = &invalid.metadata;
-    let (namespace, name) = (
-        meta.namespace.clone().unwrap_or_default(),
-        meta.name.clone().unwrap_or_default(),
-    );
-    tracing::warn!(kind, namespace, name, error = %invalid.error, "skipping an object that cannot be read");
-    let reference = ObjectReference {
-        api_version: Some(format!("{}/{}", ferry_crds::GROUP, ferry_crds::VERSION)),
-        kind: Some(kind.to_string()),
-        namespace: meta.namespace.clone(),
-        name: meta.name.clone(),
-        uid: meta.uid.clone(),
-        ..ObjectReference::default()
-    };
-    ctx.event(
-        &reference,
-        true,
-        "InvalidObject",
-        "Reconcile",
-        format!(
-            "Ferry cannot read this {kind}, and leaves it alone: {}",
-            invalid.error
-        ),
-    )
-    .await;
 }
 
 /// Reconciles one ConnectorRun, recording metrics.
@@ -124,13 +92,13 @@ struct Subject<'a> {
 
 /// What the reconcile decided about the run: its new status, when to look
 /// again, and what to do once the status is written.
-struct Step {
+struct Decision {
     status: ConnectorRunStatus,
     action: Action,
     effects: Vec<Effect>,
 }
 
-impl Step {
+impl Decision {
     fn new(status: ConnectorRunStatus, action: Action) -> Self {
         Self {
             status,
@@ -175,25 +143,9 @@ pub async fn reconcile_run(run: &ConnectorRun, ctx: &Context) -> Result<Action, 
     if run.meta().deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
-    // Once a run has pods, its cached copy may lag behind this operator's own
-    // last write: a pod event (the cleanup deleting the pod of a run just
-    // marked Succeeded) can arrive before the run's own. Acting on the stale
-    // copy would take the deleted pod for a lost one and start another
-    // attempt. Such runs are decided on the run as the API has it now.
-    let cached = record::read(run);
-    let in_flight = cached.as_ref().is_ok_and(|r| {
-        r.as_ref().is_some_and(|r| {
-            r.status.attempts.unwrap_or(0) > 0 && !r.status.phase.is_some_and(RunPhase::is_terminal)
-        })
-    });
     let fresh;
-    let run = if in_flight {
-        let api: Api<ConnectorRun> = Api::namespaced(ctx.client.clone(), &namespace);
-        match api
-            .get_opt(&name)
-            .await
-            .map_err(|e| Error::kube("get", "ConnectorRun", &name, e))?
-        {
+    let run = if in_flight(run) {
+        match fresh_copy(ctx, &namespace, &name).await? {
             Some(r) => {
                 fresh = r;
                 &fresh
@@ -206,19 +158,7 @@ pub async fn reconcile_run(run: &ConnectorRun, ctx: &Context) -> Result<Action, 
     let shown = run.status.clone().unwrap_or_default();
     let recorded = record::read(run);
     // What the operator itself decided, with the runner's progress and result.
-    let (old, tampered) = match &recorded {
-        Ok(Some(r)) => (r.trusted_status(&shown), !r.explains(&shown)),
-        // A run from before records: its status is adopted once.
-        Ok(None) => (shown.clone(), false),
-        Err(_) => (
-            ConnectorRunStatus {
-                progress: shown.progress.clone(),
-                result: shown.result.clone(),
-                ..ConnectorRunStatus::default()
-            },
-            true,
-        ),
-    };
+    let (old, tampered) = trusted(&recorded, &shown);
     let tampering_effects = if tampered {
         tampering(run, &namespace, &name)
     } else {
@@ -233,8 +173,8 @@ pub async fn reconcile_run(run: &ConnectorRun, ctx: &Context) -> Result<Action, 
         name: &name,
         spec: &ConnectorSpec::default(),
     };
-    let mut step = decide(subject, &old, unreadable, tampered).await?;
-    step.effects.splice(0..0, tampering_effects);
+    let mut decision = decide(subject, &old, unreadable, tampered).await?;
+    decision.effects.splice(0..0, tampering_effects);
     commit(
         ctx,
         run,
@@ -243,9 +183,57 @@ pub async fn reconcile_run(run: &ConnectorRun, ctx: &Context) -> Result<Action, 
         recorded.as_ref(),
         &old,
         &shown,
-        step,
+        decision,
     )
     .await
+}
+
+/// Whether the run has pods and has not ended. Once a run has pods, its cached
+/// copy may lag behind this operator's own last write: a pod event (the cleanup
+/// deleting the pod of a run just marked Succeeded) can arrive before the
+/// run's own. Acting on the stale copy would take the deleted pod for a lost
+/// one and start another attempt: such runs are decided on the run as the API
+/// has it now.
+fn in_flight(run: &ConnectorRun) -> bool {
+    record::read(run).is_ok_and(|r| {
+        r.is_some_and(|r| {
+            r.status.attempts.unwrap_or(0) > 0 && !r.status.phase.is_some_and(RunPhase::is_terminal)
+        })
+    })
+}
+
+/// The run as the API has it now; `None` when it is gone.
+async fn fresh_copy(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<ConnectorRun>, Error> {
+    let api: Api<ConnectorRun> = Api::namespaced(ctx.client.clone(), namespace);
+    api.get_opt(name)
+        .await
+        .map_err(|e| Error::kube(error::Step::Read, "get", "ConnectorRun", name, e))
+}
+
+/// The status the operator decided (from its record, with the runner's
+/// progress and result from the status `shown`), and whether the shown status
+/// was changed by someone else. A run from before records has its status
+/// adopted once; a record that is not one trusts nothing.
+fn trusted(
+    recorded: &Result<Option<ferry_crds::RunRecord>, serde_json::Error>,
+    shown: &ConnectorRunStatus,
+) -> (ConnectorRunStatus, bool) {
+    match recorded {
+        Ok(Some(r)) => (r.trusted_status(shown), !r.explains(shown)),
+        Ok(None) => (shown.clone(), false),
+        Err(_) => (
+            ConnectorRunStatus {
+                progress: shown.progress.clone(),
+                result: shown.result.clone(),
+                ..ConnectorRunStatus::default()
+            },
+            true,
+        ),
+    }
 }
 
 /// The next step of a run from the status the operator recorded (`old`).
@@ -256,22 +244,16 @@ async fn decide(
     old: &ConnectorRunStatus,
     unreadable: bool,
     tampered: bool,
-) -> Result<Step, Error> {
-    let Subject {
-        run,
-        ctx,
-        namespace,
-        name,
-        ..
-    } = subject;
+) -> Result<Decision, Error> {
+    let run = subject.run;
     if old.phase.is_some_and(RunPhase::is_terminal) {
         // An ended run: its status written back if someone changed it, and its
         // objects removed; nothing counted again.
-        let mut step = Step::new(old.clone(), Action::await_change());
-        step.effects.push(Effect::Cleanup {
+        let mut decision = Decision::new(old.clone(), Action::await_change());
+        decision.effects.push(Effect::Cleanup {
             attempts: old.attempts.unwrap_or(0),
         });
-        return Ok(step);
+        return Ok(decision);
     }
 
     // dereference: the spec pinned at the run's first reconcile.
@@ -294,31 +276,15 @@ async fn decide(
                 "the run's pinned Connector spec does not match the hash recorded when it was pinned; the run is stopped".into(),
             ));
         }
-        (None, false) => {
-            let Some(connector) =
-                dereference::connector(ctx, namespace, &run.spec.connector_ref.name).await?
-            else {
-                status.phase = Some(RunPhase::Pending);
-                status.reason = Some("ConnectorNotFound".into());
-                status.message = Some(format!(
-                    "Connector {:?} does not exist in namespace {namespace}; the run waits for it",
-                    run.spec.connector_ref.name
+        (None, false) => match pin(subject, old, &mut status).await? {
+            Some(spec) => spec,
+            None => {
+                return Ok(Decision::new(
+                    status,
+                    Action::requeue(Duration::from_secs(30)),
                 ));
-                status.observed_generation = run.meta().generation;
-                return Ok(Step::new(status, Action::requeue(Duration::from_secs(30))));
-            };
-            status.connector_spec_hash = Some(spec_hash(&connector.spec));
-            status.connector_generation = connector.meta().generation;
-            status.connector_spec = Some(connector.spec.clone());
-            status.phase = Some(RunPhase::Pending);
-            status.reason = None;
-            status.message = None;
-            // The spec is recorded before anything is made from it: the pod
-            // about to be created reads it from the record, even if this
-            // reconcile goes no further.
-            record::write(ctx, namespace, name, None, old, &status).await?;
-            connector.spec
-        }
+            }
+        },
     };
     // The spec of a run is immutable: the status speaks of the generation it
     // was admitted at.
@@ -328,6 +294,42 @@ async fn decide(
         ..subject
     };
     advance(subject, status, tampered).await
+}
+
+/// Pins the Connector's spec into the run's record, before anything is made
+/// from it: the pod about to be created reads it from the record, even if
+/// this reconcile goes no further. `None` (and `status` saying why) when the
+/// Connector does not exist: the run waits for it.
+async fn pin(
+    subject: Subject<'_>,
+    old: &ConnectorRunStatus,
+    status: &mut ConnectorRunStatus,
+) -> Result<Option<ConnectorSpec>, Error> {
+    let Subject {
+        run,
+        ctx,
+        namespace,
+        name,
+        ..
+    } = subject;
+    let connector_name = &run.spec.connector_ref.name;
+    let Some(connector) = dereference::connector(ctx, namespace, connector_name).await? else {
+        status.phase = Some(RunPhase::Pending);
+        status.reason = Some("ConnectorNotFound".into());
+        status.message = Some(format!(
+            "Connector {connector_name:?} does not exist in namespace {namespace}; the run waits for it"
+        ));
+        status.observed_generation = run.meta().generation;
+        return Ok(None);
+    };
+    status.connector_spec_hash = Some(spec_hash(&connector.spec));
+    status.connector_generation = connector.meta().generation;
+    status.connector_spec = Some(connector.spec.clone());
+    status.phase = Some(RunPhase::Pending);
+    status.reason = None;
+    status.message = None;
+    record::write(ctx, namespace, name, None, old, status).await?;
+    Ok(Some(connector.spec))
 }
 
 /// Writes a decision, then acts on it. The record is the commit point: once it
@@ -344,12 +346,12 @@ async fn commit(
     recorded: Option<&ferry_crds::RunRecord>,
     old: &ConnectorRunStatus,
     shown: &ConnectorRunStatus,
-    step: Step,
+    decision: Decision,
 ) -> Result<Action, Error> {
-    record::write(ctx, namespace, name, recorded, old, &step.status).await?;
-    effects::perform(ctx, run, namespace, name, step.effects).await?;
-    write_if_changed(ctx, namespace, name, shown, &step.status).await?;
-    Ok(step.action)
+    record::write(ctx, namespace, name, recorded, old, &decision.status).await?;
+    effects::perform(ctx, run, namespace, name, decision.effects).await?;
+    write_if_changed(ctx, namespace, name, shown, &decision.status).await?;
+    Ok(decision.action)
 }
 
 /// Someone other than the operator (the run's own runner, whose token may
@@ -402,15 +404,15 @@ async fn write_if_changed(
 /// were rewritten by someone else; an attempt in flight is failed for it.
 async fn advance(
     subject: Subject<'_>,
-    mut status: ConnectorRunStatus,
+    status: ConnectorRunStatus,
     tampered: bool,
-) -> Result<Step, Error> {
+) -> Result<Decision, Error> {
     let Subject {
         run,
         ctx,
         namespace,
         name,
-        spec,
+        ..
     } = subject;
     let now = ctx.now();
     let attempts = status.attempts.unwrap_or(0);
@@ -422,37 +424,61 @@ async fn advance(
     let pod = pods
         .get_opt(&pod_name)
         .await
-        .map_err(|e| Error::kube("get", "Pod", &pod_name, e))?;
-
-    let fate = match (&pod, &status.next_attempt_time) {
-        (_, Some(at)) => {
-            // Backing off before the next attempt; the failed attempt's pod may
-            // still be terminating and says nothing new.
-            if at.0 <= now {
-                return start_attempt(subject, status, attempts + 1).await;
-            }
-            let wait = (at.0.as_second() - now.as_second()).max(1) as u64;
-            let mut step = Step::new(status, Action::requeue(Duration::from_secs(wait)));
-            // The failed attempt's pod is deleted after the retry was written;
-            // should that have failed, here again.
-            if pod.is_some() {
-                step.effects.push(Effect::DeletePod(pod_name));
-            }
-            return Ok(step);
+        .map_err(|e| Error::kube(error::Step::Read, "get", "Pod", &pod_name, e))?;
+    if let Some(at) = &status.next_attempt_time {
+        // Backing off before the next attempt; the failed attempt's pod may
+        // still be terminating and says nothing new.
+        if at.0 <= now {
+            return start_attempt(subject, status, attempts + 1).await;
         }
-        (None, None) => Fate::Failed {
+        let wait = (at.0.as_second() - now.as_second()).max(1) as u64;
+        let mut decision = Decision::new(status, Action::requeue(Duration::from_secs(wait)));
+        // The failed attempt's pod is deleted after the retry was written;
+        // should that have failed, here again.
+        if pod.is_some() {
+            decision.effects.push(Effect::DeletePod(pod_name));
+        }
+        return Ok(decision);
+    }
+    let fate = attempt_fate(pod.as_ref(), &status, tampered, name, attempts);
+    Ok(match fate {
+        Fate::Waiting { running, message } => waiting(status, running, message, now),
+        Fate::Succeeded => {
+            let message = summary(run.spec.mode, status.result.as_ref());
+            finish(subject, status, RunPhase::Succeeded, "Succeeded", message)
+        }
+        Fate::Failed {
+            reason,
+            message,
+            retryable,
+        } => failed(subject, status, pod.is_some(), reason, message, retryable),
+    })
+}
+
+/// The fate of attempt `attempts` (no client required), from its pod (`None`:
+/// gone), the runner's result and whether the status was tampered with.
+fn attempt_fate(
+    pod: Option<&Pod>,
+    status: &ConnectorRunStatus,
+    tampered: bool,
+    name: &str,
+    attempts: i32,
+) -> Fate {
+    let pod_name = names::pod(name, attempts);
+    match pod {
+        None => Fate::Failed {
             reason: "PodDeleted".into(),
             message: format!("pod {pod_name} disappeared before the run ended"),
             retryable: true,
         },
-        (_, None) if tampered => Fate::Failed {
+        Some(_) if tampered => Fate::Failed {
             reason: TAMPERED.into(),
             message: format!(
                 "attempt {attempts}: the run's status was changed by someone other than the operator"
             ),
             retryable: true,
         },
-        (Some(pod), _) => match fate::fate(pod, status.result.as_ref(), attempts) {
+        Some(pod) => match fate::fate(pod, status.result.as_ref(), attempts) {
             Fate::Succeeded => match record::implausible(status.result.as_ref(), name, attempts) {
                 None => Fate::Succeeded,
                 Some(why) => Fate::Failed {
@@ -463,79 +489,84 @@ async fn advance(
             },
             other => other,
         },
-    };
-
-    match fate {
-        Fate::Waiting { running, message } => {
-            if running {
-                status.phase = Some(RunPhase::Running);
-                status.reason = None;
-                status.message = None;
-                if status.start_time.is_none() {
-                    status.start_time = Some(Time(now));
-                }
-            } else {
-                status.reason = message.as_ref().map(|_| "PodPending".to_string());
-                status.message = message;
-            }
-            Ok(Step::new(status, Action::requeue(RESYNC)))
-        }
-        Fate::Succeeded => {
-            let message = summary(run.spec.mode, status.result.as_ref());
-            Ok(finish(
-                subject,
-                status,
-                RunPhase::Succeeded,
-                "Succeeded",
-                message,
-            ))
-        }
-        Fate::Failed {
-            reason,
-            message,
-            retryable,
-        } => {
-            let backoff_limit = spec.run.backoff_limit;
-            if retryable && attempts <= backoff_limit {
-                let wait = fate::backoff_seconds(attempts);
-                let at = Timestamp::from_second(now.as_second() + wait).unwrap_or(now);
-                status.phase = Some(RunPhase::Pending);
-                status.reason = Some(reason.clone());
-                status.message = Some(format!(
-                    "attempt {attempts} of {} failed: {message}; retrying in {wait}s",
-                    backoff_limit + 1
-                ));
-                status.next_attempt_time = Some(Time(at));
-                let note = status.message.clone().unwrap_or_default();
-                let mut step = Step::new(status, Action::requeue(Duration::from_secs(wait as u64)));
-                step.effects.push(Effect::Event {
-                    warning: true,
-                    reason: "AttemptFailed".into(),
-                    action: "Retry",
-                    note,
-                });
-                if pod.is_some() {
-                    step.effects.push(Effect::DeletePod(pod_name));
-                }
-                return Ok(step);
-            }
-            let message = if retryable {
-                format!("{message} (after {attempts} attempts)")
-            } else {
-                message
-            };
-            let mut step = finish(subject, status, RunPhase::Failed, &reason, message);
-            if reason == Reason::IntegrityFailure.as_str() {
-                step.effects.push(Effect::IntegrityFailure);
-            }
-            if contract::policy_refusal(&reason) {
-                // Refused by the runner (what only it can see: where a bucket
-                // really is, an object's stream, a file that cannot be minimised).
-                step.effects.push(Effect::Denial(reason));
-            }
-            Ok(step)
-        }
     }
+}
+
+/// An attempt still under way: Running once its pod runs, else Pending with
+/// what the pod waits for.
+fn waiting(
+    mut status: ConnectorRunStatus,
+    running: bool,
+    message: Option<String>,
+    now: Timestamp,
+) -> Decision {
+    if running {
+        status.phase = Some(RunPhase::Running);
+        status.reason = None;
+        status.message = None;
+        if status.start_time.is_none() {
+            status.start_time = Some(Time(now));
+        }
+    } else {
+        status.reason = message.as_ref().map(|_| "PodPending".to_string());
+        status.message = message;
+    }
+    Decision::new(status, Action::requeue(RESYNC))
+}
+
+/// A failed attempt: another one after a backoff when the failure is
+/// retryable and the backoff limit allows, else the end of the run.
+fn failed(
+    subject: Subject<'_>,
+    mut status: ConnectorRunStatus,
+    pod_exists: bool,
+    reason: String,
+    message: String,
+    retryable: bool,
+) -> Decision {
+    let now = subject.ctx.now();
+    let attempts = status.attempts.unwrap_or(0);
+    let backoff_limit = subject.spec.run.backoff_limit;
+    if retryable && attempts <= backoff_limit {
+        let wait = fate::backoff_seconds(attempts);
+        let at = Timestamp::from_second(now.as_second() + wait).unwrap_or(now);
+        status.phase = Some(RunPhase::Pending);
+        status.reason = Some(reason);
+        status.message = Some(format!(
+            "attempt {attempts} of {} failed: {message}; retrying in {wait}s",
+            backoff_limit + 1
+        ));
+        status.next_attempt_time = Some(Time(at));
+        let note = status.message.clone().unwrap_or_default();
+        let mut decision = Decision::new(status, Action::requeue(Duration::from_secs(wait as u64)));
+        decision.effects.push(Effect::Event {
+            warning: true,
+            reason: "AttemptFailed".into(),
+            action: "Retry",
+            note,
+        });
+        if pod_exists {
+            decision
+                .effects
+                .push(Effect::DeletePod(names::pod(subject.name, attempts)));
+        }
+        return decision;
+    }
+    let message = if retryable {
+        format!("{message} (after {attempts} attempts)")
+    } else {
+        message
+    };
+    let mut decision = finish(subject, status, RunPhase::Failed, &reason, message);
+    if reason == Reason::IntegrityFailure.as_str() {
+        decision.effects.push(Effect::IntegrityFailure);
+    }
+    if contract::policy_refusal(&reason) {
+        // Refused by the runner (what only it can see: where a bucket
+        // really is, an object's stream, a file that cannot be minimised).
+        decision.effects.push(Effect::Denial(reason));
+    }
+    decision
 }
 
 fn summary(mode: RunMode, result: Option<&ferry_crds::RunResult>) -> String {
@@ -563,7 +594,7 @@ async fn start_attempt(
     subject: Subject<'_>,
     status: ConnectorRunStatus,
     attempt: i32,
-) -> Result<Step, Error> {
+) -> Result<Decision, Error> {
     let Subject {
         run,
         ctx,
@@ -593,23 +624,23 @@ async fn start_attempt(
 
 /// The run breaks `violations`: it ends Rejected, each violation denied and
 /// audited.
-fn reject(subject: Subject<'_>, status: ConnectorRunStatus, violations: &[Violation]) -> Step {
+fn reject(subject: Subject<'_>, status: ConnectorRunStatus, violations: &[Violation]) -> Decision {
     let reason = violations[0].reason;
     let message = violations
         .iter()
         .map(|v| v.message.as_str())
         .collect::<Vec<_>>()
         .join("; ");
-    let mut step = finish(subject, status, RunPhase::Rejected, reason, message);
+    let mut decision = finish(subject, status, RunPhase::Rejected, reason, message);
     for v in violations {
-        step.effects.push(Effect::Denial(v.reason.into()));
-        step.effects.push(Effect::Audit(subject.record(
+        decision.effects.push(Effect::Denial(v.reason.into()));
+        decision.effects.push(Effect::Audit(subject.record(
             "run.rejected",
             Outcome::Denied,
             Some(v.reason),
         )));
     }
-    step
+    decision
 }
 
 /// The status of a run whose attempt `attempt` was just created, and the
@@ -619,7 +650,7 @@ fn started(
     mut status: ConnectorRunStatus,
     attempt: i32,
     warnings: &[Warning],
-) -> Step {
+) -> Decision {
     let pod_name = names::pod(subject.name, attempt);
     status.phase = Some(RunPhase::Pending);
     status.attempts = Some(attempt);
@@ -629,10 +660,10 @@ fn started(
         status.reason = None;
         status.message = None;
     }
-    let mut step = Step::new(status, Action::requeue(RESYNC));
+    let mut decision = Decision::new(status, Action::requeue(RESYNC));
     if attempt == 1 {
         for w in warnings {
-            step.effects.push(Effect::Event {
+            decision.effects.push(Effect::Event {
                 warning: true,
                 reason: w.reason.into(),
                 action: "Validate",
@@ -640,18 +671,18 @@ fn started(
             });
         }
     }
-    step.effects.push(Effect::Audit(subject.record(
+    decision.effects.push(Effect::Audit(subject.record(
         "run.started",
         Outcome::Success,
         (attempt > 1).then_some("Retry"),
     )));
-    step.effects.push(Effect::Event {
+    decision.effects.push(Effect::Event {
         warning: false,
         reason: "Started".into(),
         action: "CreatePod",
         note: format!("attempt {attempt}: created pod {pod_name}"),
     });
-    step
+    decision
 }
 
 /// Ends the run: final phase and conditions (no client required); the metrics,
@@ -662,17 +693,9 @@ fn finish(
     phase: RunPhase,
     reason: &str,
     message: String,
-) -> Step {
-    let Subject {
-        run,
-        ctx,
-        namespace,
-        name,
-        spec,
-    } = subject;
+) -> Decision {
+    let Subject { run, ctx, name, .. } = subject;
     let now = ctx.now();
-    let connector = run.spec.connector_ref.name.as_str();
-    let generation = run.meta().generation;
     status.phase = Some(phase);
     status.reason = Some(reason.to_string());
     status.message = Some(crate::context::truncate(message.clone(), 4096));
@@ -686,6 +709,33 @@ fn finish(
         .unwrap_or(now);
     let seconds = now.as_second() - started.as_second();
     status.duration = Some(conditions::human_duration(seconds));
+    end_conditions(
+        &mut status,
+        phase,
+        reason,
+        &message,
+        run.meta().generation,
+        now,
+    );
+    tracing::info!(namespace = subject.namespace, run = name, connector = run.spec.connector_ref.name, phase = ?phase, reason, "run ends");
+    let effects = end_effects(subject, &status, phase, reason, message, seconds);
+    Decision {
+        status,
+        action: Action::await_change(),
+        effects,
+    }
+}
+
+/// The conditions of an ended run: Complete or Failed, and PolicyViolation
+/// when a rule refused it.
+fn end_conditions(
+    status: &mut ConnectorRunStatus,
+    phase: RunPhase,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+    now: Timestamp,
+) {
     let (complete, failed, violation) = match phase {
         RunPhase::Succeeded => (true, false, false),
         RunPhase::Rejected => (false, true, true),
@@ -697,7 +747,7 @@ fn finish(
             kind,
             on,
             reason,
-            &message,
+            message,
             generation,
             now,
         );
@@ -708,33 +758,38 @@ fn finish(
             "PolicyViolation",
             true,
             reason,
-            &message,
+            message,
             generation,
             now,
         );
     }
-    tracing::info!(namespace, run = name, connector, phase = ?phase, reason, "run ends");
+}
 
+/// What follows the end of a run, once: the counters, the audit line (a
+/// rejection is audited per violation instead), the Event and the cleanup.
+fn end_effects(
+    subject: Subject<'_>,
+    status: &ConnectorRunStatus,
+    phase: RunPhase,
+    reason: &str,
+    message: String,
+    seconds: i64,
+) -> Vec<Effect> {
     let mut effects = vec![Effect::Ended {
         phase,
         seconds,
         result: status.result.clone(),
     }];
     if phase != RunPhase::Rejected {
-        // Rejections are audited per violation.
         let outcome = if phase == RunPhase::Succeeded {
             Outcome::Success
         } else {
             Outcome::Failure
         };
-        effects.push(Effect::Audit(audit::record(
+        effects.push(Effect::Audit(subject.record(
             "run.finished",
             outcome,
             Some(reason),
-            namespace,
-            connector,
-            name,
-            Some(spec),
         )));
     }
     effects.push(Effect::Event {
@@ -746,17 +801,13 @@ fn finish(
     effects.push(Effect::Cleanup {
         attempts: status.attempts.unwrap_or(0),
     });
-    Step {
-        status,
-        action: Action::await_change(),
-        effects,
-    }
+    effects
 }
 
 /// What to do after a failed reconcile: an invalid object waits for a change, a
 /// transient failure is retried with backoff.
-pub fn error_policy(run: Arc<ConnectorRun>, error: &Error, ctx: Arc<Context>) -> Action {
-    error_policy_guarded(Arc::new(DeserializeGuard(Ok((*run).clone()))), error, ctx)
+pub fn error_policy(run: Arc<ConnectorRun>, error: &Error, _ctx: Arc<Context>) -> Action {
+    error.policy(CONTROLLER, &run.name_any())
 }
 
 /// [`error_policy`], as the controller calls it.
@@ -765,9 +816,5 @@ pub fn error_policy_guarded(
     error: &Error,
     _ctx: Arc<Context>,
 ) -> Action {
-    tracing::warn!(run = %run.name_any(), error = %error, category = error.category(), "reconcile failed");
-    match error {
-        Error::MissingMetadata { .. } | Error::Build(_) => Action::await_change(),
-        _ => Action::requeue(Duration::from_secs(15)),
-    }
+    error.policy(CONTROLLER, &run.name_any())
 }

@@ -13,7 +13,7 @@ use kube::api::{Api, Patch, PatchParams};
 
 use crate::config::FIELD_MANAGER;
 use crate::context::Context;
-use crate::error::Error;
+use crate::error::{Error, Step};
 
 /// The record of a run; `Err` when its annotation is not a record.
 pub fn read(run: &ConnectorRun) -> Result<Option<RunRecord>, serde_json::Error> {
@@ -100,7 +100,7 @@ pub async fn write(
     };
     api.patch(name, &params, &Patch::Merge(&patch))
         .await
-        .map_err(|e| Error::kube("record", "ConnectorRun", name, e))?;
+        .map_err(|e| Error::kube(Step::Record, "record", "ConnectorRun", name, e))?;
     Ok(())
 }
 

@@ -20,13 +20,18 @@ use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use futures::channel::mpsc;
+use futures::future::BoxFuture;
 
 pub use credentials::S3Auth;
 use credentials::WebIdentityProvider;
 pub use whole::ReadTuning;
 use whole::{HANDOFF_SLICE, WholeRead};
 
+use super::access::{OpenError, Platform, Secrets, token_file};
+use super::multipart::{self, Sizes, Uploader};
 use super::{ByteStream, ObjectMeta, ObjectStore, StorageError, check_endpoint_url, check_key};
+use ferry_crds::S3Endpoint;
+use ferry_crds::contract::{env, paths};
 
 /// Size of a multipart part (S3's minimum is 5 MiB).
 pub const PART_SIZE: usize = 8 << 20;
@@ -360,197 +365,142 @@ impl S3Store {
             },
         }
     }
+}
 
-    async fn upload_part(
-        &self,
-        key: &str,
-        upload_id: &str,
-        number: i32,
-        body: Bytes,
-    ) -> Result<CompletedPart, StorageError> {
-        let out = self
-            .client
-            .upload_part()
-            .bucket(&self.bucket)
-            .key(key)
-            .upload_id(upload_id)
-            .part_number(number)
+/// S3's part sizes: PART_SIZE for the first thousand parts (objects up to
+/// 7.8 GiB), then doubling every thousand parts, up to 4 GiB. S3 allows 10,000
+/// parts of at most 5 GiB: fixed 8 MiB parts would stop at 78 GiB, these reach
+/// 7.8 TiB (S3's largest object is 5 TiB). Memory grows only with objects above
+/// 7.8 GiB: parts in flight times their size.
+const PARTS: Sizes = Sizes {
+    first: PART_SIZE,
+    per_size: 1000,
+    max_doublings: 9,
+};
+
+/// One object's upload, as the multipart writer drives it.
+struct Upload<'a> {
+    store: &'a S3Store,
+    /// The object's key under the prefix (for errors) and in the bucket.
+    key: &'a str,
+    full: String,
+}
+
+#[async_trait::async_trait]
+impl Uploader for Upload<'_> {
+    type Upload = String;
+    type Part = CompletedPart;
+
+    fn endpoint(&self) -> &str {
+        &self.store.name
+    }
+
+    fn key(&self) -> &str {
+        self.key
+    }
+
+    async fn put_whole(&self, body: Bytes) -> Result<(), StorageError> {
+        let s = self.store;
+        s.client
+            .put_object()
+            .bucket(&s.bucket)
+            .key(&self.full)
             .body(SdkBody::from(body))
             .send()
             .await
-            .map_err(|e| self.error(e, Some(key)))?;
-        Ok(CompletedPart::builder()
-            .part_number(number)
-            .set_e_tag(out.e_tag().map(str::to_string))
-            .build())
+            .map_err(|e| s.error(e, Some(self.key)))?;
+        Ok(())
     }
 
-    /// The outcome of a part upload task.
-    fn joined(
-        &self,
-        done: Result<Result<CompletedPart, StorageError>, tokio::task::JoinError>,
-        key: &str,
-    ) -> Result<CompletedPart, StorageError> {
-        done.unwrap_or_else(|e| {
-            Err(StorageError::Io {
-                endpoint: self.name.clone(),
-                action: "upload a part",
-                key: Some(key.to_string()),
-                source: std::io::Error::other(e.to_string()),
+    async fn start(&self) -> Result<String, StorageError> {
+        let s = self.store;
+        let created = s
+            .client
+            .create_multipart_upload()
+            .bucket(&s.bucket)
+            .key(&self.full)
+            .send()
+            .await
+            .map_err(|e| s.error(e, Some(self.key)))?;
+        created
+            .upload_id()
+            .map(str::to_string)
+            .ok_or_else(|| StorageError::Io {
+                endpoint: s.name.clone(),
+                action: "start a multipart upload",
+                key: Some(self.key.to_string()),
+                source: std::io::Error::other("no upload id returned"),
             })
+    }
+
+    fn put_part(
+        &self,
+        upload_id: &mut String,
+        number: usize,
+        body: Bytes,
+    ) -> BoxFuture<'static, Result<CompletedPart, StorageError>> {
+        let (s, key, full, id) = (
+            self.store.clone(),
+            self.key.to_string(),
+            self.full.clone(),
+            upload_id.clone(),
+        );
+        Box::pin(async move {
+            // S3 allows 10,000 parts: the number always fits.
+            let number = i32::try_from(number).unwrap_or(i32::MAX);
+            let out = s
+                .client
+                .upload_part()
+                .bucket(&s.bucket)
+                .key(&full)
+                .upload_id(&id)
+                .part_number(number)
+                .body(SdkBody::from(body))
+                .send()
+                .await
+                .map_err(|e| s.error(e, Some(&key)))?;
+            Ok(CompletedPart::builder()
+                .part_number(number)
+                .set_e_tag(out.e_tag().map(str::to_string))
+                .build())
         })
     }
 
-    async fn multipart(
+    async fn complete(
         &self,
-        key: &str,
-        first: Bytes,
-        reader: &mut PartReader,
+        upload_id: &mut String,
+        parts: Vec<CompletedPart>,
     ) -> Result<(), StorageError> {
-        let created = self
-            .client
-            .create_multipart_upload()
-            .bucket(&self.bucket)
-            .key(key)
+        let s = self.store;
+        s.client
+            .complete_multipart_upload()
+            .bucket(&s.bucket)
+            .key(&self.full)
+            .upload_id(upload_id.as_str())
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
             .send()
             .await
-            .map_err(|e| self.error(e, Some(key)))?;
-        let upload_id = created
-            .upload_id()
-            .ok_or_else(|| StorageError::Io {
-                endpoint: self.name.clone(),
-                action: "start a multipart upload",
-                key: Some(key.to_string()),
-                source: std::io::Error::other("no upload id returned"),
-            })?
-            .to_string();
-        let result = async {
-            let mut parts = Vec::new();
-            // Each part uploads in a task of its own, so the parts in flight
-            // keep moving while the next one is read. Dropping the set (on an
-            // error) cancels them.
-            let mut in_flight = tokio::task::JoinSet::new();
-            let mut next = Some(first);
-            let mut number = 0;
-            while let Some(body) = next.take() {
-                number += 1;
-                let (store, part_key, id) = (self.clone(), key.to_string(), upload_id.clone());
-                in_flight
-                    .spawn(async move { store.upload_part(&part_key, &id, number, body).await });
-                while in_flight.len() >= PARTS_IN_FLIGHT {
-                    if let Some(done) = in_flight.join_next().await {
-                        parts.push(self.joined(done, key)?);
-                    }
-                }
-                next = reader.next_part().await?;
-            }
-            while let Some(done) = in_flight.join_next().await {
-                parts.push(self.joined(done, key)?);
-            }
-            parts.sort_by_key(|p| p.part_number());
-            self.client
-                .complete_multipart_upload()
-                .bucket(&self.bucket)
-                .key(key)
-                .upload_id(&upload_id)
-                .multipart_upload(
-                    CompletedMultipartUpload::builder()
-                        .set_parts(Some(parts))
-                        .build(),
-                )
-                .send()
-                .await
-                .map_err(|e| self.error(e, Some(key)))?;
-            Ok(())
-        }
-        .await;
-        if result.is_err() {
-            // Never leave a half-done upload behind (it would also be billed).
-            if let Err(e) = self
-                .client
-                .abort_multipart_upload()
-                .bucket(&self.bucket)
-                .key(key)
-                .upload_id(&upload_id)
-                .send()
-                .await
-            {
-                tracing::warn!(endpoint = %self.name, key, error = %self.error(e, Some(key)), "failed to abort a multipart upload");
-            }
-        }
-        result
-    }
-}
-
-/// Parts of one size before the size doubles.
-const PARTS_PER_SIZE: i32 = 1000;
-
-/// The size of part `number` (from 1): PART_SIZE for the first thousand
-/// parts (objects up to 7.8 GiB), then doubling every thousand parts, up to
-/// 4 GiB. S3 allows 10,000 parts of at most 5 GiB: fixed 8 MiB parts would
-/// stop at 78 GiB, these reach 7.8 TiB (S3's largest object is 5 TiB). Memory
-/// grows only with objects above 7.8 GiB: parts in flight times their size.
-fn part_size(number: i32) -> usize {
-    let doublings = ((number.max(1) - 1) / PARTS_PER_SIZE).min(9);
-    PART_SIZE << doublings
-}
-
-/// Cuts a byte stream into parts of [`part_size`] (the last may be shorter).
-struct PartReader {
-    input: ByteStream,
-    /// Parts cut so far.
-    parts: i32,
-    /// What is left of the chunk that crossed the last part boundary.
-    carry: Bytes,
-    done: bool,
-    total: u64,
-}
-
-impl PartReader {
-    fn new(input: ByteStream) -> Self {
-        Self {
-            input,
-            parts: 0,
-            carry: Bytes::new(),
-            done: false,
-            total: 0,
-        }
+            .map_err(|e| s.error(e, Some(self.key)))?;
+        Ok(())
     }
 
-    /// The next part: exactly [`part_size`] bytes (the last one fewer), in an
-    /// allocation of its own, so a part in flight pins no more than itself.
-    async fn next_part(&mut self) -> Result<Option<Bytes>, StorageError> {
-        let size = part_size(self.parts + 1);
-        let mut part = BytesMut::new();
-        loop {
-            if !self.carry.is_empty() {
-                if part.capacity() == 0 {
-                    part.reserve(size);
-                }
-                let take = self.carry.len().min(size - part.len());
-                part.extend_from_slice(&self.carry.split_to(take));
-            }
-            if part.len() == size || self.done {
-                break;
-            }
-            match self.input.next().await {
-                Some(chunk) => {
-                    self.carry = chunk?;
-                    self.total += self.carry.len() as u64;
-                }
-                None => self.done = true,
-            }
+    async fn abort(&self, upload_id: &mut String) {
+        let s = self.store;
+        let aborted = s
+            .client
+            .abort_multipart_upload()
+            .bucket(&s.bucket)
+            .key(&self.full)
+            .upload_id(upload_id.as_str())
+            .send()
+            .await;
+        if let Err(e) = aborted {
+            tracing::warn!(endpoint = %s.name, key = self.key, error = %s.error(e, Some(self.key)), "failed to abort a multipart upload");
         }
-        if part.is_empty() {
-            return Ok(None);
-        }
-        self.parts += 1;
-        Ok(Some(part.freeze()))
-    }
-
-    /// Whether the input is exhausted with nothing left over.
-    fn finished(&self) -> bool {
-        self.done && self.carry.is_empty()
     }
 }
 
@@ -609,22 +559,12 @@ impl ObjectStore for S3Store {
     }
 
     async fn put(&self, key: &str, data: ByteStream) -> Result<u64, StorageError> {
-        let full = self.full_key(key)?;
-        let mut reader = PartReader::new(data);
-        let first = reader.next_part().await?.unwrap_or_default();
-        if reader.finished() {
-            self.client
-                .put_object()
-                .bucket(&self.bucket)
-                .key(&full)
-                .body(SdkBody::from(first))
-                .send()
-                .await
-                .map_err(|e| self.error(e, Some(key)))?;
-        } else {
-            self.multipart(&full, first, &mut reader).await?;
-        }
-        Ok(reader.total)
+        let upload = Upload {
+            store: self,
+            key,
+            full: self.full_key(key)?,
+        };
+        multipart::upload(&upload, data, PARTS, PARTS_IN_FLIGHT).await
     }
 
     async fn delete(&self, key: &str) -> Result<(), StorageError> {
@@ -657,43 +597,58 @@ impl ObjectStore for S3Store {
     }
 }
 
+/// Opens the S3 bucket of one end (`side`) from its endpoint, its Secrets and
+/// the platform's settings.
+pub fn open(
+    side: &'static str,
+    e: &S3Endpoint,
+    secrets: &dyn Secrets,
+    platform: &Platform,
+) -> Result<S3Store, OpenError> {
+    let auth = match (&e.credentials.secret_ref, &e.credentials.web_identity) {
+        (Some(r), None) => S3Auth::Static {
+            access_key_id: secrets.string(&r.name, "accessKeyId")?,
+            secret_access_key: secrets.string(&r.name, "secretAccessKey")?,
+            session_token: secrets.optional_string(&r.name, "sessionToken"),
+        },
+        (None, Some(w)) => S3Auth::WebIdentity {
+            role_arn: w.role_arn.clone(),
+            token_file: token_file(env::AWS_WEB_IDENTITY_TOKEN_FILE, paths::AWS_TOKEN_FILE),
+            session_name: format!("ferry-{side}"),
+            sts_endpoint: platform.sts_endpoint.clone(),
+        },
+        _ => return Err(OpenError::Endpoint(side)),
+    };
+    S3Store::new(S3Config {
+        bucket: e.bucket.clone(),
+        prefix: e.prefix.clone(),
+        region: e.region.clone(),
+        endpoint: e.endpoint.clone(),
+        force_path_style: e.force_path_style,
+        insecure_plain_http_on_loopback: e.insecure_plain_http_on_loopback,
+        network: platform.network.clone(),
+        auth,
+        reads: ReadTuning::default(),
+    })
+    .map_err(|source| OpenError::Store { side, source })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn part_sizes_reach_s3s_largest_object_within_its_limits() {
-        const MAX_PARTS: i32 = 10_000;
+        const MAX_PARTS: usize = 10_000;
         const MAX_PART: usize = 5 << 30;
         const MAX_OBJECT: u64 = 5 << 40;
         // Objects up to 7.8 GiB keep PART_SIZE parts (the memory bound).
-        assert!((1..=PARTS_PER_SIZE).all(|n| part_size(n) == PART_SIZE));
-        assert_eq!(part_size(PARTS_PER_SIZE + 1), 2 * PART_SIZE);
-        let sizes: Vec<usize> = (1..=MAX_PARTS).map(part_size).collect();
+        assert!((1..=1000).all(|n| PARTS.part(n) == PART_SIZE));
+        assert_eq!(PARTS.part(1001), 2 * PART_SIZE);
+        let sizes: Vec<usize> = (1..=MAX_PARTS).map(|n| PARTS.part(n)).collect();
         assert!(sizes.windows(2).all(|w| w[0] <= w[1]));
         assert!(sizes.iter().all(|s| (5 << 20..=MAX_PART).contains(s)));
         let total: u64 = sizes.iter().map(|s| *s as u64).sum();
         assert!(total >= MAX_OBJECT, "10,000 parts hold only {total} bytes");
-    }
-
-    #[tokio::test]
-    async fn parts_are_cut_exactly_whatever_the_chunks() {
-        let len = 2 * PART_SIZE + 12_345;
-        let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
-        // Chunks of uneven sizes, one crossing each part boundary.
-        let chunks: Vec<Result<Bytes, StorageError>> = data
-            .chunks(999_983)
-            .map(|c| Ok(Bytes::copy_from_slice(c)))
-            .collect();
-        let mut reader = PartReader::new(futures::stream::iter(chunks).boxed());
-        let mut parts = Vec::new();
-        while let Some(part) = reader.next_part().await.expect("next part") {
-            parts.push(part);
-        }
-        assert!(reader.finished());
-        assert_eq!(reader.total, len as u64);
-        let sizes: Vec<usize> = parts.iter().map(Bytes::len).collect();
-        assert_eq!(sizes, vec![PART_SIZE, PART_SIZE, 12_345]);
-        assert_eq!(parts.concat(), data);
     }
 }

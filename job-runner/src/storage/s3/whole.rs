@@ -247,8 +247,7 @@ impl WholeRead {
 
     /// After each chunk: at the end of a window, decide how to go on.
     fn choose(&mut self) {
-        let tuning = self.store.reads;
-        let window = tuning.window;
+        let window = self.store.reads.window;
         match self.phase {
             Phase::Streaming {
                 from,
@@ -257,88 +256,107 @@ impl WholeRead {
                 since_trial,
                 run,
             } if self.offset >= from + window => {
-                let elapsed = started.elapsed();
-                let since_trial = since_trial.saturating_add(1);
-                // The stream's first window is not judged: it starts the run.
-                let Some((run_from, run_started)) = run else {
-                    self.phase = Phase::streaming(
-                        self.offset,
-                        since_trial,
-                        Some((self.offset, Instant::now())),
-                    );
-                    return;
-                };
-                let held_back = tuning
-                    .try_ranges
-                    .unwrap_or_else(|| stream_held_back(elapsed, waited));
-                let worth_it = self.total - self.offset >= 2 * window;
-                let measured = self.offset - run_from >= MIN_RUN * window;
-                let waited_enough = since_trial >= RETRY_AFTER << self.lost_trials.min(MAX_BACKOFF);
-                let trial = match &self.etag {
-                    Some(etag) if held_back && worth_it && measured && waited_enough => {
-                        Some(etag.clone())
-                    }
-                    _ => None,
-                };
-                tracing::debug!(
-                    key = %self.key,
-                    from,
-                    elapsed_ms = elapsed.as_millis() as u64,
-                    waited_ms = waited.as_millis() as u64,
-                    try_ranges = trial.is_some(),
-                    "whole read: window streamed"
-                );
-                let Some(etag) = trial else {
-                    self.phase = Phase::streaming(self.offset, since_trial, run);
-                    return;
-                };
-                // One slow window sets off a trial, but the ranges must beat
-                // the stream's whole run.
-                self.phase = Phase::Trying {
-                    from: self.offset,
-                    started: Instant::now(),
-                    stream: (self.offset - run_from, run_started.elapsed()),
-                };
-                // Dropping the body closes its connection.
-                self.source = Source::Ranges(RangesAhead::new(
-                    self.store.clone(),
-                    self.full.clone(),
-                    self.key.clone(),
-                    etag,
-                    self.offset..self.offset + window,
-                ));
+                self.judge_stream(from, started, waited, since_trial, run);
             }
             Phase::Trying {
                 from,
                 started,
                 stream,
-            } if self.offset >= from + window => {
-                let elapsed = started.elapsed();
-                let keep = tuning
-                    .keep_ranges
-                    .unwrap_or_else(|| ranges_faster(stream, (self.offset - from, elapsed)));
-                tracing::debug!(
-                    key = %self.key,
-                    from,
-                    stream_mib = stream.0 >> 20,
-                    stream_ms = stream.1.as_millis() as u64,
-                    ranges_mib = (self.offset - from) >> 20,
-                    ranges_ms = elapsed.as_millis() as u64,
-                    keep_ranges = keep,
-                    "whole read: ranges tried"
-                );
-                if keep {
-                    if let Source::Ranges(ranges) = &mut self.source {
-                        ranges.extend_to(self.total);
-                    }
-                    self.phase = Phase::Ranges;
-                } else {
-                    // `pull` reopens the stream once the trial window is read.
-                    self.lost_trials += 1;
-                    self.phase = Phase::streaming(self.offset, 0, None);
-                }
-            }
+            } if self.offset >= from + window => self.judge_trial(from, started, stream),
             _ => {}
+        }
+    }
+
+    /// A streamed window ended: go on streaming, or try ranges for the next
+    /// window when the stream looks held back.
+    fn judge_stream(
+        &mut self,
+        from: u64,
+        started: Instant,
+        waited: Duration,
+        since_trial: u32,
+        run: Option<(u64, Instant)>,
+    ) {
+        let tuning = self.store.reads;
+        let window = tuning.window;
+        let elapsed = started.elapsed();
+        let since_trial = since_trial.saturating_add(1);
+        // The stream's first window is not judged: it starts the run.
+        let Some((run_from, run_started)) = run else {
+            self.phase = Phase::streaming(
+                self.offset,
+                since_trial,
+                Some((self.offset, Instant::now())),
+            );
+            return;
+        };
+        let held_back = tuning
+            .try_ranges
+            .unwrap_or_else(|| stream_held_back(elapsed, waited));
+        let worth_it = self.total - self.offset >= 2 * window;
+        let measured = self.offset - run_from >= MIN_RUN * window;
+        let waited_enough = since_trial >= RETRY_AFTER << self.lost_trials.min(MAX_BACKOFF);
+        let trial = match &self.etag {
+            Some(etag) if held_back && worth_it && measured && waited_enough => Some(etag.clone()),
+            _ => None,
+        };
+        tracing::debug!(
+            key = %self.key,
+            from,
+            elapsed_ms = elapsed.as_millis() as u64,
+            waited_ms = waited.as_millis() as u64,
+            try_ranges = trial.is_some(),
+            "whole read: window streamed"
+        );
+        let Some(etag) = trial else {
+            self.phase = Phase::streaming(self.offset, since_trial, run);
+            return;
+        };
+        // One slow window sets off a trial, but the ranges must beat
+        // the stream's whole run.
+        self.phase = Phase::Trying {
+            from: self.offset,
+            started: Instant::now(),
+            stream: (self.offset - run_from, run_started.elapsed()),
+        };
+        // Dropping the body closes its connection.
+        self.source = Source::Ranges(RangesAhead::new(
+            self.store.clone(),
+            self.full.clone(),
+            self.key.clone(),
+            etag,
+            self.offset..self.offset + window,
+        ));
+    }
+
+    /// A window fetched as ranges ended: keep ranges for the rest of the
+    /// object if they beat the stream's run, else go back to streaming.
+    fn judge_trial(&mut self, from: u64, started: Instant, stream: (u64, Duration)) {
+        let elapsed = started.elapsed();
+        let keep = self
+            .store
+            .reads
+            .keep_ranges
+            .unwrap_or_else(|| ranges_faster(stream, (self.offset - from, elapsed)));
+        tracing::debug!(
+            key = %self.key,
+            from,
+            stream_mib = stream.0 >> 20,
+            stream_ms = stream.1.as_millis() as u64,
+            ranges_mib = (self.offset - from) >> 20,
+            ranges_ms = elapsed.as_millis() as u64,
+            keep_ranges = keep,
+            "whole read: ranges tried"
+        );
+        if keep {
+            if let Source::Ranges(ranges) = &mut self.source {
+                ranges.extend_to(self.total);
+            }
+            self.phase = Phase::Ranges;
+        } else {
+            // `pull` reopens the stream once the trial window is read.
+            self.lost_trials += 1;
+            self.phase = Phase::streaming(self.offset, 0, None);
         }
     }
 }

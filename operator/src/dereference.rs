@@ -12,7 +12,7 @@ use kube::Api;
 use kube::runtime::reflector::ObjectRef;
 
 use crate::context::Context;
-use crate::error::Error;
+use crate::error::{Error, Step};
 use crate::policy::{SecretFacts, SecretKeys, Tenant};
 
 /// The Connector, or `None` when it does not exist.
@@ -24,7 +24,7 @@ pub async fn connector(
     let api: Api<Connector> = Api::namespaced(ctx.client.clone(), namespace);
     api.get_opt(name)
         .await
-        .map_err(|e| Error::kube("get", "Connector", name, e))
+        .map_err(|e| Error::kube(Step::Read, "get", "Connector", name, e))
 }
 
 /// The tenant rules set on the namespace, from the operator's watched index of
@@ -63,7 +63,7 @@ pub async fn secret_keys(
         let secret = api
             .get_opt(&name)
             .await
-            .map_err(|e| Error::kube("get", "Secret", &name, e))?;
+            .map_err(|e| Error::kube(Step::Read, "get", "Secret", &name, e))?;
         let facts = secret.map(|s| {
             let usable = secret_usable(s.metadata.labels.as_ref(), s.type_.as_deref());
             let mut keys: BTreeSet<String> = s.data.unwrap_or_default().into_keys().collect();
