@@ -174,8 +174,6 @@ async fn bench() {
         Arc::new(Metrics::new()),
         audit,
         namespaces,
-        // The Connectors here have no runs yet: an empty cache.
-        ferry_operator::connector::history::RunIndex::default(),
     ));
 
     let connectors: Api<Connector> = Api::namespaced(client.clone(), NS);

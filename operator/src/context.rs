@@ -11,7 +11,6 @@ use kube::runtime::reflector::Store;
 
 use crate::audit::{AuditLog, Record};
 use crate::config::Config;
-use crate::connector::history::RunIndex;
 use crate::metrics::{Metrics, Queue};
 
 /// The current time; replaceable in tests.
@@ -39,8 +38,6 @@ pub struct Context {
     /// Every namespace, kept current by a watch: the tenants' region labels and
     /// sensitivity caps.
     pub namespaces: Store<Namespace>,
-    /// Every ConnectorRun, as the run controller caches them.
-    pub runs: RunIndex,
 }
 
 impl std::fmt::Debug for Context {
@@ -59,7 +56,6 @@ impl Context {
         metrics: Arc<Metrics>,
         audit: AuditLog,
         namespaces: Store<Namespace>,
-        runs: RunIndex,
     ) -> Self {
         let recorder = Recorder::new(client.clone(), Reporter::from("ferry-operator"));
         Self {
@@ -72,7 +68,6 @@ impl Context {
             connector_queue: Arc::default(),
             run_queue: Arc::default(),
             namespaces,
-            runs,
         }
     }
 

@@ -17,7 +17,7 @@ use clap::Parser;
 use ferry_crds::{Connector, ConnectorRun, RunPhase};
 use ferry_operator::audit::AuditLog;
 use ferry_operator::config::{Config, RunNetwork};
-use ferry_operator::connector::history::{self, RunIndex};
+use ferry_operator::connector::history;
 use ferry_operator::context::Context;
 use ferry_operator::metrics::Metrics;
 use ferry_operator::pod_bounds::PodBounds;
@@ -27,7 +27,7 @@ use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::{Api, PartialObjectMeta};
 use kube::core::DeserializeGuard;
-use kube::runtime::reflector::{self, ObjectRef, ReflectHandle, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use kube_lease_manager::LeaseManagerBuilder;
@@ -313,16 +313,14 @@ async fn run_operator(args: Args) -> Result<(), BoxError> {
     };
     lifecycle.ready.store(false, Ordering::Relaxed);
 
-    // The caches first: the namespaces (the tenants' rules) and the runs of
-    // each scope (both controllers' view of them), filled before any reconcile.
-    let scopes = scopes(&args);
-    let caches = Caches::start(&client, &scopes)?;
+    // Namespaces: the tenants' rules, an index kept current by a watch.
+    let (namespaces, ns_task) = watch_namespaces(&client);
     let synced = tokio::select! {
-        r = caches.ready() => { r?; true }
+        r = namespaces.wait_until_ready() => { r?; true }
         _ = lifecycle.terminated() => false,
     };
     if !synced {
-        caches.abort();
+        ns_task.abort();
         return lifecycle.stop(leader).await;
     }
     let ctx = Arc::new(Context::new(
@@ -330,144 +328,78 @@ async fn run_operator(args: Args) -> Result<(), BoxError> {
         config,
         metrics.clone(),
         audit,
-        caches.namespaces.clone(),
-        RunIndex::new(caches.runs.iter().map(|r| r.reader.clone()).collect()),
+        namespaces,
     ));
     let stop = Arc::new(tokio::sync::Notify::new());
-    let (tasks, connector_stores) = start_controllers(&client, &caches, &ctx, &stop);
+    let Started {
+        tasks,
+        run_stores,
+        connector_stores,
+    } = start_controllers(&client, &scopes(&args), &ctx, &stop);
     lifecycle.ready.store(true, Ordering::Relaxed);
-    let gauge = tokio::spawn(gauges(connector_stores, ctx.clone()));
+    let gauge = tokio::spawn(gauges(run_stores, connector_stores, ctx.clone()));
 
     // Run until a signal, or until leadership is lost (then exit so that the
     // replacement starts from a clean state, as controller-runtime does).
-    let lost = async {
-        match leader.as_ref() {
-            Some(l) => {
-                let mut channel = l.channel.clone();
-                let _ = channel.wait_for(|leading| !*leading).await;
-            }
-            None => futures::future::pending::<()>().await,
-        }
-    };
     let outcome: Result<(), BoxError> = tokio::select! {
         _ = lifecycle.terminated() => { tracing::info!("shutting down"); Ok(()) }
-        _ = lost => Err("lost the leader Lease".into()),
+        _ = lost(leader.as_ref()) => Err("lost the leader Lease".into()),
     };
     stop.notify_waiters();
     for task in tasks {
         let _ = tokio::time::timeout(Duration::from_secs(20), task).await;
     }
     gauge.abort();
-    caches.abort();
+    ns_task.abort();
     lifecycle.stop(leader).await?;
     outcome
 }
 
-/// The watched caches the controllers read.
-struct Caches {
-    /// Every namespace.
-    namespaces: Store<Namespace>,
-    /// The runs of each scope.
-    runs: Vec<RunCache>,
+/// Watches every namespace into a store.
+fn watch_namespaces(client: &Client) -> (Store<Namespace>, tokio::task::JoinHandle<()>) {
+    let (namespaces, writer) = reflector::store::<Namespace>();
+    let task = tokio::spawn(
+        watcher(
+            Api::<Namespace>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .reflect(writer)
+        .for_each(|_| futures::future::ready(())),
+    );
+    (namespaces, task)
+}
+
+/// The controllers, running.
+struct Started {
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The controllers' caches, for the gauges.
+    run_stores: Vec<Store<DeserializeGuard<ConnectorRun>>>,
+    connector_stores: Vec<Store<DeserializeGuard<Connector>>>,
 }
 
-/// One watch of the ConnectorRuns of a scope, shared: the run controller is
-/// driven by it, and the Connector controller is triggered by it only after
-/// the cache holds the change (so a Connector never reads its runs older than
-/// the event that woke it).
-struct RunCache {
-    scope: Option<String>,
-    reader: Store<DeserializeGuard<ConnectorRun>>,
-    subscriber: ReflectHandle<DeserializeGuard<ConnectorRun>>,
-}
-
-/// Events a slow subscriber may fall behind by before the watch waits for it.
-const RUN_EVENTS_BUFFERED: usize = 1024;
-
-impl Caches {
-    /// Starts the watches.
-    fn start(client: &Client, scopes: &[Option<String>]) -> Result<Self, BoxError> {
-        let (namespaces, writer) = reflector::store::<Namespace>();
-        let mut tasks = vec![tokio::spawn(
-            watcher(
-                Api::<Namespace>::all(client.clone()),
-                watcher::Config::default(),
-            )
-            .default_backoff()
-            .reflect(writer)
-            .for_each(|_| futures::future::ready(())),
-        )];
-        let mut runs = Vec::new();
-        for scope in scopes {
-            let (reader, writer) = reflector::store_shared(RUN_EVENTS_BUFFERED);
-            let subscriber = writer
-                .subscribe()
-                .ok_or("the runs' cache cannot be shared")?;
-            // Guarded: a run that cannot be read is cached as such, reported by
-            // the run controller and skipped, never a reason for the watch (and
-            // so every other run) to stall.
-            let api = scoped::<DeserializeGuard<ConnectorRun>>(client, scope.as_deref());
-            tasks.push(tokio::spawn(
-                watcher(api, watcher::Config::default())
-                    .default_backoff()
-                    .reflect_shared(writer)
-                    .for_each(|event| {
-                        if let Err(e) = event {
-                            tracing::warn!(error = %e, "connectorrun watch");
-                        }
-                        futures::future::ready(())
-                    }),
-            ));
-            runs.push(RunCache {
-                scope: scope.clone(),
-                reader,
-                subscriber,
-            });
-        }
-        Ok(Self {
-            namespaces,
-            runs,
-            tasks,
-        })
-    }
-
-    /// Resolves once every cache has been filled.
-    async fn ready(&self) -> Result<(), BoxError> {
-        self.namespaces.wait_until_ready().await?;
-        for run in &self.runs {
-            run.reader.wait_until_ready().await?;
-        }
-        Ok(())
-    }
-
-    fn abort(&self) {
-        for task in &self.tasks {
-            task.abort();
-        }
-    }
-}
-
-/// Starts both controllers in every scope, until `stop`; returns their tasks
-/// and the Connector controllers' caches (for the queue gauge).
+/// Starts both controllers in every scope, until `stop`.
 fn start_controllers(
     client: &Client,
-    caches: &Caches,
+    scopes: &[Option<String>],
     ctx: &Arc<Context>,
     stop: &Arc<tokio::sync::Notify>,
-) -> (
-    Vec<tokio::task::JoinHandle<()>>,
-    Vec<Store<DeserializeGuard<Connector>>>,
-) {
-    let mut tasks = Vec::new();
-    let mut connector_stores = Vec::new();
-    for runs in &caches.runs {
-        tasks.push(run_controller(client, runs, ctx.clone(), stop.clone()));
-        let (task, store) = connector_controller(client, runs, ctx.clone(), stop.clone());
-        tasks.push(task);
-        connector_stores.push(store);
+) -> Started {
+    let mut started = Started {
+        tasks: Vec::new(),
+        run_stores: Vec::new(),
+        connector_stores: Vec::new(),
+    };
+    for scope in scopes {
+        let (task, store) = run_controller(client, scope.as_deref(), ctx.clone(), stop.clone());
+        started.tasks.push(task);
+        started.run_stores.push(store);
+        let (task, store) =
+            connector_controller(client, scope.as_deref(), ctx.clone(), stop.clone());
+        started.tasks.push(task);
+        started.connector_stores.push(store);
     }
-    (tasks, connector_stores)
+    started
 }
 
 /// The audit trail: appended to `--audit-log`, or written to stdout.
@@ -574,6 +506,17 @@ impl Lifecycle {
     }
 }
 
+/// Resolves when the Lease is lost; never without leader election.
+async fn lost(leader: Option<&Leader>) {
+    match leader {
+        Some(l) => {
+            let mut channel = l.channel.clone();
+            let _ = channel.wait_for(|leading| !*leading).await;
+        }
+        None => futures::future::pending::<()>().await,
+    }
+}
+
 /// Waits to hold the leader Lease; `None` when terminated first. A standby
 /// replica is ready: it serves metrics.
 async fn lead(
@@ -646,24 +589,32 @@ fn key<K: kube::Resource>(obj: &K) -> String {
     format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any())
 }
 
-/// The ConnectorRun controller of one scope, driven by its shared cache.
+/// The ConnectorRun controller of one scope, running until `stop`, and its
+/// cache.
 fn run_controller(
     client: &Client,
-    runs: &RunCache,
+    scope: Option<&str>,
     ctx: Arc<Context>,
     stop: Arc<tokio::sync::Notify>,
-) -> tokio::task::JoinHandle<()> {
+) -> (
+    tokio::task::JoinHandle<()>,
+    Store<DeserializeGuard<ConnectorRun>>,
+) {
     let pods = watcher::Config::default().labels(&format!(
         "{}={}",
         names::LABEL_MANAGED_BY,
         names::MANAGED_BY
     ));
-    let controller = Controller::for_shared_stream(runs.subscriber.clone(), runs.reader.clone())
+    // Guarded: a run that cannot be read is reported and skipped, never a
+    // reason for the watch (and so every other run) to stall.
+    let controller = Controller::new(
+        scoped::<DeserializeGuard<ConnectorRun>>(client, scope),
+        watcher::Config::default(),
+    );
+    let reader = controller.store();
+    let controller = controller
         // Pods are cached as metadata only: a reconcile reads the pod it looks at.
-        .owns(
-            scoped::<PartialObjectMeta<Pod>>(client, runs.scope.as_deref()),
-            pods,
-        )
+        .owns(scoped::<PartialObjectMeta<Pod>>(client, scope), pods)
         .graceful_shutdown_on(async move { stop.notified().await })
         .run(run::reconcile_guarded, run::error_policy_guarded, ctx)
         .for_each(|res| {
@@ -672,14 +623,14 @@ fn run_controller(
             }
             futures::future::ready(())
         });
-    tokio::spawn(controller)
+    (tokio::spawn(controller), reader)
 }
 
 /// The Connector controller of one scope: woken by its Connectors and by
-/// their runs, through the runs' shared cache.
+/// their runs.
 fn connector_controller(
     client: &Client,
-    runs: &RunCache,
+    scope: Option<&str>,
     ctx: Arc<Context>,
     stop: Arc<tokio::sync::Notify>,
 ) -> (
@@ -688,15 +639,16 @@ fn connector_controller(
 ) {
     // Runs made by hand carry no owner reference: map every run to its Connector.
     let controller = Controller::new(
-        scoped::<DeserializeGuard<Connector>>(client, runs.scope.as_deref()),
+        scoped::<DeserializeGuard<Connector>>(client, scope),
         watcher::Config::default(),
     );
     let reader = controller.store();
     let controller = controller
-        .watches_shared_stream(
-            runs.subscriber.clone(),
-            |run: Arc<DeserializeGuard<ConnectorRun>>| {
-                let run = run.0.as_ref().ok()?;
+        .watches(
+            scoped::<DeserializeGuard<ConnectorRun>>(client, scope),
+            watcher::Config::default(),
+            |run: DeserializeGuard<ConnectorRun>| {
+                let run = run.0.ok()?;
                 let ns = run.namespace()?;
                 Some(ObjectRef::new(&run.spec.connector_ref.name).within(&ns))
             },
@@ -718,9 +670,14 @@ fn connector_controller(
 
 /// Keeps `ferry_runs_active` equal to the runs that have not ended, and the
 /// queue depth gauges current.
-async fn gauges(connectors: Vec<Store<DeserializeGuard<Connector>>>, ctx: Arc<Context>) {
+async fn gauges(
+    runs: Vec<Store<DeserializeGuard<ConnectorRun>>>,
+    connectors: Vec<Store<DeserializeGuard<Connector>>>,
+    ctx: Arc<Context>,
+) {
     loop {
-        let all_runs = ctx.runs.all();
+        let all_runs: Vec<Arc<DeserializeGuard<ConnectorRun>>> =
+            runs.iter().flat_map(|s| s.state()).collect();
         let active = all_runs
             .iter()
             .filter_map(|r| r.0.as_ref().ok())

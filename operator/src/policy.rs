@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::pod_bounds::{self, PodBounds};
 use ferry_crds::{
-    ConnectorSpec, Endpoint, EndpointKind, ResidencyBreach, SecretRefusal, Sensitivity,
+    ConnectorSpec, Endpoint, EndpointKind, Reason, ResidencyBreach, SecretRefusal, Sensitivity,
     residency_breaches, secret_needs,
 };
 
@@ -194,7 +194,7 @@ fn check_endpoint(
     let (url, insecure_ok) = match endpoint.kind() {
         None => {
             violations.push(Violation::new(
-                "InvalidSpec",
+                Reason::InvalidSpec.as_str(),
                 format!("{side}: exactly one of s3, azureBlob, sftp or local must be set"),
             ));
             return;
@@ -284,7 +284,7 @@ fn check_sensitivity(spec: &ConnectorSpec, tenant: &Tenant, violations: &mut Vec
             .collect();
         if !refused.is_empty() {
             violations.push(Violation::new(
-                "SensitivityNotAllowed",
+                Reason::SensitivityNotAllowed.as_str(),
                 format!(
                     "stream {:?} is tagged {} which this Connector may not move (allowed: {})",
                     stream.name,
@@ -306,7 +306,7 @@ fn check_residency(spec: &ConnectorSpec, tenant: &Tenant, violations: &mut Vec<V
             ),
             other => other.to_string(),
         };
-        violations.push(Violation::new("ResidencyViolation", message));
+        violations.push(Violation::new(Reason::ResidencyViolation.as_str(), message));
     }
 }
 
@@ -330,7 +330,7 @@ fn check_secrets(spec: &ConnectorSpec, secrets: &SecretKeys, violations: &mut Ve
             Some(Some(SecretFacts { keys, .. })) => {
                 if !need.satisfied_by(keys.iter().map(String::as_str)) {
                     violations.push(Violation::new(
-                        "SecretKeyMissing",
+                        Reason::SecretKeyMissing.as_str(),
                         format!(
                             "Secret {:?} ({}) must hold the keys {}",
                             need.name,

@@ -398,7 +398,8 @@ def test_a_run_that_cannot_be_read_does_not_stall_the_operator(cluster: Cluster)
     assert run["status"]["phase"] == "Succeeded", json.dumps(run["status"], indent=1) + cluster.logs()
     warnings = wait_for("a Warning Event about the unreadable run",
                         lambda: [w for w in warnings_about(cluster, ns, bad["metadata"]["name"])
-                                 if w.get("reason") == "InvalidObject"], 30)
+                                 if w.get("reason") == "InvalidObject"], 30,
+                        context=lambda: cluster.log("operator-a", 200) + json.dumps(cluster.items(f"/apis/events.k8s.io/v1/namespaces/{ns}/events"))[-3000:])
     assert "cannot read" in warnings[0]["note"], warnings
     cluster.kubectl("delete", "connectorrun", bad["metadata"]["name"], "-n", ns)
 

@@ -1,56 +1,40 @@
-//! The runs of each Connector, read from the shared cache of the runs (one
-//! watch per scope, which also drives the run controller) rather than listed on
-//! every reconcile. The Connector controller is woken by that same watch, after
-//! the cache took in the change, so it never reads runs older than its trigger.
+//! The runs of each Connector, read from the API on each reconcile, and what
+//! the operator recorded of each.
 //!
-//! The cache may still lag the API (a run this reconcile created is not in it
-//! yet). Every decision taken from it is safe to take again: a scheduled run's
-//! name is derived from its scheduled time, so creating it twice finds it
-//! existing; deleting a run already gone finds it gone.
-
-use std::sync::Arc;
+//! (They are listed, not read from the run controller's cache: kube-runtime
+//! wakes only the last task waiting for a cache to be filled, and the run
+//! controller waits on its own, so a second waiter can hold that controller
+//! back; a shared watch needs an API kube marks unstable.)
 
 use ferry_crds::{ConnectorRun, ConnectorRunStatus, RunPhase, RunRecord};
 use jiff::Timestamp;
+use kube::api::{Api, ListParams};
 use kube::core::DeserializeGuard;
-use kube::runtime::reflector::Store;
 use kube::{Resource, ResourceExt};
 
-/// Every ConnectorRun the operator watches, as its run controller caches them.
-#[derive(Clone, Default)]
-pub struct RunIndex {
-    stores: Vec<Store<DeserializeGuard<ConnectorRun>>>,
-}
+use crate::context::Context;
+use crate::error::{Error, Step};
 
-impl RunIndex {
-    /// The index over the run controllers' stores, one per watched scope.
-    pub fn new(stores: Vec<Store<DeserializeGuard<ConnectorRun>>>) -> Self {
-        Self { stores }
-    }
-
-    /// Every cached run, readable or not.
-    pub fn all(&self) -> Vec<Arc<DeserializeGuard<ConnectorRun>>> {
-        self.stores.iter().flat_map(|s| s.state()).collect()
-    }
-
-    /// The readable runs of the Connector `connector` in `namespace`
-    /// (scheduled or created by hand), newest first. A run that cannot be read
-    /// (written by a newer version, or hand-edited) is left out: the run
-    /// controller reports it.
-    pub fn of_connector(&self, namespace: &str, connector: &str) -> Vec<ConnectorRun> {
-        let mut runs: Vec<ConnectorRun> = self
-            .all()
-            .iter()
-            .filter_map(|r| r.0.as_ref().ok())
-            .filter(|r| {
-                r.namespace().as_deref() == Some(namespace)
-                    && r.spec.connector_ref.name == connector
-            })
-            .cloned()
-            .collect();
-        runs.sort_by_key(|r| std::cmp::Reverse(sort_key(r)));
-        runs
-    }
+/// The readable runs of the Connector `connector` in `namespace` (scheduled or
+/// created by hand), newest first. A run that cannot be read (written by a
+/// newer version, or hand-edited) is left out: the run controller reports it.
+pub async fn runs_of(
+    ctx: &Context,
+    namespace: &str,
+    connector: &str,
+) -> Result<Vec<ConnectorRun>, Error> {
+    let api: Api<DeserializeGuard<ConnectorRun>> = Api::namespaced(ctx.client.clone(), namespace);
+    let mut runs: Vec<ConnectorRun> = api
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| Error::kube(Step::Read, "list", "ConnectorRun", namespace, e))?
+        .items
+        .into_iter()
+        .filter_map(|r| r.0.ok())
+        .filter(|r| r.spec.connector_ref.name == connector)
+        .collect();
+    runs.sort_by_key(|r| std::cmp::Reverse(sort_key(r)));
+    Ok(runs)
 }
 
 fn sort_key(run: &ConnectorRun) -> (Timestamp, String) {

@@ -6,8 +6,8 @@
 //!   what the schema cannot check, as the Ready condition;
 //! - decide (no client): [`scheduling::decide`] which scheduled run to start
 //!   under the concurrency policy, [`prune::doomed`] which finished runs fall
-//!   beyond the history limits, from the runs in the run controller's cache
-//!   ([`history::RunIndex`]);
+//!   beyond the history limits, from the runs listed for the Connector
+//!   ([`history::runs_of`]);
 //! - act: create (and, for `Replace`, delete) the scheduled run, delete the
 //!   pruned runs — each safe to repeat, and done before the status records the
 //!   schedule as moved on, so a failed status write never loses a run;
@@ -103,7 +103,7 @@ pub async fn reconcile_connector(connector: &Connector, ctx: &Context) -> Result
     let validated = validate::validate(ctx, &namespace, spec).await?;
 
     // decide
-    let mut runs = ctx.runs.of_connector(&namespace, &name);
+    let mut runs = history::runs_of(ctx, &namespace, &name).await?;
     let decision = match (&validated.schedule, spec.suspend) {
         (Some(schedule), false) => Some(scheduling::decide(Inputs {
             connector: &name,

@@ -75,17 +75,19 @@ pub struct Decision {
 }
 
 impl Decision {
-    /// When to look at the Connector again.
-    pub fn requeue(&self, now: Timestamp) -> Action {
+    /// When to look at the Connector again, for the schedule's sake.
+    pub fn requeue_after(&self, now: Timestamp) -> Option<Duration> {
         if matches!(self.start, Start::HeldBack { .. }) {
-            return Action::requeue(HELD_BACK_RETRY);
+            return Some(HELD_BACK_RETRY);
         }
-        match self.next {
-            Some(next) => Action::requeue(Duration::from_secs(
-                (next.as_second() - now.as_second()).max(1) as u64,
-            )),
-            None => Action::await_change(),
-        }
+        self.next
+            .map(|next| Duration::from_secs((next.as_second() - now.as_second()).max(1) as u64))
+    }
+
+    /// [`Decision::requeue_after`] as a controller action.
+    pub fn requeue(&self, now: Timestamp) -> Action {
+        self.requeue_after(now)
+            .map_or(Action::await_change(), Action::requeue)
     }
 }
 

@@ -9,13 +9,11 @@ use std::sync::{Arc, Mutex};
 use ferry_crds::{Connector, ConnectorRun};
 use ferry_operator::audit::AuditLog;
 use ferry_operator::config::Config;
-use ferry_operator::connector::history::RunIndex;
 use ferry_operator::context::Context;
 use ferry_operator::metrics::Metrics;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use kube::core::DeserializeGuard;
 use kube::runtime::{reflector, watcher};
 use kube::{Client, ResourceExt};
 use kube_fake_client::ClientBuilder;
@@ -136,9 +134,6 @@ pub fn namespace(region: Option<&str>, cap: Option<&str>) -> Namespace {
 /// A fake API with the tenant, its Secrets, and a controllable clock.
 pub struct World {
     pub client: Client,
-    /// Fills the run cache the Connector controller reads, as the run
-    /// controller's watch would.
-    runs_cache: Mutex<reflector::store::Writer<DeserializeGuard<ConnectorRun>>>,
     pub ctx: Arc<Context>,
     pub audit: Arc<Mutex<Vec<u8>>>,
     pub now: Arc<Mutex<Timestamp>>,
@@ -166,20 +161,17 @@ impl World {
         ));
         let (namespaces, mut writer) = reflector::store();
         writer.apply_watcher_event(&watcher::Event::Apply(ns));
-        let (runs, runs_cache) = reflector::store();
         let mut ctx = Context::new(
             client.clone(),
             config,
             Arc::new(Metrics::new()),
             audit_log,
             namespaces,
-            RunIndex::new(vec![runs]),
         );
         let clock = now.clone();
         ctx.clock = Arc::new(move || *clock.lock().unwrap());
         Self {
             client,
-            runs_cache: Mutex::new(runs_cache),
             ctx: Arc::new(ctx),
             audit,
             now,
@@ -223,25 +215,7 @@ impl World {
         self.runs().get(name).await.expect("run exists")
     }
 
-    /// Relists every run into the run cache, as a watch restart does.
-    pub async fn sync_run_cache(&self) {
-        let api: Api<DeserializeGuard<ConnectorRun>> = Api::namespaced(self.client.clone(), NS);
-        let runs = api.list(&Default::default()).await.expect("list runs");
-        let mut cache = self.runs_cache.lock().unwrap();
-        cache.apply_watcher_event(&watcher::Event::Init);
-        for run in runs.items {
-            cache.apply_watcher_event(&watcher::Event::InitApply(run));
-        }
-        cache.apply_watcher_event(&watcher::Event::InitDone);
-    }
-
     pub async fn reconcile_connector(&self, name: &str) -> Connector {
-        self.sync_run_cache().await;
-        self.reconcile_connector_from_cache(name).await
-    }
-
-    /// Reconciles a Connector on the run cache as it is, which may lag the API.
-    pub async fn reconcile_connector_from_cache(&self, name: &str) -> Connector {
         let c = self.connectors().get(name).await.expect("connector exists");
         ferry_operator::connector::reconcile(Arc::new(c), self.ctx.clone())
             .await
