@@ -387,11 +387,14 @@ def test_a_run_that_cannot_be_read_does_not_stall_the_operator(cluster: Cluster)
     text = (ROOT / "examples/runs/manual-run.yaml").read_text().replace("namespace: acme", f"namespace: {ns}")
     bad = yaml.safe_load(text)
     bad["metadata"] = {"name": f"unreadable-{RUN_ID}", "namespace": ns}
+    # Made unreadable while the operator is down, so that no status write of
+    # the operator's (it rewrites its fields from its record) can make it
+    # readable again before the operator has seen it; a restart lists every run
+    # anew, the unreadable one with them.
+    cluster.kill("operator-a", signal.SIGTERM)
     cluster.apply_text(yaml.safe_dump(bad))
     cluster.kubectl("patch", "connectorrun", bad["metadata"]["name"], "-n", ns, "--subresource=status",
                     "--type=merge", "-p", json.dumps({"status": {"phase": "Bogus", "attempts": "many"}}))
-    # A restart lists every run anew: the unreadable one is in that list.
-    cluster.kill("operator-a", signal.SIGTERM)
     cluster.start_operator("operator-a", TENANTS)
     name = manual_run(cluster, ns)
     run = wait_phase(cluster, ns, name, ("Succeeded", "Failed", "Rejected"), 120)
