@@ -142,6 +142,21 @@ pub const FOREIGN_RETRY: Duration = Duration::from_secs(60);
 /// How soon a reconcile that failed on the API is tried again.
 pub const RETRY: Duration = Duration::from_secs(15);
 
+/// The kind of `K` as a static name, for errors: every kind the operator
+/// writes.
+pub fn static_kind<K: kube::Resource<DynamicType = ()>>() -> &'static str {
+    match K::kind(&()).as_ref() {
+        "Connector" => "Connector",
+        "ConnectorRun" => "ConnectorRun",
+        "Pod" => "Pod",
+        "ServiceAccount" => "ServiceAccount",
+        "Role" => "Role",
+        "RoleBinding" => "RoleBinding",
+        "NetworkPolicy" => "NetworkPolicy",
+        _ => "object",
+    }
+}
+
 /// Whether an API error says the object does not exist.
 pub fn is_not_found(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 404)
@@ -161,6 +176,18 @@ mod tests {
             code,
             ..Default::default()
         }))
+    }
+
+    #[test]
+    fn errors_name_each_kind_the_operator_writes() {
+        use k8s_openapi::api::core::v1::Pod;
+        assert_eq!(static_kind::<ferry_crds::Connector>(), "Connector");
+        assert_eq!(static_kind::<ferry_crds::ConnectorRun>(), "ConnectorRun");
+        assert_eq!(static_kind::<Pod>(), "Pod");
+        assert_eq!(
+            static_kind::<k8s_openapi::api::core::v1::Namespace>(),
+            "object"
+        );
     }
 
     #[test]

@@ -92,17 +92,16 @@ where
     };
     api.patch_status(name, &params, &Patch::Merge(&patch))
         .await
-        .map_err(|e| Error::kube(Step::Status, "update the status of", kind::<K>(), name, e))?;
+        .map_err(|e| {
+            Error::kube(
+                Step::Status,
+                "update the status of",
+                crate::error::static_kind::<K>(),
+                name,
+                e,
+            )
+        })?;
     Ok(())
-}
-
-/// The kind of `K` for messages: the static names of Ferry's two kinds.
-fn kind<K: Resource<DynamicType = ()>>() -> &'static str {
-    match K::kind(&()).as_ref() {
-        "Connector" => "Connector",
-        "ConnectorRun" => "ConnectorRun",
-        _ => "object",
-    }
 }
 
 #[cfg(test)]

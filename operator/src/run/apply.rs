@@ -77,7 +77,7 @@ where
         + std::fmt::Debug,
 {
     let name = obj.meta().name.clone().unwrap_or_default();
-    let kind = static_kind::<K>();
+    let kind = crate::error::static_kind::<K>();
     let api: Api<K> = Api::namespaced(ctx.client.clone(), namespace);
     let params = PostParams {
         field_manager: Some(FIELD_MANAGER.to_string()),
@@ -115,17 +115,6 @@ where
     Err(Error::Foreign { kind, name })
 }
 
-fn static_kind<K: Resource<DynamicType = ()>>() -> &'static str {
-    match K::kind(&()).as_ref() {
-        "Pod" => "Pod",
-        "ServiceAccount" => "ServiceAccount",
-        "Role" => "Role",
-        "RoleBinding" => "RoleBinding",
-        "NetworkPolicy" => "NetworkPolicy",
-        _ => "object",
-    }
-}
-
 /// Creates every object of an attempt, in [`ObjectKind::ALL`]'s order: the
 /// identity first, the pod last, so the pod never starts without its
 /// ServiceAccount, Role and NetworkPolicy.
@@ -158,7 +147,7 @@ where
         Err(e) => Err(Error::kube(
             Step::Act,
             "delete",
-            static_kind::<K>(),
+            crate::error::static_kind::<K>(),
             name,
             e,
         )),
