@@ -12,6 +12,7 @@ use kube::runtime::reflector::Store;
 use crate::audit::{AuditLog, Record};
 use crate::config::Config;
 use crate::metrics::{Metrics, Queue};
+use crate::run_cache::RunCache;
 
 /// The current time; replaceable in tests.
 pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
@@ -38,6 +39,9 @@ pub struct Context {
     /// Every namespace, kept current by a watch: the tenants' region labels and
     /// sensitivity caps.
     pub namespaces: Store<Namespace>,
+    /// Every ConnectorRun in the operator's scopes, filled by the Connector
+    /// controllers' watch of them.
+    pub runs: RunCache,
 }
 
 impl std::fmt::Debug for Context {
@@ -56,6 +60,7 @@ impl Context {
         metrics: Arc<Metrics>,
         audit: AuditLog,
         namespaces: Store<Namespace>,
+        runs: RunCache,
     ) -> Self {
         let recorder = Recorder::new(client.clone(), Reporter::from("ferry-operator"));
         Self {
@@ -68,6 +73,7 @@ impl Context {
             connector_queue: Arc::default(),
             run_queue: Arc::default(),
             namespaces,
+            runs,
         }
     }
 

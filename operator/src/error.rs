@@ -61,6 +61,8 @@ pub enum Error {
         "failed to create {kind} {name:?}: an object of that name exists that this run does not own"
     )]
     Foreign { kind: &'static str, name: String },
+    #[error(transparent)]
+    NotFilled(#[from] crate::run_cache::NotFilled),
     #[error("{kind} has no {field}")]
     MissingMetadata {
         kind: &'static str,
@@ -99,6 +101,7 @@ impl Error {
             Error::Encode { .. } => "encode",
             Error::MissingMetadata { .. } => "invalid",
             Error::Foreign { .. } => "conflict",
+            Error::NotFilled(_) => "cache",
         }
     }
 }
@@ -110,7 +113,7 @@ impl Error {
             Error::Kube { step, .. } => *step,
             Error::Build(_) => Step::Build,
             Error::Foreign { .. } => Step::Act,
-            Error::MissingMetadata { .. } => Step::Read,
+            Error::MissingMetadata { .. } | Error::NotFilled(_) => Step::Read,
             Error::Encode { .. } => Step::Status,
         }
     }

@@ -15,5 +15,6 @@ pub mod names;
 pub mod pod_bounds;
 pub mod policy;
 pub mod run;
+pub mod run_cache;
 pub mod schedule;
 pub mod status;

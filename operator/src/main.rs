@@ -21,6 +21,7 @@ use ferry_operator::connector::history;
 use ferry_operator::context::Context;
 use ferry_operator::metrics::Metrics;
 use ferry_operator::pod_bounds::PodBounds;
+use ferry_operator::run_cache::{RunCache, RunFeed};
 use ferry_operator::{connector, names, run};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
@@ -323,19 +324,22 @@ async fn run_operator(args: Args) -> Result<(), BoxError> {
         ns_task.abort();
         return lifecycle.stop(leader).await;
     }
+    let scopes = scopes(&args);
+    let (runs, run_feeds) = RunCache::new(&scopes);
     let ctx = Arc::new(Context::new(
         client.clone(),
         config,
         metrics.clone(),
         audit,
         namespaces,
+        runs,
     ));
     let stop = Arc::new(tokio::sync::Notify::new());
     let Started {
         tasks,
         run_stores,
         connector_stores,
-    } = start_controllers(&client, &scopes(&args), &ctx, &stop);
+    } = start_controllers(&client, scopes.into_iter().zip(run_feeds), &ctx, &stop);
     lifecycle.ready.store(true, Ordering::Relaxed);
     let gauge = tokio::spawn(gauges(run_stores, connector_stores, ctx.clone()));
 
@@ -381,7 +385,7 @@ struct Started {
 /// Starts both controllers in every scope, until `stop`.
 fn start_controllers(
     client: &Client,
-    scopes: &[Option<String>],
+    scopes: impl Iterator<Item = (Option<String>, RunFeed)>,
     ctx: &Arc<Context>,
     stop: &Arc<tokio::sync::Notify>,
 ) -> Started {
@@ -390,12 +394,12 @@ fn start_controllers(
         run_stores: Vec::new(),
         connector_stores: Vec::new(),
     };
-    for scope in scopes {
+    for (scope, runs) in scopes {
         let (task, store) = run_controller(client, scope.as_deref(), ctx.clone(), stop.clone());
         started.tasks.push(task);
         started.run_stores.push(store);
         let (task, store) =
-            connector_controller(client, scope.as_deref(), ctx.clone(), stop.clone());
+            connector_controller(client, scope.as_deref(), runs, ctx.clone(), stop.clone());
         started.tasks.push(task);
         started.connector_stores.push(store);
     }
@@ -627,10 +631,11 @@ fn run_controller(
 }
 
 /// The Connector controller of one scope: woken by its Connectors and by
-/// their runs.
+/// their runs, whose watch also fills the runs' cache it reads.
 fn connector_controller(
     client: &Client,
     scope: Option<&str>,
+    runs: RunFeed,
     ctx: Arc<Context>,
     stop: Arc<tokio::sync::Notify>,
 ) -> (
@@ -644,9 +649,8 @@ fn connector_controller(
     );
     let reader = controller.store();
     let controller = controller
-        .watches(
-            scoped::<DeserializeGuard<ConnectorRun>>(client, scope),
-            watcher::Config::default(),
+        .watches_stream(
+            runs.watch(scoped::<DeserializeGuard<ConnectorRun>>(client, scope)),
             |run: DeserializeGuard<ConnectorRun>| {
                 let run = run.0.ok()?;
                 let ns = run.namespace()?;

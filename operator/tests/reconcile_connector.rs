@@ -348,3 +348,28 @@ async fn a_run_created_before_a_lost_status_write_starts_once() {
         "2026-11-23T11:00:00Z"
     );
 }
+
+#[tokio::test]
+async fn a_run_the_cache_has_not_seen_yet_starts_once() {
+    // The run exists, but the watch has not delivered it when the next
+    // reconcile reads its cache (and the status write that recorded it failed).
+    let w = world_with(&hourly("Forbid")).await;
+    w.advance(3600 + 5);
+    w.reconcile_connector("sales").await;
+    let patch = json!({"status": {"lastScheduleTime": "2026-11-23T10:00:00Z"}});
+    w.connectors()
+        .patch_status("sales", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    {
+        let mut feed = w.runs_feed.lock().unwrap();
+        feed.apply(&kube::runtime::watcher::Event::Init);
+        feed.apply(&kube::runtime::watcher::Event::InitDone);
+    }
+    let c = w.reconcile_connector_as_cached("sales").await;
+    assert_eq!(names(&all_runs(&w).await), ["sales-29923860"]);
+    assert_eq!(
+        c.status.unwrap().last_schedule_time.unwrap().0.to_string(),
+        "2026-11-23T11:00:00Z"
+    );
+}

@@ -1,36 +1,27 @@
-//! The runs of each Connector, read from the API on each reconcile, and what
-//! the operator recorded of each.
-//!
-//! (They are listed, not read from the run controller's cache: kube-runtime
-//! wakes only the last task waiting for a cache to be filled, and the run
-//! controller waits on its own, so a second waiter can hold that controller
-//! back; a shared watch needs an API kube marks unstable.)
+//! The runs of each Connector, read from the controller's cache of them, and
+//! what the operator recorded of each.
 
 use ferry_crds::{ConnectorRun, ConnectorRunStatus, RunPhase, RunRecord};
 use jiff::Timestamp;
-use kube::api::{Api, ListParams};
-use kube::core::DeserializeGuard;
 use kube::{Resource, ResourceExt};
 
 use crate::context::Context;
-use crate::error::{Error, Step};
+use crate::error::Error;
 
 /// The readable runs of the Connector `connector` in `namespace` (scheduled or
-/// created by hand), newest first. A run that cannot be read (written by a
+/// created by hand), newest first, as the cache holds them: a reconcile woken
+/// by a run's change sees that change. A run that cannot be read (written by a
 /// newer version, or hand-edited) is left out: the run controller reports it.
 pub async fn runs_of(
     ctx: &Context,
     namespace: &str,
     connector: &str,
 ) -> Result<Vec<ConnectorRun>, Error> {
-    let api: Api<DeserializeGuard<ConnectorRun>> = Api::namespaced(ctx.client.clone(), namespace);
-    let mut runs: Vec<ConnectorRun> = api
-        .list(&ListParams::default())
-        .await
-        .map_err(|e| Error::kube(Step::Read, "list", "ConnectorRun", namespace, e))?
-        .items
+    let mut runs: Vec<ConnectorRun> = ctx
+        .runs
+        .runs_in(namespace)
+        .await?
         .into_iter()
-        .filter_map(|r| r.0.ok())
         .filter(|r| r.spec.connector_ref.name == connector)
         .collect();
     runs.sort_by_key(|r| std::cmp::Reverse(sort_key(r)));

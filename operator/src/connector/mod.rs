@@ -6,8 +6,9 @@
 //!   what the schema cannot check, as the Ready condition;
 //! - decide (no client): [`scheduling::decide`] which scheduled run to start
 //!   under the concurrency policy, [`prune::doomed`] which finished runs fall
-//!   beyond the history limits, from the runs listed for the Connector
-//!   ([`history::runs_of`]);
+//!   beyond the history limits, from the Connector's runs in the cache that
+//!   the controller's own watch of runs fills ([`history::runs_of`],
+//!   [`crate::run_cache`]);
 //! - act: create (and, for `Replace`, delete) the scheduled run, delete the
 //!   pruned runs — each safe to repeat, and done before the status records the
 //!   schedule as moved on, so a failed status write never loses a run;

@@ -11,9 +11,11 @@ use ferry_operator::audit::AuditLog;
 use ferry_operator::config::Config;
 use ferry_operator::context::Context;
 use ferry_operator::metrics::Metrics;
+use ferry_operator::run_cache::{RunCache, RunFeed};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
 use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::core::DeserializeGuard;
 use kube::runtime::{reflector, watcher};
 use kube::{Client, ResourceExt};
 use kube_fake_client::ClientBuilder;
@@ -137,6 +139,8 @@ pub struct World {
     pub ctx: Arc<Context>,
     pub audit: Arc<Mutex<Vec<u8>>>,
     pub now: Arc<Mutex<Timestamp>>,
+    /// Fills the operator's cache of runs, as its watch of them would.
+    pub runs_feed: Mutex<RunFeed>,
 }
 
 impl World {
@@ -161,12 +165,14 @@ impl World {
         ));
         let (namespaces, mut writer) = reflector::store();
         writer.apply_watcher_event(&watcher::Event::Apply(ns));
+        let (runs, mut feeds) = RunCache::new(&[Some(NS.to_string())]);
         let mut ctx = Context::new(
             client.clone(),
             config,
             Arc::new(Metrics::new()),
             audit_log,
             namespaces,
+            runs,
         );
         let clock = now.clone();
         ctx.clock = Arc::new(move || *clock.lock().unwrap());
@@ -175,7 +181,24 @@ impl World {
             ctx: Arc::new(ctx),
             audit,
             now,
+            runs_feed: Mutex::new(feeds.remove(0)),
         }
+    }
+
+    /// Brings the operator's cache of runs up to the API, as a relist by its
+    /// watch would.
+    pub async fn sync_runs(&self) {
+        let runs = self
+            .runs()
+            .list(&Default::default())
+            .await
+            .expect("list runs");
+        let mut feed = self.runs_feed.lock().unwrap();
+        feed.apply(&watcher::Event::Init);
+        for run in runs {
+            feed.apply(&watcher::Event::InitApply(DeserializeGuard(Ok(run))));
+        }
+        feed.apply(&watcher::Event::InitDone);
     }
 
     pub fn advance(&self, seconds: i64) {
@@ -215,7 +238,14 @@ impl World {
         self.runs().get(name).await.expect("run exists")
     }
 
+    /// Reconciles the Connector `name` with the cache of runs up to date.
     pub async fn reconcile_connector(&self, name: &str) -> Connector {
+        self.sync_runs().await;
+        self.reconcile_connector_as_cached(name).await
+    }
+
+    /// Reconciles the Connector `name` with the cache of runs as it is.
+    pub async fn reconcile_connector_as_cached(&self, name: &str) -> Connector {
         let c = self.connectors().get(name).await.expect("connector exists");
         ferry_operator::connector::reconcile(Arc::new(c), self.ctx.clone())
             .await
