@@ -5,11 +5,13 @@ TEST_LOG ?= $(FERRY_CACHE)/test-rust.log
 export FERRY_CACHE ?= $(HOME)/.cache/ferry
 export CARGO_TARGET_DIR ?= $(FERRY_CACHE)/target
 export CARGO_TERM_COLOR ?= never
+# cargo-deny and cargo-cyclonedx, installed by tests/bootstrap.sh install.
+export PATH := $(FERRY_CACHE)/tools/bin:$(PATH)
 
-.PHONY: help fmt fmt-check lint generate generate-check test test-rust test-chart test-e2e services-up services-down demo bench ci
+.PHONY: help fmt fmt-check lint deny deny-advisories generate generate-check test test-rust test-chart test-e2e test-images image release services-up services-down demo bench ci
 
 help:
-	@echo "make fmt | fmt-check | lint | generate | generate-check | test | test-chart | test-e2e | demo | bench | ci"
+	@echo "make fmt | fmt-check | lint | deny | deny-advisories | generate | generate-check | test | test-chart | test-e2e | test-images | image | release | demo | bench | ci"
 
 fmt:
 	cargo fmt --all
@@ -19,6 +21,16 @@ fmt-check:
 
 lint:
 	cargo clippy --workspace --all-targets --locked -- -D warnings
+
+## The dependency policy (deny.toml) that needs no network: licences, banned
+## and duplicate crates, sources.
+deny:
+	cargo deny --locked check licenses bans sources
+
+## Known vulnerabilities: fetches the RustSec advisory database from GitHub, so
+## it runs where the network allows (CI cannot reach GitHub).
+deny-advisories:
+	cargo deny --locked check advisories
 
 ## Regenerate the CRDs under charts/ferry/crds from the Rust types.
 generate:
@@ -45,6 +57,23 @@ test-e2e:
 	source $(FERRY_CACHE)/services/env && cd tests/kapi && "$$FERRY_PYTHON" -m pytest -q
 	source $(FERRY_CACHE)/services/env && cd tests/e2e && "$$FERRY_PYTHON" -m pytest -q -x
 
+## The two images built from the test binaries (images/build.sh), then run
+## from their unpacked roots (tests/images). Needs root: mount namespaces.
+test-images:
+	bash images/build.sh --profile test
+	source $(FERRY_CACHE)/services/env && cd tests/images && "$$FERRY_PYTHON" -m pytest -q
+
+## The release images (static binaries, release profile) and their SBOMs, in
+## $(FERRY_CACHE)/images/release.
+image:
+	bash images/build.sh --profile release
+
+## A release in dist/: the images as OCI archives, their SBOMs and digests, and
+## the chart packaged with those digests.
+release:
+	bash images/build.sh --profile release --out dist
+	bash charts/package.sh --digests dist/digests --out dist
+
 ## Everything, with the services started and stopped around it.
 test:
 	bash tests/test-all.sh
@@ -55,4 +84,4 @@ demo:
 bench:
 	bash docs/bench/run.sh
 
-ci: fmt-check generate-check lint test-rust test-chart test-e2e
+ci: fmt-check generate-check lint deny test-rust test-chart test-e2e test-images

@@ -8,9 +8,15 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/ferry/target}
 
 step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 
-step "building job-runner"
-cargo build -q --locked -p ferry-job-runner --bin job-runner
-runner="$CARGO_TARGET_DIR/debug/job-runner"
+host=$(rustc -vV | sed -n 's/^host: //p')
+runner="$CARGO_TARGET_DIR/$host/debug/job-runner"
+if [ -x "$runner" ]; then
+  step "building job-runner (cached in $CARGO_TARGET_DIR)"
+else
+  step "building job-runner: a first build compiles ~450 crates and takes 15-30 minutes on 2 cores"
+fi
+# Cargo's own progress, on screen: a first build is long, not stuck.
+cargo build --locked -p ferry-job-runner --bin job-runner
 
 work=.ferry-demo
 rm -rf "$work"

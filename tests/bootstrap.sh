@@ -30,6 +30,10 @@ KMOCK_VERSION=0.8
 PYTEST_VERSION=8.4.2
 PYYAML_VERSION=6.0.4
 KUBECTL_LAYER_VERSION=2.2.2
+# Supply chain: SBOMs of the images, the dependency policy (deny.toml).
+CYCLONEDX_VERSION=0.5.9
+DENY_VERSION=0.20.2
+TOOLS=$FERRY_CACHE/tools
 
 # Ports, all on 127.0.0.1.
 AZURITE_PORT=${FERRY_AZURITE_PORT:-10000}
@@ -61,6 +65,20 @@ install() {
   mkdir -p "$FERRY_CACHE" "$BIN"
   # OpenSSH server (SFTP), Prometheus' promtool, Lua 5.4, rclone (benchmarks), make, curl.
   apt_install openssh-server openssh-client prometheus lua5.4 rclone make curl unzip openssl
+  # Container images without a Docker daemon: build (buildah), copy (skopeo), unpack (umoci).
+  apt_install buildah skopeo umoci
+
+  # cargo-cyclonedx (SBOMs) and cargo-deny (dependency policy), pinned, built once
+  # into $TOOLS (outside the clone, and outside its .cargo/config.toml).
+  local tool version
+  for tool in cargo-cyclonedx:$CYCLONEDX_VERSION cargo-deny:$DENY_VERSION; do
+    version=${tool#*:} tool=${tool%%:*}
+    if [ "$("$TOOLS/bin/$tool" "${tool#cargo-}" --version 2>/dev/null | awk '{print $NF}')" != "$version" ]; then
+      log "cargo install $tool@$version (a few minutes, once)"
+      (cd "$FERRY_CACHE" && env -u CARGO_TARGET_DIR cargo install -q --locked --root "$TOOLS" "$tool@$version") \
+        || die "cargo install $tool"
+    fi
+  done
 
   # Python tools: Google Tink, moto (S3), the OpenLineage client, the Azure SDK (to set
   # up Azurite containers in tests), kmock (the end-to-end tests' Kubernetes API) with
@@ -185,7 +203,7 @@ export FERRY_SFTP_KEY=$RUN/client_key
 export FERRY_SFTP_HOST_KEY=$RUN/ssh_host_ed25519_key.pub
 export FERRY_SFTP_ROOT=$RUN/sftp-root
 export FERRY_BIN=$BIN
-export PATH=$BIN:$NODE_PREFIX/bin:\$PATH
+export PATH=$BIN:$TOOLS/bin:$NODE_PREFIX/bin:\$PATH
 EOF
 }
 
@@ -212,7 +230,12 @@ check() {
   lua5.4 -v >/dev/null 2>&1 || die "lua5.4"
   "$BIN/helm" version --short >/dev/null 2>&1 || die "helm"
   "$BIN/kubectl" version --client >/dev/null 2>&1 || die "kubectl"
-  log "checked: azurite, moto, sshd/sftp, tink, openlineage, kmock, cel, promtool, lua5.4, helm, kubectl"
+  buildah --version >/dev/null 2>&1 || die "buildah"
+  skopeo --version >/dev/null 2>&1 || die "skopeo"
+  umoci --version >/dev/null 2>&1 || die "umoci"
+  "$TOOLS/bin/cargo-cyclonedx" cyclonedx --version >/dev/null 2>&1 || die "cargo-cyclonedx"
+  "$TOOLS/bin/cargo-deny" deny --version >/dev/null 2>&1 || die "cargo-deny"
+  log "checked: azurite, moto, sshd/sftp, tink, openlineage, kmock, cel, promtool, lua5.4, helm, kubectl, buildah, skopeo, umoci, cargo-cyclonedx, cargo-deny"
 }
 
 stop() {

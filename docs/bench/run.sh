@@ -28,8 +28,8 @@ mem=$(bench memory 4)
 echo "job-runner on a 4 GiB file..." >&2
 mkdir -p "$tmp/demo/source" "$tmp/secrets/demo-kek"
 truncate -s 4G "$tmp/demo/source/big.csv"
-"$CARGO_TARGET_DIR/release/job-runner" keygen --force --out "$tmp/secrets/demo-kek/kek" 2>/dev/null
-run=$(python3 - "$CARGO_TARGET_DIR/release/job-runner" "$tmp" <<'PY'
+"$CARGO_TARGET_DIR/$(rustc -vV | sed -n 's/^host: //p')/release/job-runner" keygen --force --out "$tmp/secrets/demo-kek/kek" 2>/dev/null
+run=$(python3 - "$CARGO_TARGET_DIR/$(rustc -vV | sed -n 's/^host: //p')/release/job-runner" "$tmp" <<'PY'
 import resource, subprocess, sys, time
 runner, tmp = sys.argv[1], sys.argv[2]
 t = time.time()

@@ -34,7 +34,7 @@ if [ ! -x "$FERRY_CACHE/s3s/bin/s3s-fs" ]; then
   cargo install -q s3s-fs --version 0.14.1 --locked --features binary --root "$FERRY_CACHE/s3s"
 fi
 cargo build -q --locked --release -p ferry-job-runner --bin job-runner
-runner="$CARGO_TARGET_DIR/release/job-runner"
+runner="$CARGO_TARGET_DIR/$(rustc -vV | sed -n 's/^host: //p')/release/job-runner"
 bash tests/bootstrap.sh start >/dev/null
 # shellcheck disable=SC1091
 source "$FERRY_CACHE/services/env"

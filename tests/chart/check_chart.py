@@ -4,8 +4,10 @@ security and RBAC, values that break the schema fail, and the alert rules pass
 promtool. Run by tests/chart/run.sh with the test bootstrap's PATH."""
 
 import json
+import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import yaml
@@ -220,6 +222,34 @@ ok(not any(a.startswith("--lineage-url") for a in next(d for d in default if d["
 # Values that break the schema fail at install.
 for bad in ["operator.replicas=0", "operator.logFormat=xml", "operatr.replicas=2", "metrics.port=80", "tenantNamespaces={Bad_NS}", "tenantNamespaces={kube-system}", "runner.tokenAudiences={}", "runner.stsEndpoint=http://sts.example.com", "runner.network.deniedCIDRs={not-a-cidr}", "lineage.url=http://lineage.example.com"]:
     run("helm", "template", "ferry", str(CHART), "--set", bad, expect_ok=False)
+
+# Images by digest: a digest wins over the tag, in the operator's pod and in
+# the runner image the admission policy allows; a malformed digest is refused.
+D = "sha256:" + "ab" * 32
+pinned = render(f"operator.image.digest={D}", f"runner.image.digest={D}")
+dep = next(d for d in pinned if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]
+ok(dep["image"] == f"ghcr.io/ferry-dev/ferry-operator@{D}", f"operator by digest: {dep['image']}")
+ok(f"--runner-image=ghcr.io/ferry-dev/job-runner@{D}" in dep["args"], "runner by digest")
+ok(any(f"job-runner@{D}" in json.dumps(d) for d in pinned if d["kind"] == "ValidatingAdmissionPolicy"),
+   "the admission policy allows the pinned runner image")
+run("helm", "template", "ferry", str(CHART), "--set", "runner.image.digest=sha256:short", expect_ok=False)
+
+# The chart as a release: its version is the workspace's, and the package
+# carries the digests it is given.
+cargo_version = re.search(r'^version = "(.*)"', (CHART.parents[1] / "Cargo.toml").read_text(), re.M).group(1)
+meta = yaml.safe_load((CHART / "Chart.yaml").read_text())
+ok(meta["version"] == cargo_version and meta["appVersion"] == cargo_version,
+   f"Chart.yaml {meta['version']}/{meta['appVersion']} is the workspace's {cargo_version}")
+with tempfile.TemporaryDirectory() as tmp:
+    digests = Path(tmp) / "digests"
+    digests.write_text(f"job-runner sha256:{'01' * 32}\nferry-operator sha256:{'02' * 32}\n")
+    tgz = run("bash", str(CHART.parent / "package.sh"), "--digests", str(digests), "--out", tmp).strip()
+    ok(tgz.endswith(f"ferry-{cargo_version}.tgz"), f"versioned package: {tgz}")
+    released = [d for d in yaml.safe_load_all(run("helm", "template", "ferry", tgz, "--namespace", "ferry-system")) if d]
+    c = next(d for d in released if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    ok(c["image"] == f"ghcr.io/ferry-dev/ferry-operator@sha256:{'02' * 32}", f"released operator image: {c['image']}")
+    ok(f"--runner-image=ghcr.io/ferry-dev/job-runner@sha256:{'01' * 32}" in c["args"], "released runner image")
+    ok(kinds(released) == kinds(default), "the package renders what the chart renders")
 
 # The alert rules.
 run("promtool", "check", "rules", str(CHART / "files" / "alerts.yaml"))

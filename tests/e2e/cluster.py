@@ -19,7 +19,13 @@ from typing import Any
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent.parent
 CACHE = pathlib.Path(os.environ.get("FERRY_CACHE", pathlib.Path.home() / ".cache/ferry"))
-TARGET = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", CACHE / "target")) / "debug"
+# Binaries are built for the host's tuple (.cargo/config.toml), as static executables.
+HOST = next(
+    line.split(": ", 1)[1]
+    for line in subprocess.run(["rustc", "-vV"], capture_output=True, text=True, check=True).stdout.splitlines()
+    if line.startswith("host: ")
+)
+TARGET = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", CACHE / "target")) / HOST / "debug"
 KUBECTL = CACHE / "bin/kubectl"
 OPERATOR = TARGET / "ferry-operator"
 RUNNER = TARGET / "job-runner"

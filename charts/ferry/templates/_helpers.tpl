@@ -14,10 +14,20 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/component: operator
 {{- end -}}
 
+{{/* An image by digest when one is set (a released chart sets the digests
+it was built with), else by tag (the chart's appVersion by default). */}}
+{{- define "ferry.image" -}}
+{{- if .digest -}}
+{{ .repository }}@{{ .digest }}
+{{- else -}}
+{{ .repository }}:{{ .tag | default .appVersion }}
+{{- end -}}
+{{- end -}}
+
 {{- define "ferry.operatorImage" -}}
-{{ .Values.operator.image.repository }}:{{ .Values.operator.image.tag | default .Chart.AppVersion }}
+{{ include "ferry.image" (merge (dict "appVersion" .Chart.AppVersion) .Values.operator.image) }}
 {{- end -}}
 
 {{- define "ferry.runnerImage" -}}
-{{ .Values.runner.image.repository }}:{{ .Values.runner.image.tag | default .Chart.AppVersion }}
+{{ include "ferry.image" (merge (dict "appVersion" .Chart.AppVersion) .Values.runner.image) }}
 {{- end -}}
