@@ -295,4 +295,10 @@ pub struct SyncCursor {
     /// How many objects that manifest lists.
     #[serde(default)]
     pub objects: i64,
+    /// That manifest's place in the destination's chain, `SEQUENCE:LINK`
+    /// (docs/encryption.md): handed to the next run, which refuses a record
+    /// rolled back from it. Written by the operator only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]{1,19}:[0-9a-f]{64}$"), length(max = 84))]
+    pub anchor: Option<String>,
 }

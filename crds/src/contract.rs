@@ -190,6 +190,8 @@ pub mod env {
     /// Hash of the Connector spec pinned for the run; the runner checks the
     /// spec it reads from the run's record against it.
     pub const SPEC_HASH: &str = "FERRY_SPEC_HASH";
+    /// The manifest the destination's record must reach (`SEQUENCE:LINK`).
+    pub const MANIFEST_ANCHOR: &str = "FERRY_MANIFEST_ANCHOR";
     /// The tenant's region (the namespace's `ferry.dev/region` label).
     pub const TENANT_REGION: &str = "FERRY_TENANT_REGION";
     /// Objects copied at once.

@@ -157,6 +157,13 @@ pub struct ConnectorRunStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connector_spec: Option<crate::ConnectorSpec>,
 
+    /// The manifest the destination's record must reach, `SEQUENCE:LINK`: the
+    /// Connector's cursor when the run was pinned. The run refuses a newest
+    /// manifest that is not this one or built on it (a rollback).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]{1,19}:[0-9a-f]{64}$"), length(max = 84))]
+    pub manifest_anchor: Option<String>,
+
     /// After a failed attempt, when the next one may start (exponential backoff).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_attempt_time: Option<Time>,
@@ -242,6 +249,11 @@ pub struct RunResult {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 1024))]
     pub manifest: Option<String>,
+    /// That manifest's place in the destination's chain, `SEQUENCE:LINK`: the
+    /// next run's anchor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]{1,19}:[0-9a-f]{64}$"), length(max = 84))]
+    pub manifest_anchor: Option<String>,
     /// The attempt (pod) that reported this result.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempt: Option<i32>,

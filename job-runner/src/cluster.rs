@@ -205,6 +205,7 @@ pub fn result_of(outcome: &Result<Report, Failure>, attempt: i32) -> RunResult {
             bytes_read: r.bytes_read as i64,
             bytes_written: r.bytes_written as i64,
             manifest: r.manifest.clone(),
+            manifest_anchor: r.anchor.as_ref().map(ToString::to_string),
             attempt: Some(attempt),
             error: None,
         },
@@ -279,6 +280,8 @@ pub fn spawn_progress(
 pub struct Settings {
     /// The tenant's region, for `dataResidency: in-region-only`.
     pub tenant_region: Option<String>,
+    /// The manifest the destination's record must reach, from the operator.
+    pub anchor: Option<crate::crypto::Anchor>,
     /// Objects above 1 MiB copied at once; smaller ones up to four times as many.
     pub concurrency: usize,
     /// Base folder of relative local paths.
@@ -343,6 +346,7 @@ async fn attempt_inner(
         mode: cr.spec.mode,
         erase: cr.spec.erase.as_ref(),
         tenant_region: settings.tenant_region.as_deref(),
+        anchor: settings.anchor.as_ref(),
         run_id: &run.name,
         concurrency: settings.concurrency,
         base_dir: &settings.base_dir,

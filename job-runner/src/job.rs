@@ -4,6 +4,7 @@
 //! Secrets are read again once (they may have been rotated meanwhile); if they
 //! changed the run is tried once more, else it fails fast.
 
+use crate::crypto::Anchor;
 use std::future::Future;
 use std::io::Write;
 use std::path::Path;
@@ -28,6 +29,9 @@ pub struct Job<'a> {
     pub erase: Option<&'a EraseRequest>,
     /// The tenant's region, for `dataResidency: in-region-only`.
     pub tenant_region: Option<&'a str>,
+    /// The manifest the destination's record must reach (the operator's
+    /// record of the last one); none: its newest manifest is trusted.
+    pub anchor: Option<&'a Anchor>,
     /// Names the manifest.
     pub run_id: &'a str,
     /// Objects above 1 MiB copied at once; smaller ones up to four times as many.
@@ -130,6 +134,7 @@ pub async fn execute(
             connector.metadata.name.as_deref().unwrap_or("connector")
         ),
         concurrency: job.concurrency,
+        anchor: job.anchor.cloned(),
         ..Options::default()
     };
     match (job.mode, job.erase) {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
 
-use crate::crypto::{Finding, KeyRing, Manifest, ManifestEntry};
+use crate::crypto::{Anchor, Finding, KeyRing, Manifest, ManifestEntry, check_anchor, check_chain};
 use crate::storage::{ByteStream, ObjectStore, StorageError};
 use crate::transfer::{self, TransferError};
 
@@ -80,6 +80,42 @@ fn from_stream(e: StorageError) -> ReadbackError {
         StorageError::Source { key, reason, .. } => ReadbackError::Decrypt { key, reason },
         other => ReadbackError::Storage(other),
     }
+}
+
+/// Reads and verifies every manifest of the destination and checks that they
+/// form one chain (`anchor`: and reach the operator's record); the first
+/// break is the error. How many manifests there are, and the newest one's place.
+pub async fn verify_chain(
+    store: &dyn ObjectStore,
+    keys: &KeyRing,
+    anchor: Option<&Anchor>,
+) -> Result<(usize, Option<Anchor>), ReadbackError> {
+    let mut names: Vec<String> = store
+        .list()
+        .await?
+        .into_iter()
+        .map(|o| o.key)
+        .filter(|k| transfer::is_manifest_key(k))
+        .collect();
+    names.sort_by(|a, b| transfer::sort_key(a).cmp(&transfer::sort_key(b)));
+    let mut chain = Vec::with_capacity(names.len());
+    for name in names {
+        let m = transfer::read_manifest(store, &name, keys).await?;
+        chain.push((name, m));
+    }
+    check_chain(&chain).map_err(TransferError::from)?;
+    if let Some(anchor) = anchor {
+        let from = chain
+            .iter()
+            .position(|(_, m)| m.sequence() == anchor.sequence)
+            .unwrap_or(chain.len().saturating_sub(1));
+        check_anchor(&chain[from..], anchor).map_err(TransferError::from)?;
+    }
+    let newest = chain.last().map(|(_, m)| Anchor {
+        sequence: m.sequence(),
+        link: m.link(),
+    });
+    Ok((chain.len(), newest))
 }
 
 /// Checks every object of the manifest against the store: present, same size

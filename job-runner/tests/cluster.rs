@@ -134,6 +134,7 @@ async fn run_ref_of(client: &kube::Client, name: &str) -> RunRef {
 fn settings(base: &std::path::Path) -> Settings {
     Settings {
         tenant_region: None,
+        anchor: None,
         concurrency: 2,
         base_dir: base.to_path_buf(),
         progress_every: Duration::from_millis(50),
@@ -397,6 +398,7 @@ async fn rotated_credentials_are_read_again_once() {
         mode: Mode::Sync,
         erase: None,
         tenant_region: None,
+        anchor: None,
         run_id: "sales-1",
         concurrency: 2,
         base_dir: f.dir.path(),

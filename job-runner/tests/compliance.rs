@@ -429,3 +429,111 @@ async fn erasure_refuses_keys_outside_the_data() {
     assert!(exists(&e.dir.path().join("src"), "a.csv"));
     assert!(lines.of("object.erase").is_empty());
 }
+
+/// The attack: someone who can write to the destination, holding no key,
+/// copies an old valid manifest (one from before an erasure, so without its
+/// tombstone) under a later name, so that it becomes "the newest". Incremental
+/// runs would then copy the erased key back from the source.
+#[tokio::test]
+async fn an_old_manifest_copied_under_a_later_name_does_not_undo_an_erasure() {
+    let e = ends(&[
+        ("customers/7.csv", b"id\n7\n"),
+        ("customers/9.csv", b"id\n9\n"),
+    ]);
+    let root = e.dir.path().to_path_buf();
+    let lines = Lines::default();
+    let spec = spec("compliance: {dataResidency: any}\n");
+    sync(&spec, &e, "s1", &lines).await.unwrap();
+    let before_erasure = manifest_files(&root).pop().unwrap();
+    let old = std::fs::read(&before_erasure).unwrap();
+    erase(&e, "e1", &["customers/7.csv"], false, &lines)
+        .await
+        .unwrap();
+    assert!(!exists(&root.join("dst"), "customers/7.csv"));
+
+    // A name that sorts after every manifest Ferry wrote.
+    let forged = root.join("dst/.ferry/manifests/29991231T235959999999Z-s1.json");
+    std::fs::write(&forged, &old).unwrap();
+
+    let err = sync(&spec, &e, "s2", &lines).await.unwrap_err();
+    assert_eq!(err.reason(), ferry_crds::Reason::IntegrityFailure, "{err}");
+    assert!(
+        err.to_string().contains("29991231T235959999999Z-s1.json"),
+        "the forged manifest is named: {err}"
+    );
+    assert!(
+        !exists(&root.join("dst"), "customers/7.csv"),
+        "the erased key was copied back"
+    );
+    assert_eq!(lines.of("integrity.check").len(), 1, "audited");
+}
+
+/// The attack: someone who can write to the destination deletes the newest
+/// manifests, so the destination's record rolls back to before an erasure.
+/// The operator's anchor (the last manifest a run reported) catches it.
+#[tokio::test]
+async fn deleting_the_newest_manifest_is_a_rollback_the_anchor_catches() {
+    let e = ends(&[
+        ("customers/7.csv", b"id\n7\n"),
+        ("customers/9.csv", b"id\n9\n"),
+    ]);
+    let root = e.dir.path().to_path_buf();
+    let lines = Lines::default();
+    let spec = spec("compliance: {dataResidency: any}\n");
+    sync(&spec, &e, "s1", &lines).await.unwrap();
+    let r = erase(&e, "e1", &["customers/7.csv"], false, &lines)
+        .await
+        .unwrap();
+    let anchor = r.anchor.clone().unwrap();
+    assert_eq!(anchor.sequence, 2);
+    std::fs::remove_file(manifest_files(&root).pop().unwrap()).unwrap();
+
+    let mut o = opts("s2");
+    o.anchor = Some(anchor.clone());
+    let err = transfer::run(
+        &spec,
+        e.src.clone(),
+        e.dst.clone(),
+        keys(),
+        &o,
+        &audit(&lines, "s2"),
+        Arc::new(Progress::default()),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.reason(), ferry_crds::Reason::IntegrityFailure);
+    assert!(err.to_string().contains("rolled back"), "{err}");
+    assert!(!exists(&root.join("dst"), "customers/7.csv"));
+
+    // With the record intact, the anchor is met and the run goes on.
+    let e2 = ends(&[("a.csv", b"a\n")]);
+    let first = sync(&spec, &e2, "t1", &lines).await.unwrap();
+    std::fs::write(e2.dir.path().join("src/b.csv"), b"b\n").unwrap();
+    let second = sync(&spec, &e2, "t2", &lines).await.unwrap();
+    let mut o = opts("t3");
+    o.anchor = first.anchor.clone();
+    let third = transfer::run(
+        &spec,
+        e2.src.clone(),
+        e2.dst.clone(),
+        keys(),
+        &o,
+        &audit(&lines, "t3"),
+        Arc::new(Progress::default()),
+    )
+    .await
+    .expect("an anchor one manifest behind the newest is met through the chain");
+    assert_eq!(
+        third.anchor.unwrap().sequence,
+        second.anchor.unwrap().sequence + 1
+    );
+}
+
+fn manifest_files(root: &Path) -> Vec<std::path::PathBuf> {
+    let mut out: Vec<_> = std::fs::read_dir(root.join("dst/.ferry/manifests"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    out.sort();
+    out
+}

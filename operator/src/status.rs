@@ -25,6 +25,7 @@ pub const RUN_FIELDS: &[&str] = &[
     "connectorGeneration",
     "connectorSpecHash",
     "connectorSpec",
+    "manifestAnchor",
     "nextAttemptTime",
     "startTime",
     "completionTime",

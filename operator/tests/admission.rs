@@ -38,6 +38,7 @@ fn objects(run_name: &str, spec: &ConnectorSpec) -> Vec<Value> {
         network_policy,
         pod,
     } = build(RunInput {
+        manifest_anchor: None,
         run: &run(run_name),
         spec,
         attempt: 1,

@@ -25,6 +25,7 @@ fn run() -> ConnectorRun {
 
 fn objects(spec: &ConnectorSpec, attempt: i32) -> RunObjects {
     build(RunInput {
+        manifest_anchor: None,
         run: &run(),
         spec,
         attempt,
@@ -268,6 +269,7 @@ fn the_sts_endpoint_comes_from_the_operators_configuration() {
         ..Config::default()
     };
     let o = build(RunInput {
+        manifest_anchor: None,
         run: &run(),
         spec: &s,
         attempt: 1,
@@ -288,6 +290,7 @@ fn the_sts_endpoint_comes_from_the_operators_configuration() {
     assert!(ports.contains("8443"), "{ports}");
     // Without web identity the runner is told nothing about STS.
     let plain = build(RunInput {
+        manifest_anchor: None,
         run: &run(),
         spec: &spec(CONNECTOR),
         attempt: 1,
@@ -347,6 +350,7 @@ fn a_run_without_uid_cannot_be_built() {
     let s = spec(CONNECTOR);
     assert!(
         build(RunInput {
+            manifest_anchor: None,
             run: &r,
             spec: &s,
             attempt: 1,
@@ -408,6 +412,7 @@ fn the_network_policy_keeps_a_run_from_metadata_and_cluster_addresses() {
         ..Config::default()
     };
     let o = build(RunInput {
+        manifest_anchor: None,
         run: &run(),
         spec: &spec(CONNECTOR),
         attempt: 1,
@@ -451,6 +456,7 @@ fn a_lineage_sink_is_passed_to_the_runner_and_let_through_the_network_policy() {
         ..Config::default()
     };
     let o = build(RunInput {
+        manifest_anchor: None,
         run: &run(),
         spec: &s,
         attempt: 1,

@@ -31,7 +31,7 @@ RUN_ID = secrets.token_hex(3)
 RUN = "/apis/ferry.dev/v1alpha1/namespaces/{ns}/connectorruns"
 CONN = "/apis/ferry.dev/v1alpha1/namespaces/{ns}/connectors"
 # The namespaces the platform team opted in; the operator acts on no other.
-TENANTS = ["acme", "refused-sensitivity", "refused-residency", "retry", "deadline", "scheduled"]
+TENANTS = ["acme", "refused-sensitivity", "refused-residency", "retry", "deadline", "scheduled", "rollback"]
 
 
 @pytest.fixture(scope="module")
@@ -287,6 +287,55 @@ def test_a_runner_killed_mid_transfer_is_retried_without_duplicates(cluster: Clu
     verified = subprocess.run([str(RUNNER), "verify", "--kek", str(d / "kek"), "--connector", str(path),
                                "--secrets-dir", str(d / "secrets"), "--deep"], capture_output=True, text=True)
     assert verified.returncode == 0, verified.stderr
+
+
+def test_a_destination_rolled_back_is_refused_by_the_next_run(cluster: Cluster):
+    """The attack: someone who can write to the destination (no key) deletes
+    the newest manifest, rolling the record back. The operator handed the next
+    run the place of the manifest the last run wrote; the run refuses."""
+    ns, bucket, container = "rollback", f"rollback-{RUN_ID}", f"rollback-bronze-{RUN_ID}"
+    tenant(cluster, ns)
+    data(bucket)
+    azure().create_container(container)
+    conn = example(cluster, ns, bucket, container)
+    connector = f"{CONN.format(ns=ns)}/sales-exports"
+
+    def cursor_anchor(sequence: int) -> str:
+        def anchor():
+            a = ((cluster.get(connector).get("status") or {}).get("cursor") or {}).get("anchor") or ""
+            return a if a.startswith(f"{sequence}:") else None
+        return wait_for(f"the cursor at manifest {sequence}", anchor, 30,
+                        context=lambda: json.dumps(cluster.get(connector).get("status"), indent=1))
+
+    first = manual_run(cluster, ns)
+    assert wait_phase(cluster, ns, first, ("Succeeded", "Failed"))["status"]["phase"] == "Succeeded"
+    anchor1 = cursor_anchor(1)
+    second = manual_run(cluster, ns)
+    run = wait_phase(cluster, ns, second, ("Succeeded", "Failed"))
+    assert run["status"]["phase"] == "Succeeded", json.dumps(run["status"], indent=1)
+    assert run["status"]["manifestAnchor"] == anchor1, "pinned with the spec"
+    env = {e["name"]: e.get("value") for p in cluster.watch_pods()
+           if p["metadata"]["labels"].get("ferry.dev/run") == second for e in p["spec"]["containers"][0]["env"]}
+    assert env["FERRY_MANIFEST_ANCHOR"] == anchor1, env
+    anchor2 = cursor_anchor(2)
+    assert run["status"]["result"]["manifestAnchor"] == anchor2
+
+    # The attacker deletes the newest manifest.
+    manifests = sorted(k for k in blobs(container) if k.startswith("sales/.ferry/manifests/"))
+    assert len(manifests) == 2, manifests
+    azure().get_container_client(container).delete_blob(manifests[-1])
+
+    third = manual_run(cluster, ns)
+    run = wait_phase(cluster, ns, third, ("Succeeded", "Failed"))
+    status = run["status"]
+    assert status["phase"] == "Failed", json.dumps(status, indent=1)
+    assert status["result"]["error"]["reason"] == "IntegrityFailure", status
+    assert "rolled back" in status["result"]["error"]["message"], status
+    path, d = local_copy(cluster, conn)
+    verified = subprocess.run([str(RUNNER), "verify", "--kek", str(d / "kek"), "--connector", str(path),
+                               "--secrets-dir", str(d / "secrets"), "--anchor", anchor2],
+                              capture_output=True, text=True)
+    assert verified.returncode != 0 and "rolled back" in verified.stderr, verified.stderr
 
 
 def test_a_run_past_its_deadline_is_stopped_and_fails(cluster: Cluster):

@@ -31,6 +31,10 @@ pub struct ClusterArgs {
     /// The tenant's region (set by the operator from the namespace label).
     #[arg(long, env = env::TENANT_REGION)]
     tenant_region: Option<String>,
+    /// The manifest the destination's record must reach (SEQUENCE:LINK), as
+    /// the operator recorded it.
+    #[arg(long, env = env::MANIFEST_ANCHOR)]
+    manifest_anchor: Option<crate::crypto::Anchor>,
     /// Objects above 1 MiB copied at once; smaller ones up to four times as many.
     #[arg(long, env = env::CONCURRENCY, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
     concurrency: u16,
@@ -57,6 +61,7 @@ pub async fn cluster(args: ClusterArgs, platform: &config::Platform) -> Result<(
         .map_err(|e| format!("failed to reach the Kubernetes API: {e}"))?;
     let settings = cluster::Settings {
         tenant_region: args.tenant_region,
+        anchor: args.manifest_anchor,
         concurrency: usize::from(args.concurrency),
         base_dir: args.base_dir,
         progress_every: std::time::Duration::from_secs(args.progress_interval.max(1)),

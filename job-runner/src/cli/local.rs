@@ -34,6 +34,10 @@ pub struct RunArgs {
     /// The tenant's region, for `dataResidency: in-region-only`.
     #[arg(long)]
     tenant_region: Option<String>,
+    /// The manifest the destination's record must reach (SEQUENCE:LINK, as a
+    /// previous run printed it): a destination rolled back from it is refused.
+    #[arg(long)]
+    manifest_anchor: Option<crate::crypto::Anchor>,
     /// Run id (names the manifest); generated from the time when unset.
     #[arg(long)]
     run_id: Option<String>,
@@ -102,6 +106,7 @@ pub async fn run(args: RunArgs, platform: &config::Platform) -> Result<(), BoxEr
         mode: args.mode,
         erase: Some(&erase),
         tenant_region: args.tenant_region.as_deref(),
+        anchor: args.manifest_anchor.as_ref(),
         run_id: &run_id,
         concurrency: usize::from(args.concurrency),
         base_dir: &args.base_dir,
@@ -135,9 +140,10 @@ pub fn print_report(mode: Mode, report: &transfer::Report) {
                 println!("erased {}: {sides}", e.key);
             }
             println!(
-                "erase: {} key(s) erased; manifest {}",
+                "erase: {} key(s) erased; manifest {}{}",
                 report.erased.len(),
-                report.manifest.as_deref().unwrap_or("-")
+                report.manifest.as_deref().unwrap_or("-"),
+                anchor(report)
             );
         }
         Mode::Plan => {
@@ -151,12 +157,22 @@ pub fn print_report(mode: Mode, report: &transfer::Report) {
             );
         }
         Mode::Sync => println!(
-            "copied {} object(s) ({} bytes, {} encrypted), skipped {} unchanged; manifest {}",
+            "copied {} object(s) ({} bytes, {} encrypted), skipped {} unchanged; manifest {}{}",
             report.objects_copied,
             report.bytes_read,
             report.bytes_written,
             report.objects_skipped,
-            report.manifest.as_deref().unwrap_or("-")
+            report.manifest.as_deref().unwrap_or("-"),
+            anchor(report)
         ),
     }
+}
+
+/// The written manifest's place, for the next run's --manifest-anchor.
+fn anchor(report: &transfer::Report) -> String {
+    report
+        .anchor
+        .as_ref()
+        .map(|a| format!(" (anchor {a})"))
+        .unwrap_or_default()
 }

@@ -7,7 +7,7 @@ use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
 
 use crate::config::{self, SecretsDir};
-use crate::crypto::{Kek, KeyRing};
+use crate::crypto::{Anchor, Kek, KeyRing};
 use crate::readback;
 use crate::storage::ObjectStore;
 use crate::storage::local::LocalStore;
@@ -68,6 +68,10 @@ pub struct VerifyArgs {
     /// Also decrypt every object and check its plaintext digest.
     #[arg(long)]
     deep: bool,
+    /// The operator's record of the last manifest (SEQUENCE:LINK, the
+    /// Connector's status.cursor): the chain must reach it.
+    #[arg(long)]
+    anchor: Option<Anchor>,
 }
 
 /// `job-runner decrypt`: one object, or a whole destination checked against
@@ -103,13 +107,16 @@ pub async fn decrypt(args: DecryptArgs, platform: &config::Platform) -> Result<(
 pub async fn verify(args: VerifyArgs, platform: &config::Platform) -> Result<(), BoxError> {
     let keys = Arc::new(load_keys(&args.keks)?);
     let store = destination(args.dir, args.connector, args.secrets_dir, platform)?;
+    let (manifests, newest) =
+        readback::verify_chain(store.as_ref(), &keys, args.anchor.as_ref()).await?;
     let (key, m) =
         readback::verify(store.as_ref(), keys, args.manifest.as_deref(), args.deep).await?;
     println!(
-        "ok: {} object(s) match manifest {key} (run {}, key {})",
+        "ok: {} object(s) match manifest {key} (run {}, key {}); {manifests} manifest(s) form one chain{}",
         m.objects.len(),
         m.run,
-        m.kek_id
+        m.kek_id,
+        newest.map(|a| format!(", newest {a}")).unwrap_or_default()
     );
     Ok(())
 }

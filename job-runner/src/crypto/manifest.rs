@@ -5,12 +5,17 @@
 //! The MAC covers a canonical binary encoding (below), not the JSON text, so it
 //! does not depend on how the JSON is formatted; the order of `objects` is part
 //! of what is authenticated. Version 2 adds, per entry, the source size and the
-//! columns kept by data minimisation, and the erasure tombstones; version 1
-//! manifests still verify.
+//! columns kept by data minimisation, and the erasure tombstones. Version 3
+//! makes the manifests of a destination a chain: each authenticates its own
+//! name (so a copy under another name does not verify), its sequence number
+//! and the link of the manifest it was built on (so one deleted, rolled back
+//! or put out of order breaks the chain). Versions 1 and 2 still verify; the
+//! first version 3 manifest after them links to the newest of them.
 //!
 //! ```text
 //! mac_input = format || 0x00 || str(run) || str(connector) || str(created)
 //!             || str(kek_id) || u64(count) || entry* || [v2: u64(erased) || tombstone*]
+//!             || [v3: str(name) || u64(sequence) || opt(previous)]
 //! entry     = str(key) || u64(size) || str(sha256) || u64(encrypted_size)
 //!             || str(encrypted_sha256) || opt(source_modified) || opt(source_etag)
 //!             || [v2: optu64(source_size) || u64(fields) || str(field)*]
@@ -19,7 +24,14 @@
 //! opt(None) = 0x00            opt(Some(s)) = 0x01 || str(s)
 //! optu64(None) = 0x00         optu64(Some(n)) = 0x01 || u64(n)
 //! mac       = hex(HMAC-SHA256(HKDF-SHA256(KEK, info = "ferry/manifest-mac/v1"), mac_input))
+//! link      = hex(SHA-256("ferry-manifest-link" || 0x00 || str(name) || u64(sequence)
+//!                 || opt(previous) || str(run) || str(connector) || str(created)))
 //! ```
+//!
+//! The link covers what identifies a manifest in its chain and nothing an
+//! erasure rewrites (entries, tombstones, the KEK that signed it again), so
+//! erasing a key keeps every link. Versions 1 and 2 have sequence 0 and an
+//! empty name in their link.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -30,7 +42,9 @@ use sha2::Sha256;
 use super::keys::{Kek, KeyError, KeyRing};
 
 /// The format tag of manifests this code writes.
-pub const FORMAT: &str = "ferry-manifest/v2";
+pub const FORMAT: &str = "ferry-manifest/v3";
+/// The second format, still read: no name, sequence or link.
+pub const FORMAT_V2: &str = "ferry-manifest/v2";
 /// The first format, still read: no source sizes, fields or tombstones.
 pub const FORMAT_V1: &str = "ferry-manifest/v1";
 
@@ -89,6 +103,15 @@ pub struct Manifest {
     pub created: String,
     /// Id of the KEK whose derived key made the MAC.
     pub kek_id: String,
+    /// Version 3: the manifest's own key under the destination prefix.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    /// Version 3: its place in the destination's chain, from 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sequence: Option<u64>,
+    /// Version 3: the link of the manifest it was built on; none for the first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<String>,
     /// Every object of the destination that this Connector's runs wrote, in order.
     pub objects: Vec<ManifestEntry>,
     /// Source keys erased on request, in order; never copied again.
@@ -109,6 +132,8 @@ pub enum ManifestError {
     Mac,
     #[error("manifest lists object {0:?} twice")]
     Duplicate(String),
+    #[error("manifest {key:?} was written as {name:?}: a copy or a rename of another manifest")]
+    Misplaced { key: String, name: String },
     #[error(transparent)]
     Key(#[from] KeyError),
 }
@@ -132,50 +157,101 @@ fn put_opt(out: &mut Vec<u8>, s: Option<&str>) {
     }
 }
 
-impl Manifest {
-    /// A signed manifest of `objects`.
-    pub fn sign(
-        kek: &Kek,
-        run: &str,
-        connector: &str,
-        created: &str,
-        objects: Vec<ManifestEntry>,
-    ) -> Self {
-        Self::sign_with_tombstones(kek, run, connector, created, objects, Vec::new())
-    }
+/// Where a new manifest goes in its destination's chain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Place {
+    /// Its key under the destination prefix.
+    pub name: String,
+    /// Its sequence number: one more than the manifest it builds on.
+    pub sequence: u64,
+    /// The link of the manifest it builds on.
+    pub previous: Option<String>,
+}
 
-    /// A signed manifest of `objects` and erasure tombstones.
-    pub fn sign_with_tombstones(
-        kek: &Kek,
-        run: &str,
-        connector: &str,
-        created: &str,
-        objects: Vec<ManifestEntry>,
-        erased: Vec<Tombstone>,
-    ) -> Self {
+impl Place {
+    /// The place after `previous` (none: the first manifest), at `name`.
+    pub fn after(previous: Option<&Manifest>, name: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            sequence: previous.map_or(1, |m| m.sequence() + 1),
+            previous: previous.map(Manifest::link),
+        }
+    }
+}
+
+/// What a manifest authenticates besides its place.
+#[derive(Clone, Debug)]
+pub struct Contents {
+    /// The run that writes it.
+    pub run: String,
+    /// `namespace/name` of the Connector.
+    pub connector: String,
+    /// When (RFC 3339).
+    pub created: String,
+    /// Every object, in order.
+    pub objects: Vec<ManifestEntry>,
+    /// Erasure tombstones, in order.
+    pub erased: Vec<Tombstone>,
+}
+
+impl Manifest {
+    /// A signed manifest of `contents` at `place`.
+    pub fn sign(kek: &Kek, place: Place, contents: Contents) -> Self {
         let mut m = Self {
             format: FORMAT.to_string(),
-            run: run.to_string(),
-            connector: connector.to_string(),
-            created: created.to_string(),
+            run: contents.run,
+            connector: contents.connector,
+            created: contents.created,
             kek_id: kek.id().to_string(),
-            objects,
-            erased,
+            name: place.name,
+            sequence: Some(place.sequence),
+            previous: place.previous,
+            objects: contents.objects,
+            erased: contents.erased,
             mac: String::new(),
         };
         m.mac = hex::encode(m.mac_with(kek).finalize().into_bytes());
         m
     }
 
-    /// Signs this manifest again (after entries were removed) with `kek`.
+    /// Signs this manifest again (after entries were removed) with `kek`,
+    /// keeping its place: a version 1 manifest becomes version 2, which
+    /// authenticates what it holds.
     pub fn resign(&mut self, kek: &Kek) {
-        self.format = FORMAT.to_string();
+        if self.format == FORMAT_V1 {
+            self.format = FORMAT_V2.to_string();
+        }
         self.kek_id = kek.id().to_string();
         self.mac = hex::encode(self.mac_with(kek).finalize().into_bytes());
     }
 
+    /// Its sequence number: 0 before version 3.
+    pub fn sequence(&self) -> u64 {
+        self.sequence.unwrap_or(0)
+    }
+
+    /// Whether it has a place in a chain (version 3).
+    pub fn is_chained(&self) -> bool {
+        self.format == FORMAT
+    }
+
+    /// The link the next manifest names as its `previous`.
+    pub fn link(&self) -> String {
+        use sha2::Digest;
+        let mut out = Vec::with_capacity(256);
+        out.extend_from_slice(b"ferry-manifest-link\0");
+        put_str(&mut out, &self.name);
+        put_u64(&mut out, self.sequence());
+        put_opt(&mut out, self.previous.as_deref());
+        put_str(&mut out, &self.run);
+        put_str(&mut out, &self.connector);
+        put_str(&mut out, &self.created);
+        hex::encode(Sha256::digest(&out))
+    }
+
     fn canonical(&self) -> Vec<u8> {
         let v2 = self.format != FORMAT_V1;
+        let v3 = self.format == FORMAT;
         let mut out = Vec::with_capacity(128 + self.objects.len() * 200);
         out.extend_from_slice(self.format.as_bytes());
         out.push(0);
@@ -214,6 +290,11 @@ impl Manifest {
                 put_str(&mut out, &t.erased);
             }
         }
+        if v3 {
+            put_str(&mut out, &self.name);
+            put_u64(&mut out, self.sequence());
+            put_opt(&mut out, self.previous.as_deref());
+        }
         out
     }
 
@@ -229,16 +310,19 @@ impl Manifest {
     /// Checks the format, the MAC (in constant time) and that no key repeats.
     pub fn verify(&self, keys: &KeyRing) -> Result<(), ManifestError> {
         let v1 = self.format == FORMAT_V1;
-        if !v1 && self.format != FORMAT {
+        if !v1 && self.format != FORMAT_V2 && self.format != FORMAT {
             return Err(ManifestError::Format(self.format.clone()));
         }
-        // Version 1 authenticates none of the newer fields: they must be absent.
-        if v1
+        // Older versions authenticate none of the newer fields: they must be absent.
+        let unchained = self.name.is_empty() && self.sequence.is_none() && self.previous.is_none();
+        if (v1
             && (!self.erased.is_empty()
                 || self
                     .objects
                     .iter()
-                    .any(|e| e.source_size.is_some() || !e.fields.is_empty()))
+                    .any(|e| e.source_size.is_some() || !e.fields.is_empty())))
+            || (!self.is_chained() && !unchained)
+            || (self.is_chained() && self.sequence.is_none())
         {
             return Err(ManifestError::Mac);
         }
@@ -256,10 +340,157 @@ impl Manifest {
         Ok(())
     }
 
+    /// [`Manifest::verify`], and that a chained manifest is stored under the
+    /// name it was written with.
+    pub fn verify_at(&self, keys: &KeyRing, key: &str) -> Result<(), ManifestError> {
+        self.verify(keys)?;
+        if self.is_chained() && self.name != key {
+            return Err(ManifestError::Misplaced {
+                key: key.to_string(),
+                name: self.name.clone(),
+            });
+        }
+        Ok(())
+    }
+
     /// The entries by key.
     pub fn by_key(&self) -> BTreeMap<&str, &ManifestEntry> {
         self.objects.iter().map(|e| (e.key.as_str(), e)).collect()
     }
+}
+
+/// The newest manifest a destination had when the operator last looked: the
+/// sequence and link of the last successful run's manifest, kept where only the
+/// operator writes and handed to the next run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Anchor {
+    /// Its sequence number.
+    pub sequence: u64,
+    /// Its link.
+    pub link: String,
+}
+
+impl std::str::FromStr for Anchor {
+    type Err = String;
+
+    /// `SEQUENCE:LINK`, as the operator passes it.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (sequence, link) = s
+            .split_once(':')
+            .ok_or_else(|| format!("{s:?} is not SEQUENCE:LINK"))?;
+        let sequence = sequence
+            .parse()
+            .map_err(|_| format!("{sequence:?} is not a sequence number"))?;
+        if link.len() != 64 || !link.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(format!("{link:?} is not a manifest link (64 hex digits)"));
+        }
+        Ok(Self {
+            sequence,
+            link: link.to_ascii_lowercase(),
+        })
+    }
+}
+
+impl std::fmt::Display for Anchor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.sequence, self.link)
+    }
+}
+
+/// Where a destination's chain of manifests breaks.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChainBreak {
+    #[error(
+        "manifest {key:?} has sequence {found} where {expected} was expected: a manifest before it was deleted, or two runs built on the same one"
+    )]
+    Sequence {
+        key: String,
+        expected: u64,
+        found: u64,
+    },
+    #[error("manifest {key:?} does not build on the manifest before it ({before:?})")]
+    Link { key: String, before: Option<String> },
+    #[error(
+        "manifest {key:?} has no place in the chain but follows one that has: an older manifest put back under a later name"
+    )]
+    Unchained { key: String },
+    #[error(
+        "the newest manifest {key:?} has sequence {found}, but the operator recorded {anchor}: the destination was rolled back"
+    )]
+    Rollback {
+        key: String,
+        found: u64,
+        anchor: u64,
+    },
+    #[error(
+        "manifest {key:?} has the sequence the operator recorded ({sequence}) but another link: it is not the manifest the last run wrote"
+    )]
+    NotAnchor { key: String, sequence: u64 },
+    #[error("manifest {key:?} was created at {created}, in the future")]
+    Future { key: String, created: String },
+}
+
+/// Checks that `manifests` (each already verified, in key order, oldest
+/// first) form one chain: unchained ones (versions 1 and 2) first, then each
+/// chained one numbered one more than the one before and naming its link.
+pub fn check_chain(manifests: &[(String, Manifest)]) -> Result<(), ChainBreak> {
+    links(None, manifests)
+}
+
+/// Checks that `manifests` build one by one on `before`.
+fn links<'a>(
+    mut before: Option<&'a Manifest>,
+    manifests: &'a [(String, Manifest)],
+) -> Result<(), ChainBreak> {
+    for (key, m) in manifests {
+        if !m.is_chained() {
+            if before.is_some_and(Manifest::is_chained) {
+                return Err(ChainBreak::Unchained { key: key.clone() });
+            }
+        } else {
+            let expected = Place::after(before, &m.name);
+            if m.sequence() != expected.sequence {
+                return Err(ChainBreak::Sequence {
+                    key: key.clone(),
+                    expected: expected.sequence,
+                    found: m.sequence(),
+                });
+            }
+            if m.previous != expected.previous {
+                return Err(ChainBreak::Link {
+                    key: key.clone(),
+                    before: before.map(|b| b.name.clone()).filter(|n| !n.is_empty()),
+                });
+            }
+        }
+        before = Some(m);
+    }
+    Ok(())
+}
+
+/// Checks that the newest manifests of a destination (`tail`, in key order,
+/// oldest first, newest last) reach back to `anchor`: the first of them is the
+/// anchor's manifest, and the rest build on it one by one. A newest manifest
+/// older than the anchor is a rollback.
+pub fn check_anchor(tail: &[(String, Manifest)], anchor: &Anchor) -> Result<(), ChainBreak> {
+    let (Some((first_key, first)), Some((newest_key, newest))) = (tail.first(), tail.last()) else {
+        return Ok(());
+    };
+    if newest.sequence() < anchor.sequence {
+        return Err(ChainBreak::Rollback {
+            key: newest_key.clone(),
+            found: newest.sequence(),
+            anchor: anchor.sequence,
+        });
+    }
+    if first.sequence() != anchor.sequence || first.link() != anchor.link {
+        return Err(ChainBreak::NotAnchor {
+            key: first_key.clone(),
+            sequence: anchor.sequence,
+        });
+    }
+    // The anchor's manifest may be a version 1 or 2 one: the chain starts on it.
+    links(Some(first), &tail[1..])
 }
 
 /// One problem found when comparing a manifest with a destination.
@@ -303,16 +534,45 @@ mod tests {
         }
     }
 
+    fn contents(run: &str, objects: Vec<ManifestEntry>, erased: Vec<Tombstone>) -> Contents {
+        Contents {
+            run: run.into(),
+            connector: "ns/c".into(),
+            created: "2026-01-01T00:00:00Z".into(),
+            objects,
+            erased,
+        }
+    }
+
+    /// A manifest as an older release wrote it: `format`, no place.
+    fn legacy(kek: &Kek, format: &str, objects: Vec<ManifestEntry>) -> Manifest {
+        let mut m = Manifest::sign(
+            kek,
+            Place::after(None, ""),
+            contents("old", objects, vec![]),
+        );
+        m.format = format.into();
+        m.name.clear();
+        m.sequence = None;
+        m.mac = hex::encode(m.mac_with(kek).finalize().into_bytes());
+        m
+    }
+
+    fn keys() -> (Kek, KeyRing) {
+        (
+            Kek::from_bytes([9; 32]),
+            KeyRing::new(vec![Kek::from_bytes([9; 32])]),
+        )
+    }
+
     #[test]
     fn detects_changes_reorders_and_foreign_keys() {
-        let kek = Kek::from_bytes([9; 32]);
-        let ring = KeyRing::new(vec![Kek::from_bytes([9; 32])]);
+        let (kek, ring) = keys();
+        let place = Place::after(None, "m1");
         let m = Manifest::sign(
             &kek,
-            "r1",
-            "ns/c",
-            "2026-01-01T00:00:00Z",
-            vec![entry("a", 1), entry("b", 2)],
+            place.clone(),
+            contents("r1", vec![entry("a", 1), entry("b", 2)], vec![]),
         );
         m.verify(&ring).unwrap();
         let json = serde_json::to_string_pretty(&m).unwrap();
@@ -333,14 +593,17 @@ mod tests {
             m.verify(&other),
             Err(ManifestError::Key(KeyError::UnknownKek(_)))
         ));
-        let dup = Manifest::sign(&kek, "r", "c", "t", vec![entry("a", 1), entry("a", 1)]);
+        let dup = Manifest::sign(
+            &kek,
+            place,
+            contents("r", vec![entry("a", 1), entry("a", 1)], vec![]),
+        );
         assert_eq!(dup.verify(&ring), Err(ManifestError::Duplicate("a".into())));
     }
 
     #[test]
-    fn version_2_authenticates_fields_source_sizes_and_tombstones() {
-        let kek = Kek::from_bytes([9; 32]);
-        let ring = KeyRing::new(vec![Kek::from_bytes([9; 32])]);
+    fn version_2_fields_source_sizes_and_tombstones_are_authenticated() {
+        let (kek, ring) = keys();
         let mut projected = entry("a.csv", 10);
         projected.source_size = Some(30);
         projected.fields = vec!["id".into(), "country".into()];
@@ -349,7 +612,11 @@ mod tests {
             run: "erase-1".into(),
             erased: "2026-01-02T00:00:00Z".into(),
         };
-        let m = Manifest::sign_with_tombstones(&kek, "r", "c", "t", vec![projected], vec![tomb]);
+        let m = Manifest::sign(
+            &kek,
+            Place::after(None, "m"),
+            contents("r", vec![projected], vec![tomb]),
+        );
         assert_eq!(m.format, FORMAT);
         m.verify(&ring).unwrap();
         let mut t = m.clone();
@@ -364,31 +631,197 @@ mod tests {
         let mut t = m.clone();
         t.erased[0].key = "other.csv".into();
         assert_eq!(t.verify(&ring), Err(ManifestError::Mac));
-        // Passing a v2 manifest off as v1 fails, with or without the new fields.
-        let mut t = m.clone();
-        t.format = FORMAT_V1.into();
-        assert_eq!(t.verify(&ring), Err(ManifestError::Mac));
-        let mut plain = Manifest::sign(&kek, "r", "c", "t", vec![entry("a", 1)]);
-        plain.format = FORMAT_V1.into();
-        assert_eq!(plain.verify(&ring), Err(ManifestError::Mac));
+        // Passing a newer manifest off as an older one fails, with or without
+        // the newer fields.
+        for older in [FORMAT_V1, FORMAT_V2] {
+            let mut t = m.clone();
+            t.format = older.into();
+            assert_eq!(t.verify(&ring), Err(ManifestError::Mac), "{older}");
+        }
+        let mut plain = legacy(&kek, FORMAT_V1, vec![entry("a", 1)]);
+        plain.verify(&ring).unwrap();
         plain.resign(&kek);
+        assert_eq!(
+            plain.format, FORMAT_V2,
+            "signed again, it authenticates more"
+        );
         plain.verify(&ring).unwrap();
     }
 
     #[test]
-    fn version_1_manifests_still_verify() {
-        // Written by the first release: the v1 encoding, without the newer fields.
-        let kek = Kek::from_bytes([9; 32]);
-        let ring = KeyRing::new(vec![Kek::from_bytes([9; 32])]);
-        let mut m = Manifest::sign(&kek, "r1", "ns/c", "t", vec![entry("a", 1)]);
-        m.format = FORMAT_V1.into();
-        m.mac = hex::encode(m.mac_with(&kek).finalize().into_bytes());
-        let json = serde_json::to_string(&m).unwrap();
-        assert!(!json.contains("erased") && !json.contains("fields"));
-        let back: Manifest = serde_json::from_str(&json).unwrap();
-        back.verify(&ring).unwrap();
-        let mut changed = back.clone();
-        changed.objects[0].size = 2;
-        assert_eq!(changed.verify(&ring), Err(ManifestError::Mac));
+    fn versions_1_and_2_still_verify() {
+        // Written by the first releases: their encodings, without the newer fields.
+        let (kek, ring) = keys();
+        for format in [FORMAT_V1, FORMAT_V2] {
+            let m = legacy(&kek, format, vec![entry("a", 1)]);
+            let json = serde_json::to_string(&m).unwrap();
+            assert!(
+                !json.contains("erased") && !json.contains("sequence") && !json.contains("name")
+            );
+            let back: Manifest = serde_json::from_str(&json).unwrap();
+            back.verify(&ring).unwrap();
+            back.verify_at(&ring, "any/key.json").unwrap();
+            let mut changed = back.clone();
+            changed.objects[0].size = 2;
+            assert_eq!(changed.verify(&ring), Err(ManifestError::Mac));
+        }
     }
+
+    #[test]
+    fn a_manifest_copied_under_another_name_does_not_verify() {
+        let (kek, ring) = keys();
+        let m = Manifest::sign(
+            &kek,
+            Place::after(None, "m/1.json"),
+            contents("r", vec![], vec![]),
+        );
+        m.verify_at(&ring, "m/1.json").unwrap();
+        assert_eq!(
+            m.verify_at(&ring, "m/9.json"),
+            Err(ManifestError::Misplaced {
+                key: "m/9.json".into(),
+                name: "m/1.json".into()
+            })
+        );
+        let mut renamed = m.clone();
+        renamed.name = "m/9.json".into();
+        assert_eq!(
+            renamed.verify_at(&ring, "m/9.json"),
+            Err(ManifestError::Mac)
+        );
+    }
+
+    /// A chain of `n` manifests after an optional version 2 one.
+    fn chain(kek: &Kek, after_legacy: bool, n: usize) -> Vec<(String, Manifest)> {
+        let mut out: Vec<(String, Manifest)> = Vec::new();
+        if after_legacy {
+            out.push((
+                "m/0.json".into(),
+                legacy(kek, FORMAT_V2, vec![entry("a", 1)]),
+            ));
+        }
+        for i in 1..=n {
+            let name = format!("m/{i}.json");
+            let place = Place::after(out.last().map(|(_, m)| m), &name);
+            let m = Manifest::sign(
+                kek,
+                place,
+                contents(&format!("r{i}"), vec![entry("a", 1)], vec![]),
+            );
+            out.push((name, m));
+        }
+        out
+    }
+
+    #[test]
+    fn a_chain_is_numbered_and_linked_from_the_last_unchained_manifest() {
+        let (kek, _) = keys();
+        let c = chain(&kek, true, 3);
+        check_chain(&c).unwrap();
+        assert_eq!(c[1].1.sequence(), 1);
+        assert_eq!(
+            c[1].1.previous,
+            Some(c[0].1.link()),
+            "the upgrade links to the v2 manifest"
+        );
+        assert_eq!(c[3].1.sequence(), 3);
+        check_chain(&chain(&kek, false, 3)).unwrap();
+    }
+
+    #[test]
+    fn a_chain_break_in_the_middle_is_found_and_named() {
+        let (kek, _) = keys();
+        let mut deleted = chain(&kek, false, 4);
+        deleted.remove(1);
+        assert_eq!(
+            check_chain(&deleted),
+            Err(ChainBreak::Sequence {
+                key: "m/3.json".into(),
+                expected: 2,
+                found: 3
+            })
+        );
+        let mut swapped = chain(&kek, false, 4);
+        swapped.swap(1, 2);
+        assert!(
+            matches!(check_chain(&swapped), Err(ChainBreak::Sequence { key, .. }) if key == "m/3.json")
+        );
+        let mut legacy_back = chain(&kek, true, 2);
+        let old = legacy_back[0].clone();
+        legacy_back.push(("m/9.json".into(), old.1));
+        assert_eq!(
+            check_chain(&legacy_back),
+            Err(ChainBreak::Unchained {
+                key: "m/9.json".into()
+            })
+        );
+    }
+
+    #[test]
+    fn erasure_signing_again_keeps_every_link() {
+        let (kek, _) = keys();
+        let mut c = chain(&kek, true, 2);
+        let before: Vec<String> = c.iter().map(|(_, m)| m.link()).collect();
+        for (_, m) in &mut c {
+            m.objects.clear();
+            m.resign(&Kek::from_bytes([7; 32]));
+        }
+        let after: Vec<String> = c.iter().map(|(_, m)| m.link()).collect();
+        assert_eq!(before, after);
+        check_chain(&c).unwrap();
+    }
+
+    #[test]
+    fn the_anchor_must_be_the_newest_or_built_on() {
+        let (kek, _) = keys();
+        let c = chain(&kek, false, 3);
+        let anchor = |i: usize| Anchor {
+            sequence: c[i].1.sequence(),
+            link: c[i].1.link(),
+        };
+        check_anchor(&c[2..], &anchor(2)).unwrap();
+        check_anchor(&c[1..], &anchor(1)).unwrap();
+        // Rolled back: the newest is older than the anchor.
+        assert_eq!(
+            check_anchor(&c[..2], &anchor(2)),
+            Err(ChainBreak::Rollback {
+                key: "m/2.json".into(),
+                found: 2,
+                anchor: 3
+            })
+        );
+        // Same sequence, another manifest (a fork).
+        let other = chain(&Kek::from_bytes([9; 32]), true, 3);
+        assert!(matches!(
+            check_anchor(&other[3..], &anchor(2)),
+            Err(ChainBreak::NotAnchor { .. })
+        ));
+        let parsed: Anchor = anchor(1).to_string().parse().unwrap();
+        assert_eq!(parsed, anchor(1));
+        assert!("3:zz".parse::<Anchor>().is_err());
+        assert!("x".parse::<Anchor>().is_err());
+    }
+
+    /// The documented test vector (docs/encryption.md): a version 3 manifest
+    /// signed with the all-0x09 KEK.
+    #[test]
+    fn version_3_test_vector() {
+        let (kek, ring) = keys();
+        let m = Manifest::sign(
+            &kek,
+            Place {
+                name: ".ferry/manifests/20260101T000000000000Z-r2.json".into(),
+                sequence: 2,
+                previous: Some("11".repeat(32)),
+            },
+            contents("r2", vec![entry("a.csv", 1)], vec![]),
+        );
+        m.verify(&ring).unwrap();
+        println!("{}", serde_json::to_string_pretty(&m).unwrap());
+        assert_eq!(m.mac, VECTOR_MAC);
+        assert_eq!(m.link(), VECTOR_LINK);
+    }
+
+    const VECTOR_MAC: &str = "170e17aefe1173754f32537e5e934413cbccfffbcd10dc6d70cfdb6cc6806421";
+    const VECTOR_LINK: &str = "ec991c75e74e1277d63084f1691f0afcba3c4d7e21112f370bccd20d7cd79820";
 }

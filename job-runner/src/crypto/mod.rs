@@ -11,4 +11,7 @@ pub mod streaming;
 
 pub use envelope::{EnvelopeError, ObjectDecrypter, ObjectEncrypter};
 pub use keys::{Kek, KeyError, KeyRing};
-pub use manifest::{Finding, Manifest, ManifestEntry, ManifestError, Tombstone};
+pub use manifest::{
+    Anchor, ChainBreak, Contents, Finding, Manifest, ManifestEntry, ManifestError, Place,
+    Tombstone, check_anchor, check_chain,
+};

@@ -36,7 +36,10 @@ pub async fn erase(
     let kek = keys.current()?;
     let wanted = wanted_keys(request)?;
     let listed = list_destination(dst.as_ref()).await?;
-    let previous = audited(newest_manifest(dst.as_ref(), &listed, &keys).await, audit)?;
+    let previous = audited(
+        newest_manifest(dst.as_ref(), &listed, &keys, opts.anchor.as_ref()).await,
+        audit,
+    )?;
     let at_destination: BTreeSet<String> = listed.into_iter().map(|o| o.key).collect();
     let at_source: BTreeSet<String> = src.list().await?.into_iter().map(|o| o.key).collect();
     let mut report = Report::default();
@@ -82,15 +85,24 @@ pub async fn erase(
         });
     }
     // A new manifest carries the remaining entries and the tombstones forward.
+    let previous = previous.map(|(_, m)| m);
     let objects = previous
-        .map(|(_, m)| {
-            m.objects
-                .into_iter()
-                .filter(|e| !wanted.contains(e.key.as_str()))
-                .collect()
-        })
-        .unwrap_or_default();
-    report.manifest = Some(write_manifest(dst.as_ref(), kek, opts, objects, tombstones).await?);
+        .iter()
+        .flat_map(|m| m.objects.iter())
+        .filter(|e| !wanted.contains(e.key.as_str()))
+        .cloned()
+        .collect();
+    let (key, anchor) = write_manifest(
+        dst.as_ref(),
+        kek,
+        opts,
+        previous.as_ref(),
+        objects,
+        tombstones,
+    )
+    .await?;
+    report.manifest = Some(key);
+    report.anchor = Some(anchor);
     Ok(report)
 }
 

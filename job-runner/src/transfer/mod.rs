@@ -18,7 +18,7 @@ use std::time::Duration;
 use ferry_crds::{ConnectorSpec, Reason};
 
 use crate::audit::{AuditLog, Outcome};
-use crate::crypto::{KeyRing, ManifestEntry, ManifestError};
+use crate::crypto::{Anchor, ChainBreak, KeyRing, ManifestEntry, ManifestError};
 use crate::project::ProjectionError;
 use crate::select::{GlobError, Selector};
 use crate::storage::{ObjectStore, StorageError};
@@ -26,7 +26,9 @@ use crate::storage::{ObjectStore, StorageError};
 pub use erase::{EraseRequest, erase};
 pub use ferry_crds::MANIFEST_DIR;
 pub use plan::{Known, Verdict};
-pub use records::{latest_manifest, manifest_key, newest_manifest_key, read_manifest};
+pub use records::{
+    is_manifest_key, latest_manifest, manifest_key, newest_manifest_key, read_manifest, sort_key,
+};
 /// Objects up to this size (one encryption segment) cost a few requests and
 /// little memory each: their pace is set by round trips, not bandwidth, so
 /// more of them are copied at once. On s3s-fs here, 1000 objects of 64 KiB
@@ -53,6 +55,9 @@ pub struct Options {
     pub attempts: u32,
     /// First retry delay; doubles each time, with jitter.
     pub backoff: Duration,
+    /// The manifest the last successful run wrote, as the operator recorded it:
+    /// the destination's newest manifest must be it or build on it.
+    pub anchor: Option<Anchor>,
 }
 
 impl Default for Options {
@@ -64,6 +69,7 @@ impl Default for Options {
             concurrency: 4,
             attempts: 4,
             backoff: Duration::from_millis(200),
+            anchor: None,
         }
     }
 }
@@ -77,6 +83,8 @@ pub enum TransferError {
     Storage(#[from] StorageError),
     #[error("the previous manifest {key:?} does not verify: {source}")]
     Integrity { key: String, source: ManifestError },
+    #[error("the destination's manifests do not form one chain: {0}")]
+    Chain(#[from] ChainBreak),
     #[error("the previous manifest {key:?} is not valid JSON: {reason}")]
     ManifestParse { key: String, reason: String },
     #[error("failed to encrypt object {key:?}: {reason}")]
@@ -105,9 +113,9 @@ impl TransferError {
         match self {
             TransferError::Glob(_) => Reason::InvalidSpec,
             TransferError::Storage(e) => e.reason(),
-            TransferError::Integrity { .. } | TransferError::ManifestParse { .. } => {
-                Reason::IntegrityFailure
-            }
+            TransferError::Integrity { .. }
+            | TransferError::ManifestParse { .. }
+            | TransferError::Chain(_) => Reason::IntegrityFailure,
             TransferError::Encrypt { .. } => Reason::EncryptionFailure,
             TransferError::Key(_) => Reason::InvalidEncryptionKey,
             TransferError::Projection(_) => Reason::NotProjectable,
@@ -145,6 +153,8 @@ pub struct Report {
     pub bytes_written: u64,
     /// Key of the manifest written, in sync mode.
     pub manifest: Option<String>,
+    /// Its place in the destination's chain: the next run's anchor.
+    pub anchor: Option<Anchor>,
     /// What would be or was copied.
     pub planned: Vec<Planned>,
     /// Objects refused, with the reason.
@@ -187,7 +197,7 @@ pub async fn run(
     let listed = src.list().await?;
     let at_destination = records::list_destination(dst.as_ref()).await?;
     let previous = records::audited(
-        records::newest_manifest(dst.as_ref(), &at_destination, &keys).await,
+        records::newest_manifest(dst.as_ref(), &at_destination, &keys, opts.anchor.as_ref()).await,
         audit,
     )?;
     let known = Known::new(
@@ -213,15 +223,17 @@ pub async fn run(
         ..
     } = known;
     settle(copied, &mut report, &mut entries)?;
-    let key = records::write_manifest(
+    let (key, anchor) = records::write_manifest(
         dst.as_ref(),
         kek,
         opts,
+        previous.as_ref().map(|(_, m)| m),
         entries.into_values().collect(),
         tombstones,
     )
     .await?;
     report.manifest = Some(key);
+    report.anchor = Some(anchor);
     Ok(report)
 }
 

@@ -303,6 +303,9 @@ compliance: {allowedSensitivity: []}
             connector: "t/c".into(),
             created: String::new(),
             kek_id: String::new(),
+            name: String::new(),
+            sequence: None,
+            previous: None,
             objects: vec![entry(&a, 50)],
             erased: vec![Tombstone {
                 key: "b.txt".into(),

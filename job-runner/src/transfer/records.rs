@@ -5,19 +5,27 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 
 use crate::audit::{AuditLog, Outcome};
-use crate::crypto::{Kek, KeyRing, Manifest, ManifestEntry, Tombstone};
+use crate::crypto::{
+    Anchor, ChainBreak, Contents, Kek, KeyRing, Manifest, ManifestEntry, Place, Tombstone,
+    check_anchor,
+};
 use crate::storage::{ByteStream, ObjectMeta, ObjectStore, StorageError};
 
 use super::{MANIFEST_DIR, Options, TransferError};
 use ferry_crds::Reason;
 
-/// The newest manifest under the destination, verified.
+/// How far ahead of this machine's clock a manifest's creation may be (clock
+/// skew between the machines that ran the runs).
+pub const CLOCK_SKEW: jiff::SignedDuration = jiff::SignedDuration::from_mins(5);
+
+/// The newest manifest under the destination, verified (no anchor: its place
+/// is checked, not what it builds on).
 pub async fn latest_manifest(
     dst: &dyn ObjectStore,
     keys: &KeyRing,
 ) -> Result<Option<(String, Manifest)>, TransferError> {
     let listed = list_destination(dst).await?;
-    newest_manifest(dst, &listed, keys).await
+    newest_manifest(dst, &listed, keys, None).await
 }
 
 /// Everything under the destination prefix; nothing when its container or
@@ -32,17 +40,69 @@ pub(super) async fn list_destination(
     }
 }
 
-/// The newest manifest of a destination listing, verified.
+/// The newest manifest of a destination listing, verified: stored under the
+/// name it was written with, not created in the future, and, given the
+/// operator's `anchor`, the anchor's manifest or one built on it link by link.
 pub(super) async fn newest_manifest(
     dst: &dyn ObjectStore,
     listed: &[ObjectMeta],
     keys: &KeyRing,
+    anchor: Option<&Anchor>,
 ) -> Result<Option<(String, Manifest)>, TransferError> {
-    let Some(key) = newest_manifest_key(listed.iter().map(|o| o.key.as_str())) else {
+    let mut names: Vec<&str> = listed
+        .iter()
+        .map(|o| o.key.as_str())
+        .filter(|k| is_manifest_key(k))
+        .collect();
+    let Some(key) = newest_manifest_key(names.iter().copied()) else {
+        if let Some(anchor) = anchor {
+            // The operator recorded a manifest; none is left.
+            return Err(ChainBreak::Rollback {
+                key: MANIFEST_DIR.to_string(),
+                found: 0,
+                anchor: anchor.sequence,
+            }
+            .into());
+        }
         return Ok(None);
     };
-    let manifest = read_manifest(dst, &key, keys).await?;
-    Ok(Some((key, manifest)))
+    let newest = read_manifest(dst, &key, keys).await?;
+    not_in_the_future(&key, &newest)?;
+    if let Some(anchor) = anchor {
+        // Back from the newest to the anchor's sequence, each read and verified.
+        names.sort_by_key(|k| std::cmp::Reverse(sort_key(k)));
+        let mut tail = vec![(key.clone(), newest.clone())];
+        for older in names.iter().filter(|k| **k != key) {
+            if tail
+                .last()
+                .is_some_and(|(_, m)| m.sequence() <= anchor.sequence)
+            {
+                break;
+            }
+            tail.push((older.to_string(), read_manifest(dst, older, keys).await?));
+        }
+        tail.reverse();
+        check_anchor(&tail, anchor)?;
+    }
+    Ok(Some((key, newest)))
+}
+
+fn not_in_the_future(key: &str, m: &Manifest) -> Result<(), TransferError> {
+    let created: jiff::Timestamp = m
+        .created
+        .parse()
+        .map_err(|_| TransferError::ManifestParse {
+            key: key.to_string(),
+            reason: format!("created {:?} is not a timestamp", m.created),
+        })?;
+    if created > jiff::Timestamp::now() + CLOCK_SKEW {
+        return Err(ChainBreak::Future {
+            key: key.to_string(),
+            created: m.created.clone(),
+        }
+        .into());
+    }
+    Ok(())
 }
 
 /// Whether `key` names a manifest.
@@ -65,15 +125,19 @@ pub fn manifest_key(run_id: &str, now: jiff::Timestamp) -> String {
 /// timestamped one.
 pub fn newest_manifest_key<'a>(keys: impl Iterator<Item = &'a str>) -> Option<String> {
     keys.filter(|k| is_manifest_key(k))
-        .max_by_key(|k| {
-            let name = &k[MANIFEST_DIR.len()..];
-            let stamped = name.len() > 23
-                && name.as_bytes()[..8].iter().all(u8::is_ascii_digit)
-                && name.as_bytes()[8] == b'T'
-                && name.as_bytes()[21..23] == *b"Z-";
-            (stamped, *k)
-        })
+        .max_by_key(|k| sort_key(k))
         .map(str::to_string)
+}
+
+/// The order of manifest keys: timestamped names after the older `<run>.json`
+/// ones, then by name.
+pub fn sort_key(key: &str) -> (bool, &str) {
+    let name = key.get(MANIFEST_DIR.len()..).unwrap_or_default();
+    let stamped = name.len() > 23
+        && name.as_bytes()[..8].iter().all(u8::is_ascii_digit)
+        && name.as_bytes()[8] == b'T'
+        && name.as_bytes()[21..23] == *b"Z-";
+    (stamped, key)
 }
 
 /// Reads and verifies the manifest at `key`.
@@ -96,7 +160,7 @@ pub async fn read_manifest(
             reason: e.to_string(),
         })?;
     manifest
-        .verify(keys)
+        .verify_at(keys, key)
         .map_err(|source| TransferError::Integrity {
             key: key.to_string(),
             source,
@@ -136,24 +200,33 @@ pub(super) async fn put_manifest(
     Ok(())
 }
 
-/// Signs and writes this run's manifest; returns its key.
+/// Signs and writes this run's manifest, the next in the chain after
+/// `previous`; returns its key and its place as the next run's anchor.
 pub(super) async fn write_manifest(
     dst: &dyn ObjectStore,
     kek: &Kek,
     opts: &Options,
+    previous: Option<&Manifest>,
     objects: Vec<ManifestEntry>,
     erased: Vec<Tombstone>,
-) -> Result<String, TransferError> {
+) -> Result<(String, Anchor), TransferError> {
     let now = jiff::Timestamp::now();
-    let manifest = Manifest::sign_with_tombstones(
-        kek,
-        &opts.run_id,
-        &opts.connector,
-        &now.to_string(),
-        objects,
-        erased,
-    );
     let key = manifest_key(&opts.run_id, now);
+    let manifest = Manifest::sign(
+        kek,
+        Place::after(previous, &key),
+        Contents {
+            run: opts.run_id.clone(),
+            connector: opts.connector.clone(),
+            created: now.to_string(),
+            objects,
+            erased,
+        },
+    );
     put_manifest(dst, &key, &manifest).await?;
-    Ok(key)
+    let anchor = Anchor {
+        sequence: manifest.sequence(),
+        link: manifest.link(),
+    };
+    Ok((key, anchor))
 }

@@ -86,6 +86,11 @@ pub fn newly_not_ready(old: &ConnectorStatus, readiness: &Readiness) -> bool {
     !readiness.ready && was != Some(readiness.reason)
 }
 
+/// The sequence number of a manifest's place (`SEQUENCE:LINK`).
+fn sequence(anchor: Option<&str>) -> Option<u64> {
+    anchor?.split_once(':')?.0.parse().ok()
+}
+
 /// Last run, last success and cursor, from the runs (newest first). The last
 /// success and the cursor never go back, even once their run is pruned.
 pub fn derive_run_status(status: &mut ConnectorStatus, runs: &[ConnectorRun]) {
@@ -98,33 +103,115 @@ pub fn derive_run_status(status: &mut ConnectorStatus, runs: &[ConnectorRun]) {
             completion_time: s.completion_time,
         });
     }
+    // Completion times have whole seconds: two runs that end in the same
+    // second are told apart by the place of the manifest each wrote.
     let newest_success = runs
         .iter()
         .filter(|r| phase(r) == Some(RunPhase::Succeeded))
-        .filter_map(|r| Some((recorded(r)?.completion_time?, r)))
-        .max_by_key(|(t, _)| t.0);
-    let Some((t, run)) = newest_success else {
+        .filter_map(|r| {
+            let s = recorded(r)?;
+            let place = s
+                .result
+                .as_ref()
+                .and_then(|r| sequence(r.manifest_anchor.as_deref()));
+            Some(((s.completion_time?.0, place), r))
+        })
+        .max_by_key(|(key, _)| *key);
+    let Some(((when, place), run)) = newest_success else {
         return;
     };
-    if status
-        .last_successful_time
-        .as_ref()
-        .is_some_and(|old| old.0 >= t.0)
-    {
+    let current = status.last_successful_time.as_ref().map(|t| {
+        let place = status
+            .cursor
+            .as_ref()
+            .and_then(|c| sequence(c.anchor.as_deref()));
+        (t.0, place)
+    });
+    if current.is_some_and(|current| current >= (when, place)) {
         return;
     }
+    let t = Time(when);
     status.last_successful_time = Some(t);
     // The result the operator accepted when the run succeeded.
     let result = recorded(run).and_then(|s| s.result);
-    if run.spec.mode == RunMode::Sync
+    // Sync and erase runs write the destination's newest manifest; plan runs none.
+    if run.spec.mode != RunMode::Plan
         && let Some(manifest) = result.as_ref().and_then(|r| r.manifest.clone())
     {
         status.cursor = Some(SyncCursor {
             manifest,
             run: run.name_any(),
             objects: result
+                .as_ref()
                 .map(|r| r.objects_copied + r.objects_skipped)
                 .unwrap_or(0),
+            anchor: result.and_then(|r| r.manifest_anchor),
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::connector::history::test_run;
+    use ferry_crds::RunResult;
+
+    fn succeeded(name: &str, at: &str, mode: RunMode, anchor: Option<&str>) -> ConnectorRun {
+        let mut r = test_run(name, Some(RunPhase::Succeeded));
+        r.spec.mode = mode;
+        let s = r.status.as_mut().expect("status");
+        s.completion_time = Some(Time(at.parse().expect("time")));
+        s.result = Some(RunResult {
+            manifest: (mode != RunMode::Plan).then(|| format!(".ferry/manifests/{name}.json")),
+            manifest_anchor: anchor.map(String::from),
+            ..Default::default()
+        });
+        r
+    }
+
+    fn place(sequence: u64) -> String {
+        format!("{sequence}:{}", "ab".repeat(32))
+    }
+
+    #[test]
+    fn two_runs_ending_in_the_same_second_leave_the_cursor_at_the_later_manifest() {
+        let at = "2026-12-01T10:00:00Z";
+        let (p1, p2) = (place(1), place(2));
+        // Newest first, as the runs are read; either order gives the later manifest.
+        for runs in [
+            vec![
+                succeeded("b", at, RunMode::Sync, Some(&p2)),
+                succeeded("a", at, RunMode::Sync, Some(&p1)),
+            ],
+            vec![
+                succeeded("a", at, RunMode::Sync, Some(&p1)),
+                succeeded("b", at, RunMode::Sync, Some(&p2)),
+            ],
+        ] {
+            let mut status = ConnectorStatus::default();
+            derive_run_status(&mut status, &runs[1..]);
+            derive_run_status(&mut status, &runs);
+            let cursor = status.cursor.expect("cursor");
+            assert_eq!(
+                (cursor.run.as_str(), cursor.anchor),
+                ("b", Some(p2.clone()))
+            );
+        }
+    }
+
+    #[test]
+    fn an_erasure_moves_the_anchor_a_plan_does_not() {
+        let mut status = ConnectorStatus::default();
+        let (p1, p2) = (place(1), place(2));
+        let sync = succeeded("s", "2026-12-01T10:00:00Z", RunMode::Sync, Some(&p1));
+        let erase = succeeded("e", "2026-12-01T11:00:00Z", RunMode::Erase, Some(&p2));
+        let plan = succeeded("p", "2026-12-01T12:00:00Z", RunMode::Plan, None);
+        derive_run_status(&mut status, &[erase.clone(), sync.clone()]);
+        assert_eq!(
+            status.cursor.as_ref().expect("cursor").anchor,
+            Some(p2.clone())
+        );
+        derive_run_status(&mut status, &[plan, erase, sync]);
+        assert_eq!(status.cursor.expect("cursor").anchor, Some(p2));
     }
 }

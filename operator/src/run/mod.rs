@@ -325,6 +325,12 @@ async fn pin(
     status.connector_spec_hash = Some(spec_hash(&connector.spec));
     status.connector_generation = connector.meta().generation;
     status.connector_spec = Some(connector.spec.clone());
+    // The record the run's destination must reach: the cursor as it is now.
+    status.manifest_anchor = connector
+        .status
+        .as_ref()
+        .and_then(|s| s.cursor.as_ref())
+        .and_then(|c| c.anchor.clone());
     status.phase = Some(RunPhase::Pending);
     status.reason = None;
     status.message = None;
@@ -609,6 +615,7 @@ async fn start_attempt(
     let input = build::RunInput {
         run,
         spec,
+        manifest_anchor: status.manifest_anchor.as_deref(),
         attempt,
         tenant_region: tenant.region.as_deref(),
         config: &ctx.config,

@@ -36,6 +36,8 @@ pub struct RunInput<'a> {
     pub run: &'a ConnectorRun,
     /// Its pinned Connector spec.
     pub spec: &'a ConnectorSpec,
+    /// The manifest its destination's record must reach, pinned with the spec.
+    pub manifest_anchor: Option<&'a str>,
     /// Attempt number, from 1.
     pub attempt: i32,
     /// The tenant's region (namespace label), passed to the runner for its own

@@ -42,6 +42,9 @@ pub fn env(run: &ValidatedRun<'_>, files: &Files) -> Vec<EnvVar> {
         var(names::RUST_LOG, config.runner_log.clone()),
         var(names::LOG_FORMAT, "json"),
     ];
+    if let Some(anchor) = input.manifest_anchor {
+        vars.push(var(names::MANIFEST_ANCHOR, anchor));
+    }
     if let Some(region) = input.tenant_region {
         vars.push(var(names::TENANT_REGION, region));
     }
