@@ -289,45 +289,182 @@ impl AuditRecord {
 /// Where audit lines go, for the operator and the runner alike: one JSON line
 /// per record, flushed at once. A line that cannot be written is reported on
 /// stderr: losing it silently would defeat its purpose.
+///
+/// Each sink is one writer of a tamper-evident chain: its lines carry the
+/// writer's name (`writer`, unique to the process and sink), a sequence number
+/// from 1 (`seq`) and the SHA-256 of the writer's previous line as written
+/// (`prev`; 64 zeros for the first), so a deleted, edited or reordered line
+/// breaks the chain where it was ([`verify_audit`]).
 #[derive(Clone)]
 pub struct AuditSink {
-    out: std::sync::Arc<std::sync::Mutex<Box<dyn std::io::Write + Send>>>,
+    writer: std::sync::Arc<str>,
+    state: std::sync::Arc<std::sync::Mutex<Chain>>,
+}
+
+struct Chain {
+    out: Box<dyn std::io::Write + Send>,
+    seq: u64,
+    prev: [u8; 32],
+}
+
+/// A record as a chained line carries it.
+#[derive(Serialize)]
+struct Chained<'a> {
+    #[serde(flatten)]
+    record: &'a AuditRecord,
+    writer: &'a str,
+    seq: u64,
+    prev: String,
 }
 
 impl std::fmt::Debug for AuditSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AuditSink").finish_non_exhaustive()
+        f.debug_struct("AuditSink")
+            .field("writer", &self.writer)
+            .finish_non_exhaustive()
     }
 }
 
 impl AuditSink {
-    /// A sink writing to `out`.
-    pub fn new(out: Box<dyn std::io::Write + Send>) -> Self {
+    /// A sink writing to `out`, as a new writer named after `who` (for
+    /// example `operator/<pod>` or `runner/<namespace>/<run>`), the time and
+    /// the process.
+    pub fn new(who: &str, out: Box<dyn std::io::Write + Send>) -> Self {
+        static SINKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = SINKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
         Self {
-            out: std::sync::Arc::new(std::sync::Mutex::new(out)),
+            writer: format!("{who}@{started:x}.{:x}.{n}", std::process::id()).into(),
+            state: std::sync::Arc::new(std::sync::Mutex::new(Chain {
+                out,
+                seq: 0,
+                prev: [0; 32],
+            })),
         }
     }
 
     /// A sink that keeps its lines in memory, for tests.
     pub fn memory() -> (Self, std::sync::Arc<std::sync::Mutex<Vec<u8>>>) {
         let buf = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        (Self::new(Box::new(SharedBuf(buf.clone()))), buf)
+        (Self::new("memory", Box::new(SharedBuf(buf.clone()))), buf)
     }
 
-    /// Writes one record.
+    /// This sink's writer name, as its lines carry it.
+    pub fn writer(&self) -> &str {
+        &self.writer
+    }
+
+    /// Writes one record, the next link of this writer's chain.
     pub fn record(&self, record: &AuditRecord) {
-        let line = match record.to_line() {
+        use sha2::Digest;
+        let mut chain = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let line = Chained {
+            record,
+            writer: &self.writer,
+            seq: chain.seq + 1,
+            prev: hex::encode(chain.prev),
+        };
+        let mut bytes = match serde_json::to_vec(&line) {
             Ok(l) => l,
             Err(e) => {
                 eprintln!("audit: failed to encode a record: {e}");
                 return;
             }
         };
-        let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
-        if let Err(e) = out.write_all(&line).and_then(|()| out.flush()) {
+        chain.seq += 1;
+        chain.prev = sha2::Sha256::digest(&bytes).into();
+        bytes.push(b'\n');
+        if let Err(e) = chain.out.write_all(&bytes).and_then(|()| chain.out.flush()) {
             eprintln!("audit: failed to write a record: {e}");
         }
     }
+}
+
+/// What [`verify_audit`] found in a stream of audit lines.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditVerified {
+    /// Chained audit lines checked.
+    pub lines: usize,
+    /// Writers (processes) whose chains they form.
+    pub writers: usize,
+    /// Lines that are not chained audit records (other logs), left aside.
+    pub ignored: usize,
+}
+
+/// The first line of a stream that breaks its writer's chain.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("line {line} (writer {writer}, seq {seq}): {what}")]
+pub struct AuditBreak {
+    /// The line's number in the stream, from 1.
+    pub line: usize,
+    pub writer: String,
+    pub seq: u64,
+    /// What is wrong with it.
+    pub what: String,
+}
+
+/// Checks a stream of audit lines (one writer's or several interleaved, other
+/// log lines mixed in): per writer, sequence numbers follow each other from 1
+/// and each line names the SHA-256 of the writer's line before it. A line
+/// deleted, edited or moved breaks the chain at the first line after it; the
+/// break names that line. The lines must be kept byte for byte as written.
+/// (Lines cut from the end of a writer leave no gap: the run's status and the
+/// operator's records say how a run ended.)
+pub fn verify_audit(text: &str) -> Result<AuditVerified, AuditBreak> {
+    use sha2::Digest;
+    // Per writer: its last sequence number, the hash of that line, its number.
+    let mut writers: std::collections::BTreeMap<String, (u64, [u8; 32], usize)> =
+        Default::default();
+    let (mut lines, mut ignored) = (0, 0);
+    for (n, raw) in text.lines().enumerate() {
+        let Ok(serde_json::Value::Object(v)) = serde_json::from_str(raw) else {
+            ignored += 1;
+            continue;
+        };
+        let (Some(writer), Some(seq), Some(prev)) = (
+            v.get("writer").and_then(|w| w.as_str()),
+            v.get("seq").and_then(|s| s.as_u64()),
+            v.get("prev").and_then(|p| p.as_str()),
+        ) else {
+            ignored += 1;
+            continue;
+        };
+        let (last, hash, at) = writers.entry(writer.to_string()).or_insert((0, [0; 32], 0));
+        if seq != *last + 1 {
+            return Err(AuditBreak {
+                line: n + 1,
+                writer: writer.to_string(),
+                seq,
+                what: format!(
+                    "sequence {seq} follows {last}: a line before it was deleted or moved"
+                ),
+            });
+        }
+        if prev != hex::encode(*hash) {
+            // The line before it in this writer's chain is not what was written.
+            return Err(AuditBreak {
+                line: *at,
+                writer: writer.to_string(),
+                seq: *last,
+                what: format!(
+                    "edited or replaced: line {} names another line before it",
+                    n + 1
+                ),
+            });
+        }
+        *last = seq;
+        *hash = sha2::Sha256::digest(raw.as_bytes()).into();
+        *at = n + 1;
+        lines += 1;
+    }
+    Ok(AuditVerified {
+        lines,
+        writers: writers.len(),
+        ignored,
+    })
 }
 
 struct SharedBuf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
@@ -369,6 +506,108 @@ mod tests {
         // A reason this version does not know: the runner's word stands.
         assert!(retryable("SomethingNew", true));
         assert!(!retryable("SomethingNew", false));
+    }
+
+    fn trail(writers: &[&str], lines: usize) -> String {
+        let sinks: Vec<_> = writers
+            .iter()
+            .map(|w| {
+                let buf = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+                (AuditSink::new(w, Box::new(SharedBuf(buf.clone()))), buf)
+            })
+            .collect();
+        for i in 0..lines {
+            let (sink, _) = &sinks[i % sinks.len()];
+            sink.record(&AuditRecord {
+                timestamp: format!("2026-12-06T00:00:{i:02}Z"),
+                action: "object.copy".into(),
+                outcome: Outcome::Success,
+                reason: None,
+                connector: "c".into(),
+                tenant: "t".into(),
+                run: "r".into(),
+                source: "s3:b".into(),
+                destination: "azure:a/c".into(),
+                object: Some(format!("k{i}")),
+                actor: Actor::Runner,
+            });
+        }
+        // Interleaved as a log pipeline would collect them, other logs between.
+        let mut out = String::new();
+        let texts: Vec<Vec<String>> = sinks
+            .iter()
+            .map(|(_, b)| {
+                String::from_utf8(b.lock().unwrap().clone())
+                    .unwrap()
+                    .lines()
+                    .map(String::from)
+                    .collect()
+            })
+            .collect();
+        for i in 0..lines {
+            out.push_str(&texts[i % texts.len()][i / texts.len()]);
+            out.push('\n');
+            if i == 2 {
+                out.push_str("{\"level\":\"INFO\",\"message\":\"not an audit line\"}\n");
+            }
+        }
+        out
+    }
+
+    fn lines(text: &str) -> Vec<String> {
+        text.lines().map(String::from).collect()
+    }
+
+    #[test]
+    fn an_intact_audit_trail_verifies() {
+        let text = trail(&["runner/t/r", "operator/a"], 8);
+        assert_eq!(
+            verify_audit(&text),
+            Ok(AuditVerified {
+                lines: 8,
+                writers: 2,
+                ignored: 1
+            })
+        );
+    }
+
+    #[test]
+    fn a_deleted_audit_line_is_found() {
+        let mut l = lines(&trail(&["runner/t/r"], 6));
+        l.remove(1); // the second record
+        let err = verify_audit(&l.join("\n")).unwrap_err();
+        assert_eq!((err.line, err.seq), (2, 3), "{err}");
+        assert!(err.what.contains("deleted or moved"), "{err}");
+    }
+
+    #[test]
+    fn an_edited_audit_line_is_named() {
+        let mut l = lines(&trail(&["runner/t/r"], 6));
+        l[1] = l[1].replace("\"success\"", "\"denied\"");
+        let err = verify_audit(&l.join("\n")).unwrap_err();
+        assert_eq!((err.line, err.seq), (2, 2), "the edited line itself: {err}");
+        assert!(err.what.contains("edited"), "{err}");
+    }
+
+    #[test]
+    fn swapped_audit_lines_are_found() {
+        let mut l = lines(&trail(&["runner/t/r"], 6));
+        l.swap(1, 2);
+        let err = verify_audit(&l.join("\n")).unwrap_err();
+        assert_eq!(err.line, 2, "{err}");
+    }
+
+    #[test]
+    fn a_line_made_to_look_chained_does_not_verify() {
+        // Renumbering the lines after a deletion: the hashes still break.
+        let mut l = lines(&trail(&["runner/t/r"], 4));
+        l.remove(1);
+        for (i, line) in l.iter_mut().enumerate() {
+            let mut v: serde_json::Value = serde_json::from_str(line).unwrap();
+            v["seq"] = (i as u64 + 1).into();
+            *line = v.to_string();
+        }
+        assert!(verify_audit(&l.join("\n")).is_err());
     }
 
     #[test]

@@ -36,7 +36,7 @@ impl AuditLog {
         destination: &str,
     ) -> Self {
         Self {
-            sink: AuditSink::new(out),
+            sink: AuditSink::new(&format!("runner/{tenant}/{run}"), out),
             connector: connector.into(),
             tenant: tenant.into(),
             run: run.into(),

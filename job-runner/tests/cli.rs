@@ -551,3 +551,49 @@ fn cluster_mode_without_an_api_server_fails_clearly() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(!stderr.contains("canary-api-token"), "{stderr}");
 }
+
+/// The attack: someone with access to the kept audit lines deletes or edits
+/// one (the object copied, a denial). `audit verify` names the line.
+#[test]
+fn an_audit_trail_with_a_line_deleted_or_edited_is_rejected_naming_the_line() {
+    let dir = setup();
+    let p = dir.path();
+    assert!(
+        runner(p, &["keygen", "--out", "secrets/kek/kek"])
+            .status
+            .success()
+    );
+    for _ in 0..2 {
+        let o = run_local(p, &["--audit-log", "audit.jsonl"]);
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    let ok = runner(p, &["audit", "verify", "audit.jsonl"]);
+    assert!(ok.status.success(), "{}", text(&ok));
+    assert!(
+        text(&ok).contains("from 2 writer(s)"),
+        "two runs, two writers: {}",
+        text(&ok)
+    );
+
+    let kept = std::fs::read_to_string(p.join("audit.jsonl")).unwrap();
+    let lines: Vec<&str> = kept.lines().collect();
+    assert!(lines.len() >= 4, "{kept}");
+    // Deleted: the chain breaks at the line after it.
+    let deleted = [&lines[..1], &lines[2..]].concat().join("\n");
+    std::fs::write(p.join("deleted.jsonl"), deleted).unwrap();
+    let o = runner(p, &["audit", "verify", "deleted.jsonl"]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("line 2 "), "{}", text(&o));
+    // Edited: the edited line is named.
+    let mut edited: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+    edited[1] = edited[1].replacen("\"success\"", "\"failure\"", 1);
+    assert_ne!(edited[1], lines[1]);
+    std::fs::write(p.join("edited.jsonl"), edited.join("\n")).unwrap();
+    let o = runner(p, &["audit", "verify", "edited.jsonl"]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("line 2 ") && text(&o).contains("edited"),
+        "{}",
+        text(&o)
+    );
+}

@@ -408,14 +408,19 @@ fn start_controllers(
 
 /// The audit trail: appended to `--audit-log`, or written to stdout.
 fn audit_log(args: &Args) -> std::io::Result<AuditLog> {
+    // This replica is one writer of the audit chain.
+    let who = format!("operator/{}", args.identity.as_deref().unwrap_or("local"));
     Ok(match &args.audit_log {
-        Some(path) => AuditLog::new(Box::new(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)?,
-        )),
-        None => AuditLog::new(Box::new(std::io::stdout())),
+        Some(path) => AuditLog::new(
+            &who,
+            Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)?,
+            ),
+        ),
+        None => AuditLog::new(&who, Box::new(std::io::stdout())),
     })
 }
 

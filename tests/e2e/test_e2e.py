@@ -178,6 +178,11 @@ def test_s3_to_azure_manual_run(cluster: Cluster):
     status = cluster.get(f"{CONN.format(ns=ns)}/sales-exports")["status"]
     assert status["lastRun"]["name"] == name, status
     assert status["cursor"], status
+    # The audit trails of the operator and of the run's pod form unbroken chains.
+    for trail in (cluster.dir / "operator-a.audit", cluster.dir / "node/logs" / f"{ns}_{name}-1.log"):
+        checked = subprocess.run([str(RUNNER), "audit", "verify", str(trail)], capture_output=True, text=True)
+        assert checked.returncode == 0, checked.stderr
+        assert "0 audit line(s)" not in checked.stdout, checked.stdout
     # The metrics count the run and its bytes.
     text = cluster.scrape("operator-a")
     assert metric(text, "ferry_runs_total", namespace=ns, result="succeeded") == 1, text

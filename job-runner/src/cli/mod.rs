@@ -6,7 +6,9 @@
 //! - `decrypt`: decrypt one object, or a whole destination with its manifest.
 //! - `verify`: check a destination against its signed manifest.
 //! - `keygen`: make a key-encryption key, as a file or a Kubernetes Secret.
+//! - `audit verify`: check the chains of an audit stream.
 
+pub mod audit;
 pub mod cluster;
 pub mod keygen;
 pub mod local;
@@ -62,6 +64,8 @@ enum Command {
     Verify(readback::VerifyArgs),
     /// Make a new random 256-bit key-encryption key.
     Keygen(keygen::KeygenArgs),
+    /// Check audit lines: `audit verify FILE`.
+    Audit(audit::AuditArgs),
 }
 
 /// Where lineage events go (runs touching streams tagged sensitive).
@@ -133,5 +137,6 @@ async fn dispatch(command: Command, platform: &config::Platform) -> Result<(), B
         Command::Decrypt(args) => readback::decrypt(args, platform).await,
         Command::Verify(args) => readback::verify(args, platform).await,
         Command::Keygen(args) => keygen::keygen(args),
+        Command::Audit(args) => audit::audit(args),
     }
 }
