@@ -48,6 +48,9 @@ pub struct Config {
     /// Where a run's pod may connect (its NetworkPolicy and the runner's own
     /// check of every address it connects to).
     pub network: RunNetwork,
+    /// Finished runs are kept at least this long, beyond the Connectors'
+    /// history limits (the platform's retention policy); none: the limits alone.
+    pub keep_finished_runs_for: Option<jiff::SignedDuration>,
 }
 
 /// The network rules of every run, set by the platform team.
@@ -108,6 +111,7 @@ impl Default for Config {
                 ferry_crds::AZURE_TOKEN_AUDIENCE.into(),
             ],
             sts_endpoint: None,
+            keep_finished_runs_for: None,
             pod_bounds: PodBounds::default(),
             network: RunNetwork::default(),
         }

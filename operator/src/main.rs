@@ -61,6 +61,10 @@ struct Args {
     /// (https).
     #[arg(long, env = "FERRY_LINEAGE_URL")]
     lineage_url: Option<String>,
+    /// Keep finished runs at least this long (e.g. `2160h`), beyond the
+    /// Connectors' history limits: the platform's retention of run records.
+    #[arg(long, env = "FERRY_KEEP_FINISHED_RUNS_FOR")]
+    keep_finished_runs_for: Option<jiff::SignedDuration>,
     /// Size of the runner's memory-backed /tmp.
     #[arg(long, env = "FERRY_RUNNER_SCRATCH_SIZE", default_value = "64Mi")]
     runner_scratch_size: String,
@@ -449,6 +453,7 @@ fn config(args: &Args) -> Config {
         lineage_url: args.lineage_url.clone(),
         token_audiences: args.token_audiences.clone(),
         sts_endpoint: args.sts_endpoint.clone(),
+        keep_finished_runs_for: args.keep_finished_runs_for,
         network: RunNetwork {
             denied_cidrs: listed(&args.denied_networks),
             api_server_cidrs: listed(&args.api_server_cidrs),

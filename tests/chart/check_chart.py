@@ -213,6 +213,13 @@ sts = render("runner.stsEndpoint=https://sts.eu-west-1.amazonaws.com")
 ok("--sts-endpoint=https://sts.eu-west-1.amazonaws.com" in next(d for d in sts if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"],
    "the STS endpoint reaches the operator")
 
+# Retention: the floor reaches the operator; nothing by default; hours only.
+kept = render("runs.keepFinishedFor=2160h")
+ok("--keep-finished-runs-for=2160h" in next(d for d in kept if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"],
+   "the retention floor reaches the operator")
+ok(not any(a.startswith("--keep-finished-runs-for") for a in default_args), "no retention floor by default")
+run("helm", "template", "ferry", str(CHART), "--set", "runs.keepFinishedFor=90d", expect_ok=False)
+
 # Lineage: the URL reaches the operator's arguments; plain http is refused.
 lineage = render("lineage.url=https://lineage.example.com/api/v1/lineage")
 args = next(d for d in lineage if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]

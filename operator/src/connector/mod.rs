@@ -171,11 +171,12 @@ async fn act(
             runs.insert(0, created);
         }
     }
-    let doomed = prune::doomed(
-        runs,
-        spec.successful_runs_history_limit.max(0) as usize,
-        spec.failed_runs_history_limit.max(0) as usize,
-    );
+    let limits = prune::Limits {
+        succeeded: spec.successful_runs_history_limit.max(0) as usize,
+        failed: spec.failed_runs_history_limit.max(0) as usize,
+        keep_for: ctx.config.keep_finished_runs_for,
+    };
+    let doomed = prune::doomed(runs, limits, ctx.now());
     let namespace = connector.namespace().unwrap_or_default();
     for run in &doomed {
         prune::delete(ctx, &namespace, run).await?;
