@@ -436,20 +436,14 @@ async fn erasure_refuses_keys_outside_the_data() {
 /// runs would then copy the erased key back from the source.
 #[tokio::test]
 async fn an_old_manifest_copied_under_a_later_name_does_not_undo_an_erasure() {
-    let e = ends(&[
-        ("customers/7.csv", b"id\n7\n"),
-        ("customers/9.csv", b"id\n9\n"),
-    ]);
-    let root = e.dir.path().to_path_buf();
-    let lines = Lines::default();
-    let spec = spec("compliance: {dataResidency: any}\n");
-    sync(&spec, &e, "s1", &lines).await.unwrap();
-    let before_erasure = manifest_files(&root).pop().unwrap();
-    let old = std::fs::read(&before_erasure).unwrap();
-    erase(&e, "e1", &["customers/7.csv"], false, &lines)
-        .await
-        .unwrap();
-    assert!(!exists(&root.join("dst"), "customers/7.csv"));
+    let Erasure {
+        e,
+        root,
+        lines,
+        spec,
+        before: old,
+        ..
+    } = synced_then_erased().await;
 
     // A name that sorts after every manifest Ferry wrote.
     let forged = root.join("dst/.ferry/manifests/29991231T235959999999Z-s1.json");
@@ -473,17 +467,14 @@ async fn an_old_manifest_copied_under_a_later_name_does_not_undo_an_erasure() {
 /// The operator's anchor (the last manifest a run reported) catches it.
 #[tokio::test]
 async fn deleting_the_newest_manifest_is_a_rollback_the_anchor_catches() {
-    let e = ends(&[
-        ("customers/7.csv", b"id\n7\n"),
-        ("customers/9.csv", b"id\n9\n"),
-    ]);
-    let root = e.dir.path().to_path_buf();
-    let lines = Lines::default();
-    let spec = spec("compliance: {dataResidency: any}\n");
-    sync(&spec, &e, "s1", &lines).await.unwrap();
-    let r = erase(&e, "e1", &["customers/7.csv"], false, &lines)
-        .await
-        .unwrap();
+    let Erasure {
+        e,
+        root,
+        lines,
+        spec,
+        erased: r,
+        ..
+    } = synced_then_erased().await;
     let anchor = r.anchor.clone().unwrap();
     assert_eq!(anchor.sequence, 2);
     std::fs::remove_file(manifest_files(&root).pop().unwrap()).unwrap();
@@ -527,6 +518,43 @@ async fn deleting_the_newest_manifest_is_a_rollback_the_anchor_catches() {
         third.anchor.unwrap().sequence,
         second.anchor.unwrap().sequence + 1
     );
+}
+
+/// A destination after a sync of 7 and 9 and the erasure of 7 (kept at the
+/// source, so a tombstone keeps it out).
+struct Erasure {
+    e: Ends,
+    root: std::path::PathBuf,
+    lines: Lines,
+    spec: ConnectorSpec,
+    /// The manifest as it was before the erasure.
+    before: Vec<u8>,
+    /// What the erasure run reported.
+    erased: Report,
+}
+
+async fn synced_then_erased() -> Erasure {
+    let e = ends(&[
+        ("customers/7.csv", b"id\n7\n"),
+        ("customers/9.csv", b"id\n9\n"),
+    ]);
+    let root = e.dir.path().to_path_buf();
+    let lines = Lines::default();
+    let spec = spec("compliance: {dataResidency: any}\n");
+    sync(&spec, &e, "s1", &lines).await.unwrap();
+    let before = std::fs::read(manifest_files(&root).pop().unwrap()).unwrap();
+    let erased = erase(&e, "e1", &["customers/7.csv"], false, &lines)
+        .await
+        .unwrap();
+    assert!(!exists(&root.join("dst"), "customers/7.csv"));
+    Erasure {
+        e,
+        root,
+        lines,
+        spec,
+        before,
+        erased,
+    }
 }
 
 fn manifest_files(root: &Path) -> Vec<std::path::PathBuf> {
