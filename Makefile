@@ -5,8 +5,8 @@ TEST_LOG ?= $(FERRY_CACHE)/test-rust.log
 export FERRY_CACHE ?= $(HOME)/.cache/ferry
 export CARGO_TARGET_DIR ?= $(FERRY_CACHE)/target
 export CARGO_TERM_COLOR ?= never
-# cargo-deny and cargo-cyclonedx, installed by tests/bootstrap.sh install.
-export PATH := $(FERRY_CACHE)/tools/bin:$(PATH)
+# cargo-deny, cargo-cyclonedx, helm and kubectl, installed by tests/bootstrap.sh install.
+export PATH := $(FERRY_CACHE)/tools/bin:$(FERRY_CACHE)/bin:$(PATH)
 
 .PHONY: help fmt fmt-check lint deny deny-advisories generate generate-check test test-rust test-chart test-e2e test-images image release services-up services-down demo bench ci
 
