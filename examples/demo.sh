@@ -15,8 +15,9 @@ if [ -x "$runner" ]; then
 else
   step "building job-runner: a first build compiles ~450 crates and takes 15-30 minutes on 2 cores"
 fi
-# Cargo's own progress, on screen: a first build is long, not stuck.
-cargo build --locked -p ferry-job-runner --bin job-runner
+# Cargo's own progress, on screen: a first build is long, not stuck. The test
+# profile, as the test command builds the binaries: one build serves both.
+cargo build --locked --profile test -p ferry-job-runner --bin job-runner
 
 work=.ferry-demo
 rm -rf "$work"
