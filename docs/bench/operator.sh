@@ -26,7 +26,7 @@ caches=$(line "operator caches")
   echo
   echo "| reconcile | p50 ms | p99 ms | max ms |"
   echo "| --- | ---: | ---: | ---: |"
-  row "connector reconcile" "Connector (schedule, checks, list runs, status)"
+  row "connector reconcile" "Connector (schedule, checks, cached runs, status)"
   row "run reconcile, first" "ConnectorRun, first (pin spec, checks, 5 objects applied, status)"
   row "run created -> pod applied" "ConnectorRun created -> Pod applied"
   row "run reconcile, steady" "ConnectorRun, steady state (pod pending, nothing written)"
