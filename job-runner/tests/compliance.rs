@@ -565,3 +565,41 @@ fn manifest_files(root: &Path) -> Vec<std::path::PathBuf> {
     out.sort();
     out
 }
+
+/// The attack: a manifest dated far in the future (signed with the tenant's
+/// key, under a name that sorts last) would stay "the newest" for good. A run
+/// refuses it.
+#[tokio::test]
+async fn a_manifest_created_in_the_future_is_refused() {
+    use ferry_runner::crypto::{Contents, Place};
+    let Erasure {
+        e,
+        root,
+        lines,
+        spec,
+        ..
+    } = synced_then_erased().await;
+    let newest = manifests(&root).pop().unwrap();
+    let name = ".ferry/manifests/29991231T235959999999Z-future.json";
+    let future = Manifest::sign(
+        &Kek::from_bytes([5; 32]),
+        Place::after(Some(&newest), name),
+        Contents {
+            run: "future".into(),
+            connector: "tenant/c".into(),
+            created: "2999-12-31T23:59:59Z".into(),
+            objects: vec![],
+            erased: vec![],
+        },
+    );
+    future.verify_at(&keys(), name).unwrap();
+    std::fs::write(
+        root.join("dst").join(name),
+        serde_json::to_vec(&future).unwrap(),
+    )
+    .unwrap();
+    let err = sync(&spec, &e, "s2", &lines).await.unwrap_err();
+    assert_eq!(err.reason(), ferry_crds::Reason::IntegrityFailure, "{err}");
+    assert!(err.to_string().contains("in the future"), "{err}");
+    assert!(!exists(&root.join("dst"), "customers/7.csv"));
+}

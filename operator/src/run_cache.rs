@@ -129,6 +129,16 @@ impl RunFeed {
         }
     }
 
+    /// Replaces the cache's content with `runs`, as a (re)list by the watch
+    /// does, and marks it filled.
+    pub fn relist(&mut self, runs: impl IntoIterator<Item = ConnectorRun>) {
+        self.apply(&watcher::Event::Init);
+        for run in runs {
+            self.apply(&watcher::Event::InitApply(DeserializeGuard(Ok(run))));
+        }
+        self.apply(&watcher::Event::InitDone);
+    }
+
     /// Watches the runs of `api` into the cache and yields each run touched,
     /// after the cache holds it: the trigger stream of a controller.
     pub fn watch(
@@ -153,11 +163,7 @@ pub fn filled_with(
 ) -> RunCache {
     let (cache, mut feeds) = RunCache::new(&[scope]);
     if let Some(feed) = feeds.first_mut() {
-        feed.apply(&watcher::Event::Init);
-        for run in runs {
-            feed.apply(&watcher::Event::InitApply(DeserializeGuard(Ok(run))));
-        }
-        feed.apply(&watcher::Event::InitDone);
+        feed.relist(runs);
     }
     cache
 }
@@ -203,12 +209,7 @@ mod tests {
             })
             .collect();
         tokio::task::yield_now().await;
-        let feed = &mut feeds[0];
-        feed.apply(&watcher::Event::Init);
-        feed.apply(&watcher::Event::InitApply(DeserializeGuard(Ok(in_ns(
-            "a", "acme",
-        )))));
-        feed.apply(&watcher::Event::InitDone);
+        feeds[0].relist([in_ns("a", "acme")]);
         for w in waiters {
             assert_eq!(w.await.unwrap().unwrap(), 1);
         }

@@ -361,11 +361,7 @@ async fn a_run_the_cache_has_not_seen_yet_starts_once() {
         .patch_status("sales", &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .unwrap();
-    {
-        let mut feed = w.runs_feed.lock().unwrap();
-        feed.apply(&kube::runtime::watcher::Event::Init);
-        feed.apply(&kube::runtime::watcher::Event::InitDone);
-    }
+    w.runs_feed.lock().unwrap().relist([]);
     let c = w.reconcile_connector_as_cached("sales").await;
     assert_eq!(names(&all_runs(&w).await), ["sales-29923860"]);
     assert_eq!(

@@ -15,7 +15,6 @@ use ferry_operator::run_cache::{RunCache, RunFeed};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use kube::core::DeserializeGuard;
 use kube::runtime::{reflector, watcher};
 use kube::{Client, ResourceExt};
 use kube_fake_client::ClientBuilder;
@@ -193,12 +192,7 @@ impl World {
             .list(&Default::default())
             .await
             .expect("list runs");
-        let mut feed = self.runs_feed.lock().unwrap();
-        feed.apply(&watcher::Event::Init);
-        for run in runs {
-            feed.apply(&watcher::Event::InitApply(DeserializeGuard(Ok(run))));
-        }
-        feed.apply(&watcher::Event::InitDone);
+        self.runs_feed.lock().unwrap().relist(runs);
     }
 
     pub fn advance(&self, seconds: i64) {
