@@ -306,6 +306,28 @@ pub struct EncryptionSpec {
     /// The Secret key holding the 32-byte KEK (raw, or base64 of 32 bytes).
     /// `job-runner keygen` makes one.
     pub key_ref: SecretKeyRef,
+    /// An Ed25519 private key (PKCS#8 PEM, or base64 of the 32-byte seed) that
+    /// signs every manifest the runs write, so that auditors can check the
+    /// records with the public key alone (`job-runner verify --public-key`),
+    /// without being able to make them. `job-runner keygen --signing` makes one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing_key_ref: Option<SigningKeyRef>,
+}
+
+/// The Secret key holding a manifest signing key.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SigningKeyRef {
+    /// The Secret.
+    pub secret_ref: SecretRef,
+    /// The key inside it.
+    #[serde(default = "default_signing_key")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub key: String,
+}
+
+fn default_signing_key() -> String {
+    "signing-key".to_string()
 }
 
 /// A sensitivity tag.

@@ -129,6 +129,13 @@ pub fn secret_needs(spec: &ConnectorSpec) -> Vec<SecretNeed> {
         "encryption key".to_string(),
         &[&[key.key.as_str()]],
     ));
+    if let Some(signing) = &spec.encryption.signing_key_ref {
+        needs.push(SecretNeed::new(
+            &signing.secret_ref.name,
+            "manifest signing key".to_string(),
+            &[&[signing.key.as_str()]],
+        ));
+    }
     needs
 }
 
@@ -221,6 +228,25 @@ encryption: {keyRef: {secretRef: {name: kek}, key: k1}}
             secret_names(&s),
             ["kek", "s3-reader", "sftp-host", "sftp-writer"]
         );
+    }
+
+    /// The signing key is read like the KEK: named in the run's Role, checked
+    /// before the pod exists.
+    #[test]
+    fn a_signing_key_is_a_need_of_its_own() {
+        let s = spec(
+            r#"
+source: {local: {path: /x}}
+destination: {local: {path: /y}}
+encryption: {keyRef: {secretRef: {name: kek}}, signingKeyRef: {secretRef: {name: records}}}
+"#,
+        );
+        let needs = secret_needs(&s);
+        let last = needs.last().unwrap();
+        assert_eq!(last.name, "records");
+        assert_eq!(last.purpose, "manifest signing key");
+        assert_eq!(last.any_of, vec![vec!["signing-key".to_string()]]);
+        assert_eq!(secret_names(&s), ["kek", "records"]);
     }
 
     #[test]

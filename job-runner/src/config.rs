@@ -8,7 +8,7 @@ use std::sync::Arc;
 use ferry_crds::{Connector, Endpoint, EndpointKind, Reason, ResidencyBreach, residency_breaches};
 use zeroize::Zeroizing;
 
-use crate::crypto::{Kek, KeyError};
+use crate::crypto::{Kek, KeyError, ManifestSigner};
 use crate::storage::ObjectStore;
 pub use crate::storage::access::{OpenError, Platform, SecretKeyMissing, Secrets};
 use crate::storage::local::LocalStore;
@@ -247,6 +247,23 @@ impl SecretsDir {
             key: r.key.clone(),
             source,
         })
+    }
+}
+
+impl SecretsDir {
+    /// The Connector's manifest signing key, when it names one.
+    pub fn signer(&self, connector: &Connector) -> Result<Option<ManifestSigner>, ConfigError> {
+        let Some(r) = &connector.spec.encryption.signing_key_ref else {
+            return Ok(None);
+        };
+        let bytes = self.read(&r.secret_ref.name, &r.key)?;
+        ManifestSigner::parse(&bytes)
+            .map(Some)
+            .map_err(|source| ConfigError::BadKey {
+                secret: r.secret_ref.name.clone(),
+                key: r.key.clone(),
+                source,
+            })
     }
 }
 

@@ -107,6 +107,23 @@ pub async fn execute(
             return Err(failure(e.reason(), e));
         }
     };
+    let signer = match secrets.signer(connector) {
+        Ok(s) => {
+            if s.is_some() {
+                audit.record("secret.read", Outcome::Success, None, None);
+            }
+            s.map(Arc::new)
+        }
+        Err(e) => {
+            audit.record(
+                "secret.read",
+                Outcome::Failure,
+                Some(e.reason().as_str()),
+                None,
+            );
+            return Err(failure(e.reason(), e));
+        }
+    };
     let spec = &connector.spec;
     let src = config::open_store("source", &spec.source, job.base_dir, secrets, job.platform)
         .map_err(|e| failure(e.reason(), e))?;
@@ -135,6 +152,7 @@ pub async fn execute(
         ),
         concurrency: job.concurrency,
         anchor: job.anchor.cloned(),
+        signer,
         ..Options::default()
     };
     match (job.mode, job.erase) {

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
 
-use crate::crypto::{Anchor, Finding, KeyRing, Manifest, ManifestEntry, check_anchor, check_chain};
+use crate::crypto::{
+    Anchor, Finding, KeyRing, Manifest, ManifestEntry, PublicKeys, check_anchor, check_chain,
+};
 use crate::storage::{ByteStream, ObjectStore, StorageError};
 use crate::transfer::{self, TransferError};
 
@@ -24,25 +26,92 @@ pub enum ReadbackError {
     NoManifest(String),
     #[error("verification failed with {} finding(s):\n  {}", .0.len(), .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n  "))]
     Findings(Vec<Finding>),
+    #[error("{0} needs the key-encryption key (--kek)")]
+    NeedsKek(&'static str),
+}
+
+/// What a reader checks manifests with: the KEKs (the MAC, and decryption),
+/// the public keys of the signing keys (the signatures), or both. With public
+/// keys, the manifest read is signed, and so is every manifest of the chain
+/// from the first signed one on (older ones predate signing).
+#[derive(Clone, Debug, Default)]
+pub struct Trust {
+    /// The KEKs.
+    pub keys: Option<Arc<KeyRing>>,
+    /// The public keys.
+    pub public_keys: PublicKeys,
+}
+
+impl From<Arc<KeyRing>> for Trust {
+    fn from(keys: Arc<KeyRing>) -> Self {
+        Self {
+            keys: Some(keys),
+            public_keys: PublicKeys::default(),
+        }
+    }
+}
+
+/// How a manifest was found authentic.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Checked {
+    mac: bool,
+    signature: bool,
+}
+
+impl Trust {
+    fn keys(&self, what: &'static str) -> Result<Arc<KeyRing>, ReadbackError> {
+        self.keys.clone().ok_or(ReadbackError::NeedsKek(what))
+    }
+
+    /// Checks `m`, stored at `key`, with what is trusted; an unsigned manifest
+    /// passes the signature check only when `signed` is false.
+    fn check(&self, key: &str, m: &Manifest, signed: bool) -> Result<Checked, TransferError> {
+        let integrity = |source| TransferError::Integrity {
+            key: key.to_string(),
+            source,
+        };
+        let mut checked = Checked::default();
+        if let Some(keys) = &self.keys {
+            m.verify_at(keys, key).map_err(integrity)?;
+            checked.mac = true;
+        }
+        if !self.public_keys.is_empty() && (signed || m.signature.is_some()) {
+            m.verify_signature_at(&self.public_keys, key)
+                .map_err(integrity)?;
+            checked.signature = true;
+        }
+        Ok(checked)
+    }
+
+    /// Reads the manifest at `key` and checks it; it must be signed when
+    /// public keys are trusted.
+    async fn read(&self, store: &dyn ObjectStore, key: &str) -> Result<Manifest, TransferError> {
+        let m = transfer::read_manifest_unverified(store, key).await?;
+        self.check(key, &m, true)?;
+        Ok(m)
+    }
 }
 
 pub use crate::pipe::decrypt_stream;
 
-/// The manifest at `key`, or the newest one.
+/// The manifest at `key`, or the newest one, checked.
 pub async fn manifest(
     store: &dyn ObjectStore,
-    keys: &KeyRing,
+    trust: &Trust,
     key: Option<&str>,
 ) -> Result<(String, Manifest), ReadbackError> {
-    match key {
-        Some(k) => Ok((
-            k.to_string(),
-            transfer::read_manifest(store, k, keys).await?,
-        )),
-        None => transfer::latest_manifest(store, keys)
-            .await?
-            .ok_or_else(|| ReadbackError::NoManifest(store.describe())),
-    }
+    let Some(key) = key else {
+        let listed = match store.list().await {
+            Err(StorageError::NoSuchContainer { .. }) => Vec::new(),
+            listed => listed?,
+        };
+        let key = transfer::newest_manifest_key(listed.iter().map(|o| o.key.as_str()))
+            .ok_or_else(|| ReadbackError::NoManifest(store.describe()))?;
+        let m = trust.read(store, &key).await?;
+        transfer::records::not_in_the_future(&key, &m)?;
+        return Ok((key, m));
+    };
+    Ok((key.to_string(), trust.read(store, key).await?))
 }
 
 async fn digest(store: &dyn ObjectStore, key: &str) -> Result<(u64, String), StorageError> {
@@ -82,14 +151,29 @@ fn from_stream(e: StorageError) -> ReadbackError {
     }
 }
 
+/// What [`verify_chain`] found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ChainReport {
+    /// How many manifests form the chain.
+    pub manifests: usize,
+    /// How many of them carry a signature that verified.
+    pub signed: usize,
+    /// How many could not be checked: unsigned, from before the first signed
+    /// one, with no KEK given.
+    pub unchecked: usize,
+    /// The newest one's place.
+    pub newest: Option<Anchor>,
+}
+
 /// Reads and verifies every manifest of the destination and checks that they
 /// form one chain (`anchor`: and reach the operator's record); the first
-/// break is the error. How many manifests there are, and the newest one's place.
+/// break is the error.
 pub async fn verify_chain(
     store: &dyn ObjectStore,
-    keys: &KeyRing,
+    trust: impl Into<Trust>,
     anchor: Option<&Anchor>,
-) -> Result<(usize, Option<Anchor>), ReadbackError> {
+) -> Result<ChainReport, ReadbackError> {
+    let trust = trust.into();
     let mut names: Vec<String> = store
         .list()
         .await?
@@ -99,8 +183,15 @@ pub async fn verify_chain(
         .collect();
     names.sort_by(|a, b| transfer::sort_key(a).cmp(&transfer::sort_key(b)));
     let mut chain = Vec::with_capacity(names.len());
-    for name in names {
-        let m = transfer::read_manifest(store, &name, keys).await?;
+    let mut report = ChainReport::default();
+    let last = names.len().saturating_sub(1);
+    for (i, name) in names.into_iter().enumerate() {
+        let m = transfer::read_manifest_unverified(store, &name).await?;
+        // From the first signed manifest on, and for the newest, a signature
+        // is asked for: one dropped or made without the key is found.
+        let checked = trust.check(&name, &m, report.signed > 0 || i == last)?;
+        report.signed += usize::from(checked.signature);
+        report.unchecked += usize::from(!checked.mac && !checked.signature);
         chain.push((name, m));
     }
     check_chain(&chain).map_err(TransferError::from)?;
@@ -111,11 +202,12 @@ pub async fn verify_chain(
             .unwrap_or(chain.len().saturating_sub(1));
         check_anchor(&chain[from..], anchor).map_err(TransferError::from)?;
     }
-    let newest = chain.last().map(|(_, m)| Anchor {
+    report.manifests = chain.len();
+    report.newest = chain.last().map(|(_, m)| Anchor {
         sequence: m.sequence(),
         link: m.link(),
     });
-    Ok((chain.len(), newest))
+    Ok(report)
 }
 
 /// Checks every object of the manifest against the store: present, same size
@@ -123,11 +215,17 @@ pub async fn verify_chain(
 /// digest; and that the store holds no object the manifest does not list.
 pub async fn verify(
     store: &dyn ObjectStore,
-    keys: Arc<KeyRing>,
+    trust: impl Into<Trust>,
     manifest_key: Option<&str>,
     deep: bool,
 ) -> Result<(String, Manifest), ReadbackError> {
-    let (mkey, manifest) = manifest(store, &keys, manifest_key).await?;
+    let trust = trust.into();
+    let keys = if deep {
+        Some(trust.keys("--deep")?)
+    } else {
+        None
+    };
+    let (mkey, manifest) = manifest(store, &trust, manifest_key).await?;
     let present: BTreeSet<String> = store
         .list()
         .await?
@@ -142,7 +240,7 @@ pub async fn verify(
             findings.push(Finding::Missing(e.key.clone()));
             continue;
         }
-        findings.extend(check_entry(store, keys.clone(), e, deep).await?);
+        findings.extend(check_entry(store, keys.clone(), e).await?);
     }
     for k in &present {
         if !listed.contains(k.as_str()) {
@@ -157,11 +255,11 @@ pub async fn verify(
     }
 }
 
+/// Checks the stored object of `e`, and with `keys` (deep) its plaintext.
 async fn check_entry(
     store: &dyn ObjectStore,
-    keys: Arc<KeyRing>,
+    keys: Option<Arc<KeyRing>>,
     e: &ManifestEntry,
-    deep: bool,
 ) -> Result<Option<Finding>, ReadbackError> {
     let (size, sha) = digest(store, &e.key).await?;
     if size != e.encrypted_size {
@@ -176,7 +274,7 @@ async fn check_entry(
             what: "stored SHA-256",
         }));
     }
-    if deep {
+    if let Some(keys) = keys {
         match plaintext_digest(store, keys, &e.key).await {
             Ok((n, p)) if n == e.size && p == e.sha256 => {}
             Ok(_) => {
@@ -201,11 +299,13 @@ async fn check_entry(
 /// plaintext against its recorded size and digest.
 pub async fn decrypt_all(
     store: &dyn ObjectStore,
-    keys: Arc<KeyRing>,
+    trust: impl Into<Trust>,
     manifest_key: Option<&str>,
     out: &dyn ObjectStore,
 ) -> Result<(Manifest, u64), ReadbackError> {
-    let (_, manifest) = verify(store, keys.clone(), manifest_key, false).await?;
+    let trust = trust.into();
+    let keys = trust.keys("decryption")?;
+    let (_, manifest) = verify(store, trust, manifest_key, false).await?;
     let mut bytes = 0;
     for e in &manifest.objects {
         let plain = checked(

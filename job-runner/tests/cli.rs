@@ -597,3 +597,154 @@ fn an_audit_trail_with_a_line_deleted_or_edited_is_rejected_naming_the_line() {
         text(&o)
     );
 }
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let o = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("openssl is installed by tests/bootstrap.sh");
+    assert!(o.status.success(), "openssl {args:?}: {}", text(&o));
+}
+
+/// The newest manifest file under `dst`.
+fn newest_manifest(dst: &Path) -> std::path::PathBuf {
+    let mut names: Vec<_> = std::fs::read_dir(dst.join(".ferry/manifests"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    names.sort();
+    names.pop().unwrap()
+}
+
+/// Someone who holds the KEK (an operator of the platform, a run) can make a
+/// manifest whose MAC verifies; a signed record lets an auditor, who holds
+/// only the public key, tell it from one a run signed. Keys made by openssl.
+#[test]
+fn a_kek_holder_forging_a_record_is_caught_by_the_public_key_alone() {
+    let dir = setup();
+    let d = dir.path();
+    assert!(
+        runner(d, &["keygen", "--out", "secrets/kek/kek"])
+            .status
+            .success()
+    );
+    // A run from before signing was turned on.
+    let o = run_local(d, &["--run-id", "r1"]);
+    assert!(o.status.success(), "{}", text(&o));
+
+    std::fs::create_dir_all(d.join("secrets/signing")).unwrap();
+    openssl(
+        d,
+        &[
+            "genpkey",
+            "-algorithm",
+            "ed25519",
+            "-out",
+            "secrets/signing/signing-key",
+        ],
+    );
+    openssl(
+        d,
+        &[
+            "pkey",
+            "-in",
+            "secrets/signing/signing-key",
+            "-pubout",
+            "-out",
+            "auditor.pub",
+        ],
+    );
+    let signed = CONNECTOR.replace(
+        "encryption: {keyRef: {secretRef: {name: kek}, key: kek}}",
+        "encryption: {keyRef: {secretRef: {name: kek}, key: kek}, signingKeyRef: {secretRef: {name: signing}}}",
+    );
+    std::fs::write(d.join("connector.yaml"), &signed).unwrap();
+    std::fs::write(d.join("src/c.csv"), "id\n3\n").unwrap();
+    let o = run_local(d, &["--run-id", "r2"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let key = std::fs::read_to_string(d.join("secrets/signing/signing-key")).unwrap();
+    let body = key.lines().nth(1).unwrap();
+    assert!(!text(&o).contains(body), "the run printed the signing key");
+
+    let auditor = |extra: &[&str]| {
+        let mut args = vec!["verify", "--public-key", "auditor.pub", "--dir", "dst"];
+        args.extend(extra);
+        runner(d, &args)
+    };
+    let o = auditor(&[]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("ok: 3 object(s)"), "{}", text(&o));
+    assert!(
+        text(&o).contains("1 manifest(s) signed; 1 older unsigned manifest(s) not checked"),
+        "{}",
+        text(&o)
+    );
+    // One byte of the signed record changed: caught, the manifest named.
+    let newest = newest_manifest(&d.join("dst"));
+    let original = std::fs::read_to_string(&newest).unwrap();
+    let altered = original.replacen("\"size\": 5,", "\"size\": 6,", 1);
+    assert_ne!(altered, original);
+    std::fs::write(&newest, altered).unwrap();
+    let o = auditor(&[]);
+    assert!(!o.status.success());
+    let name = newest.file_name().unwrap().to_str().unwrap();
+    assert!(
+        text(&o).contains("signature does not verify") && text(&o).contains(name),
+        "{}",
+        text(&o)
+    );
+    std::fs::write(&newest, &original).unwrap();
+    // Another key is not this one.
+    assert!(
+        runner(d, &["keygen", "--signing", "--out", "other.pem"])
+            .status
+            .success()
+    );
+    let o = runner(
+        d,
+        &["verify", "--public-key", "other.pem.pub", "--dir", "dst"],
+    );
+    assert!(
+        text(&o).contains("not among the public keys"),
+        "{}",
+        text(&o)
+    );
+
+    // The forgery: the KEK holder writes the next record without the signing
+    // key. Its MAC verifies; the auditor refuses it.
+    std::fs::write(d.join("connector.yaml"), CONNECTOR).unwrap();
+    std::fs::write(d.join("src/d.csv"), "id\n4\n").unwrap();
+    let o = run_local(d, &["--run-id", "r3"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = runner(d, &["verify", "--kek", "secrets/kek/kek", "--dir", "dst"]);
+    assert!(
+        o.status.success(),
+        "the MAC alone cannot tell: {}",
+        text(&o)
+    );
+    let o = auditor(&[]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("is not signed"), "{}", text(&o));
+    std::fs::remove_file(newest_manifest(&d.join("dst"))).unwrap();
+    std::fs::remove_file(d.join("dst/d.csv")).unwrap();
+
+    // An erasure signs again every manifest it rewrites; the record still
+    // verifies with the public key, deep with the KEK too.
+    std::fs::write(d.join("connector.yaml"), &signed).unwrap();
+    let o = run_local(
+        d,
+        &["--run-id", "e1", "--mode", "erase", "--erase-key", "a.csv"],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let o = auditor(&["--kek", "secrets/kek/kek", "--deep"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("ok: 2 object(s)"), "{}", text(&o));
+    assert!(text(&o).contains("0 older unsigned"), "{}", text(&o));
+    let o = auditor(&["--deep"]);
+    assert!(
+        text(&o).contains("--deep needs the key-encryption key"),
+        "{}",
+        text(&o)
+    );
+}

@@ -195,6 +195,17 @@ fn the_role_grants_exactly_what_the_run_needs() {
     );
     let text = serde_json::to_string(&o.role).unwrap();
     assert!(!text.contains('*'), "no wildcard anywhere");
+    // A manifest signing key is one more Secret the run may read, by name.
+    let signed = CONNECTOR.replace(
+        "secretRef: {name: acme-kek}",
+        "secretRef: {name: acme-kek}}, signingKeyRef: {secretRef: {name: acme-records}",
+    );
+    let o2 = objects(&spec(&signed), 1);
+    let rules = serde_json::to_value(o2.role.rules.as_ref().unwrap()).unwrap();
+    assert_eq!(
+        rules[0]["resourceNames"],
+        serde_json::json!(["acme-kek", "acme-records", "bronze-writer", "s3-reader"])
+    );
     let rb = &o.role_binding;
     assert_eq!(rb.role_ref.kind, "Role");
     assert_eq!(rb.role_ref.name, "ferry-run-sales-29923860");

@@ -7,8 +7,8 @@ use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
 
 use crate::config::{self, SecretsDir};
-use crate::crypto::{Anchor, Kek, KeyRing};
-use crate::readback;
+use crate::crypto::{Anchor, Kek, KeyRing, PublicKey, PublicKeys};
+use crate::readback::{self, Trust};
 use crate::storage::ObjectStore;
 use crate::storage::local::LocalStore;
 
@@ -46,9 +46,15 @@ pub struct DecryptArgs {
 /// Arguments of `job-runner verify`.
 #[derive(clap::Args)]
 pub struct VerifyArgs {
-    /// KEK files (raw, base64 or hex).
-    #[arg(long = "kek", required = true)]
+    /// KEK files (raw, base64 or hex): check the MACs (and, with --deep, the
+    /// plaintexts).
+    #[arg(long = "kek", required_unless_present = "public_keys")]
     keks: Vec<PathBuf>,
+    /// Public key files of the manifest signing key (PEM, or base64 of 32
+    /// bytes): check the signatures, without the KEK. Give older keys too
+    /// after a rotation.
+    #[arg(long = "public-key")]
+    public_keys: Vec<PathBuf>,
     /// The destination folder.
     #[arg(
         long,
@@ -105,20 +111,57 @@ pub async fn decrypt(args: DecryptArgs, platform: &config::Platform) -> Result<(
 
 /// `job-runner verify`: a destination against its signed manifest.
 pub async fn verify(args: VerifyArgs, platform: &config::Platform) -> Result<(), BoxError> {
-    let keys = Arc::new(load_keys(&args.keks)?);
+    let trust = Trust {
+        keys: (!args.keks.is_empty())
+            .then(|| load_keys(&args.keks))
+            .transpose()?
+            .map(Arc::new),
+        public_keys: load_public_keys(&args.public_keys)?,
+    };
     let store = destination(args.dir, args.connector, args.secrets_dir, platform)?;
-    let (manifests, newest) =
-        readback::verify_chain(store.as_ref(), &keys, args.anchor.as_ref()).await?;
+    let chain = readback::verify_chain(store.as_ref(), trust.clone(), args.anchor.as_ref()).await?;
     let (key, m) =
-        readback::verify(store.as_ref(), keys, args.manifest.as_deref(), args.deep).await?;
+        readback::verify(store.as_ref(), trust, args.manifest.as_deref(), args.deep).await?;
+    let signed = m
+        .signature
+        .as_ref()
+        .filter(|_| !args.public_keys.is_empty())
+        .map(|s| format!(", signed by {}", s.key_id))
+        .unwrap_or_default();
     println!(
-        "ok: {} object(s) match manifest {key} (run {}, key {}); {manifests} manifest(s) form one chain{}",
+        "ok: {} object(s) match manifest {key} (run {}, key {}{signed}); {} manifest(s) form one chain{}",
         m.objects.len(),
         m.run,
         m.kek_id,
-        newest.map(|a| format!(", newest {a}")).unwrap_or_default()
+        chain.manifests,
+        chain
+            .newest
+            .map(|a| format!(", newest {a}"))
+            .unwrap_or_default()
     );
+    if !args.public_keys.is_empty() {
+        println!(
+            "{} manifest(s) signed; {} older unsigned manifest(s) not checked{}",
+            chain.signed,
+            chain.unchecked,
+            if chain.unchecked > 0 {
+                " (they predate signing: give --kek to check their MACs)"
+            } else {
+                ""
+            }
+        );
+    }
     Ok(())
+}
+
+fn load_public_keys(paths: &[PathBuf]) -> Result<PublicKeys, BoxError> {
+    let mut keys = Vec::new();
+    for p in paths {
+        let bytes = std::fs::read(p)
+            .map_err(|e| format!("failed to read public key file {}: {e}", p.display()))?;
+        keys.push(PublicKey::parse(&bytes).map_err(|e| format!("{}: {e}", p.display()))?);
+    }
+    Ok(PublicKeys::new(keys))
 }
 
 /// A file path as (the folder as a store, the file name as its key).

@@ -30,6 +30,14 @@ pub enum KeyError {
     NoKey,
     #[error("failed to initialise AES-256-GCM or the random generator")]
     Primitive,
+    #[error(
+        "not an Ed25519 signing key: give a PKCS#8 PEM private key (openssl genpkey -algorithm ed25519) or the base64 of a 32-byte seed"
+    )]
+    BadSigningKey,
+    #[error(
+        "not an Ed25519 public key: give a PEM public key (openssl pkey -pubout) or the base64 of its 32 bytes"
+    )]
+    BadPublicKey,
 }
 
 /// A 256-bit data key, zeroized on drop.

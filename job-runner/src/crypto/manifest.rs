@@ -32,6 +32,12 @@
 //! erasure rewrites (entries, tombstones, the KEK that signed it again), so
 //! erasing a key keeps every link. Versions 1 and 2 have sequence 0 and an
 //! empty name in their link.
+//!
+//! A manifest may also carry an Ed25519 signature ([`super::signing`]) of
+//! `"ferry-manifest-signature/v1" || 0x00 || mac_input`: the same bytes the
+//! MAC covers, so it proves the same content to whoever holds the public key,
+//! without the KEK. Neither covers the other, and a verifier with the public
+//! key asks for the signature of every manifest from the first signed one on.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -40,6 +46,10 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
 use super::keys::{Kek, KeyError, KeyRing};
+use super::signing::{ManifestSigner, PublicKeys, Signature};
+
+/// What an Ed25519 signature of a manifest covers, before its canonical encoding.
+const SIGNATURE_CONTEXT: &[u8] = b"ferry-manifest-signature/v1\0";
 
 /// The format tag of manifests this code writes.
 pub const FORMAT: &str = "ferry-manifest/v3";
@@ -119,6 +129,10 @@ pub struct Manifest {
     pub erased: Vec<Tombstone>,
     /// Hex HMAC-SHA256 over the canonical encoding.
     pub mac: String,
+    /// An Ed25519 signature of the canonical encoding, when the Connector
+    /// names a signing key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<Signature>,
 }
 
 /// What verification of a manifest found wrong.
@@ -134,6 +148,14 @@ pub enum ManifestError {
     Duplicate(String),
     #[error("manifest {key:?} was written as {name:?}: a copy or a rename of another manifest")]
     Misplaced { key: String, name: String },
+    #[error("manifest is not signed, and signing was asked for")]
+    Unsigned,
+    #[error("manifest is signed by key {0}, which is not among the public keys given")]
+    UnknownSigningKey(String),
+    #[error(
+        "manifest signature does not verify: the manifest was altered or reordered after it was signed"
+    )]
+    Signature,
     #[error(transparent)]
     Key(#[from] KeyError),
 }
@@ -209,20 +231,37 @@ impl Manifest {
             objects: contents.objects,
             erased: contents.erased,
             mac: String::new(),
+            signature: None,
         };
         m.mac = hex::encode(m.mac_with(kek).finalize().into_bytes());
         m
     }
 
-    /// Signs this manifest again (after entries were removed) with `kek`,
-    /// keeping its place: a version 1 manifest becomes version 2, which
-    /// authenticates what it holds.
-    pub fn resign(&mut self, kek: &Kek) {
+    /// Adds an Ed25519 signature of what the MAC covers.
+    pub fn add_signature(&mut self, signer: &ManifestSigner) {
+        self.signature = Some(signer.sign(&self.signed_bytes()));
+    }
+
+    /// Signs this manifest again (after entries were removed) with `kek`, and
+    /// `signer` when there is one (the old signature no longer holds), keeping
+    /// its place: a version 1 manifest becomes version 2, which authenticates
+    /// what it holds.
+    pub fn resign(&mut self, kek: &Kek, signer: Option<&ManifestSigner>) {
         if self.format == FORMAT_V1 {
             self.format = FORMAT_V2.to_string();
         }
         self.kek_id = kek.id().to_string();
         self.mac = hex::encode(self.mac_with(kek).finalize().into_bytes());
+        self.signature = None;
+        if let Some(signer) = signer {
+            self.add_signature(signer);
+        }
+    }
+
+    fn signed_bytes(&self) -> Vec<u8> {
+        let mut out = SIGNATURE_CONTEXT.to_vec();
+        out.extend_from_slice(&self.canonical());
+        out
     }
 
     /// Its sequence number: 0 before version 3.
@@ -309,6 +348,31 @@ impl Manifest {
 
     /// Checks the format, the MAC (in constant time) and that no key repeats.
     pub fn verify(&self, keys: &KeyRing) -> Result<(), ManifestError> {
+        self.check_shape()?;
+        let kek = keys.get(&self.kek_id)?;
+        let tag = hex::decode(&self.mac).map_err(|_| ManifestError::Mac)?;
+        self.mac_with(kek)
+            .verify_slice(&tag)
+            .map_err(|_| ManifestError::Mac)?;
+        self.check_unique()
+    }
+
+    /// Checks the format, the signature with one of `keys` (no KEK needed)
+    /// and that no key repeats.
+    pub fn verify_signature(&self, keys: &PublicKeys) -> Result<(), ManifestError> {
+        self.check_shape()?;
+        let signature = self.signature.as_ref().ok_or(ManifestError::Unsigned)?;
+        let key = keys
+            .get(&signature.key_id)
+            .ok_or_else(|| ManifestError::UnknownSigningKey(signature.key_id.clone()))?;
+        if !key.verifies(&self.signed_bytes(), signature) {
+            return Err(ManifestError::Signature);
+        }
+        self.check_unique()
+    }
+
+    /// Whether the fields present are those its format authenticates.
+    fn check_shape(&self) -> Result<(), ManifestError> {
         let v1 = self.format == FORMAT_V1;
         if !v1 && self.format != FORMAT_V2 && self.format != FORMAT {
             return Err(ManifestError::Format(self.format.clone()));
@@ -326,11 +390,10 @@ impl Manifest {
         {
             return Err(ManifestError::Mac);
         }
-        let kek = keys.get(&self.kek_id)?;
-        let tag = hex::decode(&self.mac).map_err(|_| ManifestError::Mac)?;
-        self.mac_with(kek)
-            .verify_slice(&tag)
-            .map_err(|_| ManifestError::Mac)?;
+        Ok(())
+    }
+
+    fn check_unique(&self) -> Result<(), ManifestError> {
         let mut seen = BTreeSet::new();
         for e in &self.objects {
             if !seen.insert(e.key.as_str()) {
@@ -344,6 +407,17 @@ impl Manifest {
     /// name it was written with.
     pub fn verify_at(&self, keys: &KeyRing, key: &str) -> Result<(), ManifestError> {
         self.verify(keys)?;
+        self.check_place(key)
+    }
+
+    /// [`Manifest::verify_signature`], and that a chained manifest is stored
+    /// under the name it was written with.
+    pub fn verify_signature_at(&self, keys: &PublicKeys, key: &str) -> Result<(), ManifestError> {
+        self.verify_signature(keys)?;
+        self.check_place(key)
+    }
+
+    fn check_place(&self, key: &str) -> Result<(), ManifestError> {
         if self.is_chained() && self.name != key {
             return Err(ManifestError::Misplaced {
                 key: key.to_string(),
@@ -640,7 +714,7 @@ mod tests {
         }
         let mut plain = legacy(&kek, FORMAT_V1, vec![entry("a", 1)]);
         plain.verify(&ring).unwrap();
-        plain.resign(&kek);
+        plain.resign(&kek, None);
         assert_eq!(
             plain.format, FORMAT_V2,
             "signed again, it authenticates more"
@@ -764,7 +838,7 @@ mod tests {
         let before: Vec<String> = c.iter().map(|(_, m)| m.link()).collect();
         for (_, m) in &mut c {
             m.objects.clear();
-            m.resign(&Kek::from_bytes([7; 32]));
+            m.resign(&Kek::from_bytes([7; 32]), None);
         }
         let after: Vec<String> = c.iter().map(|(_, m)| m.link()).collect();
         assert_eq!(before, after);
@@ -802,6 +876,94 @@ mod tests {
         assert!("x".parse::<Anchor>().is_err());
     }
 
+    fn signing_key(seed: u8) -> (ManifestSigner, PublicKeys) {
+        let s = ManifestSigner::parse(&[seed; 32]).unwrap();
+        let keys = PublicKeys::new(vec![s.public().clone()]);
+        (s, keys)
+    }
+
+    #[test]
+    fn a_signed_manifest_verifies_with_the_public_key_alone_and_fails_after_one_byte_changes() {
+        let (kek, _) = keys();
+        let (signer, public) = signing_key(7);
+        let mut m = Manifest::sign(
+            &kek,
+            Place::after(None, "m/1.json"),
+            contents("r", vec![entry("a", 1), entry("b", 2)], vec![]),
+        );
+        assert_eq!(m.verify_signature(&public), Err(ManifestError::Unsigned));
+        m.add_signature(&signer);
+        let json = serde_json::to_string_pretty(&m).unwrap();
+        let back: Manifest = serde_json::from_str(&json).unwrap();
+        back.verify_signature_at(&public, "m/1.json").unwrap();
+        // Every single-byte change of a digit or hex letter the signature
+        // covers either breaks the JSON or the signature.
+        let bytes = json.as_bytes();
+        let mut tried = 0;
+        for i in 0..bytes.len() {
+            let replacement = match bytes[i] {
+                b'0'..=b'8' | b'a'..=b'e' => bytes[i] + 1,
+                _ => continue,
+            };
+            let mut changed = bytes.to_vec();
+            changed[i] = replacement;
+            let Ok(altered) = serde_json::from_slice::<Manifest>(&changed) else {
+                continue;
+            };
+            if altered.signature != back.signature || altered.mac != back.mac {
+                // The signature or the MAC itself changed: checked below.
+                continue;
+            }
+            tried += 1;
+            assert!(
+                altered.verify_signature(&public).is_err(),
+                "byte {i} changed and the signature still verifies"
+            );
+        }
+        assert!(tried > 100, "{tried} changes tried");
+        let mut forged = back.clone();
+        let sig = forged.signature.as_mut().unwrap();
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let mut raw = b64.decode(&sig.value).unwrap();
+        raw[0] ^= 1;
+        sig.value = b64.encode(raw);
+        assert_eq!(
+            forged.verify_signature(&public),
+            Err(ManifestError::Signature)
+        );
+        let (_, other) = signing_key(8);
+        assert!(matches!(
+            back.verify_signature(&other),
+            Err(ManifestError::UnknownSigningKey(_))
+        ));
+        assert!(matches!(
+            back.verify_signature_at(&public, "m/2.json"),
+            Err(ManifestError::Misplaced { .. })
+        ));
+    }
+
+    #[test]
+    fn signing_again_after_an_erasure_replaces_the_signature() {
+        let (kek, ring) = keys();
+        let (signer, public) = signing_key(7);
+        let mut m = Manifest::sign(
+            &kek,
+            Place::after(None, "m/1.json"),
+            contents("r", vec![entry("a", 1), entry("b", 2)], vec![]),
+        );
+        m.add_signature(&signer);
+        m.objects.pop();
+        assert_eq!(m.verify_signature(&public), Err(ManifestError::Signature));
+        let mut unsigned = m.clone();
+        unsigned.resign(&kek, None);
+        unsigned.verify(&ring).unwrap();
+        assert_eq!(unsigned.signature, None, "a stale signature is not kept");
+        m.resign(&kek, Some(&signer));
+        m.verify(&ring).unwrap();
+        m.verify_signature(&public).unwrap();
+    }
+
     /// The documented test vector (docs/encryption.md): a version 3 manifest
     /// signed with the all-0x09 KEK.
     #[test]
@@ -820,7 +982,20 @@ mod tests {
         println!("{}", serde_json::to_string_pretty(&m).unwrap());
         assert_eq!(m.mac, VECTOR_MAC);
         assert_eq!(m.link(), VECTOR_LINK);
+        // Ed25519 is deterministic: the same seed signs the same bytes alike.
+        let (signer, public) = signing_key(7);
+        let mut signed = m.clone();
+        signed.add_signature(&signer);
+        signed.verify_signature(&public).unwrap();
+        let sig = signed.signature.unwrap();
+        println!("{}\n{}", signer.public().to_pem().unwrap(), sig.value);
+        assert_eq!(sig.key_id, VECTOR_SIGNING_KEY_ID);
+        assert_eq!(sig.value, VECTOR_SIGNATURE);
     }
+
+    const VECTOR_SIGNING_KEY_ID: &str = "fe812c12f3ab4ce6";
+    const VECTOR_SIGNATURE: &str =
+        "8cpQv7ZTiJ6kvXHW58INpJy/FIlIYdm5FWIgn2fTdJeAjLB977ifVWnF/H0h3oLybDNw4U2Vg8saTbrthS8JDg==";
 
     const VECTOR_MAC: &str = "170e17aefe1173754f32537e5e934413cbccfffbcd10dc6d70cfdb6cc6806421";
     const VECTOR_LINK: &str = "ec991c75e74e1277d63084f1691f0afcba3c4d7e21112f370bccd20d7cd79820";

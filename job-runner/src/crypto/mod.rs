@@ -1,12 +1,13 @@
 //! Encryption at rest, with no I/O of its own: Tink's streaming AEAD format
 //! ([`streaming`]), the per-object envelope with the wrapped data key
-//! ([`envelope`]), key-encryption keys ([`keys`]) and signed run manifests
-//! ([`manifest`]). The format is written down in `docs/encryption.md`.
+//! ([`envelope`]), key-encryption keys ([`keys`]), run manifests
+//! ([`manifest`]) and their Ed25519 signatures ([`signing`]). The format is written down in `docs/encryption.md`.
 
 pub mod aead;
 pub mod envelope;
 pub mod keys;
 pub mod manifest;
+pub mod signing;
 pub mod streaming;
 
 pub use envelope::{EnvelopeError, ObjectDecrypter, ObjectEncrypter};
@@ -15,3 +16,4 @@ pub use manifest::{
     Anchor, ChainBreak, Contents, Finding, Manifest, ManifestEntry, ManifestError, Place,
     Tombstone, check_anchor, check_chain,
 };
+pub use signing::{ManifestSigner, PublicKey, PublicKeys, Signature};

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use ferry_crds::Reason;
 
 use crate::audit::{AuditLog, Outcome};
-use crate::crypto::{Kek, KeyRing, Tombstone};
+use crate::crypto::{Kek, KeyRing, ManifestSigner, Tombstone};
 use crate::storage::{ObjectStore, check_key};
 
 use super::records::{
@@ -73,7 +73,8 @@ pub async fn erase(
         report.erased.push(done);
     }
     tombstones.sort_by(|a, b| a.key.cmp(&b.key));
-    rewrite_manifests(dst.as_ref(), &keys, kek, &at_destination, &wanted, audit).await?;
+    let sealer = (kek, opts.signer.as_deref());
+    rewrite_manifests(dst.as_ref(), &keys, sealer, &at_destination, &wanted, audit).await?;
     if report.objects_failed > 0 {
         return Err(match first_error {
             Some(e) if report.objects_failed == 1 => e,
@@ -189,11 +190,12 @@ impl Sides<'_> {
 }
 
 /// Every manifest that still lists an erased key is rewritten without it, and
-/// signed again.
+/// signed again: the MAC with `kek`, and the signature with the run's signing
+/// key (without one, the old signature, which no longer holds, is dropped).
 async fn rewrite_manifests(
     dst: &dyn ObjectStore,
     keys: &KeyRing,
-    kek: &Kek,
+    (kek, signer): (&Kek, Option<&ManifestSigner>),
     at_destination: &BTreeSet<String>,
     wanted: &BTreeSet<&str>,
     audit: &AuditLog,
@@ -203,7 +205,7 @@ async fn rewrite_manifests(
         let before = m.objects.len();
         m.objects.retain(|e| !wanted.contains(e.key.as_str()));
         if m.objects.len() != before {
-            m.resign(kek);
+            m.resign(kek, signer);
             put_manifest(dst, mkey, &m).await?;
             audit.record(
                 "manifest.rewrite",

@@ -18,7 +18,7 @@ use std::time::Duration;
 use ferry_crds::{ConnectorSpec, Reason};
 
 use crate::audit::{AuditLog, Outcome};
-use crate::crypto::{Anchor, ChainBreak, KeyRing, ManifestEntry, ManifestError};
+use crate::crypto::{Anchor, ChainBreak, KeyRing, ManifestEntry, ManifestError, ManifestSigner};
 use crate::project::ProjectionError;
 use crate::select::{GlobError, Selector};
 use crate::storage::{ObjectStore, StorageError};
@@ -27,7 +27,8 @@ pub use erase::{EraseRequest, erase};
 pub use ferry_crds::MANIFEST_DIR;
 pub use plan::{Known, Verdict};
 pub use records::{
-    is_manifest_key, latest_manifest, manifest_key, newest_manifest_key, read_manifest, sort_key,
+    is_manifest_key, latest_manifest, manifest_key, newest_manifest_key, read_manifest,
+    read_manifest_unverified, sort_key,
 };
 /// Objects up to this size (one encryption segment) cost a few requests and
 /// little memory each: their pace is set by round trips, not bandwidth, so
@@ -58,6 +59,9 @@ pub struct Options {
     /// The manifest the last successful run wrote, as the operator recorded it:
     /// the destination's newest manifest must be it or build on it.
     pub anchor: Option<Anchor>,
+    /// Signs the manifests the run writes or rewrites, when the Connector
+    /// names a signing key.
+    pub signer: Option<Arc<ManifestSigner>>,
 }
 
 impl Default for Options {
@@ -70,6 +74,7 @@ impl Default for Options {
             attempts: 4,
             backoff: Duration::from_millis(200),
             anchor: None,
+            signer: None,
         }
     }
 }

@@ -313,6 +313,7 @@ compliance: {allowedSensitivity: []}
                 erased: "2026-12-01T00:00:00Z".into(),
             }],
             mac: String::new(),
+            signature: None,
         };
         let full = Known::new(Some(&manifest), SyncMode::Full, &[]);
         assert!(full.entries.is_empty());

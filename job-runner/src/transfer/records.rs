@@ -87,7 +87,8 @@ pub(super) async fn newest_manifest(
     Ok(Some((key, newest)))
 }
 
-fn not_in_the_future(key: &str, m: &Manifest) -> Result<(), TransferError> {
+/// Refuses a manifest created after this machine's clock (and its skew).
+pub fn not_in_the_future(key: &str, m: &Manifest) -> Result<(), TransferError> {
     let created: jiff::Timestamp = m
         .created
         .parse()
@@ -146,6 +147,21 @@ pub async fn read_manifest(
     key: &str,
     keys: &KeyRing,
 ) -> Result<Manifest, TransferError> {
+    let manifest = read_manifest_unverified(dst, key).await?;
+    manifest
+        .verify_at(keys, key)
+        .map_err(|source| TransferError::Integrity {
+            key: key.to_string(),
+            source,
+        })?;
+    Ok(manifest)
+}
+
+/// Reads the manifest at `key` without verifying it: the caller does.
+pub async fn read_manifest_unverified(
+    dst: &dyn ObjectStore,
+    key: &str,
+) -> Result<Manifest, TransferError> {
     let bytes: Vec<u8> = dst
         .get(key, None)
         .await?
@@ -158,12 +174,6 @@ pub async fn read_manifest(
         serde_json::from_slice(&bytes).map_err(|e| TransferError::ManifestParse {
             key: key.to_string(),
             reason: e.to_string(),
-        })?;
-    manifest
-        .verify_at(keys, key)
-        .map_err(|source| TransferError::Integrity {
-            key: key.to_string(),
-            source,
         })?;
     Ok(manifest)
 }
@@ -200,7 +210,7 @@ pub(super) async fn put_manifest(
     Ok(())
 }
 
-/// Signs and writes this run's manifest, the next in the chain after
+/// Signs (MAC, and signature when the run has a signing key) and writes this run's manifest, the next in the chain after
 /// `previous`; returns its key and its place as the next run's anchor.
 pub(super) async fn write_manifest(
     dst: &dyn ObjectStore,
@@ -212,7 +222,7 @@ pub(super) async fn write_manifest(
 ) -> Result<(String, Anchor), TransferError> {
     let now = jiff::Timestamp::now();
     let key = manifest_key(&opts.run_id, now);
-    let manifest = Manifest::sign(
+    let mut manifest = Manifest::sign(
         kek,
         Place::after(previous, &key),
         Contents {
@@ -223,6 +233,9 @@ pub(super) async fn write_manifest(
             erased,
         },
     );
+    if let Some(signer) = &opts.signer {
+        manifest.add_signature(signer);
+    }
     put_manifest(dst, &key, &manifest).await?;
     let anchor = Anchor {
         sequence: manifest.sequence(),
