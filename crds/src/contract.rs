@@ -275,6 +275,9 @@ pub struct AuditRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub object: Option<String>,
     pub actor: Actor,
+    /// Who asked for the run (`requestedBy`, `connectorChangedBy`), when known.
+    #[serde(flatten)]
+    pub attribution: crate::Attribution,
 }
 
 impl AuditRecord {
@@ -530,6 +533,7 @@ mod tests {
                 destination: "azure:a/c".into(),
                 object: Some(format!("k{i}")),
                 actor: Actor::Runner,
+                attribution: Default::default(),
             });
         }
         // Interleaved as a log pipeline would collect them, other logs between.
@@ -634,12 +638,21 @@ mod tests {
             destination: "local:b".into(),
             object: Some("k".into()),
             actor: Actor::Runner,
+            attribution: crate::Attribution {
+                requested_by: Some("alice@example.com".into()),
+                connector_changed_by: None,
+            },
         };
         let line = record.to_line().unwrap();
         assert_eq!(line.last(), Some(&b'\n'));
         let text = String::from_utf8(line).unwrap();
         assert!(text.contains(r#""actor":"runner""#), "{text}");
         assert!(!text.contains("reason"), "{text}");
+        assert!(
+            text.contains(r#""requestedBy":"alice@example.com""#)
+                && !text.contains("connectorChangedBy"),
+            "{text}"
+        );
         let back: AuditRecord = serde_json::from_str(text.trim()).unwrap();
         assert_eq!(back, record);
     }

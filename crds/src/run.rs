@@ -114,6 +114,17 @@ pub enum RunPhase {
 }
 
 impl RunPhase {
+    /// The phase as the API shows it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunPhase::Pending => "Pending",
+            RunPhase::Running => "Running",
+            RunPhase::Succeeded => "Succeeded",
+            RunPhase::Failed => "Failed",
+            RunPhase::Rejected => "Rejected",
+        }
+    }
+
     /// Whether the run has ended.
     pub fn is_terminal(self) -> bool {
         matches!(
@@ -206,6 +217,51 @@ pub struct ConnectorRunStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 4096))]
     pub message: Option<String>,
+
+    /// Who asked for the run, as the API server authenticated them, recorded
+    /// by the operator when it pinned the run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attribution: Option<Attribution>,
+}
+
+/// Annotation of a ConnectorRun: the user the API server authenticated for
+/// the request that created it (`request.userInfo.username`). Set by the
+/// chart's mutating admission policy and checked by its validating policy
+/// (present only as that user on create, never changed after), so a value
+/// written by hand that is not the writer's own name is refused.
+pub const CREATED_BY_ANNOTATION: &str = "ferry.dev/created-by";
+/// Finalizer the operator puts on every run it admits: the run's deletion
+/// waits until the operator has written an audit line about it.
+pub const RUN_FINALIZER: &str = "ferry.dev/audit-trail";
+
+/// Annotation of a Connector: the user who last changed its spec (on create,
+/// and on every update that changes `spec`), kept the same way.
+pub const SPEC_CHANGED_BY_ANNOTATION: &str = "ferry.dev/spec-changed-by";
+
+/// Who asked for a run: identities the API server authenticated, as the
+/// chart's admission policies recorded them. Absent fields are unknown
+/// (attribution off, or objects created before it was on), never guessed.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Attribution {
+    /// Who created the run (`ferry.dev/created-by`): a person, a GitOps
+    /// controller's ServiceAccount, or, for scheduled runs, the operator's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 512))]
+    pub requested_by: Option<String>,
+    /// Who last changed the spec of the Connector the run was pinned to
+    /// (`ferry.dev/spec-changed-by` of the Connector at that moment): for a
+    /// scheduled run, the person behind what it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 512))]
+    pub connector_changed_by: Option<String>,
+}
+
+impl Attribution {
+    /// Whether nothing is known.
+    pub fn is_empty(&self) -> bool {
+        self.requested_by.is_none() && self.connector_changed_by.is_none()
+    }
 }
 
 /// Counters of a run in progress.

@@ -3,6 +3,7 @@
 
 use std::io::Write;
 
+use ferry_crds::Attribution;
 pub use ferry_crds::contract::Outcome;
 use ferry_crds::contract::{Actor, AuditRecord, AuditSink};
 
@@ -15,6 +16,8 @@ pub struct AuditLog {
     pub run: String,
     pub source: String,
     pub destination: String,
+    /// Who asked for the run, as the operator recorded it.
+    pub attribution: Attribution,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -42,6 +45,7 @@ impl AuditLog {
             run: run.into(),
             source: source.into(),
             destination: destination.into(),
+            attribution: Attribution::default(),
         }
     }
 
@@ -66,6 +70,7 @@ impl AuditLog {
             destination: self.destination.clone(),
             object: object.map(str::to_string),
             actor: Actor::Runner,
+            attribution: self.attribution.clone(),
         };
         self.sink.record(&record);
     }

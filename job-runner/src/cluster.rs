@@ -333,7 +333,7 @@ async fn attempt_inner(
         cr.metadata.uid.as_deref().unwrap_or(&run.name),
         run.attempt
     );
-    let prepared = prepare(
+    let mut prepared = prepare(
         &connector,
         &run.namespace,
         &run.name,
@@ -341,6 +341,13 @@ async fn attempt_inner(
         audit_out,
         settings.lineage.clone(),
     );
+    // Who asked for the run, from the operator's record (not the status,
+    // which this runner's own token may write).
+    prepared.audit.attribution = RunRecord::of(&cr)
+        .ok()
+        .flatten()
+        .and_then(|r| r.status.attribution)
+        .unwrap_or_default();
     let job = Job {
         connector: &connector,
         mode: cr.spec.mode,

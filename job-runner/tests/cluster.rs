@@ -93,6 +93,7 @@ async fn admit(client: &kube::Client, name: &str, spec: &ferry_crds::ConnectorSp
     let status: ferry_crds::ConnectorRunStatus = serde_json::from_value(serde_json::json!({
         "phase": "Running", "attempts": 1, "podName": format!("{name}-1"),
         "connectorSpec": spec, "connectorSpecHash": ferry_crds::spec_hash(spec),
+        "attribution": {"requestedBy": "alice@example.com", "connectorChangedBy": "oidc:bob"},
     }))
     .unwrap();
     let record = ferry_crds::RunRecord {
@@ -229,6 +230,15 @@ async fn a_run_reports_its_result_next_to_the_operators_fields() {
     );
     assert!(actions.contains(&"secret.read".to_string()));
     assert!(actions.last().is_some_and(|a| a == "run.finished"));
+    // Every line names who asked for the run, from the operator's record.
+    for l in lines.lines() {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        assert_eq!(
+            (v["requestedBy"].as_str(), v["connectorChangedBy"].as_str()),
+            (Some("alice@example.com"), Some("oidc:bob")),
+            "{l}"
+        );
+    }
     assert_no_canary(&lines);
     assert_no_canary(&status_json(&f.client).await);
 }

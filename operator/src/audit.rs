@@ -2,7 +2,7 @@
 //! same schema as the runner's (docs/security.md). Systems are named by type and
 //! host/bucket, never with a credential.
 
-use ferry_crds::ConnectorSpec;
+use ferry_crds::{Attribution, ConnectorSpec};
 
 pub use ferry_crds::contract::Outcome;
 use ferry_crds::contract::{Actor, AuditRecord};
@@ -32,6 +32,20 @@ pub fn record(
         destination: spec.map(|s| s.destination.system()).unwrap_or_default(),
         object: None,
         actor: Actor::Operator,
+        attribution: Default::default(),
+    }
+}
+
+/// Adds who asked for the run to a record.
+pub trait Attributed {
+    /// The record, naming who asked for the run.
+    fn by(self, attribution: &Attribution) -> Self;
+}
+
+impl Attributed for Record {
+    fn by(mut self, attribution: &Attribution) -> Self {
+        self.attribution = attribution.clone();
+        self
     }
 }
 

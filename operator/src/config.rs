@@ -51,6 +51,13 @@ pub struct Config {
     /// Finished runs are kept at least this long, beyond the Connectors'
     /// history limits (the platform's retention policy); none: the limits alone.
     pub keep_finished_runs_for: Option<jiff::SignedDuration>,
+    /// Record who asked for each run from the annotations the chart's
+    /// attribution admission policies keep; off without those policies, where
+    /// anyone could write the annotations.
+    pub record_requesters: bool,
+    /// The operator's own user name (`system:serviceaccount:NS:NAME`), which
+    /// the runs the schedule creates carry as `ferry.dev/created-by`.
+    pub user_name: Option<String>,
 }
 
 /// The network rules of every run, set by the platform team.
@@ -112,6 +119,8 @@ impl Default for Config {
             ],
             sts_endpoint: None,
             keep_finished_runs_for: None,
+            record_requesters: false,
+            user_name: None,
             pod_bounds: PodBounds::default(),
             network: RunNetwork::default(),
         }

@@ -65,6 +65,18 @@ struct Args {
     /// Connectors' history limits: the platform's retention of run records.
     #[arg(long, env = "FERRY_KEEP_FINISHED_RUNS_FOR")]
     keep_finished_runs_for: Option<jiff::SignedDuration>,
+    /// Record who asked for each run (status.attribution, audit lines) from
+    /// the `ferry.dev/created-by` and `ferry.dev/spec-changed-by` annotations.
+    /// Only with the chart's attribution admission policies installed, which
+    /// make those annotations the API server's own user information.
+    #[arg(long, env = "FERRY_RECORD_REQUESTERS")]
+    record_requesters: bool,
+    /// The operator's own user name as the API server knows it
+    /// (`system:serviceaccount:NAMESPACE:NAME`): with --record-requesters, the
+    /// runs the schedule creates say so in `ferry.dev/created-by` (which the
+    /// chart's policy checks against the request).
+    #[arg(long, env = "FERRY_USER_NAME", requires = "record_requesters")]
+    user_name: Option<String>,
     /// Size of the runner's memory-backed /tmp.
     #[arg(long, env = "FERRY_RUNNER_SCRATCH_SIZE", default_value = "64Mi")]
     runner_scratch_size: String,
@@ -454,6 +466,8 @@ fn config(args: &Args) -> Config {
         token_audiences: args.token_audiences.clone(),
         sts_endpoint: args.sts_endpoint.clone(),
         keep_finished_runs_for: args.keep_finished_runs_for,
+        record_requesters: args.record_requesters,
+        user_name: args.user_name.clone(),
         network: RunNetwork {
             denied_cidrs: listed(&args.denied_networks),
             api_server_cidrs: listed(&args.api_server_cidrs),

@@ -34,6 +34,7 @@ pub const RUN_FIELDS: &[&str] = &[
     "podName",
     "reason",
     "message",
+    "attribution",
 ];
 
 /// The operator's fields of a Connector's status: all of them.
@@ -116,6 +117,35 @@ mod tests {
         assert_eq!(
             p,
             serde_json::json!({"status": {"phase": "Running", "nextAttemptTime": null}})
+        );
+    }
+
+    /// The field lists name every field of the status types, but the
+    /// runner's: a field left out would never be written.
+    #[test]
+    fn every_status_field_is_written() {
+        fn fields<T: schemars::JsonSchema>() -> Vec<String> {
+            let schema = serde_json::to_value(schemars::schema_for!(T)).unwrap();
+            let mut out: Vec<String> = schema["properties"]
+                .as_object()
+                .unwrap()
+                .keys()
+                .cloned()
+                .collect();
+            out.sort();
+            out
+        }
+        let sorted = |list: &[&str]| {
+            let mut v: Vec<String> = list.iter().map(|s| s.to_string()).collect();
+            v.sort();
+            v
+        };
+        let mut run = fields::<ferry_crds::ConnectorRunStatus>();
+        run.retain(|f| f != "progress" && f != "result");
+        assert_eq!(run, sorted(RUN_FIELDS));
+        assert_eq!(
+            fields::<ferry_crds::ConnectorStatus>(),
+            sorted(CONNECTOR_FIELDS)
         );
     }
 }

@@ -300,3 +300,170 @@ fn hijacked_operator_changes_a_running_pod() {
                          "object": changed, "oldObject": pod});
     assert_denied(request, "never updates a run's objects");
 }
+
+// Attribution (the chart's `ferry-operator-attribution` policy): the
+// annotations the operator records as who asked for a run can only hold the
+// name of the user the API server authenticated for the request.
+
+const ALICE: &str = "alice@example.com";
+
+fn as_user(operation: &str, user: &str, object: &Value, old: Option<&Value>) -> Value {
+    json!({"operation": operation, "namespace": NS, "username": user,
+           "object": object, "oldObject": old})
+}
+
+fn run_object(annotations: Value) -> Value {
+    let mut r = serde_json::to_value(run("manual-1")).unwrap();
+    r["metadata"]["annotations"] = annotations;
+    r
+}
+
+fn connector_object(annotations: Value, bucket: &str) -> Value {
+    let mut c = serde_json::to_value(connector(CONNECTOR)).unwrap();
+    c["metadata"]["annotations"] = annotations;
+    c["spec"]["source"]["s3"]["bucket"] = json!(bucket);
+    c
+}
+
+#[test]
+fn a_user_creating_a_run_in_someone_elses_name_is_refused() {
+    let forged = run_object(json!({"ferry.dev/created-by": "bob@example.com"}));
+    assert_denied(
+        as_user("CREATE", ALICE, &forged, None),
+        "may only name the user making this request",
+    );
+    // Their own name, or none (the mutating policy writes it where served).
+    let verdicts = admit(&[
+        as_user(
+            "CREATE",
+            ALICE,
+            &run_object(json!({"ferry.dev/created-by": ALICE})),
+            None,
+        ),
+        as_user("CREATE", ALICE, &run_object(json!({})), None),
+        as_user(
+            "CREATE",
+            OPERATOR,
+            &run_object(json!({"ferry.dev/created-by": OPERATOR})),
+            None,
+        ),
+    ]);
+    assert!(verdicts.iter().all(Result::is_ok), "{verdicts:?}");
+}
+
+#[test]
+fn a_user_rewriting_who_created_a_run_is_refused() {
+    let created = run_object(json!({"ferry.dev/created-by": "bob@example.com"}));
+    for changed in [
+        run_object(json!({"ferry.dev/created-by": ALICE})),
+        run_object(json!({})),
+    ] {
+        assert_denied(
+            as_user("UPDATE", ALICE, &changed, Some(&created)),
+            "records an earlier request and cannot be changed",
+        );
+    }
+    // Other changes leave it as it was: admitted.
+    let labelled = run_object(json!({"ferry.dev/created-by": "bob@example.com", "note": "x"}));
+    assert!(admit(&[as_user("UPDATE", ALICE, &labelled, Some(&created))])[0].is_ok());
+}
+
+#[test]
+fn a_user_writing_the_operators_run_record_is_refused() {
+    // A record written at creation would be trusted as the operator's: its
+    // pinned spec, its phase, who it says asked for the run.
+    let record = json!({"status": {"phase": "Succeeded",
+        "attribution": {"requestedBy": "bob@example.com"}}})
+    .to_string();
+    let seeded = run_object(json!({"ferry.dev/run-record": record}));
+    assert_denied(
+        as_user("CREATE", ALICE, &seeded, None),
+        "only the operator writes it",
+    );
+    let plain = run_object(json!({}));
+    assert_denied(
+        as_user("UPDATE", ALICE, &seeded, Some(&plain)),
+        "only the operator writes it",
+    );
+    assert!(admit(&[as_user("UPDATE", OPERATOR, &seeded, Some(&plain))])[0].is_ok());
+}
+
+#[test]
+fn a_user_changing_a_connector_in_someone_elses_name_is_refused() {
+    let bob = json!({"ferry.dev/spec-changed-by": "bob@example.com"});
+    let before = connector_object(bob.clone(), "raw");
+    // Alice changes the spec and leaves Bob's name: the next scheduled runs
+    // would be put down to Bob.
+    assert_denied(
+        as_user(
+            "UPDATE",
+            ALICE,
+            &connector_object(bob.clone(), "other"),
+            Some(&before),
+        ),
+        "may only name the user making this request",
+    );
+    assert_denied(
+        as_user("CREATE", ALICE, &connector_object(bob.clone(), "raw"), None),
+        "may only name the user making this request",
+    );
+    // Without a spec change, the name stays; with one, it is hers or none.
+    assert_denied(
+        as_user(
+            "UPDATE",
+            ALICE,
+            &connector_object(json!({"ferry.dev/spec-changed-by": ALICE}), "raw"),
+            Some(&before),
+        ),
+        "cannot be changed",
+    );
+    let verdicts = admit(&[
+        as_user(
+            "UPDATE",
+            ALICE,
+            &connector_object(bob, "raw"),
+            Some(&before),
+        ),
+        as_user(
+            "UPDATE",
+            ALICE,
+            &connector_object(json!({"ferry.dev/spec-changed-by": ALICE}), "other"),
+            Some(&before),
+        ),
+        as_user(
+            "UPDATE",
+            ALICE,
+            &connector_object(json!({}), "other"),
+            Some(&before),
+        ),
+    ]);
+    assert!(verdicts.iter().all(Result::is_ok), "{verdicts:?}");
+}
+
+#[test]
+fn a_user_stripping_the_audit_finalizer_to_delete_a_run_unseen_is_refused() {
+    let mut held = run_object(json!({}));
+    held["metadata"]["finalizers"] = json!(["ferry.dev/audit-trail", "example.com/other"]);
+    let mut stripped = held.clone();
+    stripped["metadata"]["finalizers"] = json!(["example.com/other"]);
+    assert_denied(
+        as_user("UPDATE", ALICE, &stripped, Some(&held)),
+        "only the operator removes it",
+    );
+    let verdicts = admit(&[
+        // The operator releases it once the deletion is audited.
+        as_user("UPDATE", OPERATOR, &stripped, Some(&held)),
+        // Others' finalizers are others' business.
+        as_user(
+            "UPDATE",
+            ALICE,
+            &{
+                let mut v = held.clone();
+                v["metadata"]["finalizers"] = json!(["ferry.dev/audit-trail"]);
+                v
+            },
+            Some(&held),
+        ),
+    ]);
+    assert!(verdicts.iter().all(Result::is_ok), "{verdicts:?}");
+}

@@ -1,4 +1,4 @@
-"""Evaluates the chart's ValidatingAdmissionPolicy the way the API server does,
+"""Evaluates the chart's ValidatingAdmissionPolicies the way the API server does,
 with Google's CEL implementation (PyPI cel-expr-python: cel-cpp, which follows
 the same CEL specification and conformance suite as cel-go, the implementation
 the API server embeds, and ships the strings and optional extensions Kubernetes
@@ -10,6 +10,9 @@ to use the ones before), validations with message and messageExpression, and
 failurePolicy Fail (an expression that errors denies). Not modelled: the
 runtime cost limit (the expressions here walk a handful of containers,
 volumes and rules) and namespace or object selectors (the policy uses none).
+
+A request is admitted when every policy that matches it admits it, as the API
+server does with several bound policies.
 
 Usage: admission.py [--set key=value ...] < requests.json
 
@@ -32,8 +35,10 @@ from cel_expr_python.ext import ext_optional, ext_strings
 
 CHART = Path(__file__).resolve().parents[2] / "charts" / "ferry"
 
-# kind -> (API group, resource), for the kinds the policy can match.
+# kind -> (API group, resource), for the kinds the policies can match.
 RESOURCES = {
+    "Connector": ("ferry.dev", "connectors"),
+    "ConnectorRun": ("ferry.dev", "connectorruns"),
     "Pod": ("", "pods"),
     "ServiceAccount": ("", "serviceaccounts"),
     "Role": ("rbac.authorization.k8s.io", "roles"),
@@ -79,13 +84,15 @@ class Policy:
         kind = obj["kind"]
         if not self.matches(req["operation"], kind):
             return {"allowed": True, "messages": [], "matched": False}
-        group, _ = RESOURCES[kind]
+        group, resource = RESOURCES[kind]
+        version = obj.get("apiVersion", "v1").split("/")[-1]
         request = {
             "operation": req["operation"],
             "namespace": req["namespace"],
             "name": obj["metadata"].get("name", ""),
             "userInfo": {"username": req["username"]},
-            "kind": {"group": group, "version": "v1", "kind": kind},
+            "kind": {"group": group, "version": version, "kind": kind},
+            "resource": {"group": group, "version": version, "resource": resource},
         }
         data = {"object": req.get("object"), "oldObject": req.get("oldObject"), "request": request,
                 "variables": {}}
@@ -121,21 +128,32 @@ class Policy:
         return {"allowed": not messages, "messages": messages, "matched": True}
 
 
-def policy_of(docs: list[dict]) -> Policy:
-    [policy] = [d for d in docs if d["kind"] == "ValidatingAdmissionPolicy"]
-    [binding] = [d for d in docs if d["kind"] == "ValidatingAdmissionPolicyBinding"]
-    assert binding["spec"]["policyName"] == policy["metadata"]["name"], "the binding names the policy"
-    assert binding["spec"]["validationActions"] == ["Deny"], "the binding denies"
-    return Policy(policy)
+def policies_of(docs: list[dict]) -> list[Policy]:
+    """Every ValidatingAdmissionPolicy of the chart, each with its binding."""
+    policies = [d for d in docs if d["kind"] == "ValidatingAdmissionPolicy"]
+    bindings = {d["spec"]["policyName"]: d for d in docs if d["kind"] == "ValidatingAdmissionPolicyBinding"}
+    assert policies, "the chart has admission policies"
+    for p in policies:
+        binding = bindings.get(p["metadata"]["name"])
+        assert binding is not None, f"policy {p['metadata']['name']} is bound"
+        assert binding["spec"]["validationActions"] == ["Deny"], "the binding denies"
+    return [Policy(p) for p in policies]
+
+
+def admit_all(policies: list[Policy], req: dict) -> dict:
+    verdicts = [p.admit(req) for p in policies]
+    messages = [m for v in verdicts for m in v["messages"]]
+    return {"allowed": all(v["allowed"] for v in verdicts), "messages": messages,
+            "matched": any(v["matched"] for v in verdicts)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--set", action="append", default=[], dest="sets")
     args = parser.parse_args()
-    policy = policy_of(render(args.sets))
+    policies = policies_of(render(args.sets))
     requests = json.load(sys.stdin)
-    json.dump([policy.admit(r) for r in requests], sys.stdout)
+    json.dump([admit_all(policies, r) for r in requests], sys.stdout)
 
 
 if __name__ == "__main__":

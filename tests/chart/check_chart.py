@@ -30,13 +30,22 @@ def run(*args, expect_ok=True):
 
 
 def render(*sets):
-    args = ["helm", "template", "ferry", str(CHART), "--namespace", "ferry-system"]
+    args = []
     for s in sets:
         args += ["--set", s]
+    return render_args(args)
+
+
+def render_args(extra):
+    args = ["helm", "template", "ferry", str(CHART), "--namespace", "ferry-system", *extra]
     docs = [d for d in yaml.safe_load_all(run(*args)) if d]
     for d in docs:
         ok({"apiVersion", "kind", "metadata"} <= d.keys(), f"a rendered object has apiVersion, kind, metadata: {d}")
     return docs
+
+
+def operator_args(docs):
+    return next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
 
 
 def kinds(docs):
@@ -73,6 +82,8 @@ ok(
             "ServiceAccount/ferry-operator",
             "ValidatingAdmissionPolicy/ferry-operator-run-objects",
             "ValidatingAdmissionPolicyBinding/ferry-operator-run-objects",
+            "ValidatingAdmissionPolicy/ferry-operator-attribution",
+            "ValidatingAdmissionPolicyBinding/ferry-operator-attribution",
         ]
     ),
     f"default render names only the expected resources: {kinds(default)}",
@@ -177,14 +188,40 @@ ok("ValidatingAdmissionPolicy/ferry-operator-run-objects" not in kinds(render("a
    "admissionPolicy.enabled=false leaves the policy out")
 run("helm", "template", "ferry", str(CHART), "--kube-version", "1.29.0", expect_ok=False)
 run("helm", "template", "ferry", str(CHART), "--kube-version", "1.30.0")
-vap = next(d for d in default if d["kind"] == "ValidatingAdmissionPolicy")
+vap = next(d for d in default if d["kind"] == "ValidatingAdmissionPolicy"
+           and d["metadata"]["name"] == "ferry-operator-run-objects")
 ok(vap["spec"]["failurePolicy"] == "Fail", "the policy fails closed")
 ok("system:serviceaccount:ferry-system:ferry-operator" in vap["spec"]["matchConditions"][0]["expression"],
    "the policy is bound to the operator's ServiceAccount")
 sys.path.insert(0, str(Path(__file__).parent))
 import admission  # noqa: E402  (compiles every expression, as the API server would)
 
-admission.policy_of(default)
+admission.policies_of(default)
+
+# Attribution: a validating policy everywhere; the mutating ones only where the
+# cluster serves MutatingAdmissionPolicy v1beta1; the operator told to record.
+attribution = [d for d in default if d["metadata"]["name"].startswith("ferry-operator-attribution")]
+ok([d["kind"] for d in attribution] == ["ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"],
+   "attribution: the validating policy and its binding, no mutating policy without the API")
+ok(all(d["spec"].get("failurePolicy", "Fail") == "Fail" for d in attribution if "Policy" in d["kind"] and "Binding" not in d["kind"]),
+   "attribution fails closed")
+args = operator_args(default)
+ok("--record-requesters" in args and "--user-name=system:serviceaccount:ferry-system:ferry-operator" in args,
+   "the operator records requesters, and knows its own user name")
+mutating = render_args(["--api-versions", "admissionregistration.k8s.io/v1beta1/MutatingAdmissionPolicy"])
+maps = {d["metadata"]["name"]: d for d in mutating if d["kind"] == "MutatingAdmissionPolicy"}
+ok(sorted(maps) == ["ferry-operator-attribution-connectors", "ferry-operator-attribution-runs"],
+   f"mutating policies where the API is served: {sorted(maps)}")
+for name, m in maps.items():
+    expr = m["spec"]["mutations"][0]["applyConfiguration"]["expression"]
+    key = "ferry.dev/created-by" if name.endswith("runs") else "ferry.dev/spec-changed-by"
+    ok(m["spec"]["mutations"][0]["patchType"] == "ApplyConfiguration" and key in expr
+       and "request.userInfo.username" in expr and m["spec"]["failurePolicy"] == "Fail",
+       f"{name} writes {key} from the request's user")
+ok(sum(d["kind"] == "MutatingAdmissionPolicyBinding" for d in mutating) == 2, "each mutating policy is bound")
+off = render("attribution.enabled=false")
+ok(not any(d["metadata"]["name"].startswith("ferry-operator-attribution") for d in off)
+   and "--record-requesters" not in operator_args(off), "attribution.enabled=false: no policy, nothing recorded")
 
 # RBAC: no wildcard, Secrets `get` only, no escalate/bind/impersonate.
 for d in default:

@@ -29,6 +29,9 @@ TARGET = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", CACHE / "target")) / HO
 KUBECTL = CACHE / "bin/kubectl"
 OPERATOR = TARGET / "ferry-operator"
 RUNNER = TARGET / "job-runner"
+# The operator's user name, as the API server would authenticate its
+# ServiceAccount (the chart passes the same with --user-name).
+OPERATOR_USER = "system:serviceaccount:ferry-system:ferry-operator"
 
 
 def free_port() -> int:
@@ -121,7 +124,9 @@ class Cluster:
                            "--tenant-namespaces", ",".join(tenants), "--runner-log", runner_log,
                            # moto and Azurite listen on plain http on 127.0.0.1.
                            "--allow-plain-http-loopback",
-                           "--audit-log", str(self.dir / f"{name}.audit")],
+                           "--audit-log", str(self.dir / f"{name}.audit"),
+                           # As the chart starts it with its attribution policies.
+                           "--record-requesters", "--user-name", OPERATOR_USER],
                     env={"KUBECONFIG": str(self._kubeconfig(name, f"{name}-token", server)), "POD_NAME": name,
                          "POD_NAMESPACE": "ferry-system", "RUST_LOG": "info,kube=warn"})
         if wait:

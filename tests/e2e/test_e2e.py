@@ -20,7 +20,7 @@ import boto3
 import pytest
 import yaml
 from azure.storage.blob import BlobServiceClient
-from cluster import ROOT, RUNNER, Cluster, metric, wait_for
+from cluster import OPERATOR_USER, ROOT, RUNNER, Cluster, metric, wait_for
 
 S3 = os.environ.get("FERRY_S3_ENDPOINT", "")
 AZURITE = os.environ.get("FERRY_AZURITE_ENDPOINT", "")
@@ -106,9 +106,17 @@ def data(bucket: str, extra: dict[str, bytes] | None = None) -> dict[str, bytes]
     return objects
 
 
+# The user kubectl authenticates as. The test API runs no admission: the runs
+# are created with the annotation the chart's mutating admission policy writes
+# from the request's user (the policies themselves are checked with Google's
+# CEL implementation in operator/tests/admission.rs).
+KUBECTL_USER = "kubernetes-admin"
+
+
 def manual_run(cluster: Cluster, ns: str) -> str:
     """kubectl create -f examples/runs/manual-run.yaml, in `ns`: the run's name."""
     text = (ROOT / "examples/runs/manual-run.yaml").read_text().replace("namespace: acme", f"namespace: {ns}")
+    text = text.replace("metadata:\n", f"metadata:\n  annotations: {{ferry.dev/created-by: {KUBECTL_USER}}}\n", 1)
     out = cluster.kubectl("create", "-f", "-", "-o", "name", stdin=text)
     return out.stdout.strip().split("/")[-1]
 
@@ -178,11 +186,16 @@ def test_s3_to_azure_manual_run(cluster: Cluster):
     status = cluster.get(f"{CONN.format(ns=ns)}/sales-exports")["status"]
     assert status["lastRun"]["name"] == name, status
     assert status["cursor"], status
-    # The audit trails of the operator and of the run's pod form unbroken chains.
+    # The audit trails of the operator and of the run's pod form unbroken chains,
+    # and every line about the run names the kubectl user who asked for it.
+    assert run["status"]["attribution"] == {"requestedBy": KUBECTL_USER}, run["status"]
     for trail in (cluster.dir / "operator-a.audit", cluster.dir / "node/logs" / f"{ns}_{name}-1.log"):
         checked = subprocess.run([str(RUNNER), "audit", "verify", str(trail)], capture_output=True, text=True)
         assert checked.returncode == 0, checked.stderr
         assert "0 audit line(s)" not in checked.stdout, checked.stdout
+        about = [json.loads(line) for line in trail.read_text().splitlines()
+                 if line.startswith("{") and '"run":"' + name + '"' in line]
+        assert about and all(line.get("requestedBy") == KUBECTL_USER for line in about), about
     # The metrics count the run and its bytes.
     text = cluster.scrape("operator-a")
     assert metric(text, "ferry_runs_total", namespace=ns, result="succeeded") == 1, text
@@ -198,6 +211,17 @@ def test_s3_to_azure_manual_run(cluster: Cluster):
         i["metadata"].get("labels", {}).get("ferry.dev/run") == name
         for p in run_objects for i in cluster.items(p)), 30,
         context=lambda: json.dumps([[i["metadata"]["name"] for i in cluster.items(p)] for p in run_objects]))
+
+    # An editor deletes the finished run: it goes, and not unseen. The
+    # operator's finalizer held it until the audit line was written.
+    assert run["metadata"]["finalizers"] == ["ferry.dev/audit-trail"], run["metadata"]
+    cluster.kubectl("delete", "connectorrun", name, "-n", ns, "--wait=false")
+    wait_for("the deleted run to go", lambda: cluster.get(f"{RUN.format(ns=ns)}/{name}") is None, 30,
+             context=cluster.logs)
+    lines = [json.loads(line) for line in (cluster.dir / "operator-a.audit").read_text().splitlines()]
+    deleted = [line for line in lines if line["action"] == "run.deleted" and line["run"] == name]
+    assert len(deleted) == 1, lines[-5:]
+    assert deleted[0]["reason"] == "Succeeded" and deleted[0]["requestedBy"] == KUBECTL_USER, deleted
 
 
 def test_a_namespace_that_is_not_a_tenant_cannot_steer_the_operator(cluster: Cluster):
@@ -384,6 +408,10 @@ def test_a_schedule_produces_runs_and_prunes_history(cluster: Cluster):
     status = cluster.get(f"{CONN.format(ns=ns)}/sales-exports")["status"]
     assert status.get("lastScheduleTime") and status.get("nextScheduleTime"), status
     assert status["lastRun"]["name"] in seen
+    # The schedule's runs are the operator's requests, and say so.
+    kept = cluster.get(f"{RUN.format(ns=ns)}/{status['lastRun']['name']}")
+    assert kept["metadata"]["annotations"]["ferry.dev/created-by"] == OPERATOR_USER, kept["metadata"]
+    assert kept["status"]["attribution"] == {"requestedBy": OPERATOR_USER}, kept["status"]
     cluster.kubectl("delete", "namespace", ns, "--wait=false")
 
 

@@ -9,7 +9,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use ferry_crds::{
-    ConcurrencyPolicy, Connector, ConnectorRef, ConnectorRun, ConnectorRunSpec, RunMode,
+    CREATED_BY_ANNOTATION, ConcurrencyPolicy, Connector, ConnectorRef, ConnectorRun,
+    ConnectorRunSpec, RunMode,
 };
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -167,10 +168,19 @@ pub async fn start(
                     .await;
             }
             let api: Api<ConnectorRun> = Api::namespaced(ctx.client.clone(), &namespace);
-            match api
-                .create(&PostParams::default(), &new_run(connector, run, *at))
-                .await
+            let mut new = new_run(connector, run, *at);
+            if let Some(identity) = ctx
+                .config
+                .user_name
+                .as_ref()
+                .filter(|_| ctx.config.record_requesters)
             {
+                // The schedule's runs are the operator's requests: said the way
+                // the admission policies say a person's.
+                new.annotations_mut()
+                    .insert(CREATED_BY_ANNOTATION.to_string(), identity.clone());
+            }
+            match api.create(&PostParams::default(), &new).await {
                 Ok(created) => {
                     let note = format!("created run {run} for {at}");
                     ctx.event(&reference, false, "RunCreated", "Schedule", note)

@@ -14,6 +14,7 @@ pub mod apply;
 pub mod build;
 pub mod effects;
 pub mod fate;
+pub mod finalizer;
 pub mod record;
 pub mod validate;
 
@@ -21,7 +22,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_crds::contract;
-use ferry_crds::{ConnectorRun, ConnectorRunStatus, ConnectorSpec, Reason, RunMode, RunPhase};
+use ferry_crds::{
+    Attribution, CREATED_BY_ANNOTATION, Connector, ConnectorRun, ConnectorRunStatus, ConnectorSpec,
+    Reason, RunMode, RunPhase, SPEC_CHANGED_BY_ANNOTATION,
+};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -29,7 +33,7 @@ use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
 use kube::{Api, Resource, ResourceExt};
 
-use crate::audit::{self, Outcome, Record};
+use crate::audit::{self, Attributed, Outcome, Record};
 use crate::conditions;
 use crate::context::Context;
 use crate::dereference;
@@ -88,6 +92,8 @@ struct Subject<'a> {
     name: &'a str,
     /// The pinned Connector spec.
     spec: &'a ConnectorSpec,
+    /// Who asked for the run, as pinned.
+    attribution: &'a Attribution,
 }
 
 /// What the reconcile decided about the run: its new status, when to look
@@ -120,6 +126,7 @@ impl Subject<'_> {
             self.name,
             Some(self.spec),
         )
+        .by(self.attribution)
     }
 }
 
@@ -141,8 +148,9 @@ pub async fn reconcile_run(run: &ConnectorRun, ctx: &Context) -> Result<Action, 
     })?;
     let name = run.name_any();
     if run.meta().deletion_timestamp.is_some() {
-        return Ok(Action::await_change());
+        return deleted(run, ctx, &namespace, &name).await;
     }
+    finalizer::ensure(ctx, run).await?;
     let fresh;
     let run = if in_flight(run) {
         match fresh_copy(ctx, &namespace, &name).await? {
@@ -166,12 +174,14 @@ pub async fn reconcile_run(run: &ConnectorRun, ctx: &Context) -> Result<Action, 
     };
     let unreadable = recorded.is_err();
     let recorded = recorded.ok().flatten();
+    let attribution = old.attribution.clone().unwrap_or_default();
     let subject = Subject {
         run,
         ctx,
         namespace: &namespace,
         name: &name,
         spec: &ConnectorSpec::default(),
+        attribution: &attribution,
     };
     let mut decision = decide(subject, &old, unreadable, tampered).await?;
     decision.effects.splice(0..0, tampering_effects);
@@ -186,6 +196,51 @@ pub async fn reconcile_run(run: &ConnectorRun, ctx: &Context) -> Result<Action, 
         decision,
     )
     .await
+}
+
+/// A run being deleted: its objects removed and an audit line written (with
+/// its phase, who asked for it and what it moved between), then the
+/// operator's finalizer released so that the deletion completes. A release
+/// that fails is tried again, the line written again: a deletion is never
+/// unseen, at worst seen twice.
+async fn deleted(
+    run: &ConnectorRun,
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+) -> Result<Action, Error> {
+    if !finalizer::holds(run) {
+        return Ok(Action::await_change());
+    }
+    let status = record::read(run)
+        .ok()
+        .flatten()
+        .map(|r| r.status)
+        .unwrap_or_default();
+    let phase = status.phase.map_or("Pending", RunPhase::as_str);
+    let spec = status
+        .connector_spec
+        .as_ref()
+        .filter(|s| status.connector_spec_hash.as_deref() == Some(spec_hash(s).as_str()));
+    let line = audit::record(
+        "run.deleted",
+        Outcome::Success,
+        Some(phase),
+        namespace,
+        &run.spec.connector_ref.name,
+        name,
+        spec,
+    )
+    .by(&status.attribution.clone().unwrap_or_default());
+    let effects = vec![
+        Effect::Cleanup {
+            attempts: status.attempts.unwrap_or(0),
+        },
+        Effect::Audit(line),
+    ];
+    effects::perform(ctx, run, namespace, name, effects).await?;
+    finalizer::release(ctx, run).await?;
+    Ok(Action::await_change())
 }
 
 /// Whether the run has pods and has not ended. Once a run has pods, its cached
@@ -289,8 +344,10 @@ async fn decide(
     // The spec of a run is immutable: the status speaks of the generation it
     // was admitted at.
     status.observed_generation = old.observed_generation.or(run.meta().generation);
+    let attribution = status.attribution.clone().unwrap_or_default();
     let subject = Subject {
         spec: &spec,
+        attribution: &attribution,
         ..subject
     };
     advance(subject, status, tampered).await
@@ -325,6 +382,11 @@ async fn pin(
     status.connector_spec_hash = Some(spec_hash(&connector.spec));
     status.connector_generation = connector.meta().generation;
     status.connector_spec = Some(connector.spec.clone());
+    status.attribution = ctx
+        .config
+        .record_requesters
+        .then(|| attribution(run, &connector))
+        .filter(|a| !a.is_empty());
     // The record the run's destination must reach: the cursor as it is now.
     status.manifest_anchor = connector
         .status
@@ -336,6 +398,23 @@ async fn pin(
     status.message = None;
     record::write(ctx, namespace, name, None, old, status).await?;
     Ok(Some(connector.spec))
+}
+
+/// Who asked for `run`, from the annotations the chart's admission policies
+/// keep (their values are the API server's own user information: a value
+/// that is not its writer's name is refused at admission).
+fn attribution(run: &ConnectorRun, connector: &Connector) -> Attribution {
+    let annotation = |meta: &kube::api::ObjectMeta, key: &str| {
+        meta.annotations
+            .as_ref()
+            .and_then(|a| a.get(key))
+            .filter(|v| !v.is_empty())
+            .cloned()
+    };
+    Attribution {
+        requested_by: annotation(run.meta(), CREATED_BY_ANNOTATION),
+        connector_changed_by: annotation(connector.meta(), SPEC_CHANGED_BY_ANNOTATION),
+    }
 }
 
 /// Writes a decision, then acts on it. The record is the commit point: once it
