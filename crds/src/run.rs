@@ -351,6 +351,10 @@ pub struct RunError {
 /// Folder, under the destination prefix, holding Ferry's manifests; a run's
 /// manifest is named `<UTC timestamp>Z-<run>.json` in it.
 pub const MANIFEST_DIR: &str = ".ferry/manifests/";
+/// Folder, under the destination prefix, holding the encrypted copies of the
+/// runs' audit lines, `<UTC timestamp>Z-<run>.jsonl`, each listed in the
+/// manifest of its run.
+pub const AUDIT_DIR: &str = ".ferry/audit/";
 
 /// Annotation of a ConnectorRun holding the operator's record of it, the JSON of
 /// a [`RunRecord`]. A run's own ServiceAccount may patch the run's status but

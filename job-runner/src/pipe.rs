@@ -43,12 +43,12 @@ pub enum SealError {
 
 /// The object to encrypt: where it is read from (for messages), its key (the
 /// associated data of its encryption), and its listed size, which the bytes
-/// read must match.
+/// read must match (none: a stream of unknown length, such as audit lines).
 #[derive(Debug, Clone)]
 pub struct Origin {
     pub endpoint: String,
     pub key: String,
-    pub size: u64,
+    pub size: Option<u64>,
 }
 
 /// Encrypts `input` with `enc`, minimising it first with `projector`. Returns
@@ -160,7 +160,7 @@ async fn seal(
             break;
         }
     }
-    if read_len != s.origin.size {
+    if s.origin.size.is_some_and(|size| size != read_len) {
         let e = StorageError::ChangedDuringRead {
             endpoint: s.origin.endpoint.clone(),
             key: s.origin.key.clone(),

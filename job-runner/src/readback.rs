@@ -7,6 +7,7 @@ use std::sync::Arc;
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
 
+use crate::crypto::manifest::RECORDS_DIR;
 use crate::crypto::{
     Anchor, Finding, KeyRing, Manifest, ManifestEntry, PublicKeys, check_anchor, check_chain,
 };
@@ -226,23 +227,23 @@ pub async fn verify(
         None
     };
     let (mkey, manifest) = manifest(store, &trust, manifest_key).await?;
-    let present: BTreeSet<String> = store
-        .list()
-        .await?
-        .into_iter()
-        .map(|o| o.key)
-        .filter(|k| !k.starts_with(".ferry/"))
+    let stored: BTreeSet<String> = store.list().await?.into_iter().map(|o| o.key).collect();
+    let present: BTreeSet<&String> = stored
+        .iter()
+        .filter(|k| !k.starts_with(RECORDS_DIR))
         .collect();
     let mut findings = Vec::new();
     let listed: BTreeSet<&str> = manifest.objects.iter().map(|e| e.key.as_str()).collect();
-    for e in &manifest.objects {
-        if !present.contains(&e.key) {
+    // The objects, and Ferry's own records the manifest lists (the run's
+    // audit lines), each checked the same way.
+    for e in manifest.objects.iter().chain(&manifest.records) {
+        if !stored.contains(&e.key) {
             findings.push(Finding::Missing(e.key.clone()));
             continue;
         }
         findings.extend(check_entry(store, keys.clone(), e).await?);
     }
-    for k in &present {
+    for k in present {
         if !listed.contains(k.as_str()) {
             findings.push(Finding::Extra(k.clone()));
         }
@@ -307,6 +308,15 @@ pub async fn decrypt_all(
     let keys = trust.keys("decryption")?;
     let (_, manifest) = verify(store, trust, manifest_key, false).await?;
     let mut bytes = 0;
+    // The run's audit lines come out too, under the same keys (the bytes
+    // counted are the objects').
+    for e in &manifest.records {
+        let plain = checked(
+            decrypt_stream(store.get(&e.key, None).await?, keys.clone(), e.key.clone()),
+            e.clone(),
+        );
+        out.put(&e.key, plain).await.map_err(from_stream)?;
+    }
     for e in &manifest.objects {
         let plain = checked(
             decrypt_stream(store.get(&e.key, None).await?, keys.clone(), e.key.clone()),

@@ -748,3 +748,108 @@ fn a_kek_holder_forging_a_record_is_caught_by_the_public_key_alone() {
         text(&o)
     );
 }
+
+/// The runner's audit lines used to live only in its pod's log, gone with the
+/// pod. They are now stored with the records they describe: encrypted at the
+/// destination, listed in the manifest, so that deleting or swapping them is
+/// found by `verify`.
+#[test]
+fn a_runs_audit_lines_outlive_it_at_the_destination_and_cannot_be_swapped_unseen() {
+    let dir = setup();
+    let d = dir.path();
+    assert!(
+        runner(d, &["keygen", "--out", "secrets/kek/kek"])
+            .status
+            .success()
+    );
+    let o = run_local(d, &["--run-id", "r1", "--audit-log", "r1.audit"]);
+    assert!(o.status.success(), "{}", text(&o));
+    std::fs::write(d.join("src/c.csv"), "id\n3\n").unwrap();
+    let o = run_local(d, &["--run-id", "r2", "--audit-log", "r2.audit"]);
+    assert!(o.status.success(), "{}", text(&o));
+
+    let stored: Vec<_> = std::fs::read_dir(d.join("dst/.ferry/audit"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(stored.len(), 2, "{stored:?}");
+    let plain_text = std::fs::read(d.join("dst/.ferry/audit").join(&stored[0])).unwrap();
+    assert!(
+        !String::from_utf8_lossy(&plain_text).contains("object.copy"),
+        "the stored copy is encrypted"
+    );
+    // Decrypted with the records: the lines of run r2 as it wrote them, up to
+    // its manifest, a chain that verifies.
+    let o = runner(
+        d,
+        &[
+            "decrypt",
+            "--kek",
+            "secrets/kek/kek",
+            "--dir",
+            "dst",
+            "--out",
+            "plain",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let copies: Vec<_> = std::fs::read_dir(d.join("plain/.ferry/audit"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(
+        copies.len(),
+        1,
+        "the newest manifest lists its own run's copy"
+    );
+    let copy = std::fs::read_to_string(&copies[0]).unwrap();
+    let full = std::fs::read_to_string(d.join("r2.audit")).unwrap();
+    assert!(
+        full.starts_with(&copy),
+        "the copy is the log, byte for byte"
+    );
+    assert!(copy.contains(r#""action":"run.started""#) && copy.contains(r#""object":"c.csv""#));
+    let o = runner(d, &["audit", "verify", copies[0].to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+
+    let verify = || {
+        runner(
+            d,
+            &[
+                "verify",
+                "--kek",
+                "secrets/kek/kek",
+                "--dir",
+                "dst",
+                "--deep",
+            ],
+        )
+    };
+    assert!(verify().status.success(), "{}", text(&verify()));
+    // Swapped: r1's copy put in place of r2's.
+    let mut names = stored.clone();
+    names.sort();
+    let (older, newer) = (
+        d.join("dst/.ferry/audit").join(&names[0]),
+        d.join("dst/.ferry/audit").join(&names[1]),
+    );
+    let kept = std::fs::read(&newer).unwrap();
+    std::fs::copy(&older, &newer).unwrap();
+    let o = verify();
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains(&format!("object \".ferry/audit/{}\"", names[1])),
+        "{}",
+        text(&o)
+    );
+    // Deleted.
+    std::fs::remove_file(&newer).unwrap();
+    let o = verify();
+    assert!(
+        text(&o).contains("listed in the manifest but missing"),
+        "{}",
+        text(&o)
+    );
+    std::fs::write(&newer, kept).unwrap();
+    assert!(verify().status.success());
+}

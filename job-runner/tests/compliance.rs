@@ -234,7 +234,14 @@ async fn an_object_that_cannot_be_minimised_is_refused_not_copied_whole() {
         !exists(&dst, "customers/bad.csv"),
         "a failed projection left an object"
     );
-    assert!(!exists(&dst, ".ferry"), "a failed run wrote a manifest");
+    assert!(
+        !exists(&dst, ".ferry/manifests"),
+        "a failed run wrote a manifest"
+    );
+    assert!(
+        exists(&dst, ".ferry/audit"),
+        "the lines of a failed run are kept at the destination too"
+    );
 
     let refused = lines.of("object.refused");
     assert_eq!(refused.len(), 1);
@@ -590,6 +597,7 @@ async fn a_manifest_created_in_the_future_is_refused() {
             created: "2999-12-31T23:59:59Z".into(),
             objects: vec![],
             erased: vec![],
+            records: vec![],
         },
     );
     future.verify_at(&keys(), name).unwrap();

@@ -168,8 +168,8 @@ async fn a_connection_cut_mid_upload_is_retried_and_leaves_no_partial_object() {
         .collect();
     assert_eq!(
         keys_there.len(),
-        4,
-        "three objects and the manifest: {keys_there:?}"
+        5,
+        "three objects, the manifest and the run's audit lines: {keys_there:?}"
     );
 }
 

@@ -267,7 +267,7 @@ async fn disallowed_sensitivity_is_refused_not_read() {
         "refused object was copied"
     );
     assert!(
-        !dir.path().join("dst/.ferry").exists(),
+        !dir.path().join("dst/.ferry/manifests").exists(),
         "a failed run wrote a manifest"
     );
     let audit = lines.text();
@@ -421,15 +421,19 @@ async fn permanent_cut_leaves_no_partial_object_and_a_rerun_completes() {
     .unwrap_err();
     assert!(err.to_string().contains("flaky"), "{err}");
     assert!(
-        !dir.path().join("dst/.ferry").exists(),
+        !dir.path().join("dst/.ferry/manifests").exists(),
         "failed run advanced the cursor"
     );
     no_temp_files(&dir.path().join("dst"));
     // Every object present is complete (it decrypts) — nothing half-written.
-    let present = LocalStore::new(dir.path().join("dst"))
+    // (The run's audit lines are kept under .ferry/ too, failed or not.)
+    let present: Vec<_> = LocalStore::new(dir.path().join("dst"))
         .list()
         .await
-        .unwrap();
+        .unwrap()
+        .into_iter()
+        .filter(|o| !o.key.starts_with(".ferry/"))
+        .collect();
     assert!(present.len() < files.len());
 
     let src: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir.path().join("src")));

@@ -181,6 +181,14 @@ def test_s3_to_azure_manual_run(cluster: Cluster):
     assert decrypted.returncode == 0, decrypted.stderr
     assert (out / "customers/2026-11-01.csv").read_bytes() == b"id,country\n1,FR\n2,DE\n"
     assert (out / "orders/2026-11-01.csv").read_bytes() == b"order,amount\n7,12.50\n8,3.10\n"
+    # The runner's audit lines outlive its pod: stored encrypted next to the
+    # manifest, listed in it, and decrypted with the data; they form a chain.
+    assert any(k.startswith("sales/.ferry/audit/") for k in there), there
+    [copy] = list((out / ".ferry/audit").glob("*.jsonl"))
+    checked = subprocess.run([str(RUNNER), "audit", "verify", str(copy)], capture_output=True, text=True)
+    assert checked.returncode == 0 and "0 audit line(s)" not in checked.stdout, checked.stdout + checked.stderr
+    stored = [json.loads(line) for line in copy.read_text().splitlines()]
+    assert {line["run"] for line in stored} == {name} and stored[0]["action"] == "run.started", stored[:2]
 
     # The Connector's status: last run, cursor.
     status = cluster.get(f"{CONN.format(ns=ns)}/sales-exports")["status"]

@@ -9,13 +9,16 @@
 //! makes the manifests of a destination a chain: each authenticates its own
 //! name (so a copy under another name does not verify), its sequence number
 //! and the link of the manifest it was built on (so one deleted, rolled back
-//! or put out of order breaks the chain). Versions 1 and 2 still verify; the
-//! first version 3 manifest after them links to the newest of them.
+//! or put out of order breaks the chain). Version 4 adds `records`: Ferry's
+//! own records at the destination that the run wrote, the encrypted copy of
+//! its audit lines, listed like objects. Versions 1 to 3 still verify; the
+//! first chained manifest after versions 1 and 2 links to the newest of them.
 //!
 //! ```text
 //! mac_input = format || 0x00 || str(run) || str(connector) || str(created)
 //!             || str(kek_id) || u64(count) || entry* || [v2: u64(erased) || tombstone*]
 //!             || [v3: str(name) || u64(sequence) || opt(previous)]
+//!             || [v4: u64(records) || entry*]
 //! entry     = str(key) || u64(size) || str(sha256) || u64(encrypted_size)
 //!             || str(encrypted_sha256) || opt(source_modified) || opt(source_etag)
 //!             || [v2: optu64(source_size) || u64(fields) || str(field)*]
@@ -52,7 +55,11 @@ use super::signing::{ManifestSigner, PublicKeys, Signature};
 const SIGNATURE_CONTEXT: &[u8] = b"ferry-manifest-signature/v1\0";
 
 /// The format tag of manifests this code writes.
-pub const FORMAT: &str = "ferry-manifest/v3";
+pub const FORMAT: &str = "ferry-manifest/v4";
+/// Where Ferry's own records live under a destination prefix; objects never do.
+pub const RECORDS_DIR: &str = ".ferry/";
+/// The third format, still read: no records.
+pub const FORMAT_V3: &str = "ferry-manifest/v3";
 /// The second format, still read: no name, sequence or link.
 pub const FORMAT_V2: &str = "ferry-manifest/v2";
 /// The first format, still read: no source sizes, fields or tombstones.
@@ -127,6 +134,11 @@ pub struct Manifest {
     /// Source keys erased on request, in order; never copied again.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub erased: Vec<Tombstone>,
+    /// Version 4: Ferry's own records that the run wrote under `.ferry/`
+    /// (the encrypted copy of its audit lines), with sizes and digests like
+    /// objects.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub records: Vec<ManifestEntry>,
     /// Hex HMAC-SHA256 over the canonical encoding.
     pub mac: String,
     /// An Ed25519 signature of the canonical encoding, when the Connector
@@ -138,7 +150,7 @@ pub struct Manifest {
 /// What verification of a manifest found wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ManifestError {
-    #[error("manifest format {0:?} is not supported (this build reads {FORMAT_V1} and {FORMAT})")]
+    #[error("manifest format {0:?} is not supported (this build reads {FORMAT_V1} to {FORMAT})")]
     Format(String),
     #[error(
         "manifest MAC does not verify: the manifest was altered, reordered or made with another key"
@@ -146,6 +158,8 @@ pub enum ManifestError {
     Mac,
     #[error("manifest lists object {0:?} twice")]
     Duplicate(String),
+    #[error("manifest lists record {0:?}, which is not under {RECORDS_DIR}")]
+    RecordOutside(String),
     #[error("manifest {key:?} was written as {name:?}: a copy or a rename of another manifest")]
     Misplaced { key: String, name: String },
     #[error("manifest is not signed, and signing was asked for")]
@@ -175,6 +189,29 @@ fn put_opt(out: &mut Vec<u8>, s: Option<&str>) {
         Some(s) => {
             out.push(1);
             put_str(out, s);
+        }
+    }
+}
+
+fn put_entry(out: &mut Vec<u8>, e: &ManifestEntry, v2: bool) {
+    put_str(out, &e.key);
+    put_u64(out, e.size);
+    put_str(out, &e.sha256);
+    put_u64(out, e.encrypted_size);
+    put_str(out, &e.encrypted_sha256);
+    put_opt(out, e.source_modified.as_deref());
+    put_opt(out, e.source_etag.as_deref());
+    if v2 {
+        match e.source_size {
+            None => out.push(0),
+            Some(n) => {
+                out.push(1);
+                put_u64(out, n);
+            }
+        }
+        put_u64(out, e.fields.len() as u64);
+        for f in &e.fields {
+            put_str(out, f);
         }
     }
 }
@@ -214,6 +251,8 @@ pub struct Contents {
     pub objects: Vec<ManifestEntry>,
     /// Erasure tombstones, in order.
     pub erased: Vec<Tombstone>,
+    /// Ferry's own records the run wrote (its audit lines), in order.
+    pub records: Vec<ManifestEntry>,
 }
 
 impl Manifest {
@@ -230,6 +269,7 @@ impl Manifest {
             previous: place.previous,
             objects: contents.objects,
             erased: contents.erased,
+            records: contents.records,
             mac: String::new(),
             signature: None,
         };
@@ -271,7 +311,7 @@ impl Manifest {
 
     /// Whether it has a place in a chain (version 3).
     pub fn is_chained(&self) -> bool {
-        self.format == FORMAT
+        self.format == FORMAT || self.format == FORMAT_V3
     }
 
     /// The link the next manifest names as its `previous`.
@@ -290,7 +330,8 @@ impl Manifest {
 
     fn canonical(&self) -> Vec<u8> {
         let v2 = self.format != FORMAT_V1;
-        let v3 = self.format == FORMAT;
+        let v3 = self.is_chained();
+        let v4 = self.format == FORMAT;
         let mut out = Vec::with_capacity(128 + self.objects.len() * 200);
         out.extend_from_slice(self.format.as_bytes());
         out.push(0);
@@ -300,26 +341,7 @@ impl Manifest {
         put_str(&mut out, &self.kek_id);
         put_u64(&mut out, self.objects.len() as u64);
         for e in &self.objects {
-            put_str(&mut out, &e.key);
-            put_u64(&mut out, e.size);
-            put_str(&mut out, &e.sha256);
-            put_u64(&mut out, e.encrypted_size);
-            put_str(&mut out, &e.encrypted_sha256);
-            put_opt(&mut out, e.source_modified.as_deref());
-            put_opt(&mut out, e.source_etag.as_deref());
-            if v2 {
-                match e.source_size {
-                    None => out.push(0),
-                    Some(n) => {
-                        out.push(1);
-                        put_u64(&mut out, n);
-                    }
-                }
-                put_u64(&mut out, e.fields.len() as u64);
-                for f in &e.fields {
-                    put_str(&mut out, f);
-                }
-            }
+            put_entry(&mut out, e, v2);
         }
         if v2 {
             put_u64(&mut out, self.erased.len() as u64);
@@ -333,6 +355,12 @@ impl Manifest {
             put_str(&mut out, &self.name);
             put_u64(&mut out, self.sequence());
             put_opt(&mut out, self.previous.as_deref());
+        }
+        if v4 {
+            put_u64(&mut out, self.records.len() as u64);
+            for e in &self.records {
+                put_entry(&mut out, e, true);
+            }
         }
         out
     }
@@ -374,7 +402,7 @@ impl Manifest {
     /// Whether the fields present are those its format authenticates.
     fn check_shape(&self) -> Result<(), ManifestError> {
         let v1 = self.format == FORMAT_V1;
-        if !v1 && self.format != FORMAT_V2 && self.format != FORMAT {
+        if !v1 && self.format != FORMAT_V2 && !self.is_chained() {
             return Err(ManifestError::Format(self.format.clone()));
         }
         // Older versions authenticate none of the newer fields: they must be absent.
@@ -387,6 +415,7 @@ impl Manifest {
                     .any(|e| e.source_size.is_some() || !e.fields.is_empty())))
             || (!self.is_chained() && !unchained)
             || (self.is_chained() && self.sequence.is_none())
+            || (self.format != FORMAT && !self.records.is_empty())
         {
             return Err(ManifestError::Mac);
         }
@@ -395,10 +424,17 @@ impl Manifest {
 
     fn check_unique(&self) -> Result<(), ManifestError> {
         let mut seen = BTreeSet::new();
-        for e in &self.objects {
+        for e in self.objects.iter().chain(&self.records) {
             if !seen.insert(e.key.as_str()) {
                 return Err(ManifestError::Duplicate(e.key.clone()));
             }
+        }
+        if let Some(r) = self
+            .records
+            .iter()
+            .find(|r| !r.key.starts_with(RECORDS_DIR))
+        {
+            return Err(ManifestError::RecordOutside(r.key.clone()));
         }
         Ok(())
     }
@@ -615,6 +651,7 @@ mod tests {
             created: "2026-01-01T00:00:00Z".into(),
             objects,
             erased,
+            records: vec![],
         }
     }
 
@@ -969,7 +1006,7 @@ mod tests {
     #[test]
     fn version_3_test_vector() {
         let (kek, ring) = keys();
-        let m = Manifest::sign(
+        let mut m = Manifest::sign(
             &kek,
             Place {
                 name: ".ferry/manifests/20260101T000000000000Z-r2.json".into(),
@@ -978,6 +1015,8 @@ mod tests {
             },
             contents("r2", vec![entry("a.csv", 1)], vec![]),
         );
+        m.format = FORMAT_V3.into();
+        m.resign(&kek, None);
         m.verify(&ring).unwrap();
         println!("{}", serde_json::to_string_pretty(&m).unwrap());
         assert_eq!(m.mac, VECTOR_MAC);
@@ -992,6 +1031,55 @@ mod tests {
         assert_eq!(sig.key_id, VECTOR_SIGNING_KEY_ID);
         assert_eq!(sig.value, VECTOR_SIGNATURE);
     }
+
+    /// The documented version 4 test vector: the version 3 one with the
+    /// run's audit lines listed as a record.
+    #[test]
+    fn version_4_test_vector() {
+        let (kek, ring) = keys();
+        let mut c = contents("r2", vec![entry("a.csv", 1)], vec![]);
+        c.records = vec![ManifestEntry {
+            source_etag: None,
+            ..entry(".ferry/audit/20260101T000000000000Z-r2.jsonl", 7)
+        }];
+        let m = Manifest::sign(
+            &kek,
+            Place {
+                name: ".ferry/manifests/20260101T000000000000Z-r2.json".into(),
+                sequence: 2,
+                previous: Some("11".repeat(32)),
+            },
+            c,
+        );
+        assert_eq!(m.format, FORMAT);
+        m.verify(&ring).unwrap();
+        println!("{}", serde_json::to_string_pretty(&m).unwrap());
+        assert_eq!(m.mac, VECTOR_4_MAC);
+        assert_eq!(m.link(), VECTOR_LINK, "the link does not cover the records");
+        // Records are authenticated, and only under .ferry/.
+        let mut t = m.clone();
+        t.records[0].size = 8;
+        assert_eq!(t.verify(&ring), Err(ManifestError::Mac));
+        let mut t = m.clone();
+        t.records.clear();
+        assert_eq!(t.verify(&ring), Err(ManifestError::Mac));
+        let mut t = m.clone();
+        t.format = FORMAT_V3.into();
+        assert_eq!(
+            t.verify(&ring),
+            Err(ManifestError::Mac),
+            "a v3 has no records"
+        );
+        let mut t = m.clone();
+        t.records[0].key = "audit.jsonl".into();
+        t.resign(&kek, None);
+        assert_eq!(
+            t.verify(&ring),
+            Err(ManifestError::RecordOutside("audit.jsonl".into()))
+        );
+    }
+
+    const VECTOR_4_MAC: &str = "d4f2e9ec9ed121cc97050abc12fc3414784287997857494c149286aa43e13f9a";
 
     const VECTOR_SIGNING_KEY_ID: &str = "fe812c12f3ab4ce6";
     const VECTOR_SIGNATURE: &str =

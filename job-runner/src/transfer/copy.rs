@@ -131,7 +131,7 @@ async fn copy_one(
     let origin = Origin {
         endpoint: src.describe(),
         key: obj.key.clone(),
-        size: obj.size,
+        size: Some(obj.size),
     };
     let (body, sealing) = encrypt_stream(input, enc, projector, origin);
     let (sealed, written) = tokio::join!(sealing, dst.put(&obj.key, body));

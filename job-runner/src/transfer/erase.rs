@@ -35,9 +35,47 @@ pub async fn erase(
 ) -> Result<Report, TransferError> {
     let kek = keys.current()?;
     let wanted = wanted_keys(request)?;
+    let audit_copy = super::records::AuditCopy::start(dst.clone(), kek, audit, opts)?;
+    let erased = erase_and_rewrite(&src, &dst, &keys, request, &wanted, opts, audit).await;
+    let records = super::records::finish_copy(audit_copy, audit).await;
+    let (mut report, previous, tombstones) = erased?;
+    // A new manifest carries the remaining entries and the tombstones forward.
+    let objects = previous
+        .iter()
+        .flat_map(|m| m.objects.iter())
+        .filter(|e| !wanted.contains(e.key.as_str()))
+        .cloned()
+        .collect();
+    let (key, anchor) = write_manifest(
+        dst.as_ref(),
+        kek,
+        opts,
+        previous.as_ref(),
+        objects,
+        tombstones,
+        records?,
+    )
+    .await?;
+    report.manifest = Some(key);
+    report.anchor = Some(anchor);
+    Ok(report)
+}
+
+/// Erases each wanted key and rewrites the manifests that list them: the
+/// report, the newest manifest before the run, and the tombstones to keep.
+async fn erase_and_rewrite(
+    src: &Arc<dyn ObjectStore>,
+    dst: &Arc<dyn ObjectStore>,
+    keys: &KeyRing,
+    request: &EraseRequest,
+    wanted: &BTreeSet<&str>,
+    opts: &Options,
+    audit: &AuditLog,
+) -> Result<(Report, Option<crate::crypto::Manifest>, Vec<Tombstone>), TransferError> {
+    let kek = keys.current()?;
     let listed = list_destination(dst.as_ref()).await?;
     let previous = audited(
-        newest_manifest(dst.as_ref(), &listed, &keys, opts.anchor.as_ref()).await,
+        newest_manifest(dst.as_ref(), &listed, keys, opts.anchor.as_ref()).await,
         audit,
     )?;
     let at_destination: BTreeSet<String> = listed.into_iter().map(|o| o.key).collect();
@@ -57,7 +95,7 @@ pub async fn erase(
         from_source: request.from_source,
         audit,
     };
-    for key in &wanted {
+    for key in wanted {
         let Some((done, source_remains)) =
             sides.erase_one(key, &mut report, &mut first_error).await
         else {
@@ -74,7 +112,7 @@ pub async fn erase(
     }
     tombstones.sort_by(|a, b| a.key.cmp(&b.key));
     let sealer = (kek, opts.signer.as_deref());
-    rewrite_manifests(dst.as_ref(), &keys, sealer, &at_destination, &wanted, audit).await?;
+    rewrite_manifests(dst.as_ref(), keys, sealer, &at_destination, wanted, audit).await?;
     if report.objects_failed > 0 {
         return Err(match first_error {
             Some(e) if report.objects_failed == 1 => e,
@@ -85,26 +123,7 @@ pub async fn erase(
             },
         });
     }
-    // A new manifest carries the remaining entries and the tombstones forward.
-    let previous = previous.map(|(_, m)| m);
-    let objects = previous
-        .iter()
-        .flat_map(|m| m.objects.iter())
-        .filter(|e| !wanted.contains(e.key.as_str()))
-        .cloned()
-        .collect();
-    let (key, anchor) = write_manifest(
-        dst.as_ref(),
-        kek,
-        opts,
-        previous.as_ref(),
-        objects,
-        tombstones,
-    )
-    .await?;
-    report.manifest = Some(key);
-    report.anchor = Some(anchor);
-    Ok(report)
+    Ok((report, previous.map(|(_, m)| m), tombstones))
 }
 
 /// The requested keys, checked: valid keys, none of Ferry's own records.

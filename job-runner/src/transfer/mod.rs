@@ -221,13 +221,18 @@ pub async fn run(
     if opts.mode != Mode::Sync {
         return Ok(report);
     }
+    let audit_copy = records::AuditCopy::start(dst.clone(), kek, audit, opts)?;
     let copied = copy::copy_all(src, dst.clone(), kek, work, opts, audit, progress).await;
     let Known {
         mut entries,
         tombstones,
         ..
     } = known;
-    settle(copied, &mut report, &mut entries)?;
+    let settled = settle(copied, &mut report, &mut entries);
+    // The lines of a failed run are stored too; those of a run that wrote
+    // its manifest are listed in it.
+    let records = records::finish_copy(audit_copy, audit).await;
+    settled?;
     let (key, anchor) = records::write_manifest(
         dst.as_ref(),
         kek,
@@ -235,6 +240,7 @@ pub async fn run(
         previous.as_ref().map(|(_, m)| m),
         entries.into_values().collect(),
         tombstones,
+        records?,
     )
     .await?;
     report.manifest = Some(key);

@@ -312,6 +312,7 @@ compliance: {allowedSensitivity: []}
                 run: "r".into(),
                 erased: "2026-12-01T00:00:00Z".into(),
             }],
+            records: vec![],
             mac: String::new(),
             signature: None,
         };

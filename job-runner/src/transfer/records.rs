@@ -1,18 +1,21 @@
 //! The destination's records: finding, reading, verifying and writing the
 //! signed manifests under [`MANIFEST_DIR`].
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 
 use crate::audit::{AuditLog, Outcome};
 use crate::crypto::{
-    Anchor, ChainBreak, Contents, Kek, KeyRing, Manifest, ManifestEntry, Place, Tombstone,
-    check_anchor,
+    Anchor, ChainBreak, Contents, Kek, KeyRing, Manifest, ManifestEntry, ObjectEncrypter, Place,
+    Tombstone, check_anchor,
 };
+use crate::pipe::{Origin, encrypt_stream};
 use crate::storage::{ByteStream, ObjectMeta, ObjectStore, StorageError};
 
 use super::{MANIFEST_DIR, Options, TransferError};
-use ferry_crds::Reason;
+use ferry_crds::{AUDIT_DIR, Reason};
 
 /// How far ahead of this machine's clock a manifest's creation may be (clock
 /// skew between the machines that ran the runs).
@@ -210,6 +213,101 @@ pub(super) async fn put_manifest(
     Ok(())
 }
 
+/// The run's audit lines, streamed to the destination while the run goes on,
+/// encrypted like its objects (under their own key, `.ferry/audit/...`): the
+/// lines outlive the pod and travel with the records they describe.
+pub(super) struct AuditCopy {
+    key: String,
+    task: tokio::task::JoinHandle<Result<ManifestEntry, TransferError>>,
+}
+
+impl AuditCopy {
+    /// Starts the copy of `audit` to `dst`, named after the run and `now`;
+    /// `None` when the log has no copy to make.
+    pub(super) fn start(
+        dst: Arc<dyn ObjectStore>,
+        kek: &Kek,
+        audit: &AuditLog,
+        opts: &Options,
+    ) -> Result<Option<Self>, TransferError> {
+        let now = jiff::Timestamp::now();
+        let key = format!(
+            "{AUDIT_DIR}{}{:06}Z-{}.jsonl",
+            now.strftime("%Y%m%dT%H%M%S"),
+            now.subsec_microsecond(),
+            opts.run_id
+        );
+        let enc = ObjectEncrypter::new(kek, &key).map_err(|e| TransferError::Encrypt {
+            key: key.clone(),
+            reason: e.to_string(),
+        })?;
+        let Some(lines) = audit.start_copy() else {
+            return Ok(None);
+        };
+        let input: ByteStream = futures::stream::unfold(lines, |mut rx| async move {
+            rx.recv().await.map(|line| (Ok(line), rx))
+        })
+        .boxed();
+        let origin = Origin {
+            endpoint: "audit".into(),
+            key: key.clone(),
+            size: None,
+        };
+        let (body, sealing) = encrypt_stream(input, enc, None, origin);
+        let k = key.clone();
+        let task = tokio::spawn(async move {
+            let (sealed, written) = tokio::join!(sealing, dst.put(&k, body));
+            let encrypt_error = |reason: String| TransferError::Encrypt {
+                key: k.clone(),
+                reason,
+            };
+            let sealed = sealed
+                .map_err(|e| encrypt_error(format!("audit copy task: {e}")))?
+                .map_err(|e| encrypt_error(format!("{e:?}")))?;
+            let written = written?;
+            if written != sealed.cipher_len {
+                return Err(encrypt_error(format!(
+                    "the destination stored {written} bytes of {}",
+                    sealed.cipher_len
+                )));
+            }
+            Ok(ManifestEntry {
+                key: k.clone(),
+                size: sealed.plain_len,
+                sha256: sealed.plain_sha256,
+                encrypted_size: sealed.cipher_len,
+                encrypted_sha256: sealed.cipher_sha256,
+                source_modified: None,
+                source_etag: None,
+                source_size: None,
+                fields: vec![],
+            })
+        });
+        Ok(Some(Self { key, task }))
+    }
+
+    /// Ends the copy with the lines written so far and waits for it to be
+    /// stored: its entry for the manifest.
+    pub(super) async fn finish(self, audit: &AuditLog) -> Result<ManifestEntry, TransferError> {
+        audit.end_copy();
+        self.task.await.map_err(|e| TransferError::Encrypt {
+            key: self.key.clone(),
+            reason: format!("audit copy task: {e}"),
+        })?
+    }
+}
+
+/// Ends `copy` when there is one: the entries of the records for the manifest.
+pub(super) async fn finish_copy(
+    copy: Option<AuditCopy>,
+    audit: &AuditLog,
+) -> Result<Vec<ManifestEntry>, TransferError> {
+    match copy {
+        Some(c) => Ok(vec![c.finish(audit).await?]),
+        None => Ok(Vec::new()),
+    }
+}
+
 /// Signs (MAC, and signature when the run has a signing key) and writes this run's manifest, the next in the chain after
 /// `previous`; returns its key and its place as the next run's anchor.
 pub(super) async fn write_manifest(
@@ -219,6 +317,7 @@ pub(super) async fn write_manifest(
     previous: Option<&Manifest>,
     objects: Vec<ManifestEntry>,
     erased: Vec<Tombstone>,
+    records: Vec<ManifestEntry>,
 ) -> Result<(String, Anchor), TransferError> {
     let now = jiff::Timestamp::now();
     let key = manifest_key(&opts.run_id, now);
@@ -231,6 +330,7 @@ pub(super) async fn write_manifest(
             created: now.to_string(),
             objects,
             erased,
+            records,
         },
     );
     if let Some(signer) = &opts.signer {
