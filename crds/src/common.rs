@@ -2,7 +2,10 @@
 //! streams and compliance rules, and schema helpers.
 //!
 //! No field here takes a secret value: credentials are always a reference to a
-//! Secret of the Connector's own namespace, or a workload identity.
+//! Secret of the Connector's own namespace or to a secret in the platform's
+//! Vault, or a workload identity.
+
+use std::collections::BTreeMap;
 
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Serialize};
@@ -90,12 +93,13 @@ pub struct S3Endpoint {
     pub credentials: S3Credentials,
 }
 
-/// S3 credentials: a Secret with static keys, or web identity (no Secret at all).
+/// S3 credentials: a Secret with static keys, a secret in the platform's
+/// Vault, or web identity (no secret at all).
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [{
-    "rule": "has(self.secretRef) != has(self.webIdentity)",
-    "message": "exactly one of secretRef or webIdentity must be set"
+    "rule": "(has(self.secretRef) ? 1 : 0) + (has(self.webIdentity) ? 1 : 0) + (has(self.vault) ? 1 : 0) == 1",
+    "message": "exactly one of secretRef, vault or webIdentity must be set"
 }]))]
 pub struct S3Credentials {
     /// A Secret of this namespace with the keys `accessKeyId`, `secretAccessKey`
@@ -106,6 +110,55 @@ pub struct S3Credentials {
     /// (IRSA-style web identity). Preferred: no long-lived key exists.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub web_identity: Option<WebIdentity>,
+    /// A secret in the platform's Vault (KV version 2) with the same keys as
+    /// the Secret would hold, read by the run with its own identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vault: Option<VaultSecret>,
+}
+
+/// A secret in the platform's Vault or OpenBao KV version 2 engine, read at
+/// run time by the run itself: it logs in with its own projected, expiring
+/// ServiceAccount token (the JWT auth method, a role per tenant namespace set
+/// by the platform team). The operator never reads it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VaultSecret {
+    /// Mount path of the KV version 2 engine.
+    #[serde(default = "default_kv_mount")]
+    #[schemars(
+        length(min = 1, max = 128),
+        regex(pattern = r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
+    )]
+    pub mount: String,
+    /// Path of the secret under the mount, e.g. `acme/s3-reader`.
+    #[schemars(
+        length(min = 1, max = 512),
+        regex(pattern = r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
+    )]
+    pub path: String,
+    /// Where the secret's field names differ from Ferry's keys (those of the
+    /// Secret it replaces): Ferry's key to the secret's field, e.g.
+    /// `{secretAccessKey: aws_secret}`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 16))]
+    pub fields: BTreeMap<String, String>,
+}
+
+fn default_kv_mount() -> String {
+    "secret".to_string()
+}
+
+impl VaultSecret {
+    /// The name the runner files its values under, beside the Secrets:
+    /// `vault:<mount>/<path>` (never a Secret's name, which has no colon).
+    pub fn secret_name(&self) -> String {
+        format!("vault:{}/{}", self.mount, self.path)
+    }
+
+    /// The secret's field holding Ferry's key `key`.
+    pub fn field<'a>(&'a self, key: &'a str) -> &'a str {
+        self.fields.get(key).map_or(key, String::as_str)
+    }
 }
 
 /// An IAM role assumed with a projected service-account token.
@@ -163,12 +216,13 @@ pub struct AzureBlobEndpoint {
     pub credentials: AzureCredentials,
 }
 
-/// Azure credentials: a Secret, or workload identity (no Secret at all).
+/// Azure credentials: a Secret, a secret in the platform's Vault, or
+/// workload identity (no secret at all).
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [{
-    "rule": "has(self.secretRef) != has(self.workloadIdentity)",
-    "message": "exactly one of secretRef or workloadIdentity must be set"
+    "rule": "(has(self.secretRef) ? 1 : 0) + (has(self.workloadIdentity) ? 1 : 0) + (has(self.vault) ? 1 : 0) == 1",
+    "message": "exactly one of secretRef, vault or workloadIdentity must be set"
 }]))]
 pub struct AzureCredentials {
     /// A Secret of this namespace holding `accountKey`, or `sasToken`, or
@@ -179,6 +233,10 @@ pub struct AzureCredentials {
     /// pod's projected service-account token. Preferred: no long-lived key exists.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workload_identity: Option<AzureWorkloadIdentity>,
+    /// A secret in the platform's Vault (KV version 2) with the same keys as
+    /// the Secret would hold, read by the run with its own identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vault: Option<VaultSecret>,
 }
 
 /// An Entra ID application with a federated credential for the run's identity.

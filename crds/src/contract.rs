@@ -20,6 +20,7 @@ pub enum Reason {
     SecretNotOptedIn,
     SecretTypeRefused,
     InvalidEncryptionKey,
+    SecretStoreDenied,
     // Policy, as only the runner can see it.
     ResidencyViolation,
     SensitivityNotAllowed,
@@ -42,11 +43,12 @@ pub enum Reason {
     EncryptionFailure,
     ObjectsFailed,
     KubernetesUnreachable,
+    SecretStoreUnreachable,
 }
 
 impl Reason {
     /// Every reason, for tests and documentation.
-    pub const ALL: [Reason; 27] = [
+    pub const ALL: [Reason; 29] = [
         Reason::InvalidCredentials,
         Reason::AccessDenied,
         Reason::HostKeyMismatch,
@@ -55,6 +57,7 @@ impl Reason {
         Reason::SecretNotOptedIn,
         Reason::SecretTypeRefused,
         Reason::InvalidEncryptionKey,
+        Reason::SecretStoreDenied,
         Reason::ResidencyViolation,
         Reason::SensitivityNotAllowed,
         Reason::NotProjectable,
@@ -74,6 +77,7 @@ impl Reason {
         Reason::EncryptionFailure,
         Reason::ObjectsFailed,
         Reason::KubernetesUnreachable,
+        Reason::SecretStoreUnreachable,
     ];
 
     /// The reason as conditions, Events, audit lines and metrics spell it.
@@ -87,6 +91,7 @@ impl Reason {
             Reason::SecretNotOptedIn => "SecretNotOptedIn",
             Reason::SecretTypeRefused => "SecretTypeRefused",
             Reason::InvalidEncryptionKey => "InvalidEncryptionKey",
+            Reason::SecretStoreDenied => "SecretStoreDenied",
             Reason::ResidencyViolation => "ResidencyViolation",
             Reason::SensitivityNotAllowed => "SensitivityNotAllowed",
             Reason::NotProjectable => "NotProjectable",
@@ -106,6 +111,7 @@ impl Reason {
             Reason::EncryptionFailure => "EncryptionFailure",
             Reason::ObjectsFailed => "ObjectsFailed",
             Reason::KubernetesUnreachable => "KubernetesUnreachable",
+            Reason::SecretStoreUnreachable => "SecretStoreUnreachable",
         }
     }
 
@@ -129,6 +135,7 @@ impl Reason {
                 | Reason::EncryptionFailure
                 | Reason::ObjectsFailed
                 | Reason::KubernetesUnreachable
+                | Reason::SecretStoreUnreachable
         )
     }
 
@@ -216,6 +223,14 @@ pub mod env {
     pub const AWS_WEB_IDENTITY_TOKEN_FILE: &str = "AWS_WEB_IDENTITY_TOKEN_FILE";
     /// The Azure federated token file (Azure workload identity's variable).
     pub const AZURE_FEDERATED_TOKEN_FILE: &str = "AZURE_FEDERATED_TOKEN_FILE";
+    /// The platform's Vault (or OpenBao) address.
+    pub const VAULT_ADDR: &str = "FERRY_VAULT_ADDR";
+    /// The mount of its JWT auth method.
+    pub const VAULT_AUTH_MOUNT: &str = "FERRY_VAULT_AUTH_MOUNT";
+    /// The role a run logs in as.
+    pub const VAULT_ROLE: &str = "FERRY_VAULT_ROLE";
+    /// The run's projected token for Vault.
+    pub const VAULT_TOKEN_FILE: &str = "FERRY_VAULT_TOKEN_FILE";
 }
 
 /// Where a run's pod holds its projected tokens.
@@ -231,6 +246,10 @@ pub mod paths {
     pub const AZURE_TOKEN_DIR: &str = "/var/run/secrets/ferry.dev/azure";
     /// The Azure federated token.
     pub const AZURE_TOKEN_FILE: &str = "/var/run/secrets/ferry.dev/azure/token";
+    /// The folder of the run's token for Vault.
+    pub const VAULT_TOKEN_DIR: &str = "/var/run/secrets/ferry.dev/vault";
+    /// The run's token for Vault.
+    pub const VAULT_TOKEN_FILE: &str = "/var/run/secrets/ferry.dev/vault/token";
     /// The file name of a token in its projected folder.
     pub const TOKEN_FILE_NAME: &str = "token";
     /// The runner's scratch space (a memory-backed emptyDir).

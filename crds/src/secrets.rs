@@ -139,6 +139,22 @@ pub fn secret_needs(spec: &ConnectorSpec) -> Vec<SecretNeed> {
     needs
 }
 
+/// The secrets in the platform's Vault the Connector's ends name, each once,
+/// sorted by name. The operator never reads them; the run does.
+pub fn vault_secrets(spec: &ConnectorSpec) -> Vec<&crate::VaultSecret> {
+    let mut out: Vec<&crate::VaultSecret> = [&spec.source, &spec.destination]
+        .into_iter()
+        .filter_map(|e| match e.kind()? {
+            EndpointKind::S3(s3) => s3.credentials.vault.as_ref(),
+            EndpointKind::AzureBlob(az) => az.credentials.vault.as_ref(),
+            EndpointKind::Sftp(_) | EndpointKind::Local(_) => None,
+        })
+        .collect();
+    out.sort_by_key(|v| v.secret_name());
+    out.dedup_by_key(|v| v.secret_name());
+    out
+}
+
 /// The distinct names of the Secrets a run reads, sorted.
 pub fn secret_names(spec: &ConnectorSpec) -> Vec<String> {
     let mut names: Vec<String> = secret_needs(spec).into_iter().map(|n| n.name).collect();

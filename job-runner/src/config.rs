@@ -134,6 +134,8 @@ fn unknown_fields(
 #[derive(Clone)]
 pub struct SecretsDir {
     source: SecretSource,
+    /// Values read from a secret store (Vault), by `vault:<mount>/<path>`.
+    stores: BTreeMap<String, BTreeMap<String, Zeroizing<Vec<u8>>>>,
 }
 
 #[derive(Clone)]
@@ -168,6 +170,7 @@ impl SecretsDir {
     /// Secrets under `root`: `root/<secret>/<key>`.
     pub fn new(root: impl Into<PathBuf>) -> Self {
         Self {
+            stores: BTreeMap::new(),
             source: SecretSource::Dir(root.into()),
         }
     }
@@ -175,6 +178,7 @@ impl SecretsDir {
     /// Secrets already fetched: name -> key -> value.
     pub fn fetched(secrets: BTreeMap<String, BTreeMap<String, Zeroizing<Vec<u8>>>>) -> Self {
         Self {
+            stores: BTreeMap::new(),
             source: SecretSource::Fetched(secrets),
         }
     }
@@ -206,12 +210,25 @@ impl SecretsDir {
             out.insert(name, keys);
         }
         Self {
+            stores: self.stores.clone(),
             source: SecretSource::Fetched(out),
         }
     }
 
+    /// These Secrets, and the values read from a secret store.
+    pub fn with_store_secrets(
+        mut self,
+        stores: BTreeMap<String, BTreeMap<String, Zeroizing<Vec<u8>>>>,
+    ) -> Self {
+        self.stores.extend(stores);
+        self
+    }
+
     /// Where a Secret is looked for, for messages.
     pub fn location(&self, secret: &str) -> String {
+        if secret.starts_with("vault:") {
+            return secret.to_string();
+        }
         match &self.source {
             SecretSource::Dir(root) => root.join(secret).display().to_string(),
             SecretSource::Fetched(_) => format!("Secret {secret}"),
@@ -226,6 +243,9 @@ impl SecretsDir {
             key: key.into(),
             location: self.location(secret),
         };
+        if let Some(keys) = self.stores.get(secret) {
+            return keys.get(key).cloned().ok_or_else(missing);
+        }
         match &self.source {
             SecretSource::Dir(root) => std::fs::read(root.join(secret).join(key))
                 .map(Zeroizing::new)

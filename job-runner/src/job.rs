@@ -18,6 +18,7 @@ use crate::crypto::KeyRing;
 use crate::lineage::{EventType, Lineage, Sink};
 use crate::storage::{ObjectStore, StorageError};
 use crate::transfer::{self, EraseRequest, Mode, Options, Progress, Report};
+use crate::vault;
 
 /// What to run.
 #[derive(Debug, Clone, Copy)]
@@ -124,6 +125,25 @@ pub async fn execute(
             return Err(failure(e.reason(), e));
         }
     };
+    // Credentials the Connector keeps in the platform's Vault: read by the
+    // run with its own identity, each read audited with its path and version.
+    let fetched = match vault::fetch(job.platform.vault.as_ref(), &connector.spec).await {
+        Ok(f) => f,
+        Err(e) => {
+            audit.record(
+                "secret.read",
+                Outcome::Failure,
+                Some(e.reason().as_str()),
+                None,
+            );
+            return Err(failure(e.reason(), e));
+        }
+    };
+    for read in &fetched.reads {
+        let what = format!("{}@v{}", read.name, read.version);
+        audit.record("secret.read", Outcome::Success, None, Some(&what));
+    }
+    let secrets = &secrets.clone().with_store_secrets(fetched.secrets);
     let spec = &connector.spec;
     let src = config::open_store("source", &spec.source, job.base_dir, secrets, job.platform)
         .map_err(|e| failure(e.reason(), e))?;

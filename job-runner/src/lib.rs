@@ -16,3 +16,4 @@ pub mod readback;
 pub mod select;
 pub mod storage;
 pub mod transfer;
+pub mod vault;

@@ -58,6 +58,30 @@ pub struct Config {
     /// The operator's own user name (`system:serviceaccount:NS:NAME`), which
     /// the runs the schedule creates carry as `ferry.dev/created-by`.
     pub user_name: Option<String>,
+    /// The platform's Vault, for Connectors that keep credentials there;
+    /// none: such Connectors are rejected.
+    pub vault: Option<VaultConfig>,
+}
+
+/// How runs reach the platform's Vault (or OpenBao) and log in to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VaultConfig {
+    /// Its address (https, or http on loopback for tests).
+    pub addr: String,
+    /// Mount of the JWT auth method that trusts the cluster's tokens.
+    pub auth_mount: String,
+    /// Audience of the run's projected token for it.
+    pub audience: String,
+    /// The role a run logs in as: `{namespace}` is replaced by the run's
+    /// namespace (a role per tenant namespace).
+    pub role: String,
+}
+
+impl VaultConfig {
+    /// The role of runs in `namespace`.
+    pub fn role_for(&self, namespace: &str) -> String {
+        self.role.replace("{namespace}", namespace)
+    }
 }
 
 /// The network rules of every run, set by the platform team.
@@ -121,6 +145,7 @@ impl Default for Config {
             keep_finished_runs_for: None,
             record_requesters: false,
             user_name: None,
+            vault: None,
             pod_bounds: PodBounds::default(),
             network: RunNetwork::default(),
         }

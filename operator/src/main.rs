@@ -77,6 +77,21 @@ struct Args {
     /// chart's policy checks against the request).
     #[arg(long, env = "FERRY_USER_NAME", requires = "record_requesters")]
     user_name: Option<String>,
+    /// The platform's Vault or OpenBao, for Connectors that keep credentials
+    /// there (`credentials.vault`); unset, such Connectors are rejected.
+    #[arg(long, env = "FERRY_VAULT_ADDR")]
+    vault_addr: Option<String>,
+    /// Mount of Vault's JWT auth method that trusts the cluster's
+    /// ServiceAccount tokens.
+    #[arg(long, env = "FERRY_VAULT_AUTH_MOUNT", default_value = "jwt")]
+    vault_auth_mount: String,
+    /// Audience of the runs' projected tokens for Vault.
+    #[arg(long, env = "FERRY_VAULT_AUDIENCE", default_value = "vault")]
+    vault_audience: String,
+    /// The Vault role runs log in as; `{namespace}` becomes the run's
+    /// namespace (a role per tenant namespace).
+    #[arg(long, env = "FERRY_VAULT_ROLE", default_value = "ferry-{namespace}")]
+    vault_role: String,
     /// Size of the runner's memory-backed /tmp.
     #[arg(long, env = "FERRY_RUNNER_SCRATCH_SIZE", default_value = "64Mi")]
     runner_scratch_size: String,
@@ -468,6 +483,15 @@ fn config(args: &Args) -> Config {
         keep_finished_runs_for: args.keep_finished_runs_for,
         record_requesters: args.record_requesters,
         user_name: args.user_name.clone(),
+        vault: args
+            .vault_addr
+            .clone()
+            .map(|addr| ferry_operator::config::VaultConfig {
+                addr,
+                auth_mount: args.vault_auth_mount.clone(),
+                audience: args.vault_audience.clone(),
+                role: args.vault_role.clone(),
+            }),
         network: RunNetwork {
             denied_cidrs: listed(&args.denied_networks),
             api_server_cidrs: listed(&args.api_server_cidrs),

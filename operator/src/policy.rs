@@ -75,6 +75,8 @@ pub struct Settings<'a> {
     /// Bounds of the pod settings a Connector may ask for (the defaults when
     /// `None`).
     pub pod_bounds: Option<&'a PodBounds>,
+    /// Whether runs can read credentials from the platform's Vault.
+    pub vault: bool,
 }
 
 impl<'a> Settings<'a> {
@@ -85,6 +87,7 @@ impl<'a> Settings<'a> {
             token_audiences: &config.token_audiences,
             allow_plain_http_loopback: config.allow_plain_http_loopback,
             pod_bounds: Some(&config.pod_bounds),
+            vault: config.vault.is_some(),
         }
     }
 }
@@ -131,6 +134,17 @@ pub fn check(
     check_residency(spec, tenant, &mut violations);
     check_secrets(spec, secrets, &mut violations);
     check_token_audiences(spec, settings, &mut violations);
+    if !settings.vault
+        && let Some(v) = ferry_crds::vault_secrets(spec).first()
+    {
+        violations.push(Violation::new(
+            "SecretStoreNotConfigured",
+            format!(
+                "credentials.vault names {}, but this operator has no Vault configured for runs (chart value vault.address)",
+                v.secret_name()
+            ),
+        ));
+    }
     let default_bounds;
     let bounds = match settings.pod_bounds {
         Some(b) => b,

@@ -65,6 +65,11 @@ fn delete(object: &Value) -> Value {
 
 /// Each request's verdict: `Ok(())` when admitted, the messages when denied.
 fn admit(requests: &[Value]) -> Vec<Result<(), Vec<String>>> {
+    admit_with(&[], requests)
+}
+
+/// [`admit`], the chart rendered with these `--set` values too.
+fn admit_with(sets: &[&str], requests: &[Value]) -> Vec<Result<(), Vec<String>>> {
     let python = std::env::var("FERRY_PYTHON")
         .expect("FERRY_PYTHON is not set: source the test bootstrap's environment");
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/chart/admission.py");
@@ -72,6 +77,7 @@ fn admit(requests: &[Value]) -> Vec<Result<(), Vec<String>>> {
     let mut child = Command::new(python)
         .arg(script)
         .args(["--set", "runner.image.tag=latest"])
+        .args(sets.iter().flat_map(|s| ["--set", s]))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -466,4 +472,40 @@ fn a_user_stripping_the_audit_finalizer_to_delete_a_run_unseen_is_refused() {
         ),
     ]);
     assert!(verdicts.iter().all(Result::is_ok), "{verdicts:?}");
+}
+
+/// A run that reads its credentials from Vault mounts a token for Vault's
+/// audience: admitted when the chart configures Vault, refused otherwise (a
+/// tenant cannot have Ferry mint tokens for an audience nobody allowed).
+#[test]
+fn a_token_for_vault_is_admitted_only_where_vault_is_configured() {
+    let s = spec(&CONNECTOR.replace(
+        "credentials: {secretRef: {name: s3-reader}}",
+        "credentials: {vault: {path: acme/s3-reader}}",
+    ));
+    let config = Config {
+        vault: Some(ferry_operator::config::VaultConfig {
+            addr: "https://vault.example:8200".into(),
+            auth_mount: "jwt".into(),
+            audience: "vault".into(),
+            role: "ferry-{namespace}".into(),
+        }),
+        ..Config::default()
+    };
+    let RunObjects { pod, .. } = build(RunInput {
+        manifest_anchor: None,
+        run: &run("sales-29923860"),
+        spec: &s,
+        attempt: 1,
+        tenant_region: Some("eu-west-1"),
+        config: &config,
+    })
+    .expect("builds");
+    let request = create(&serde_json::to_value(pod).unwrap());
+    let verdicts = admit_with(
+        &["vault.address=https://vault.example:8200"],
+        std::slice::from_ref(&request),
+    );
+    assert!(verdicts[0].is_ok(), "{verdicts:?}");
+    assert_denied(request, "projected tokens (with an allowed audience)");
 }

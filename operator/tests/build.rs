@@ -601,3 +601,82 @@ fn nothing_secret_is_in_any_object() {
         "no Secret volume: the runner reads them through the API"
     );
 }
+
+/// Credentials in the platform's Vault: no Secret read at all, a projected
+/// token for Vault's audience, the role of the run's namespace, and Vault's
+/// port in the egress rules. The operator itself reads nothing from Vault.
+#[test]
+fn vault_credentials_need_no_secret_read_but_a_token_for_vault() {
+    let s = spec(&CONNECTOR.replace(
+        "credentials: {secretRef: {name: s3-reader}}",
+        "credentials: {vault: {path: acme/s3-reader}}",
+    ));
+    let config = Config {
+        vault: Some(ferry_operator::config::VaultConfig {
+            addr: "https://vault.platform.example:8200".into(),
+            auth_mount: "jwt-k8s".into(),
+            audience: "vault".into(),
+            role: "ferry-{namespace}".into(),
+        }),
+        ..Config::default()
+    };
+    let o = build(RunInput {
+        manifest_anchor: None,
+        run: &run(),
+        spec: &s,
+        attempt: 1,
+        tenant_region: Some("eu-west-1"),
+        config: &config,
+    })
+    .expect("builds");
+    let secrets = &o.role.rules.as_ref().unwrap()[0];
+    assert_eq!(
+        secrets.resource_names.as_ref().unwrap(),
+        &["acme-kek", "bronze-writer"],
+        "the Vault secret is not a Secret the run may read"
+    );
+    let ps = o.pod.spec.as_ref().unwrap();
+    let volume = ps
+        .volumes
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|v| v.name == "vault-token")
+        .unwrap();
+    let token = volume.projected.as_ref().unwrap().sources.as_ref().unwrap()[0]
+        .service_account_token
+        .as_ref()
+        .unwrap();
+    assert_eq!(token.audience.as_deref(), Some("vault"));
+    assert!(token.expiration_seconds.unwrap() <= 3600 + 600);
+    let env: std::collections::BTreeMap<_, _> = ps.containers[0]
+        .env
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|e| (e.name.as_str(), e.value.clone().unwrap_or_default()))
+        .collect();
+    assert_eq!(
+        env["FERRY_VAULT_ADDR"],
+        "https://vault.platform.example:8200"
+    );
+    assert_eq!(env["FERRY_VAULT_AUTH_MOUNT"], "jwt-k8s");
+    assert_eq!(env["FERRY_VAULT_ROLE"], format!("ferry-{NS}"));
+    assert_eq!(
+        env["FERRY_VAULT_TOKEN_FILE"],
+        ferry_crds::contract::paths::VAULT_TOKEN_FILE
+    );
+    let egress = serde_json::to_string(&o.network_policy.spec.as_ref().unwrap().egress).unwrap();
+    assert!(egress.contains("8200"), "{egress}");
+    // No token for Vault when no end keeps its credentials there.
+    let plain = build(RunInput {
+        manifest_anchor: None,
+        run: &run(),
+        spec: &spec(CONNECTOR),
+        attempt: 1,
+        tenant_region: Some("eu-west-1"),
+        config: &config,
+    })
+    .unwrap();
+    assert!(!serde_json::to_string(&plain.pod).unwrap().contains("vault"));
+}

@@ -244,6 +244,24 @@ async fn a_connector_naming_a_secret_not_opted_in_is_rejected() {
     assert_denial_recorded(&w, "SecretNotOptedIn").await;
 }
 
+/// A Connector that keeps its credentials in Vault, on a platform without
+/// one: refused before any pod, with a reason that says what is missing.
+#[tokio::test]
+async fn vault_credentials_without_a_vault_are_rejected() {
+    let w = World::new(namespace(Some("eu-west-1"), None)).await;
+    let run = rejected(
+        &w,
+        &CONNECTOR.replace(
+            "credentials: {secretRef: {name: s3-reader}}",
+            "credentials: {vault: {path: acme/s3-reader}}",
+        ),
+    )
+    .await;
+    assert_eq!(reason(&run), "SecretStoreNotConfigured");
+    let message = run.status.as_ref().unwrap().message.clone().unwrap();
+    assert!(message.contains("vault:secret/acme/s3-reader"), "{message}");
+}
+
 /// Attack: the tenant names the namespace's ServiceAccount token Secret (even
 /// one labelled for Ferry): a run must never read Kubernetes' own credentials.
 #[tokio::test]

@@ -14,6 +14,18 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/component: operator
 {{- end -}}
 
+{{/*
+Audiences a run's projected tokens may carry: the cloud ones, and Vault's when
+runs read credentials from it.
+*/}}
+{{- define "ferry.tokenAudiences" -}}
+{{- $audiences := .Values.runner.tokenAudiences -}}
+{{- if .Values.vault.address -}}
+{{- $audiences = append $audiences .Values.vault.audience | uniq -}}
+{{- end -}}
+{{- $audiences | toJson -}}
+{{- end }}
+
 {{/* An image by digest when one is set (a released chart sets the digests
 it was built with), else by tag (the chart's appVersion by default). */}}
 {{- define "ferry.image" -}}

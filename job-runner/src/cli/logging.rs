@@ -13,8 +13,9 @@ pub enum LogFormat {
 /// Libraries that hold credentials or see signed requests and log them at
 /// debug or trace level (the AWS SDK logs the access key id and the signed
 /// request; the Kubernetes client and its HTTP layers see the run's token and
-/// the Secrets it fetches): capped at info whatever RUST_LOG asks.
-pub const CREDENTIAL_HANDLERS: [&str; 24] = [
+/// the Secrets it fetches; the Vault client sees the run's login token and the
+/// secrets it reads): capped at info whatever RUST_LOG asks.
+pub const CREDENTIAL_HANDLERS: [&str; 26] = [
     "aws_config",
     "aws_credential_types",
     "aws_runtime",
@@ -35,10 +36,12 @@ pub const CREDENTIAL_HANDLERS: [&str; 24] = [
     "reqwest",
     "russh",
     "russh_sftp",
+    "rustify",
     "rustls",
     "tokio_rustls",
     "tower",
     "tower_http",
+    "vaultrs",
 ];
 
 /// Passes `log` records (russh logs through `log`) on to tracing, except one

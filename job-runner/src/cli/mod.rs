@@ -48,6 +48,19 @@ pub struct Cli {
     /// a cluster, set by the operator (the cluster's pod and service ranges).
     #[arg(long, global = true, env = env::DENIED_NETWORKS, value_delimiter = ',')]
     denied_networks: Vec<String>,
+    /// The platform's Vault or OpenBao, for credentials a Connector keeps
+    /// there (`credentials.vault`); in a cluster, set by the operator.
+    #[arg(long, global = true, env = env::VAULT_ADDR)]
+    vault_addr: Option<String>,
+    /// The role a run logs in to Vault as (JWT auth).
+    #[arg(long, global = true, env = env::VAULT_ROLE, requires = "vault_addr")]
+    vault_role: Option<String>,
+    /// The mount of Vault's JWT auth method.
+    #[arg(long, global = true, env = env::VAULT_AUTH_MOUNT, default_value = "jwt")]
+    vault_auth_mount: String,
+    /// The run's token for Vault (a projected ServiceAccount token in a pod).
+    #[arg(long, global = true, env = env::VAULT_TOKEN_FILE, default_value = ferry_crds::contract::paths::VAULT_TOKEN_FILE)]
+    vault_token_file: std::path::PathBuf,
     #[command(subcommand)]
     command: Command,
 }
@@ -117,9 +130,23 @@ pub fn main(cli: Cli) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let vault = match (cli.vault_addr, cli.vault_role) {
+        (Some(addr), Some(role)) => Some(crate::vault::VaultSettings {
+            addr,
+            auth_mount: cli.vault_auth_mount,
+            role,
+            token_file: cli.vault_token_file,
+        }),
+        (Some(_), None) => {
+            eprintln!("job-runner: error: --vault-addr needs --vault-role");
+            return ExitCode::FAILURE;
+        }
+        _ => None,
+    };
     let platform = config::Platform {
         sts_endpoint: cli.sts_endpoint,
         network,
+        vault,
     };
     match runtime.block_on(dispatch(cli.command, &platform)) {
         Ok(()) => ExitCode::SUCCESS,

@@ -22,6 +22,8 @@ pub struct Platform {
     pub sts_endpoint: Option<String>,
     /// Networks no connection of the run may go to.
     pub network: crate::net::NetworkGuard,
+    /// The platform's Vault, for credentials a Connector keeps there.
+    pub vault: Option<crate::vault::VaultSettings>,
 }
 
 /// A key a Secret does not hold. Names the Secret, the key and where it was

@@ -435,8 +435,17 @@ pub fn open(
     secrets: &dyn Secrets,
     platform: &Platform,
 ) -> Result<AzureStore, OpenError> {
-    let auth = match (&e.credentials.secret_ref, &e.credentials.workload_identity) {
-        (Some(r), None) => secret_auth(secrets, &r.name)?,
+    let c = &e.credentials;
+    // A Secret, or a Vault secret read by the run (its values filed under
+    // its name beside the Secrets).
+    let secret_name = match (&c.secret_ref, &c.vault) {
+        (Some(r), None) => Some(r.name.clone()),
+        (None, Some(v)) => Some(v.secret_name()),
+        (None, None) => None,
+        (Some(_), Some(_)) => return Err(OpenError::Endpoint(side)),
+    };
+    let auth = match (secret_name, &c.workload_identity) {
+        (Some(name), None) => secret_auth(secrets, &name)?,
         (None, Some(w)) => AzureAuth::WorkloadIdentity {
             tenant_id: w.tenant_id.clone(),
             client_id: w.client_id.clone(),

@@ -605,11 +605,20 @@ pub fn open(
     secrets: &dyn Secrets,
     platform: &Platform,
 ) -> Result<S3Store, OpenError> {
-    let auth = match (&e.credentials.secret_ref, &e.credentials.web_identity) {
-        (Some(r), None) => S3Auth::Static {
-            access_key_id: secrets.string(&r.name, "accessKeyId")?,
-            secret_access_key: secrets.string(&r.name, "secretAccessKey")?,
-            session_token: secrets.optional_string(&r.name, "sessionToken"),
+    let c = &e.credentials;
+    // A Secret, or a Vault secret read by the run (its values filed under
+    // its name beside the Secrets).
+    let secret_name = match (&c.secret_ref, &c.vault) {
+        (Some(r), None) => Some(r.name.clone()),
+        (None, Some(v)) => Some(v.secret_name()),
+        (None, None) => None,
+        (Some(_), Some(_)) => return Err(OpenError::Endpoint(side)),
+    };
+    let auth = match (secret_name, &c.web_identity) {
+        (Some(name), None) => S3Auth::Static {
+            access_key_id: secrets.string(&name, "accessKeyId")?,
+            secret_access_key: secrets.string(&name, "secretAccessKey")?,
+            session_token: secrets.optional_string(&name, "sessionToken"),
         },
         (None, Some(w)) => S3Auth::WebIdentity {
             role_arn: w.role_arn.clone(),

@@ -69,6 +69,11 @@ fn egress_ports(run: &ValidatedRun<'_>) -> Vec<i32> {
     {
         tcp.push(url_port(url));
     }
+    if let Some(vault) = &config.vault
+        && !ferry_crds::vault_secrets(run.input.spec).is_empty()
+    {
+        tcp.push(url_port(&vault.addr));
+    }
     tcp.sort_unstable();
     tcp.dedup();
     tcp

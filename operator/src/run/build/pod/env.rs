@@ -68,5 +68,11 @@ pub fn env(run: &ValidatedRun<'_>, files: &Files) -> Vec<EnvVar> {
     if let Some(file) = files.azure_token {
         vars.push(var(names::AZURE_FEDERATED_TOKEN_FILE, file));
     }
+    if let (Some(file), Some(vault)) = (files.vault_token, &config.vault) {
+        vars.push(var(names::VAULT_ADDR, vault.addr.clone()));
+        vars.push(var(names::VAULT_AUTH_MOUNT, vault.auth_mount.clone()));
+        vars.push(var(names::VAULT_ROLE, vault.role_for(run.namespace)));
+        vars.push(var(names::VAULT_TOKEN_FILE, file));
+    }
     vars
 }

@@ -29,6 +29,9 @@ pub struct Files {
     pub aws_token: Option<&'static str>,
     /// The Azure federated token, when an end uses workload identity.
     pub azure_token: Option<&'static str>,
+    /// The run's token for the platform's Vault, when an end keeps its
+    /// credentials there.
+    pub vault_token: Option<&'static str>,
 }
 
 fn token_seconds(spec: &ConnectorSpec) -> i64 {
@@ -155,6 +158,18 @@ pub fn volumes(spec: &ConnectorSpec, config: &Config) -> Files {
             .mounts
             .push(mount("azure-token", paths::AZURE_TOKEN_DIR, true));
         files.azure_token = Some(paths::AZURE_TOKEN_FILE);
+    }
+    if let Some(vault) = &config.vault
+        && !ferry_crds::vault_secrets(spec).is_empty()
+    {
+        files.volumes.push(projected(
+            "vault-token",
+            vec![token_projection(Some(&vault.audience), seconds)],
+        ));
+        files
+            .mounts
+            .push(mount("vault-token", paths::VAULT_TOKEN_DIR, true));
+        files.vault_token = Some(paths::VAULT_TOKEN_FILE);
     }
     files
 }

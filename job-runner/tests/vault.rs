@@ -1,0 +1,350 @@
+//! Credentials kept in the platform's Vault, against a real OpenBao (the test
+//! services: `bao server -dev`, its file audit device on): the run logs in with
+//! its own signed token through the JWT auth method, as the role of its
+//! namespace, and reads a KV version 2 secret; no static Vault token is used
+//! by the run. Conformance cases: the read, a wrong path, a role whose policy
+//! does not allow the path, a token the role does not accept, an unreachable
+//! store; canary values planted in the store appear in no output. The tokens
+//! are signed here with an Ed25519 key whose public half the JWT auth method
+//! trusts, the way a cluster's service-account issuer signs projected tokens.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+use ed25519_dalek::pkcs8::EncodePublicKey;
+use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
+use ed25519_dalek::{Signer, SigningKey};
+use serde_json::{Value, json};
+use support::service_env;
+
+const ISSUER: &str = "https://kubernetes.default.svc";
+const AUDIENCE: &str = "vault";
+const CANARY_KEY_ID: &str = "AKIAVAULTCANARY00001";
+const CANARY_SECRET: &str = "CANARY-vault-secret-access-key-0123456789";
+
+fn bao(method: &str, path: &str, body: Option<Value>) -> Value {
+    let addr = service_env("FERRY_BAO_ADDR");
+    let token = service_env("FERRY_BAO_ROOT_TOKEN");
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "-X", method, "-H", &format!("X-Vault-Token: {token}")]);
+    if let Some(b) = body {
+        cmd.args(["--data", &b.to_string()]);
+    }
+    let out = cmd.arg(format!("{addr}/v1/{path}")).output().unwrap();
+    assert!(out.status.success(), "curl {method} {path}");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let v: Value = if text.trim().is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or(Value::String(text))
+    };
+    assert!(
+        v.get("errors")
+            .is_none_or(|e| e.as_array().is_some_and(Vec::is_empty)),
+        "{method} {path}: {v}"
+    );
+    v
+}
+
+fn random_name(prefix: &str) -> String {
+    let mut b = [0u8; 4];
+    ferry_runner::crypto::aead::random_bytes(&mut b).unwrap();
+    format!("{prefix}-{}", hex::encode(b))
+}
+
+/// A JWT auth method trusting `issuer_key`, a role `acme` for the run
+/// ServiceAccounts of namespace acme that may read `secret/<prefix>/*`, and
+/// an S3 secret at `secret/<prefix>/s3`.
+struct Store {
+    mount: String,
+    prefix: String,
+    issuer_key: SigningKey,
+}
+
+impl Store {
+    fn new() -> Self {
+        let mount = random_name("jwt");
+        let prefix = random_name("tenant");
+        let mut seed = [0u8; 32];
+        ferry_runner::crypto::aead::random_bytes(&mut seed).unwrap();
+        let issuer_key = SigningKey::from_bytes(&seed);
+        let pem = issuer_key
+            .verifying_key()
+            .to_public_key_pem(LineEnding::LF)
+            .unwrap();
+        bao(
+            "POST",
+            &format!("sys/auth/{mount}"),
+            Some(json!({"type": "jwt"})),
+        );
+        bao(
+            "POST",
+            &format!("auth/{mount}/config"),
+            Some(json!({"jwt_validation_pubkeys": [pem], "bound_issuer": ISSUER})),
+        );
+        bao(
+            "PUT",
+            &format!("sys/policies/acl/{prefix}-read"),
+            Some(
+                json!({"policy": format!("path \"secret/data/{prefix}/*\" {{ capabilities = [\"read\"] }}")}),
+            ),
+        );
+        bao(
+            "PUT",
+            &format!("sys/policies/acl/{prefix}-other"),
+            Some(
+                json!({"policy": format!("path \"secret/data/{prefix}-other/*\" {{ capabilities = [\"read\"] }}")}),
+            ),
+        );
+        for (role, policy) in [("acme", "read"), ("elsewhere", "other")] {
+            bao(
+                "POST",
+                &format!("auth/{mount}/role/{role}"),
+                Some(json!({
+                    "role_type": "jwt",
+                    "bound_audiences": [AUDIENCE],
+                    "user_claim": "sub",
+                    "bound_claims_type": "glob",
+                    "bound_claims": {"sub": "system:serviceaccount:acme:ferry-run-*"},
+                    "token_policies": [format!("{prefix}-{policy}")],
+                    "token_ttl": "120s",
+                })),
+            );
+        }
+        bao(
+            "POST",
+            &format!("secret/data/{prefix}/s3"),
+            Some(json!({"data": {"aws_key_id": CANARY_KEY_ID, "secretAccessKey": CANARY_SECRET}})),
+        );
+        Self {
+            mount,
+            prefix,
+            issuer_key,
+        }
+    }
+
+    /// A projected-style token for the ServiceAccount `sub`.
+    fn token(&self, sub: &str) -> String {
+        let now = jiff::Timestamp::now().as_second();
+        let header = B64URL.encode(json!({"alg": "EdDSA", "typ": "JWT"}).to_string());
+        let claims = B64URL.encode(
+            json!({"iss": ISSUER, "sub": sub, "aud": [AUDIENCE], "iat": now, "nbf": now, "exp": now + 600})
+                .to_string(),
+        );
+        let signed = format!("{header}.{claims}");
+        let sig = B64URL.encode(self.issuer_key.sign(signed.as_bytes()).to_bytes());
+        format!("{signed}.{sig}")
+    }
+}
+
+/// A local source of two files and the moto S3 destination, with S3
+/// credentials in Vault at `path`.
+fn setup(path: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("src")).unwrap();
+    std::fs::write(d.join("src/a.csv"), "id\n1\n").unwrap();
+    std::fs::write(d.join("src/b.csv"), "id\n2\n").unwrap();
+    std::fs::create_dir_all(d.join("secrets/kek")).unwrap();
+    std::fs::write(d.join("secrets/kek/kek"), [7u8; 32]).unwrap();
+    let endpoint = service_env("FERRY_S3_ENDPOINT");
+    let bucket = random_name("vault-dst");
+    let created = Command::new("curl")
+        .args(["-sf", "-o", "/dev/null", "-X", "PUT"])
+        .arg(format!("{endpoint}/{bucket}"))
+        .status()
+        .unwrap();
+    assert!(created.success());
+    let connector = format!(
+        r#"
+apiVersion: ferry.dev/v1alpha1
+kind: Connector
+metadata: {{name: vaulted, namespace: acme}}
+spec:
+  source: {{local: {{path: src, region: us-east-1}}}}
+  destination:
+    s3:
+      bucket: {bucket}
+      region: us-east-1
+      endpoint: "{endpoint}"
+      forcePathStyle: true
+      insecurePlainHttpOnLoopback: true
+      credentials: {{vault: {{path: "{path}", fields: {{accessKeyId: aws_key_id}}}}}}
+  compliance: {{dataResidency: any}}
+  encryption: {{keyRef: {{secretRef: {{name: kek}}}}}}
+"#
+    );
+    std::fs::write(d.join("connector.yaml"), connector).unwrap();
+    dir
+}
+
+fn run(d: &Path, store: &Store, addr: &str, role: &str, sub: &str) -> Output {
+    std::fs::write(d.join("vault-token"), store.token(sub)).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_job-runner"))
+        .current_dir(d)
+        .args(["--vault-addr", addr, "--vault-role", role])
+        .args([
+            "--vault-auth-mount",
+            &store.mount,
+            "--vault-token-file",
+            "vault-token",
+        ])
+        .args([
+            "run",
+            "--connector",
+            "connector.yaml",
+            "--secrets-dir",
+            "secrets",
+        ])
+        .args(["--audit-log", "audit.jsonl"])
+        .env("RUST_LOG", "trace")
+        .output()
+        .unwrap()
+}
+
+fn text(d: &Path, o: &Output) -> String {
+    format!(
+        "{}{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+        std::fs::read_to_string(d.join("audit.jsonl")).unwrap_or_default()
+    )
+}
+
+fn assert_no_canary(text: &str) {
+    for canary in [CANARY_KEY_ID, CANARY_SECRET] {
+        assert!(!text.contains(canary), "a value from Vault leaked: {text}");
+    }
+}
+
+const RUN_SA: &str = "system:serviceaccount:acme:ferry-run-r1";
+
+#[test]
+fn credentials_are_read_from_vault_by_the_run_itself() {
+    let store = Store::new();
+    let path = format!("{}/s3", store.prefix);
+    let dir = setup(&path);
+    let d = dir.path();
+    let o = run(d, &store, &service_env("FERRY_BAO_ADDR"), "acme", RUN_SA);
+    let out = text(d, &o);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("copied 2 object(s)"), "{out}");
+    // Ferry's trail names the store, the path and the version read.
+    let reads: Vec<Value> = std::fs::read_to_string(d.join("audit.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|l: &Value| l["action"] == "secret.read" && l["object"].as_str().is_some())
+        .collect();
+    assert_eq!(
+        reads
+            .iter()
+            .map(|l| l["object"].clone())
+            .collect::<Vec<_>>(),
+        [json!(format!("vault:secret/{path}@v1"))],
+        "{out}"
+    );
+    assert_no_canary(&out);
+    // Vault's own trail has the run's login and read, under its role, and no
+    // value in clear.
+    let bao_audit = std::fs::read_to_string(service_env("FERRY_BAO_AUDIT_LOG")).unwrap();
+    let ours: Vec<Value> = bao_audit
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|l| {
+            l["type"] == "response"
+                && l["request"]["operation"] == "read"
+                && l["request"]["path"] == format!("secret/data/{path}")
+        })
+        .collect();
+    assert_eq!(ours.len(), 1, "one read of the secret");
+    assert_eq!(ours[0]["auth"]["metadata"]["role"], "acme", "{}", ours[0]);
+    assert_no_canary(&bao_audit);
+}
+
+#[test]
+fn a_wrong_path_names_the_secret_and_is_not_retried() {
+    let store = Store::new();
+    let path = format!("{}/missing", store.prefix);
+    let dir = setup(&path);
+    let d = dir.path();
+    let o = run(d, &store, &service_env("FERRY_BAO_ADDR"), "acme", RUN_SA);
+    let out = text(d, &o);
+    assert!(!o.status.success());
+    assert!(
+        out.contains("SecretKeyMissing") && out.contains(&format!("vault:secret/{path}")),
+        "{out}"
+    );
+    assert!(!ferry_crds::Reason::SecretKeyMissing.retryable());
+}
+
+#[test]
+fn a_role_whose_policy_does_not_allow_the_path_is_denied() {
+    let store = Store::new();
+    let dir = setup(&format!("{}/s3", store.prefix));
+    let d = dir.path();
+    let o = run(
+        d,
+        &store,
+        &service_env("FERRY_BAO_ADDR"),
+        "elsewhere",
+        RUN_SA,
+    );
+    let out = text(d, &o);
+    assert!(!o.status.success());
+    assert!(
+        out.contains("SecretStoreDenied") && out.contains("its policy does not allow it"),
+        "{out}"
+    );
+    assert_no_canary(&out);
+}
+
+#[test]
+fn a_token_of_another_namespace_is_refused_at_login() {
+    let store = Store::new();
+    let dir = setup(&format!("{}/s3", store.prefix));
+    let d = dir.path();
+    let o = run(
+        d,
+        &store,
+        &service_env("FERRY_BAO_ADDR"),
+        "acme",
+        "system:serviceaccount:other-tenant:ferry-run-r1",
+    );
+    let out = text(d, &o);
+    assert!(!o.status.success());
+    assert!(
+        out.contains("SecretStoreDenied") && out.contains("refused the run's login"),
+        "{out}"
+    );
+    assert!(
+        !out.contains(&store.token(RUN_SA)[..40]),
+        "the token leaked"
+    );
+    assert!(!ferry_crds::Reason::SecretStoreDenied.retryable());
+}
+
+#[test]
+fn an_unreachable_store_is_a_transient_failure_with_a_clear_reason() {
+    let store = Store::new();
+    let dir = setup(&format!("{}/s3", store.prefix));
+    let d = dir.path();
+    // A port nothing listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let o = run(d, &store, &addr, "acme", RUN_SA);
+    let out = text(d, &o);
+    assert!(!o.status.success());
+    assert!(
+        out.contains("SecretStoreUnreachable") && out.contains("could not be reached"),
+        "{out}"
+    );
+    assert!(ferry_crds::Reason::SecretStoreUnreachable.retryable());
+}
