@@ -158,11 +158,12 @@ impl std::fmt::Debug for SecretsDir {
 
 impl PartialEq for SecretsDir {
     fn eq(&self, other: &Self) -> bool {
-        match (&self.source, &other.source) {
-            (SecretSource::Dir(a), SecretSource::Dir(b)) => a == b,
-            (SecretSource::Fetched(a), SecretSource::Fetched(b)) => a == b,
-            _ => false,
-        }
+        self.stores == other.stores
+            && match (&self.source, &other.source) {
+                (SecretSource::Dir(a), SecretSource::Dir(b)) => a == b,
+                (SecretSource::Fetched(a), SecretSource::Fetched(b)) => a == b,
+                _ => false,
+            }
     }
 }
 

@@ -125,25 +125,6 @@ pub async fn execute(
             return Err(failure(e.reason(), e));
         }
     };
-    // Credentials the Connector keeps in the platform's Vault: read by the
-    // run with its own identity, each read audited with its path and version.
-    let fetched = match vault::fetch(job.platform.vault.as_ref(), &connector.spec).await {
-        Ok(f) => f,
-        Err(e) => {
-            audit.record(
-                "secret.read",
-                Outcome::Failure,
-                Some(e.reason().as_str()),
-                None,
-            );
-            return Err(failure(e.reason(), e));
-        }
-    };
-    for read in &fetched.reads {
-        let what = format!("{}@v{}", read.name, read.version);
-        audit.record("secret.read", Outcome::Success, None, Some(&what));
-    }
-    let secrets = &secrets.clone().with_store_secrets(fetched.secrets);
     let spec = &connector.spec;
     let src = config::open_store("source", &spec.source, job.base_dir, secrets, job.platform)
         .map_err(|e| failure(e.reason(), e))?;
@@ -274,8 +255,35 @@ where
     outcome
 }
 
-/// Runs the job; after an authentication failure reads the Secrets again with
-/// `reread` and, if they changed, tries once more.
+/// `secrets` with the credentials the Connector keeps in the platform's Vault:
+/// read by the run with its own identity, each read audited with its path and
+/// version (never a value).
+async fn with_store_secrets(
+    job: &Job<'_>,
+    secrets: SecretsDir,
+    audit: &AuditLog,
+) -> Result<SecretsDir, Failure> {
+    let fetched = match vault::fetch(job.platform.vault.as_ref(), &job.connector.spec).await {
+        Ok(f) => f,
+        Err(e) => {
+            audit.record(
+                "secret.read",
+                Outcome::Failure,
+                Some(e.reason().as_str()),
+                None,
+            );
+            return Err(failure(e.reason(), e));
+        }
+    };
+    for read in &fetched.reads {
+        let what = format!("{}@v{}", read.name, read.version);
+        audit.record("secret.read", Outcome::Success, None, Some(&what));
+    }
+    Ok(secrets.with_store_secrets(fetched.secrets))
+}
+
+/// Runs the job; after an authentication failure reads the Secrets (and the
+/// Vault secrets) again with `reread` and, if they changed, tries once more.
 async fn rotating<F, Fut>(
     job: Job<'_>,
     secrets: SecretsDir,
@@ -287,6 +295,7 @@ where
     F: FnOnce() -> Fut,
     Fut: Future<Output = Result<SecretsDir, Failure>>,
 {
+    let secrets = with_store_secrets(&job, secrets, audit).await?;
     let first = execute(job, &secrets, audit, progress.clone()).await;
     match first {
         Err(f) if f.reason == Reason::InvalidCredentials => {
@@ -296,7 +305,7 @@ where
                 Some(f.reason.as_str()),
                 None,
             );
-            let fresh = reread().await?;
+            let fresh = with_store_secrets(&job, reread().await?, audit).await?;
             if fresh == secrets {
                 return Err(f);
             }

@@ -348,3 +348,136 @@ fn an_unreachable_store_is_a_transient_failure_with_a_clear_reason() {
     );
     assert!(ferry_crds::Reason::SecretStoreUnreachable.retryable());
 }
+
+const WRONG_ACCOUNT_KEY: &str =
+    "Q2FuYXJ5V3JvbmdBY2NvdW50S2V5Q2FuYXJ5V3JvbmdBY2NvdW50S2V5Q2FuYXJ5V3Jvbmc=";
+
+/// An Azure destination on Azurite whose account key is in Vault at
+/// `secret/<prefix>/blob`, first a wrong one; the platform team rotates it
+/// while the first try fails (`rotate`): the run reads Vault once more and,
+/// when the secret changed, tries once more.
+async fn rotation(
+    rotate_to: Option<&str>,
+) -> (
+    Result<ferry_runner::transfer::Report, ferry_runner::job::Failure>,
+    String,
+) {
+    use ferry_runner::audit::AuditLog;
+    use ferry_runner::config::{Platform, SecretsDir};
+    use ferry_runner::job::{self, Job};
+    use ferry_runner::transfer::{Mode, Progress};
+
+    let store = Store::new();
+    let path = format!("{}/blob", store.prefix);
+    bao(
+        "POST",
+        &format!("secret/data/{path}"),
+        Some(json!({"data": {"accountKey": WRONG_ACCOUNT_KEY}})),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("src")).unwrap();
+    std::fs::write(d.join("src/a.csv"), "id\n1\n").unwrap();
+    std::fs::create_dir_all(d.join("secrets/kek")).unwrap();
+    std::fs::write(d.join("secrets/kek/kek"), [7u8; 32]).unwrap();
+    std::fs::write(d.join("vault-token"), store.token(RUN_SA)).unwrap();
+    let container = random_name("vault-rotation");
+    support::create_azurite_container(&container);
+    let connector: ferry_crds::Connector = serde_saphyr::from_str(&format!(
+        r#"
+apiVersion: ferry.dev/v1alpha1
+kind: Connector
+metadata: {{name: rotated, namespace: acme}}
+spec:
+  source: {{local: {{path: src, region: westeurope}}}}
+  destination: {{azureBlob: {{account: devstoreaccount1, container: {container}, region: westeurope, endpoint: "{}", insecurePlainHttpOnLoopback: true, credentials: {{vault: {{path: "{path}"}}}}}}}}
+  compliance: {{dataResidency: any}}
+  encryption: {{keyRef: {{secretRef: {{name: kek}}}}}}
+"#,
+        service_env("FERRY_AZURITE_ENDPOINT")
+    ))
+    .unwrap();
+    let platform = Platform {
+        vault: Some(ferry_runner::vault::VaultSettings {
+            addr: service_env("FERRY_BAO_ADDR"),
+            auth_mount: store.mount.clone(),
+            role: "acme".into(),
+            token_file: d.join("vault-token"),
+        }),
+        ..Platform::default()
+    };
+    let lines = support::Lines::default();
+    let audit = AuditLog::new(
+        Box::new(lines.clone()),
+        "rotated",
+        "acme",
+        "r1",
+        "local",
+        "azure",
+    );
+    let job = Job {
+        connector: &connector,
+        mode: Mode::Sync,
+        erase: None,
+        tenant_region: None,
+        anchor: None,
+        run_id: "r1",
+        concurrency: 2,
+        base_dir: d,
+        lineage: None,
+        platform: &platform,
+    };
+    let secrets = SecretsDir::new(d.join("secrets"));
+    let reread = || async {
+        if let Some(key) = rotate_to {
+            bao(
+                "POST",
+                &format!("secret/data/{path}"),
+                Some(json!({"data": {"accountKey": key}})),
+            );
+        }
+        Ok(SecretsDir::new(d.join("secrets")))
+    };
+    let progress = std::sync::Arc::new(Progress::default());
+    let outcome = job::execute_with_rotation(job, secrets, reread, &audit, progress).await;
+    (outcome, lines.text())
+}
+
+#[tokio::test]
+async fn a_secret_rotated_in_vault_is_read_again_once() {
+    let (outcome, audit) = rotation(Some(support::AZURITE_DEV_KEY)).await;
+    let report = outcome.unwrap_or_else(|e| panic!("the second try succeeds: {e}\n{audit}"));
+    assert_eq!(report.objects_copied, 1);
+    let reads: Vec<String> = audit
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|l| l["action"] == "secret.read" && l["object"].is_string())
+        .map(|l| {
+            l["object"]
+                .as_str()
+                .unwrap()
+                .rsplit('@')
+                .next()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(reads, ["v1", "v2"], "{audit}");
+    assert!(audit.contains(r#""action":"secret.reread""#), "{audit}");
+    assert!(!audit.contains(support::AZURITE_DEV_KEY) && !audit.contains(WRONG_ACCOUNT_KEY));
+}
+
+#[tokio::test]
+async fn a_secret_still_wrong_after_the_re_read_fails_with_invalid_credentials() {
+    let (outcome, audit) = rotation(None).await;
+    let failure = outcome.unwrap_err();
+    assert_eq!(
+        failure.reason,
+        ferry_crds::Reason::InvalidCredentials,
+        "{audit}"
+    );
+    assert!(
+        !audit.contains(r#""action":"secret.reread""#),
+        "unchanged: no second try"
+    );
+}
