@@ -63,6 +63,10 @@ class Cluster:
         self.procs: dict[str, subprocess.Popen] = {}
         self.metrics: dict[str, int] = {}
         self.kubeconfig = self._kubeconfig("admin", "admin-token")
+        # The JWT auth method of the test OpenBao that trusts this cluster's
+        # (the test kubelet's) ServiceAccount tokens; set up by the tests that
+        # use it.
+        self.vault_mount = f"jwt-e2e-{self.port}"
         self._start("kapi", [sys.executable, str(ROOT / "tests/kapi/kapi.py"), "--port", str(self.port),
                              "--ready-file", str(self.dir / "kapi.ready")], ready=self.dir / "kapi.ready")
         self._start("kubelet", [sys.executable, str(ROOT / "tests/kubelet/kubelet.py"), "--server", self.url,
@@ -126,7 +130,10 @@ class Cluster:
                            "--allow-plain-http-loopback",
                            "--audit-log", str(self.dir / f"{name}.audit"),
                            # As the chart starts it with its attribution policies.
-                           "--record-requesters", "--user-name", OPERATOR_USER],
+                           "--record-requesters", "--user-name", OPERATOR_USER,
+                           # The platform's Vault: the test OpenBao.
+                           "--vault-addr", os.environ.get("FERRY_BAO_ADDR", "http://127.0.0.1:8200"),
+                           "--vault-auth-mount", self.vault_mount],
                     env={"KUBECONFIG": str(self._kubeconfig(name, f"{name}-token", server)), "POD_NAME": name,
                          "POD_NAMESPACE": "ferry-system", "RUST_LOG": "info,kube=warn"})
         if wait:

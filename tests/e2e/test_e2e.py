@@ -31,7 +31,8 @@ RUN_ID = secrets.token_hex(3)
 RUN = "/apis/ferry.dev/v1alpha1/namespaces/{ns}/connectorruns"
 CONN = "/apis/ferry.dev/v1alpha1/namespaces/{ns}/connectors"
 # The namespaces the platform team opted in; the operator acts on no other.
-TENANTS = ["acme", "refused-sensitivity", "refused-residency", "retry", "deadline", "scheduled", "rollback"]
+TENANTS = ["acme", "refused-sensitivity", "refused-residency", "retry", "deadline", "scheduled", "rollback",
+           "vaulted"]
 
 
 @pytest.fixture(scope="module")
@@ -515,3 +516,70 @@ def test_only_the_leader_reconciles_and_another_replica_takes_over(cluster: Clus
     name = manual_run(cluster, ns)
     wait_phase(cluster, ns, name, ("Succeeded",), 120)
     assert metric(cluster.scrape("operator-b"), "ferry_reconcile_total") > 0
+
+
+def bao(method: str, path: str, body: dict | None = None) -> dict:
+    """The test OpenBao's API, as the platform team (root token)."""
+    import urllib.request
+    req = urllib.request.Request(f"{os.environ['FERRY_BAO_ADDR']}/v1/{path}", method=method,
+                                 data=json.dumps(body).encode() if body is not None else None,
+                                 headers={"X-Vault-Token": os.environ["FERRY_BAO_ROOT_TOKEN"]})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        text = r.read()
+    return json.loads(text) if text else {}
+
+
+def test_s3_to_azure_with_the_azure_key_in_openbao(cluster: Cluster):
+    """The destination's account key lives in OpenBao KV, not in a Secret: the
+    run's pod logs in with its own projected token (minted by the test kubelet
+    for audience `vault`, signed by the cluster's issuer key that OpenBao's JWT
+    auth method trusts) as the role of its namespace, reads the key, and moves
+    the data. OpenBao's audit log shows exactly the run's reads."""
+    ns, bucket, container = "vaulted", f"vaulted-exports-{RUN_ID}", f"vaulted-bronze-{RUN_ID}"
+    tenant(cluster, ns)
+    data(bucket)
+    azure().create_container(container)
+    mount = cluster.vault_mount
+    issuer = (cluster.dir / "node" / "issuer.pub").read_text()
+    bao("POST", f"sys/auth/{mount}", {"type": "jwt"})
+    bao("POST", f"auth/{mount}/config", {"jwt_validation_pubkeys": [issuer],
+                                         "bound_issuer": "https://kubernetes.default.svc"})
+    bao("PUT", f"sys/policies/acl/ferry-{ns}-{RUN_ID}",
+        {"policy": f'path "secret/data/{ns}-{RUN_ID}/*" {{ capabilities = ["read"] }}'})
+    bao("POST", f"auth/{mount}/role/ferry-{ns}", {
+        "role_type": "jwt", "bound_audiences": ["vault"], "user_claim": "sub",
+        "bound_claims_type": "glob", "bound_claims": {"sub": f"system:serviceaccount:{ns}:ferry-run-*"},
+        "token_policies": [f"ferry-{ns}-{RUN_ID}"], "token_ttl": "10m"})
+    bao("POST", f"secret/data/{ns}-{RUN_ID}/bronze-writer", {"data": {"accountKey": DEV_KEY}})
+    conn = example(cluster, ns, bucket, container)
+    conn["spec"]["destination"]["azureBlob"]["credentials"] = {"vault": {"path": f"{ns}-{RUN_ID}/bronze-writer"}}
+    cluster.apply_text(yaml.safe_dump(conn))
+    name = manual_run(cluster, ns)
+    run = wait_phase(cluster, ns, name, ("Succeeded", "Failed", "Rejected"))
+    assert run["status"]["phase"] == "Succeeded", json.dumps(run["status"], indent=1) + cluster.logs()
+    there = blobs(container)
+    assert sorted(k for k in there if not k.startswith("sales/.ferry/")) == [
+        "sales/customers/2026-11-01.csv", "sales/orders/2026-11-01.csv"], there
+
+    # The pod asked for a token for Vault and read no Secret for the key.
+    pods = [p for p in cluster.watch_pods() if p["metadata"]["labels"].get("ferry.dev/run") == name]
+    env = {e["name"]: e.get("value") for e in pods[0]["spec"]["containers"][0]["env"]}
+    assert env["FERRY_VAULT_ROLE"] == f"ferry-{ns}" and env["FERRY_VAULT_AUTH_MOUNT"] == mount, env
+    role = cluster.get(f"/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/roles/ferry-run-{name}")
+    assert role is None or "bronze-writer" not in json.dumps(role), role
+
+    # OpenBao's audit log: the run logged in once and read exactly its secret.
+    entries = [json.loads(line) for line in pathlib.Path(os.environ["FERRY_BAO_AUDIT_LOG"]).read_text().splitlines()]
+    # (The tokens this cluster's JWT auth method issued are named after it.)
+    by_run = [e for e in entries if e["type"] == "response"
+              and (e.get("auth") or {}).get("display_name", "").startswith(f"{mount}-")]
+    reads = [(e["request"]["operation"], e["request"]["path"]) for e in by_run
+             if not e["request"]["path"].startswith("auth/")]
+    assert reads == [("read", f"secret/data/{ns}-{RUN_ID}/bronze-writer")], reads
+    logins = [e for e in entries if e["type"] == "response" and e["request"]["path"] == f"auth/{mount}/login"]
+    assert len(logins) == 1, logins
+    assert logins[0]["auth"]["metadata"]["role"] == f"ferry-{ns}", logins[0]["auth"]
+    # And Ferry's own trail names the path and version it read.
+    log = (cluster.dir / "node/logs" / f"{ns}_{name}-1.log").read_text()
+    assert f'"object":"vault:secret/{ns}-{RUN_ID}/bronze-writer@v1"' in log, log[-2000:]
+    assert DEV_KEY not in log

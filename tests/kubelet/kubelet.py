@@ -11,8 +11,18 @@ failure, the end of the log as the termination message (the
 FallbackToLogsOnError policy). activeDeadlineSeconds is enforced by killing the
 process; a Pod deleted while running has its process stopped.
 
-Images are not pulled and nothing is isolated: the security context, volumes
-and resources are recorded by the API for tests to check, not enforced here.
+Projected ServiceAccount tokens with an audience (the runs' tokens for their
+clouds and for Vault) are minted as the real kubelet has the API server mint
+them: JWTs signed by this node's issuer key (Ed25519; its public key in
+`issuer.pub`, for the services that trust the cluster's tokens), with the Pod's
+ServiceAccount as subject, the audience and the expiry the volume asks for.
+There is no mount namespace: each such volume is a folder under
+`volumes/<namespace>_<pod>/`, and environment values naming a file under its
+mount path are pointed there.
+
+Images are not pulled and nothing is isolated: the security context, other
+volumes and resources are recorded by the API for tests to check, not enforced
+here.
 
 Run: python tests/kubelet/kubelet.py --server URL --command /job-runner=PATH --workdir DIR
 
@@ -34,8 +44,11 @@ import signal
 import sys
 
 import aiohttp
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 TERMINATION_LOG_LINES = 80
+ISSUER = "https://kubernetes.default.svc"
 
 
 def now() -> str:
@@ -51,8 +64,11 @@ class Kubelet:
         self.running: dict[tuple[str, str], asyncio.Task] = {}
         self.procs: dict[tuple[str, str], asyncio.subprocess.Process] = {}
         self.tokens: dict[tuple[str, str], str] = {}
-        for sub in ("logs", "pids", "kubeconfigs"):
+        for sub in ("logs", "pids", "kubeconfigs", "volumes"):
             (workdir / sub).mkdir(parents=True, exist_ok=True)
+        self.issuer_key = Ed25519PrivateKey.generate()
+        (workdir / "issuer.pub").write_bytes(self.issuer_key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
 
     # -- API --
 
@@ -103,6 +119,41 @@ class Kubelet:
                     raise RuntimeError(f"{plural} {ref['name']!r} has no key {ref['key']!r}")
         return out
 
+    def service_account_token(self, ns: str, account: str, audience: str, seconds: int) -> str:
+        """A JWT for the ServiceAccount, as the API server's TokenRequest makes it."""
+        def b64(data: bytes) -> str:
+            return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+        issued = int(datetime.datetime.now(tz=datetime.UTC).timestamp())
+        header = b64(json.dumps({"alg": "EdDSA", "typ": "JWT"}).encode())
+        claims = b64(json.dumps({
+            "iss": ISSUER, "sub": f"system:serviceaccount:{ns}:{account}", "aud": [audience],
+            "iat": issued, "nbf": issued, "exp": issued + seconds,
+            "kubernetes.io": {"namespace": ns, "serviceaccount": {"name": account}},
+        }).encode())
+        signature = b64(self.issuer_key.sign(f"{header}.{claims}".encode()))
+        return f"{header}.{claims}.{signature}"
+
+    def project_tokens(self, pod: dict, container: dict) -> dict[str, str]:
+        """Writes the Pod's projected tokens that carry an audience; maps each
+        mount path to the folder that stands for it."""
+        meta, spec = pod["metadata"], pod["spec"]
+        ns, account = meta["namespace"], spec.get("serviceAccountName") or "default"
+        mounts = {m["name"]: m["mountPath"] for m in container.get("volumeMounts") or []}
+        out: dict[str, str] = {}
+        for volume in spec.get("volumes") or []:
+            sources = (volume.get("projected") or {}).get("sources") or []
+            tokens = [s["serviceAccountToken"] for s in sources
+                      if "serviceAccountToken" in s and s["serviceAccountToken"].get("audience")]
+            if not tokens or volume["name"] not in mounts:
+                continue
+            folder = self.workdir / "volumes" / f"{ns}_{meta['name']}" / volume["name"]
+            folder.mkdir(parents=True, exist_ok=True)
+            for t in tokens:
+                token = self.service_account_token(ns, account, t["audience"], t.get("expirationSeconds", 3600))
+                (folder / t["path"]).write_text(token)
+            out[mounts[volume["name"]]] = str(folder)
+        return out
+
     def kubeconfig(self, ns: str, name: str, account: str) -> pathlib.Path:
         """A kubeconfig with a token of the Pod's ServiceAccount."""
         token = f"kapi-sa.{ns}.{account}.{secrets.token_hex(8)}"
@@ -130,6 +181,10 @@ class Kubelet:
                 raise RuntimeError(f"no local executable for command {command[:1]}")
             argv = [self.commands[command[0]], *command[1:], *(container.get("args") or [])]
             env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **await self.env(http, pod, container)}
+            for mount_path, folder in self.project_tokens(pod, container).items():
+                for key, value in env.items():
+                    if value.startswith(mount_path.rstrip("/") + "/"):
+                        env[key] = folder + value[len(mount_path.rstrip("/")):]
             env["KUBECONFIG"] = str(self.kubeconfig(ns, name, spec.get("serviceAccountName") or "default"))
             log = open(log_path, "wb")
             proc = await asyncio.create_subprocess_exec(
