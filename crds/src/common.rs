@@ -127,13 +127,14 @@ pub struct VaultSecret {
     #[serde(default = "default_kv_mount")]
     #[schemars(
         length(min = 1, max = 128),
-        regex(pattern = r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
+        regex(pattern = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*(/[A-Za-z0-9_-][A-Za-z0-9_.-]*)*$")
     )]
     pub mount: String,
-    /// Path of the secret under the mount, e.g. `acme/s3-reader`.
+    /// Path of the secret under the mount, e.g. `acme/s3-reader`: segments
+    /// that do not start with a dot (no `.` or `..`).
     #[schemars(
         length(min = 1, max = 512),
-        regex(pattern = r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
+        regex(pattern = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*(/[A-Za-z0-9_-][A-Za-z0-9_.-]*)*$")
     )]
     pub path: String,
     /// Where the secret's field names differ from Ferry's keys (those of the

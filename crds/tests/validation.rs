@@ -142,9 +142,17 @@ fn credentials_are_one_of_and_only_references() {
         "spec.source.s3.credentials.webIdentity",
         json!({"roleArn": "arn:aws:iam::123456789012:role/r"}),
     );
-    assert_rejected(&both, None, "exactly one of secretRef or webIdentity");
+    assert_rejected(
+        &both,
+        None,
+        "exactly one of secretRef, vault or webIdentity",
+    );
     let neither = with(connector(), "spec.source.s3.credentials", json!({}));
-    assert_rejected(&neither, None, "exactly one of secretRef or webIdentity");
+    assert_rejected(
+        &neither,
+        None,
+        "exactly one of secretRef, vault or webIdentity",
+    );
     let az_both = with(
         connector(),
         "spec.destination.azureBlob.credentials.workloadIdentity",
@@ -153,8 +161,41 @@ fn credentials_are_one_of_and_only_references() {
     assert_rejected(
         &az_both,
         None,
-        "exactly one of secretRef or workloadIdentity",
+        "exactly one of secretRef, vault or workloadIdentity",
     );
+    // A secret in the platform's Vault instead of a Secret: alone, and with a
+    // path of plain segments only.
+    let vault = json!({"path": "acme/s3-reader", "fields": {"accessKeyId": "aws_key_id"}});
+    let s3_vault = with(
+        connector(),
+        "spec.source.s3.credentials",
+        json!({"vault": vault}),
+    );
+    assert_accepted(&s3_vault, None);
+    let az_vault = with(
+        connector(),
+        "spec.destination.azureBlob.credentials",
+        json!({"vault": vault}),
+    );
+    assert_accepted(&az_vault, None);
+    let vault_and_secret = with(
+        connector(),
+        "spec.source.s3.credentials.vault",
+        vault.clone(),
+    );
+    assert_rejected(
+        &vault_and_secret,
+        None,
+        "exactly one of secretRef, vault or webIdentity",
+    );
+    for bad in ["../other-tenant/key", "/abs", "a//b", ""] {
+        let path = with(
+            connector(),
+            "spec.source.s3.credentials",
+            json!({"vault": {"path": bad}}),
+        );
+        assert!(!validate(&path, None).is_empty(), "vault path {bad:?}");
+    }
     // A secret value written inline is an unknown field: strict field validation
     // (kubectl apply's default) rejects it, and it could never reach the operator.
     for (path, value) in [
