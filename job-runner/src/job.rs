@@ -69,6 +69,13 @@ impl std::fmt::Display for Failure {
 
 impl std::error::Error for Failure {}
 
+/// A read of the run's keys or credentials that failed: audited
+/// (`secret.read`, the reason, never a value), then the run's failure.
+fn refused_read(audit: &AuditLog, reason: Reason, e: impl std::fmt::Display) -> Failure {
+    audit.record("secret.read", Outcome::Failure, Some(reason.as_str()), None);
+    failure(reason, e)
+}
+
 fn failure(reason: Reason, e: impl std::fmt::Display) -> Failure {
     Failure {
         reason,
@@ -93,38 +100,18 @@ pub async fn execute(
         );
         return Err(failure(e.reason(), e));
     }
-    let keys = match secrets.kek(connector) {
-        Ok(k) => {
-            audit.record("secret.read", Outcome::Success, None, None);
-            Arc::new(KeyRing::new(vec![k]))
-        }
-        Err(e) => {
-            audit.record(
-                "secret.read",
-                Outcome::Failure,
-                Some(e.reason().as_str()),
-                None,
-            );
-            return Err(failure(e.reason(), e));
-        }
-    };
-    let signer = match secrets.signer(connector) {
-        Ok(s) => {
-            if s.is_some() {
-                audit.record("secret.read", Outcome::Success, None, None);
-            }
-            s.map(Arc::new)
-        }
-        Err(e) => {
-            audit.record(
-                "secret.read",
-                Outcome::Failure,
-                Some(e.reason().as_str()),
-                None,
-            );
-            return Err(failure(e.reason(), e));
-        }
-    };
+    let kek = secrets
+        .kek(connector)
+        .map_err(|e| refused_read(audit, e.reason(), e))?;
+    audit.record("secret.read", Outcome::Success, None, None);
+    let keys = Arc::new(KeyRing::new(vec![kek]));
+    let signer = secrets
+        .signer(connector)
+        .map_err(|e| refused_read(audit, e.reason(), e))?;
+    if signer.is_some() {
+        audit.record("secret.read", Outcome::Success, None, None);
+    }
+    let signer = signer.map(Arc::new);
     let spec = &connector.spec;
     let src = config::open_store("source", &spec.source, job.base_dir, secrets, job.platform)
         .map_err(|e| failure(e.reason(), e))?;
@@ -263,18 +250,9 @@ async fn with_store_secrets(
     secrets: SecretsDir,
     audit: &AuditLog,
 ) -> Result<SecretsDir, Failure> {
-    let fetched = match vault::fetch(job.platform.vault.as_ref(), &job.connector.spec).await {
-        Ok(f) => f,
-        Err(e) => {
-            audit.record(
-                "secret.read",
-                Outcome::Failure,
-                Some(e.reason().as_str()),
-                None,
-            );
-            return Err(failure(e.reason(), e));
-        }
-    };
+    let fetched = vault::fetch(job.platform.vault.as_ref(), &job.connector.spec)
+        .await
+        .map_err(|e| refused_read(audit, e.reason(), e))?;
     for read in &fetched.reads {
         let what = format!("{}@v{}", read.name, read.version);
         audit.record("secret.read", Outcome::Success, None, Some(&what));
