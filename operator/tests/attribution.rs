@@ -49,14 +49,8 @@ async fn world(config: Config) -> World {
     w
 }
 
-fn attribution_of(run: &ferry_crds::ConnectorRun) -> Option<Attribution> {
-    run.status.as_ref().unwrap().attribution.clone()
-}
-
-#[tokio::test]
-async fn a_run_created_by_a_user_and_one_made_by_the_schedule_name_who_asked() {
-    let w = world(recording()).await;
-    // Alice's run, as the admission policy leaves it.
+/// Alice's run `manual-1`, as the admission policy leaves it.
+async fn create_alices_run(w: &World) {
     let mut manual = run_of("manual-1", "sales");
     manual.metadata.annotations =
         Some([("ferry.dev/created-by".to_string(), ALICE.to_string())].into());
@@ -64,6 +58,16 @@ async fn a_run_created_by_a_user_and_one_made_by_the_schedule_name_who_asked() {
         .create(&PostParams::default(), &manual)
         .await
         .unwrap();
+}
+
+fn attribution_of(run: &ferry_crds::ConnectorRun) -> Option<Attribution> {
+    run.status.as_ref().unwrap().attribution.clone()
+}
+
+#[tokio::test]
+async fn a_run_created_by_a_user_and_one_made_by_the_schedule_name_who_asked() {
+    let w = world(recording()).await;
+    create_alices_run(&w).await;
     let run = w.reconcile_run("manual-1").await;
     let expected = Attribution {
         requested_by: Some(ALICE.into()),
@@ -107,13 +111,7 @@ async fn a_run_created_by_a_user_and_one_made_by_the_schedule_name_who_asked() {
 #[tokio::test]
 async fn the_attribution_is_pinned_with_the_spec_and_later_edits_do_not_rewrite_it() {
     let w = world(recording()).await;
-    let mut manual = run_of("manual-1", "sales");
-    manual.metadata.annotations =
-        Some([("ferry.dev/created-by".to_string(), ALICE.to_string())].into());
-    w.runs()
-        .create(&PostParams::default(), &manual)
-        .await
-        .unwrap();
+    create_alices_run(&w).await;
     w.reconcile_run("manual-1").await;
     // Carol changes the Connector while the run is in flight: the run was
     // pinned to Bob's spec, and says so.
@@ -139,13 +137,7 @@ async fn the_attribution_is_pinned_with_the_spec_and_later_edits_do_not_rewrite_
 #[tokio::test]
 async fn without_the_admission_policies_nothing_is_attributed() {
     let w = world(Config::default()).await;
-    let mut manual = run_of("manual-1", "sales");
-    manual.metadata.annotations =
-        Some([("ferry.dev/created-by".to_string(), ALICE.to_string())].into());
-    w.runs()
-        .create(&PostParams::default(), &manual)
-        .await
-        .unwrap();
+    create_alices_run(&w).await;
     let run = w.reconcile_run("manual-1").await;
     assert_eq!(attribution_of(&run), None);
     w.advance(3600 + 5);

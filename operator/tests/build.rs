@@ -35,6 +35,24 @@ fn objects(spec: &ConnectorSpec, attempt: i32) -> RunObjects {
     .expect("builds")
 }
 
+/// The service-account token projected in the pod's volume `name`.
+fn projected_token<'a>(
+    ps: &'a k8s_openapi::api::core::v1::PodSpec,
+    name: &str,
+) -> &'a k8s_openapi::api::core::v1::ServiceAccountTokenProjection {
+    let volume = ps
+        .volumes
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|v| v.name == name)
+        .unwrap();
+    volume.projected.as_ref().unwrap().sources.as_ref().unwrap()[0]
+        .service_account_token
+        .as_ref()
+        .unwrap()
+}
+
 /// Each check of the Pod Security Standards "restricted" profile (v1.32), plus
 /// the baseline checks it includes. Returns the rules broken.
 fn restricted_violations(pod: &Pod) -> Vec<String> {
@@ -233,17 +251,7 @@ fn workload_identity_needs_no_secret_read_but_a_projected_cloud_token() {
         &["acme-kek", "bronze-writer"]
     );
     let ps = o.pod.spec.as_ref().unwrap();
-    let aws = ps
-        .volumes
-        .as_ref()
-        .unwrap()
-        .iter()
-        .find(|v| v.name == "aws-token")
-        .unwrap();
-    let token = aws.projected.as_ref().unwrap().sources.as_ref().unwrap()[0]
-        .service_account_token
-        .as_ref()
-        .unwrap();
+    let token = projected_token(ps, "aws-token");
     assert_eq!(token.audience.as_deref(), Some("sts.amazonaws.com"));
     let env = ps.containers[0].env.as_ref().unwrap();
     assert!(env.iter().any(|e| e.name == "AWS_WEB_IDENTITY_TOKEN_FILE"
@@ -636,17 +644,7 @@ fn vault_credentials_need_no_secret_read_but_a_token_for_vault() {
         "the Vault secret is not a Secret the run may read"
     );
     let ps = o.pod.spec.as_ref().unwrap();
-    let volume = ps
-        .volumes
-        .as_ref()
-        .unwrap()
-        .iter()
-        .find(|v| v.name == "vault-token")
-        .unwrap();
-    let token = volume.projected.as_ref().unwrap().sources.as_ref().unwrap()[0]
-        .service_account_token
-        .as_ref()
-        .unwrap();
+    let token = projected_token(ps, "vault-token");
     assert_eq!(token.audience.as_deref(), Some("vault"));
     assert!(token.expiration_seconds.unwrap() <= 3600 + 600);
     let env: std::collections::BTreeMap<_, _> = ps.containers[0]
