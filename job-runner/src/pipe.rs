@@ -213,7 +213,17 @@ async fn open(
                 return;
             }
         };
-        if let Err(e) = dec.push(&chunk, &mut out) {
+        let pushed = if dec.is_open() {
+            dec.push(&chunk, &mut out)
+        } else {
+            // The envelope first: its KEK may be a run key only a KMS unwraps.
+            dec.buffer(&chunk);
+            match dec.resolve().await {
+                Ok(true) => dec.push(&[], &mut out),
+                other => other.map(|_| ()),
+            }
+        };
+        if let Err(e) = pushed {
             let _ = tx.send(Err(err(e))).await;
             return;
         }

@@ -66,13 +66,14 @@ impl Trust {
 
     /// Checks `m`, stored at `key`, with what is trusted; an unsigned manifest
     /// passes the signature check only when `signed` is false.
-    fn check(&self, key: &str, m: &Manifest, signed: bool) -> Result<Checked, TransferError> {
+    async fn check(&self, key: &str, m: &Manifest, signed: bool) -> Result<Checked, TransferError> {
         let integrity = |source| TransferError::Integrity {
             key: key.to_string(),
             source,
         };
         let mut checked = Checked::default();
         if let Some(keys) = &self.keys {
+            transfer::records::resolve_key(keys, key, m).await?;
             m.verify_at(keys, key).map_err(integrity)?;
             checked.mac = true;
         }
@@ -88,7 +89,7 @@ impl Trust {
     /// public keys are trusted.
     async fn read(&self, store: &dyn ObjectStore, key: &str) -> Result<Manifest, TransferError> {
         let m = transfer::read_manifest_unverified(store, key).await?;
-        self.check(key, &m, true)?;
+        self.check(key, &m, true).await?;
         Ok(m)
     }
 }
@@ -190,7 +191,9 @@ pub async fn verify_chain(
         let m = transfer::read_manifest_unverified(store, &name).await?;
         // From the first signed manifest on, and for the newest, a signature
         // is asked for: one dropped or made without the key is found.
-        let checked = trust.check(&name, &m, report.signed > 0 || i == last)?;
+        let checked = trust
+            .check(&name, &m, report.signed > 0 || i == last)
+            .await?;
         report.signed += usize::from(checked.signature);
         report.unchecked += usize::from(!checked.mac && !checked.signature);
         chain.push((name, m));

@@ -1,5 +1,15 @@
 //! Key-encryption keys (KEKs): parsing, ids, wrapping of data keys, and the
 //! keys derived from them. Key bytes are zeroized on drop and never printed.
+//!
+//! A KEK is either the tenant's own 32 bytes (a Secret) or, when the KEK lives
+//! in a KMS ([`Kms`]), a run key: one data key the KMS generated for the run,
+//! carried with everything the run writes in its KMS-wrapped form, so a reader
+//! with decrypt rights on the KMS key gets it back with one KMS call per run
+//! (not per object).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -38,21 +48,73 @@ pub enum KeyError {
         "not an Ed25519 public key: give a PEM public key (openssl pkey -pubout) or the base64 of its 32 bytes"
     )]
     BadPublicKey,
+    #[error("{0}")]
+    Kms(KmsError),
+    #[error(
+        "the key is wrapped by {wrapped_by}, which is not the KMS key trusted here ({trusted})"
+    )]
+    ForeignKms { wrapped_by: String, trusted: String },
+    #[error("the key is wrapped by a KMS ({0}), and no KMS was given to unwrap it")]
+    NoKms(String),
+    #[error("the KMS unwrapped a key whose id is not {kek_id}: the wrapped key was swapped")]
+    KmsMismatch { kek_id: String },
+}
+
+/// Why a KMS did not give or unwrap a key. Never holds key material.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct KmsError {
+    /// The KMS key, e.g. `vault-transit:transit/acme`.
+    pub key: String,
+    /// What went wrong, as the KMS said it (names paths and roles, never keys).
+    pub message: String,
+    /// Whether the KMS could not be reached (a later attempt may succeed),
+    /// rather than refused.
+    pub unreachable: bool,
+}
+
+/// A boxed future of a KMS call.
+pub type KmsFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, KmsError>> + Send + 'a>>;
+
+/// A key-encryption key held by a KMS (Vault Transit): the KEK never leaves it.
+/// Wrapped keys are text, `<name>:<ciphertext>`, so that they name the KMS key
+/// that can unwrap them.
+pub trait Kms: Send + Sync {
+    /// The KMS key: `vault-transit:<mount>/<key>`.
+    fn name(&self) -> &str;
+    /// A fresh 32-byte data key and its wrapped form: one KMS call.
+    fn data_key(&self) -> KmsFuture<'_, (DataKey, String)>;
+    /// The data key of a wrapped form this KMS key made: one KMS call.
+    fn unwrap<'a>(&'a self, wrapped: &'a str) -> KmsFuture<'a, DataKey>;
+}
+
+/// The KMS key a wrapped form names: everything before the last `:` that
+/// starts its ciphertext (`vault-transit:transit/acme:vault:v3:...` names
+/// `vault-transit:transit/acme`).
+pub fn wrapped_by(wrapped: &str) -> &str {
+    // The name is `<provider>:<path>`; the path holds no colon.
+    let mut parts = wrapped.splitn(3, ':');
+    let provider = parts.next().unwrap_or_default();
+    let path = parts.next().unwrap_or_default();
+    &wrapped[..(provider.len() + 1 + path.len()).min(wrapped.len())]
 }
 
 /// A 256-bit data key, zeroized on drop.
 pub type DataKey = Zeroizing<[u8; KEY_LEN]>;
 
-/// A key-encryption key with its id.
+/// A key-encryption key with its id and, for a run key of a KMS, its wrapped
+/// form.
 pub struct Kek {
     key: Zeroizing<[u8; KEY_LEN]>,
     id: String,
+    wrapped: Option<String>,
 }
 
 impl std::fmt::Debug for Kek {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Kek")
             .field("id", &self.id)
+            .field("wrapped_by", &self.wrapped.as_deref().map(wrapped_by))
             .finish_non_exhaustive()
     }
 }
@@ -62,7 +124,24 @@ impl Kek {
     pub fn from_bytes(key: [u8; KEY_LEN]) -> Self {
         let key = Zeroizing::new(key);
         let id = key_id(&key);
-        Self { key, id }
+        Self {
+            key,
+            id,
+            wrapped: None,
+        }
+    }
+
+    /// A run key a KMS made, with its wrapped form (`<kms key>:<ciphertext>`).
+    pub fn from_kms(key: &DataKey, wrapped: String) -> Self {
+        Self {
+            wrapped: Some(wrapped),
+            ..Self::from_bytes(**key)
+        }
+    }
+
+    /// The KMS-wrapped form of a run key; `None` for a KEK of the tenant's own.
+    pub fn wrapped(&self) -> Option<&str> {
+        self.wrapped.as_deref()
     }
 
     /// A KEK from the content of a Secret key or file: 32 raw bytes, or the
@@ -187,35 +266,110 @@ fn key_id(key: &[u8; KEY_LEN]) -> String {
 }
 
 /// The KEKs a run or a reader may need: the current one first and, after a
-/// rotation, older ones.
-#[derive(Debug, Default)]
+/// rotation, older ones; with a KMS, the run keys unwrapped so far (each once).
+#[derive(Default)]
 pub struct KeyRing {
-    keys: Vec<Kek>,
+    keys: RwLock<Vec<Arc<Kek>>>,
+    kms: Option<Arc<dyn Kms>>,
+}
+
+impl std::fmt::Debug for KeyRing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyRing")
+            .field("keys", &self.keys())
+            .field("kms", &self.kms.as_ref().map(|k| k.name().to_string()))
+            .finish()
+    }
 }
 
 impl KeyRing {
     /// A ring of the given keys.
     pub fn new(keys: Vec<Kek>) -> Self {
-        Self { keys }
+        Self {
+            keys: RwLock::new(keys.into_iter().map(Arc::new).collect()),
+            kms: None,
+        }
+    }
+
+    /// This ring, unwrapping the run keys that `kms` wrapped when they are
+    /// first needed ([`KeyRing::resolve`]).
+    pub fn with_kms(mut self, kms: Arc<dyn Kms>) -> Self {
+        self.kms = Some(kms);
+        self
+    }
+
+    /// The KMS key trusted to unwrap run keys.
+    pub fn kms(&self) -> Option<&str> {
+        self.kms.as_ref().map(|k| k.name())
     }
 
     /// The KEK with this id.
-    pub fn get(&self, id: &str) -> Result<&Kek, KeyError> {
-        self.keys
-            .iter()
+    pub fn get(&self, id: &str) -> Result<Arc<Kek>, KeyError> {
+        self.keys()
+            .into_iter()
             .find(|k| k.id() == id)
             .ok_or_else(|| KeyError::UnknownKek(id.to_string()))
     }
 
     /// The current key: the one new data is encrypted under.
-    pub fn current(&self) -> Result<&Kek, KeyError> {
-        self.keys.first().ok_or(KeyError::NoKey)
+    pub fn current(&self) -> Result<Arc<Kek>, KeyError> {
+        self.keys().into_iter().next().ok_or(KeyError::NoKey)
     }
 
     /// Every key, current first.
-    pub fn keys(&self) -> &[Kek] {
-        &self.keys
+    pub fn keys(&self) -> Vec<Arc<Kek>> {
+        self.keys
+            .read()
+            .map_or_else(|e| e.into_inner().clone(), |k| k.clone())
     }
+
+    /// The KEK with id `id`: one the ring holds or, when it was wrapped by the
+    /// trusted KMS key (`wrapped`), unwrapped by the KMS (one call, then kept).
+    /// A wrapped form naming another KMS key is refused without a call, and so
+    /// is an unwrapped key whose id is not `id`.
+    pub async fn resolve(&self, id: &str, wrapped: Option<&str>) -> Result<Arc<Kek>, KeyError> {
+        if let Ok(k) = self.get(id) {
+            return Ok(k);
+        }
+        let Some(wrapped) = wrapped else {
+            return Err(KeyError::UnknownKek(id.to_string()));
+        };
+        let kms = self
+            .kms
+            .as_ref()
+            .ok_or_else(|| KeyError::NoKms(wrapped_by(wrapped).to_string()))?;
+        if wrapped_by(wrapped) != kms.name() {
+            return Err(KeyError::ForeignKms {
+                wrapped_by: wrapped_by(wrapped).to_string(),
+                trusted: kms.name().to_string(),
+            });
+        }
+        let key = kms.unwrap(wrapped).await.map_err(KeyError::Kms)?;
+        let kek = Arc::new(Kek::from_kms(&key, wrapped.to_string()));
+        if kek.id() != id {
+            return Err(KeyError::KmsMismatch {
+                kek_id: id.to_string(),
+            });
+        }
+        let mut keys = self.keys.write().unwrap_or_else(|e| e.into_inner());
+        if !keys.iter().any(|k| k.id() == id) {
+            keys.push(kek.clone());
+        }
+        Ok(kek)
+    }
+}
+
+/// A new run key from `kms` (one call), as the current key of a ring that
+/// unwraps the run keys of earlier runs with the same KMS key.
+pub async fn run_key_ring(kms: Arc<dyn Kms>) -> Result<KeyRing, KeyError> {
+    let (key, wrapped) = kms.data_key().await.map_err(KeyError::Kms)?;
+    if wrapped_by(&wrapped) != kms.name() {
+        return Err(KeyError::ForeignKms {
+            wrapped_by: wrapped_by(&wrapped).to_string(),
+            trusted: kms.name().to_string(),
+        });
+    }
+    Ok(KeyRing::new(vec![Kek::from_kms(&key, wrapped)]).with_kms(kms))
 }
 
 #[cfg(test)]

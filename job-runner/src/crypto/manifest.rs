@@ -11,14 +11,20 @@
 //! and the link of the manifest it was built on (so one deleted, rolled back
 //! or put out of order breaks the chain). Version 4 adds `records`: Ferry's
 //! own records at the destination that the run wrote, the encrypted copy of
-//! its audit lines, listed like objects. Versions 1 to 3 still verify; the
-//! first chained manifest after versions 1 and 2 links to the newest of them.
+//! its audit lines, listed like objects. Version 5 adds `kms`: when the KEK
+//! is a run key from a KMS, the run key as the KMS wrapped it, so a verifier
+//! with decrypt rights on the KMS key unwraps it and derives the MAC key.
+//! Older versions re-signed by an erasure under a run key carry `kms` too,
+//! unauthenticated: it only says where the key is, and the key it unwraps to
+//! must have the authenticated `kek_id`.
+//! Versions 1 to 4 still verify; the first chained manifest after versions 1
+//! and 2 links to the newest of them.
 //!
 //! ```text
 //! mac_input = format || 0x00 || str(run) || str(connector) || str(created)
 //!             || str(kek_id) || u64(count) || entry* || [v2: u64(erased) || tombstone*]
 //!             || [v3: str(name) || u64(sequence) || opt(previous)]
-//!             || [v4: u64(records) || entry*]
+//!             || [v4: u64(records) || entry*] || [v5: opt(kms)]
 //! entry     = str(key) || u64(size) || str(sha256) || u64(encrypted_size)
 //!             || str(encrypted_sha256) || opt(source_modified) || opt(source_etag)
 //!             || [v2: optu64(source_size) || u64(fields) || str(field)*]
@@ -27,6 +33,7 @@
 //! opt(None) = 0x00            opt(Some(s)) = 0x01 || str(s)
 //! optu64(None) = 0x00         optu64(Some(n)) = 0x01 || u64(n)
 //! mac       = hex(HMAC-SHA256(HKDF-SHA256(KEK, info = "ferry/manifest-mac/v1"), mac_input))
+//!             (KEK: the run key, for a manifest with `kms`)
 //! link      = hex(SHA-256("ferry-manifest-link" || 0x00 || str(name) || u64(sequence)
 //!                 || opt(previous) || str(run) || str(connector) || str(created)))
 //! ```
@@ -55,9 +62,11 @@ use super::signing::{ManifestSigner, PublicKeys, Signature};
 const SIGNATURE_CONTEXT: &[u8] = b"ferry-manifest-signature/v1\0";
 
 /// The format tag of manifests this code writes.
-pub const FORMAT: &str = "ferry-manifest/v4";
+pub const FORMAT: &str = "ferry-manifest/v5";
 /// Where Ferry's own records live under a destination prefix; objects never do.
 pub const RECORDS_DIR: &str = ".ferry/";
+/// The fourth format, still read: no KMS-wrapped run key.
+pub const FORMAT_V4: &str = "ferry-manifest/v4";
 /// The third format, still read: no records.
 pub const FORMAT_V3: &str = "ferry-manifest/v3";
 /// The second format, still read: no name, sequence or link.
@@ -139,6 +148,10 @@ pub struct Manifest {
     /// objects.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub records: Vec<ManifestEntry>,
+    /// Version 5: when the KEK is a run key from a KMS, its KMS-wrapped form
+    /// (`<kms key>:<ciphertext>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kms: Option<String>,
     /// Hex HMAC-SHA256 over the canonical encoding.
     pub mac: String,
     /// An Ed25519 signature of the canonical encoding, when the Connector
@@ -270,6 +283,7 @@ impl Manifest {
             objects: contents.objects,
             erased: contents.erased,
             records: contents.records,
+            kms: kek.wrapped().map(str::to_string),
             mac: String::new(),
             signature: None,
         };
@@ -291,6 +305,7 @@ impl Manifest {
             self.format = FORMAT_V2.to_string();
         }
         self.kek_id = kek.id().to_string();
+        self.kms = kek.wrapped().map(str::to_string);
         self.mac = hex::encode(self.mac_with(kek).finalize().into_bytes());
         self.signature = None;
         if let Some(signer) = signer {
@@ -311,7 +326,12 @@ impl Manifest {
 
     /// Whether it has a place in a chain (version 3).
     pub fn is_chained(&self) -> bool {
-        self.format == FORMAT || self.format == FORMAT_V3
+        self.has_records() || self.format == FORMAT_V3
+    }
+
+    /// Whether it lists Ferry's own records (version 4).
+    fn has_records(&self) -> bool {
+        self.format == FORMAT || self.format == FORMAT_V4
     }
 
     /// The link the next manifest names as its `previous`.
@@ -331,7 +351,8 @@ impl Manifest {
     fn canonical(&self) -> Vec<u8> {
         let v2 = self.format != FORMAT_V1;
         let v3 = self.is_chained();
-        let v4 = self.format == FORMAT;
+        let v4 = self.has_records();
+        let v5 = self.format == FORMAT;
         let mut out = Vec::with_capacity(128 + self.objects.len() * 200);
         out.extend_from_slice(self.format.as_bytes());
         out.push(0);
@@ -362,6 +383,9 @@ impl Manifest {
                 put_entry(&mut out, e, true);
             }
         }
+        if v5 {
+            put_opt(&mut out, self.kms.as_deref());
+        }
         out
     }
 
@@ -379,7 +403,7 @@ impl Manifest {
         self.check_shape()?;
         let kek = keys.get(&self.kek_id)?;
         let tag = hex::decode(&self.mac).map_err(|_| ManifestError::Mac)?;
-        self.mac_with(kek)
+        self.mac_with(&kek)
             .verify_slice(&tag)
             .map_err(|_| ManifestError::Mac)?;
         self.check_unique()
@@ -415,7 +439,7 @@ impl Manifest {
                     .any(|e| e.source_size.is_some() || !e.fields.is_empty())))
             || (!self.is_chained() && !unchained)
             || (self.is_chained() && self.sequence.is_none())
-            || (self.format != FORMAT && !self.records.is_empty())
+            || (!self.has_records() && !self.records.is_empty())
         {
             return Err(ManifestError::Mac);
         }
@@ -1042,7 +1066,7 @@ mod tests {
             source_etag: None,
             ..entry(".ferry/audit/20260101T000000000000Z-r2.jsonl", 7)
         }];
-        let m = Manifest::sign(
+        let mut m = Manifest::sign(
             &kek,
             Place {
                 name: ".ferry/manifests/20260101T000000000000Z-r2.json".into(),
@@ -1052,6 +1076,8 @@ mod tests {
             c,
         );
         assert_eq!(m.format, FORMAT);
+        m.format = FORMAT_V4.into();
+        m.resign(&kek, None);
         m.verify(&ring).unwrap();
         println!("{}", serde_json::to_string_pretty(&m).unwrap());
         assert_eq!(m.mac, VECTOR_4_MAC);
@@ -1078,6 +1104,45 @@ mod tests {
             Err(ManifestError::RecordOutside("audit.jsonl".into()))
         );
     }
+
+    /// The documented version 5 test vector: the version 4 one under a run
+    /// key from a KMS (here the all-0x09 key), which carries its wrapped form.
+    #[test]
+    fn version_5_test_vector() {
+        let kek = Kek::from_kms(
+            &zeroize::Zeroizing::new([9; 32]),
+            "vault-transit:transit/acme:vault:v1:dGVzdCB2ZWN0b3I=".into(),
+        );
+        let ring = KeyRing::new(vec![Kek::from_bytes([9; 32])]);
+        let mut c = contents("r2", vec![entry("a.csv", 1)], vec![]);
+        c.records = vec![ManifestEntry {
+            source_etag: None,
+            ..entry(".ferry/audit/20260101T000000000000Z-r2.jsonl", 7)
+        }];
+        let m = Manifest::sign(
+            &kek,
+            Place {
+                name: ".ferry/manifests/20260101T000000000000Z-r2.json".into(),
+                sequence: 2,
+                previous: Some("11".repeat(32)),
+            },
+            c,
+        );
+        assert_eq!(m.format, FORMAT);
+        assert_eq!(m.kms.as_deref(), kek.wrapped());
+        m.verify(&ring).unwrap();
+        assert_eq!(m.mac, VECTOR_5_MAC);
+        assert_eq!(m.link(), VECTOR_LINK);
+        // The wrapped form is authenticated in version 5.
+        let mut t = m.clone();
+        t.kms = Some("vault-transit:transit/acme:vault:v2:other".into());
+        assert_eq!(t.verify(&ring), Err(ManifestError::Mac));
+        let mut t = m.clone();
+        t.kms = None;
+        assert_eq!(t.verify(&ring), Err(ManifestError::Mac));
+    }
+
+    const VECTOR_5_MAC: &str = "d306887f6e9914c9f6dba3efa7862c8ebf84d1bafa3e1e85dd2d31e59d2bf064";
 
     const VECTOR_4_MAC: &str = "d4f2e9ec9ed121cc97050abc12fc3414784287997857494c149286aa43e13f9a";
 

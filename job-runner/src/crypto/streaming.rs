@@ -377,6 +377,10 @@ mod tests {
     }
 }
 
+/// The ciphertext of the streaming test vector of `docs/encryption.md`.
+#[cfg(test)]
+pub(crate) const VECTOR_CIPHERTEXT_HEX: &str = vector::CIPHERTEXT_HEX;
+
 /// The test vector of `docs/encryption.md`.
 #[cfg(test)]
 mod vector {

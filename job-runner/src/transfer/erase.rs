@@ -33,7 +33,7 @@ pub async fn erase(
     opts: &Options,
     audit: &AuditLog,
 ) -> Result<Report, TransferError> {
-    let kek = keys.current()?;
+    let kek = &*keys.current()?;
     let wanted = wanted_keys(request)?;
     let audit_copy = super::records::AuditCopy::start(dst.clone(), kek, audit, opts)?;
     let erased = erase_and_rewrite(&src, &dst, &keys, request, &wanted, opts, audit).await;
@@ -72,7 +72,7 @@ async fn erase_and_rewrite(
     opts: &Options,
     audit: &AuditLog,
 ) -> Result<(Report, Option<crate::crypto::Manifest>, Vec<Tombstone>), TransferError> {
-    let kek = keys.current()?;
+    let kek = &*keys.current()?;
     let listed = list_destination(dst.as_ref()).await?;
     let previous = audited(
         newest_manifest(dst.as_ref(), &listed, keys, opts.anchor.as_ref()).await,

@@ -18,7 +18,9 @@ use std::time::Duration;
 use ferry_crds::{ConnectorSpec, Reason};
 
 use crate::audit::{AuditLog, Outcome};
-use crate::crypto::{Anchor, ChainBreak, KeyRing, ManifestEntry, ManifestError, ManifestSigner};
+use crate::crypto::{
+    Anchor, ChainBreak, KeyError, KeyRing, ManifestEntry, ManifestError, ManifestSigner,
+};
 use crate::project::ProjectionError;
 use crate::select::{GlobError, Selector};
 use crate::storage::{ObjectStore, StorageError};
@@ -95,7 +97,7 @@ pub enum TransferError {
     #[error("failed to encrypt object {key:?}: {reason}")]
     Encrypt { key: String, reason: String },
     #[error(transparent)]
-    Key(#[from] crate::crypto::KeyError),
+    Key(#[from] KeyError),
     #[error(transparent)]
     Projection(#[from] ProjectionError),
     #[error("invalid erasure request: {0}")]
@@ -122,6 +124,8 @@ impl TransferError {
             | TransferError::ManifestParse { .. }
             | TransferError::Chain(_) => Reason::IntegrityFailure,
             TransferError::Encrypt { .. } => Reason::EncryptionFailure,
+            TransferError::Key(KeyError::Kms(e)) if e.unreachable => Reason::SecretStoreUnreachable,
+            TransferError::Key(KeyError::Kms(_)) => Reason::SecretStoreDenied,
             TransferError::Key(_) => Reason::InvalidEncryptionKey,
             TransferError::Projection(_) => Reason::NotProjectable,
             TransferError::Erase(_) => Reason::InvalidSpec,
@@ -198,7 +202,7 @@ pub async fn run(
     progress: Arc<Progress>,
 ) -> Result<Report, TransferError> {
     let selector = Selector::new(spec)?;
-    let kek = keys.current()?;
+    let kek = &*keys.current()?;
     let listed = src.list().await?;
     let at_destination = records::list_destination(dst.as_ref()).await?;
     let previous = records::audited(

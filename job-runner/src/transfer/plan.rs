@@ -313,6 +313,7 @@ compliance: {allowedSensitivity: []}
                 erased: "2026-12-01T00:00:00Z".into(),
             }],
             records: vec![],
+            kms: None,
             mac: String::new(),
             signature: None,
         };

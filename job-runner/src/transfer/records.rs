@@ -8,8 +8,8 @@ use futures::{StreamExt, TryStreamExt};
 
 use crate::audit::{AuditLog, Outcome};
 use crate::crypto::{
-    Anchor, ChainBreak, Contents, Kek, KeyRing, Manifest, ManifestEntry, ObjectEncrypter, Place,
-    Tombstone, check_anchor,
+    Anchor, ChainBreak, Contents, Kek, KeyError, KeyRing, Manifest, ManifestEntry, ManifestError,
+    ObjectEncrypter, Place, Tombstone, check_anchor,
 };
 use crate::pipe::{Origin, encrypt_stream};
 use crate::storage::{ByteStream, ObjectMeta, ObjectStore, StorageError};
@@ -151,6 +151,7 @@ pub async fn read_manifest(
     keys: &KeyRing,
 ) -> Result<Manifest, TransferError> {
     let manifest = read_manifest_unverified(dst, key).await?;
+    resolve_key(keys, key, &manifest).await?;
     manifest
         .verify_at(keys, key)
         .map_err(|source| TransferError::Integrity {
@@ -158,6 +159,29 @@ pub async fn read_manifest(
             source,
         })?;
     Ok(manifest)
+}
+
+/// Makes sure `keys` holds the KEK of `manifest`, stored at `key`: with a
+/// KMS, the run key it carries is unwrapped (one KMS call per run key). A KMS
+/// that cannot be reached or refuses is a failure of the key, not of the
+/// manifest; a manifest naming another KMS key, or a swapped run key, is one of
+/// the manifest.
+pub async fn resolve_key(
+    keys: &KeyRing,
+    key: &str,
+    manifest: &Manifest,
+) -> Result<(), TransferError> {
+    match keys
+        .resolve(&manifest.kek_id, manifest.kms.as_deref())
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e @ (KeyError::Kms(_) | KeyError::NoKms(_))) => Err(TransferError::Key(e)),
+        Err(e) => Err(TransferError::Integrity {
+            key: key.to_string(),
+            source: ManifestError::Key(e),
+        }),
+    }
 }
 
 /// Reads the manifest at `key` without verifying it: the caller does.
