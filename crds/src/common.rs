@@ -357,20 +357,72 @@ fn default_kek_key() -> String {
     "kek".to_string()
 }
 
-/// Encryption at rest: every object gets a fresh data key, wrapped by this
-/// key-encryption key (KEK).
+/// Encryption at rest: every object gets a fresh data key, wrapped by the
+/// key-encryption key (KEK): one of the tenant's own, in a Secret (`keyRef`),
+/// or one that never leaves the platform's KMS (`kms`).
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "has(self.keyRef) != has(self.kms)",
+    "message": "exactly one of keyRef or kms must be set"
+}]))]
 pub struct EncryptionSpec {
     /// The Secret key holding the 32-byte KEK (raw, or base64 of 32 bytes).
     /// `job-runner keygen` makes one.
-    pub key_ref: SecretKeyRef,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_ref: Option<SecretKeyRef>,
+    /// A KEK held by the platform's KMS. Each run asks it for one data key
+    /// (the run key), which wraps the run's per-object keys and travels with
+    /// them in wrapped form: a run makes one KMS call whatever its number of
+    /// objects, and reading needs only decrypt rights on the key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kms: Option<KmsKey>,
     /// An Ed25519 private key (PKCS#8 PEM, or base64 of the 32-byte seed) that
     /// signs every manifest the runs write, so that auditors can check the
     /// records with the public key alone (`job-runner verify --public-key`),
     /// without being able to make them. `job-runner keygen --signing` makes one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signing_key_ref: Option<SigningKeyRef>,
+}
+
+/// A key-encryption key in a KMS.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KmsKey {
+    /// A key of Vault's (or OpenBao's) Transit engine, used by the run with
+    /// its own Vault login (the role of its namespace): the role needs
+    /// `update` on `<mount>/datakey/plaintext/<key>` and `<mount>/decrypt/<key>`.
+    pub vault_transit: VaultTransitKey,
+}
+
+/// A named key of a Transit engine.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VaultTransitKey {
+    /// Mount path of the Transit engine.
+    #[serde(default = "default_transit_mount")]
+    #[schemars(
+        length(min = 1, max = 128),
+        regex(pattern = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*(/[A-Za-z0-9_-][A-Za-z0-9_.-]*)*$")
+    )]
+    pub mount: String,
+    /// Name of the key.
+    #[schemars(
+        length(min = 1, max = 128),
+        regex(pattern = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")
+    )]
+    pub key: String,
+}
+
+fn default_transit_mount() -> String {
+    "transit".to_string()
+}
+
+impl VaultTransitKey {
+    /// How wrapped keys name it: `vault-transit:<mount>/<key>`.
+    pub fn name(&self) -> String {
+        format!("vault-transit:{}/{}", self.mount, self.key)
+    }
 }
 
 /// The Secret key holding a manifest signing key.

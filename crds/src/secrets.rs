@@ -123,12 +123,13 @@ pub fn secret_needs(spec: &ConnectorSpec) -> Vec<SecretNeed> {
     let mut needs = Vec::new();
     endpoint_needs("source", &spec.source, &mut needs);
     endpoint_needs("destination", &spec.destination, &mut needs);
-    let key = &spec.encryption.key_ref;
-    needs.push(SecretNeed::new(
-        &key.secret_ref.name,
-        "encryption key".to_string(),
-        &[&[key.key.as_str()]],
-    ));
+    if let Some(key) = &spec.encryption.key_ref {
+        needs.push(SecretNeed::new(
+            &key.secret_ref.name,
+            "encryption key".to_string(),
+            &[&[key.key.as_str()]],
+        ));
+    }
     if let Some(signing) = &spec.encryption.signing_key_ref {
         needs.push(SecretNeed::new(
             &signing.secret_ref.name,
@@ -153,6 +154,12 @@ pub fn vault_secrets(spec: &ConnectorSpec) -> Vec<&crate::VaultSecret> {
     out.sort_by_key(|v| v.secret_name());
     out.dedup_by_key(|v| v.secret_name());
     out
+}
+
+/// Whether the Connector's runs use the platform's Vault: secrets in its KV
+/// store, or a KEK in its Transit engine.
+pub fn uses_vault(spec: &ConnectorSpec) -> bool {
+    !vault_secrets(spec).is_empty() || spec.encryption.kms.is_some()
 }
 
 /// The distinct names of the Secrets a run reads, sorted.

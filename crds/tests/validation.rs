@@ -451,3 +451,31 @@ fn examples_cover_every_backend_pair_asked_for() {
         );
     }
 }
+
+#[test]
+fn the_kek_is_a_secret_or_a_kms_key_and_not_both() {
+    let transit = json!({"vaultTransit": {"key": "acme"}});
+    let kms = with(connector(), "spec.encryption", json!({"kms": transit}));
+    assert_accepted(&kms, None);
+    let both = with(connector(), "spec.encryption.kms", transit);
+    assert_rejected(&both, None, "exactly one of keyRef or kms");
+    let neither = with(connector(), "spec.encryption", json!({}));
+    assert_rejected(&neither, None, "exactly one of keyRef or kms");
+    for key in ["", "../x", "a:b", "a/b"] {
+        let bad = with(
+            connector(),
+            "spec.encryption",
+            json!({"kms": {"vaultTransit": {"key": key}}}),
+        );
+        assert!(!validate(&bad, None).is_empty(), "key {key:?} accepted");
+    }
+    let no_key = with(
+        connector(),
+        "spec.encryption",
+        json!({"kms": {"vaultTransit": {"mount": "transit"}}}),
+    );
+    assert!(
+        !validate(&no_key, None).is_empty(),
+        "a Transit key without a name"
+    );
+}

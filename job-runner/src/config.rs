@@ -33,13 +33,17 @@ pub enum ConfigError {
     },
     #[error("{0}")]
     Residency(String),
+    #[error("the Connector's key-encryption key is in a KMS (encryption.kms), not a Secret")]
+    KekInKms,
 }
 
 impl ConfigError {
     /// A stable, machine-readable reason.
     pub fn reason(&self) -> Reason {
         match self {
-            ConfigError::Read { .. } | ConfigError::Parse { .. } => Reason::InvalidSpec,
+            ConfigError::Read { .. } | ConfigError::Parse { .. } | ConfigError::KekInKms => {
+                Reason::InvalidSpec
+            }
             ConfigError::MissingSecretKey(_) => Reason::SecretKeyMissing,
             ConfigError::BadKey { .. } => Reason::InvalidEncryptionKey,
             ConfigError::Residency(_) => Reason::ResidencyViolation,
@@ -261,7 +265,12 @@ impl SecretsDir {
 
     /// The Connector's KEK.
     pub fn kek(&self, connector: &Connector) -> Result<Kek, ConfigError> {
-        let r = &connector.spec.encryption.key_ref;
+        let r = connector
+            .spec
+            .encryption
+            .key_ref
+            .as_ref()
+            .ok_or(ConfigError::KekInKms)?;
         let bytes = self.read(&r.secret_ref.name, &r.key)?;
         Kek::parse(&bytes).map_err(|source| ConfigError::BadKey {
             secret: r.secret_ref.name.clone(),

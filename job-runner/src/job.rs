@@ -15,10 +15,12 @@ use ferry_crds::{Connector, DataResidency, Reason};
 use crate::audit::{AuditLog, Outcome};
 use crate::config::{self, SecretsDir};
 use crate::crypto::KeyRing;
+use crate::crypto::keys::{KeyError, run_key_ring};
 use crate::lineage::{EventType, Lineage, Sink};
 use crate::storage::{ObjectStore, StorageError};
 use crate::transfer::{self, EraseRequest, Mode, Options, Progress, Report};
 use crate::vault;
+use crate::vault::VaultTransit;
 
 /// What to run.
 #[derive(Debug, Clone, Copy)]
@@ -100,11 +102,7 @@ pub async fn execute(
         );
         return Err(failure(e.reason(), e));
     }
-    let kek = secrets
-        .kek(connector)
-        .map_err(|e| refused_read(audit, e.reason(), e))?;
-    audit.record("secret.read", Outcome::Success, None, None);
-    let keys = Arc::new(KeyRing::new(vec![kek]));
+    let keys = Arc::new(key_ring(&job, secrets, audit).await?);
     let signer = secrets
         .signer(connector)
         .map_err(|e| refused_read(audit, e.reason(), e))?;
@@ -156,6 +154,35 @@ pub async fn execute(
         _ => transfer::run(spec, src, dst, keys, &opts, audit, progress).await,
     }
     .map_err(|e| failure(e.reason(), e))
+}
+
+/// The run's keys: the KEK from its Secret or, when the Connector's KEK is a
+/// Vault Transit key, a new run key from Transit (one call, audited as
+/// `kms.datakey` with the key version) that also unwraps earlier runs' keys.
+async fn key_ring(
+    job: &Job<'_>,
+    secrets: &SecretsDir,
+    audit: &AuditLog,
+) -> Result<KeyRing, Failure> {
+    let Some(kms) = &job.connector.spec.encryption.kms else {
+        let kek = secrets
+            .kek(job.connector)
+            .map_err(|e| refused_read(audit, e.reason(), e))?;
+        audit.record("secret.read", Outcome::Success, None, None);
+        return Ok(KeyRing::new(vec![kek]));
+    };
+    let transit = VaultTransit::login(
+        job.platform.vault.as_ref(),
+        &kms.vault_transit,
+        audit.clone(),
+    )
+    .await
+    .map_err(|e| refused_read(audit, e.reason(), e))?;
+    run_key_ring(Arc::new(transit)).await.map_err(|e| match e {
+        KeyError::Kms(k) if k.unreachable => failure(Reason::SecretStoreUnreachable, k),
+        KeyError::Kms(k) => failure(Reason::SecretStoreDenied, k),
+        other => failure(Reason::InvalidEncryptionKey, other),
+    })
 }
 
 /// Residency as the store reports it: a bucket whose real region is not the

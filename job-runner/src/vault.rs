@@ -12,15 +12,26 @@
 //! `vault:<mount>/<path>` beside the Secrets ([`VaultSecret::secret_name`]),
 //! each field under its own name and, where the Connector maps them, under
 //! Ferry's key too.
+//!
+//! A Connector's KEK may also be a key of Vault's Transit engine
+//! ([`VaultTransit`]): a run asks it for one data key (the run key), and a
+//! reader unwraps each run key it meets with one decrypt call. The key itself
+//! never leaves Vault; every call is audited with the key version it used.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use ferry_crds::{ConnectorSpec, Reason, VaultSecret};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use ferry_crds::{ConnectorSpec, Reason, VaultSecret, VaultTransitKey};
 use vaultrs::api::kv2::requests::ReadSecretRequest;
+use vaultrs::api::transit::requests::DataKeyType;
 use vaultrs::client::{Client as _, VaultClient, VaultClientSettingsBuilder};
 use vaultrs::error::ClientError;
 use zeroize::Zeroizing;
+
+use crate::audit::{AuditLog, Outcome};
+use crate::crypto::keys::{DataKey, Kms, KmsError, KmsFuture};
 
 /// Where the platform's Vault is and how a run logs in to it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -250,4 +261,198 @@ fn describe(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     out
+}
+
+/// A KEK in Vault's Transit engine, used with a logged-in client: the run's
+/// own login, or a reader's token (decrypt rights are enough to read).
+pub struct VaultTransit {
+    client: VaultClient,
+    addr: String,
+    key: VaultTransitKey,
+    name: String,
+    audit: Option<AuditLog>,
+}
+
+impl VaultTransit {
+    /// The Connector's Transit key, used as the run: it logs in with its own
+    /// token; each call is audited (`kms.datakey`, `kms.decrypt`) with the
+    /// key version, never a key.
+    pub async fn login(
+        settings: Option<&VaultSettings>,
+        key: &VaultTransitKey,
+        audit: AuditLog,
+    ) -> Result<Self, VaultError> {
+        let settings = settings.ok_or_else(|| VaultError::NotConfigured(key.name()))?;
+        let client = login(settings).await?;
+        Ok(Self {
+            client,
+            addr: settings.addr.clone(),
+            key: key.clone(),
+            name: key.name(),
+            audit: Some(audit),
+        })
+    }
+
+    /// The Transit key `name` (`vault-transit:<mount>/<key>`) at `addr`, used
+    /// with a reader's Vault token.
+    pub fn with_token(addr: &str, token: &str, name: &str) -> Result<Self, VaultError> {
+        let bad = || VaultError::Malformed {
+            secret: name.to_string(),
+            reason: "a Transit key is named vault-transit:<mount>/<key>".into(),
+        };
+        let path = name.strip_prefix("vault-transit:").ok_or_else(bad)?;
+        let (mount, key) = path.rsplit_once('/').ok_or_else(bad)?;
+        if mount.is_empty() || key.is_empty() || path.contains(':') {
+            return Err(bad());
+        }
+        let settings = VaultClientSettingsBuilder::default()
+            .address(addr)
+            .token(token)
+            .build()
+            .map_err(|e| VaultError::Unreachable {
+                addr: addr.to_string(),
+                reason: e.to_string(),
+            })?;
+        let client = VaultClient::new(settings).map_err(|e| VaultError::Unreachable {
+            addr: addr.to_string(),
+            reason: e.to_string(),
+        })?;
+        Ok(Self {
+            client,
+            addr: addr.to_string(),
+            key: VaultTransitKey {
+                mount: mount.to_string(),
+                key: key.to_string(),
+            },
+            name: name.to_string(),
+            audit: None,
+        })
+    }
+
+    fn kms_error(&self, e: &ClientError) -> KmsError {
+        let (message, unreachable) = match api_status(e) {
+            Some(code) if code < 500 => (
+                format!(
+                    "Vault at {} refused: {}; the role needs update on {}/datakey/plaintext/{} (runs) and {}/decrypt/{}",
+                    self.addr,
+                    api_errors(e),
+                    self.key.mount,
+                    self.key.key,
+                    self.key.mount,
+                    self.key.key
+                ),
+                false,
+            ),
+            _ => (
+                format!(
+                    "Vault at {} could not be reached: {}",
+                    self.addr,
+                    describe(e)
+                ),
+                true,
+            ),
+        };
+        KmsError {
+            key: self.name.clone(),
+            message,
+            unreachable,
+        }
+    }
+
+    fn malformed(&self, what: &str) -> KmsError {
+        KmsError {
+            key: self.name.clone(),
+            message: format!("Vault answered with {what}"),
+            unreachable: false,
+        }
+    }
+
+    fn audit(&self, action: &str, outcome: Outcome, ciphertext: Option<&str>) {
+        if let Some(audit) = &self.audit {
+            let what = match ciphertext.and_then(key_version) {
+                Some(v) => format!("{}@v{v}", self.name),
+                None => self.name.clone(),
+            };
+            let reason =
+                (outcome != Outcome::Success).then_some(Reason::SecretStoreDenied.as_str());
+            audit.record(action, outcome, reason, Some(&what));
+        }
+    }
+
+    fn data_key_bytes(&self, plaintext: &str) -> Result<DataKey, KmsError> {
+        let bytes = Zeroizing::new(
+            BASE64
+                .decode(plaintext)
+                .map_err(|_| self.malformed("a data key that is not base64"))?,
+        );
+        let mut key = Zeroizing::new([0u8; 32]);
+        if bytes.len() != key.len() {
+            return Err(self.malformed("a data key that is not 32 bytes"));
+        }
+        key.copy_from_slice(&bytes);
+        Ok(key)
+    }
+}
+
+/// The key version of a Transit ciphertext: `vault:v3:...` is 3.
+pub fn key_version(ciphertext: &str) -> Option<u64> {
+    let mut parts = ciphertext.split(':');
+    let (_, v) = (parts.next()?, parts.next()?);
+    v.strip_prefix('v')?.parse().ok()
+}
+
+impl Kms for VaultTransit {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn data_key(&self) -> KmsFuture<'_, (DataKey, String)> {
+        Box::pin(async move {
+            let answer = vaultrs::transit::generate::data_key(
+                &self.client,
+                &self.key.mount,
+                &self.key.key,
+                DataKeyType::Plaintext,
+                None,
+            )
+            .await
+            .map_err(|e| {
+                self.audit("kms.datakey", Outcome::Failure, None);
+                self.kms_error(&e)
+            })?;
+            let plaintext = Zeroizing::new(
+                answer
+                    .plaintext
+                    .ok_or_else(|| self.malformed("no plaintext data key"))?,
+            );
+            let key = self.data_key_bytes(&plaintext)?;
+            self.audit("kms.datakey", Outcome::Success, Some(&answer.ciphertext));
+            Ok((key, format!("{}:{}", self.name, answer.ciphertext)))
+        })
+    }
+
+    fn unwrap<'a>(&'a self, wrapped: &'a str) -> KmsFuture<'a, DataKey> {
+        Box::pin(async move {
+            let ciphertext = wrapped
+                .strip_prefix(self.name.as_str())
+                .and_then(|c| c.strip_prefix(':'))
+                .ok_or_else(|| self.malformed("a key wrapped by another key"))?;
+            let answer = vaultrs::transit::data::decrypt(
+                &self.client,
+                &self.key.mount,
+                &self.key.key,
+                ciphertext,
+                None,
+            )
+            .await
+            .map_err(|e| {
+                self.audit("kms.decrypt", Outcome::Failure, Some(ciphertext));
+                self.kms_error(&e)
+            })?;
+            let plaintext = Zeroizing::new(answer.plaintext);
+            let key = self.data_key_bytes(&plaintext)?;
+            self.audit("kms.decrypt", Outcome::Success, Some(ciphertext));
+            Ok(key)
+        })
+    }
 }

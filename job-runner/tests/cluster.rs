@@ -290,8 +290,9 @@ async fn a_secret_swapped_for_one_not_opted_in_is_refused_by_the_runner() {
             .unwrap()
             .connector_spec
             .unwrap();
-        spec.encryption.key_ref.secret_ref.name = "blob".into();
-        spec.encryption.key_ref.key = "accountKey".into();
+        let kek = spec.encryption.key_ref.as_mut().unwrap();
+        kek.secret_ref.name = "blob".into();
+        kek.key = "accountKey".into();
         admit(&f.client, "sales-1", &spec).await;
         let (outcome, _) = cluster::attempt(
             &f.client,

@@ -188,8 +188,13 @@ fn non_ferry_and_empty_input_fail() {
         Err(EnvelopeError::Truncated)
     ));
     assert!(matches!(
-        decrypt("a", b"FERRY\x02\x00"),
-        Err(EnvelopeError::Version(2))
+        decrypt("a", b"FERRY\x03\x00"),
+        Err(EnvelopeError::Version(3))
+    ));
+    // A version 2 envelope cut inside the KMS-wrapped run key.
+    assert!(matches!(
+        decrypt("a", b"FERRY\x02\x00\x00\x10vault"),
+        Err(EnvelopeError::Truncated)
     ));
 }
 

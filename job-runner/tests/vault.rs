@@ -4,7 +4,9 @@
 //! namespace, and reads a KV version 2 secret; no static Vault token is used
 //! by the run. Conformance cases: the read, a wrong path, a role whose policy
 //! does not allow the path, a token the role does not accept, an unreachable
-//! store; canary values planted in the store appear in no output. The tokens
+//! store; canary values planted in the store appear in no output. A KEK in
+//! the Transit engine: one data-key call per run whatever its objects, read
+//! back with decrypt rights only, old objects readable after a rotation. The tokens
 //! are signed here with an Ed25519 key whose public half the JWT auth method
 //! trusts, the way a cluster's service-account issuer signs projected tokens.
 
@@ -88,12 +90,28 @@ impl Store {
             &format!("auth/{mount}/config"),
             Some(json!({"jwt_validation_pubkeys": [pem], "bound_issuer": ISSUER})),
         );
+        let transit = format!("transit-{prefix}");
+        bao(
+            "POST",
+            &format!("sys/mounts/{transit}"),
+            Some(json!({"type": "transit"})),
+        );
+        bao("POST", &format!("{transit}/keys/acme"), Some(json!({})));
         bao(
             "PUT",
             &format!("sys/policies/acl/{prefix}-read"),
-            Some(
-                json!({"policy": format!("path \"secret/data/{prefix}/*\" {{ capabilities = [\"read\"] }}")}),
-            ),
+            Some(json!({"policy": format!(
+                "path \"secret/data/{prefix}/*\" {{ capabilities = [\"read\"] }}\n\
+                 path \"{transit}/datakey/plaintext/acme\" {{ capabilities = [\"update\"] }}\n\
+                 path \"{transit}/decrypt/acme\" {{ capabilities = [\"update\"] }}"
+            )})),
+        );
+        bao(
+            "PUT",
+            &format!("sys/policies/acl/{prefix}-decrypt"),
+            Some(json!({"policy": format!(
+                "path \"{transit}/decrypt/acme\" {{ capabilities = [\"update\"] }}"
+            )})),
         );
         bao(
             "PUT",
@@ -480,4 +498,357 @@ async fn a_secret_still_wrong_after_the_re_read_fails_with_invalid_credentials()
         !audit.contains(r#""action":"secret.reread""#),
         "unchanged: no second try"
     );
+}
+
+/// A Connector from a local folder to a local folder whose KEK is the
+/// Transit key `acme` of the store, with a namespace Secret that is not a key.
+fn setup_transit(store: &Store) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("src")).unwrap();
+    std::fs::write(d.join("src/a.csv"), "id\n1\n").unwrap();
+    std::fs::write(d.join("src/b.csv"), "id\n2\n").unwrap();
+    std::fs::create_dir_all(d.join("secrets/sftp")).unwrap();
+    std::fs::write(d.join("secrets/sftp/password"), "not-a-key").unwrap();
+    // An account key: 32 bytes of base64, a KEK in form.
+    std::fs::create_dir_all(d.join("secrets/blob")).unwrap();
+    std::fs::write(d.join("secrets/blob/accountKey"), BASE64_ACCOUNT_KEY).unwrap();
+    std::fs::write(
+        d.join("connector.yaml"),
+        format!(
+            r#"
+apiVersion: ferry.dev/v1alpha1
+kind: Connector
+metadata: {{name: transit, namespace: acme}}
+spec:
+  source: {{local: {{path: src}}}}
+  destination: {{local: {{path: dst}}}}
+  compliance: {{dataResidency: any}}
+  encryption: {{kms: {{vaultTransit: {{mount: {}, key: acme}}}}}}
+"#,
+            store.transit()
+        ),
+    )
+    .unwrap();
+    dir
+}
+
+impl Store {
+    fn transit(&self) -> String {
+        format!("transit-{}", self.prefix)
+    }
+
+    fn kms(&self) -> String {
+        format!("vault-transit:{}/acme", self.transit())
+    }
+
+    /// A Vault token whose only right is to decrypt with the Transit key.
+    fn decrypt_only_token(&self) -> String {
+        let t = bao(
+            "POST",
+            "auth/token/create",
+            Some(
+                json!({"policies": [format!("{}-decrypt", self.prefix)], "no_default_policy": true, "ttl": "10m"}),
+            ),
+        );
+        t["auth"]["client_token"].as_str().unwrap().to_string()
+    }
+
+    /// The responses of Vault's audit log for `op` (`datakey/plaintext` or
+    /// `decrypt`) on the Transit key.
+    fn transit_calls(&self, op: &str) -> Vec<Value> {
+        let path = format!("{}/{op}/acme", self.transit());
+        std::fs::read_to_string(service_env("FERRY_BAO_AUDIT_LOG"))
+            .unwrap()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|l| l["type"] == "response" && l["request"]["path"] == path)
+            .collect()
+    }
+}
+
+/// `job-runner` reading back the destination `dst` with `args` and a Vault
+/// token in the environment.
+fn read_back(d: &Path, token: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_job-runner"))
+        .current_dir(d)
+        .args(args)
+        .env("VAULT_ADDR", service_env("FERRY_BAO_ADDR"))
+        .env("VAULT_TOKEN", token)
+        .output()
+        .unwrap()
+}
+
+fn audit_objects(d: &Path, action: &str) -> Vec<String> {
+    std::fs::read_to_string(d.join("audit.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|l| l["action"] == action)
+        .map(|l| l["object"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+#[test]
+fn the_kek_stays_in_transit_and_a_run_makes_one_data_key_call() {
+    let store = Store::new();
+    let dir = setup_transit(&store);
+    let d = dir.path();
+    let addr = service_env("FERRY_BAO_ADDR");
+    let o = run(d, &store, &addr, "acme", RUN_SA);
+    let out = text(d, &o);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("copied 2 object(s)"), "{out}");
+    assert_eq!(store.transit_calls("datakey/plaintext").len(), 1);
+    assert_eq!(store.transit_calls("decrypt").len(), 0);
+    // The run's login is the caller, as the role of its namespace.
+    let call = &store.transit_calls("datakey/plaintext")[0];
+    assert_eq!(call["auth"]["metadata"]["role"], "acme", "{call}");
+    assert_eq!(
+        audit_objects(d, "kms.datakey"),
+        [format!("{}@v1", store.kms())]
+    );
+    // A second run with one more object: one data key for itself, one decrypt
+    // of the first run's key to check the manifest it builds on.
+    std::fs::write(d.join("src/c.csv"), "id\n3\n").unwrap();
+    let o = run(d, &store, &addr, "acme", RUN_SA);
+    assert!(o.status.success(), "{}", text(d, &o));
+    assert_eq!(store.transit_calls("datakey/plaintext").len(), 2);
+    assert_eq!(store.transit_calls("decrypt").len(), 1);
+    assert_eq!(
+        audit_objects(d, "kms.decrypt"),
+        [format!("{}@v1", store.kms())]
+    );
+    // No key material in any trail.
+    for call in store.transit_calls("datakey/plaintext") {
+        assert!(
+            call["response"]["data"]["plaintext"]
+                .as_str()
+                .is_none_or(|p| p.starts_with("hmac-sha256:")),
+            "the audit device keeps no data key in clear: {call}"
+        );
+    }
+    assert!(!out.contains("plaintext"), "{out}");
+}
+
+const BASE64_ACCOUNT_KEY: &str = "YWNjb3VudC1rZXktb2YtMzItYnl0ZXMtZm9yLXRlc3Q=";
+
+/// The attacker reads every Secret of the namespace and tries each as the KEK
+/// of the destination; `true` if one decrypted it.
+fn stolen_secrets_decrypt(d: &Path) -> bool {
+    let mut decrypted = false;
+    for secret in std::fs::read_dir(d.join("secrets")).unwrap() {
+        for key in std::fs::read_dir(secret.unwrap().path()).unwrap() {
+            let key = key.unwrap().path();
+            let o = read_back(
+                d,
+                "",
+                &[
+                    "decrypt",
+                    "--kek",
+                    key.to_str().unwrap(),
+                    "--dir",
+                    "dst",
+                    "--out",
+                    "stolen",
+                ],
+            );
+            let err = String::from_utf8_lossy(&o.stderr).to_string();
+            assert!(
+                o.status.success()
+                    || err.contains("no key-encryption key with id")
+                    || err.contains("no KMS was given to unwrap it")
+                    || err.contains("must be 32 bytes"),
+                "{err}"
+            );
+            decrypted |= o.status.success();
+        }
+    }
+    decrypted
+}
+
+#[test]
+fn every_secret_of_the_namespace_stolen_does_not_decrypt_the_data() {
+    let store = Store::new();
+    let dir = setup_transit(&store);
+    let d = dir.path();
+    // With the KEK in a Secret, as before, the attack works.
+    let yaml = std::fs::read_to_string(d.join("connector.yaml")).unwrap();
+    let with_secret = yaml.replace(
+        &format!(
+            "kms: {{vaultTransit: {{mount: {}, key: acme}}}}",
+            store.transit()
+        ),
+        "keyRef: {secretRef: {name: kek}}",
+    );
+    std::fs::create_dir_all(d.join("secrets/kek")).unwrap();
+    std::fs::write(d.join("secrets/kek/kek"), [7u8; 32]).unwrap();
+    std::fs::write(d.join("connector.yaml"), &with_secret).unwrap();
+    let o = run(d, &store, &service_env("FERRY_BAO_ADDR"), "acme", RUN_SA);
+    assert!(o.status.success(), "{}", text(d, &o));
+    assert!(stolen_secrets_decrypt(d), "the Secret KEK decrypts");
+    // With the KEK in Transit, nothing in the namespace's Secrets does.
+    std::fs::remove_dir_all(d.join("secrets/kek")).unwrap();
+    std::fs::remove_dir_all(d.join("dst")).unwrap();
+    std::fs::remove_dir_all(d.join("stolen")).unwrap();
+    std::fs::write(d.join("connector.yaml"), &yaml).unwrap();
+    let o = run(d, &store, &service_env("FERRY_BAO_ADDR"), "acme", RUN_SA);
+    assert!(o.status.success(), "{}", text(d, &o));
+    assert!(!stolen_secrets_decrypt(d));
+    assert!(!d.join("stolen/a.csv").exists());
+    // Nor does the wrapped run key the objects carry, without Transit rights.
+    let o = read_back(
+        d,
+        "not-a-token",
+        &[
+            "decrypt",
+            "--kms",
+            &store.kms(),
+            "--dir",
+            "dst",
+            "--out",
+            "stolen",
+        ],
+    );
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(!o.status.success());
+    assert!(err.contains("refused"), "{err}");
+    assert!(!d.join("stolen/a.csv").exists());
+}
+
+#[test]
+fn a_reader_with_only_transit_decrypt_rights_verifies_and_decrypts() {
+    let store = Store::new();
+    let dir = setup_transit(&store);
+    let d = dir.path();
+    let o = run(d, &store, &service_env("FERRY_BAO_ADDR"), "acme", RUN_SA);
+    assert!(o.status.success(), "{}", text(d, &o));
+    let token = store.decrypt_only_token();
+    // The token may decrypt, and nothing else: no data keys.
+    let denied = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST"])
+        .args(["-H", &format!("X-Vault-Token: {token}")])
+        .arg(format!(
+            "{}/v1/{}/datakey/plaintext/acme",
+            service_env("FERRY_BAO_ADDR"),
+            store.transit()
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&denied.stdout), "403");
+    let o = read_back(
+        d,
+        &token,
+        &["verify", "--kms", &store.kms(), "--dir", "dst", "--deep"],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = read_back(
+        d,
+        &token,
+        &[
+            "decrypt",
+            "--kms",
+            &store.kms(),
+            "--dir",
+            "dst",
+            "--out",
+            "plain",
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        std::fs::read_to_string(d.join("plain/a.csv")).unwrap(),
+        "id\n1\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(d.join("plain/b.csv")).unwrap(),
+        "id\n2\n"
+    );
+    // Another Transit key is not trusted in its place.
+    let other = format!("vault-transit:{}/other", store.transit());
+    let o = read_back(d, &token, &["verify", "--kms", &other, "--dir", "dst"]);
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(!o.status.success());
+    assert!(err.contains("not the KMS key trusted here"), "{err}");
+}
+
+#[test]
+fn rotating_the_transit_key_leaves_old_objects_readable() {
+    let store = Store::new();
+    let dir = setup_transit(&store);
+    let d = dir.path();
+    let addr = service_env("FERRY_BAO_ADDR");
+    let o = run(d, &store, &addr, "acme", RUN_SA);
+    assert!(o.status.success(), "{}", text(d, &o));
+    bao(
+        "POST",
+        &format!("{}/keys/acme/rotate", store.transit()),
+        None,
+    );
+    std::fs::write(d.join("src/c.csv"), "id\n3\n").unwrap();
+    let o = run(d, &store, &addr, "acme", RUN_SA);
+    assert!(o.status.success(), "{}", text(d, &o));
+    assert_eq!(
+        audit_objects(d, "kms.datakey"),
+        [format!("{}@v1", store.kms()), format!("{}@v2", store.kms())]
+    );
+    let token = store.decrypt_only_token();
+    let o = read_back(
+        d,
+        &token,
+        &[
+            "decrypt",
+            "--kms",
+            &store.kms(),
+            "--dir",
+            "dst",
+            "--out",
+            "plain",
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for (f, v) in [("a", 1), ("b", 2), ("c", 3)] {
+        assert_eq!(
+            std::fs::read_to_string(d.join(format!("plain/{f}.csv"))).unwrap(),
+            format!("id\n{v}\n")
+        );
+    }
+}
+
+#[test]
+fn a_role_without_rights_on_the_transit_key_is_denied() {
+    let store = Store::new();
+    let dir = setup_transit(&store);
+    let d = dir.path();
+    let o = run(
+        d,
+        &store,
+        &service_env("FERRY_BAO_ADDR"),
+        "elsewhere",
+        RUN_SA,
+    );
+    let out = text(d, &o);
+    assert!(!o.status.success());
+    assert!(
+        out.contains("SecretStoreDenied") && out.contains("datakey/plaintext/acme"),
+        "{out}"
+    );
+    assert!(
+        !d.join("dst/a.csv").exists(),
+        "nothing is written unencrypted"
+    );
+}
+
+#[test]
+fn an_unreachable_kms_is_a_transient_failure() {
+    let store = Store::new();
+    let dir = setup_transit(&store);
+    let d = dir.path();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let o = run(d, &store, &addr, "acme", RUN_SA);
+    let out = text(d, &o);
+    assert!(!o.status.success());
+    assert!(out.contains("SecretStoreUnreachable"), "{out}");
 }

@@ -134,16 +134,25 @@ pub fn check(
     check_residency(spec, tenant, &mut violations);
     check_secrets(spec, secrets, &mut violations);
     check_token_audiences(spec, settings, &mut violations);
-    if !settings.vault
-        && let Some(v) = ferry_crds::vault_secrets(spec).first()
-    {
-        violations.push(Violation::new(
-            "SecretStoreNotConfigured",
-            format!(
-                "credentials.vault names {}, but this operator has no Vault configured for runs (chart value vault.address)",
-                v.secret_name()
-            ),
-        ));
+    if !settings.vault {
+        if let Some(v) = ferry_crds::vault_secrets(spec).first() {
+            violations.push(Violation::new(
+                "SecretStoreNotConfigured",
+                format!(
+                    "credentials.vault names {}, but this operator has no Vault configured for runs (chart value vault.address)",
+                    v.secret_name()
+                ),
+            ));
+        }
+        if let Some(kms) = &spec.encryption.kms {
+            violations.push(Violation::new(
+                "SecretStoreNotConfigured",
+                format!(
+                    "encryption.kms names {}, but this operator has no Vault configured for runs (chart value vault.address)",
+                    kms.vault_transit.name()
+                ),
+            ));
+        }
     }
     let default_bounds;
     let bounds = match settings.pod_bounds {

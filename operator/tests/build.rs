@@ -678,3 +678,42 @@ fn vault_credentials_need_no_secret_read_but_a_token_for_vault() {
     .unwrap();
     assert!(!serde_json::to_string(&plain.pod).unwrap().contains("vault"));
 }
+
+/// A KEK in Vault's Transit engine: the run reads no KEK Secret (its Role
+/// names none), gets a token for Vault's audience, and may reach Vault.
+#[test]
+fn a_kek_in_transit_needs_no_kek_secret_but_a_token_for_vault() {
+    let s = spec(&CONNECTOR.replace(
+        "encryption: {keyRef: {secretRef: {name: acme-kek}}}",
+        "encryption: {kms: {vaultTransit: {key: acme}}}",
+    ));
+    let config = Config {
+        vault: Some(ferry_operator::config::VaultConfig {
+            addr: "https://vault.platform.example:8200".into(),
+            auth_mount: "jwt-k8s".into(),
+            audience: "vault".into(),
+            role: "ferry-{namespace}".into(),
+        }),
+        ..Config::default()
+    };
+    let o = build(RunInput {
+        manifest_anchor: None,
+        run: &run(),
+        spec: &s,
+        attempt: 1,
+        tenant_region: Some("eu-west-1"),
+        config: &config,
+    })
+    .expect("builds");
+    let secrets = &o.role.rules.as_ref().unwrap()[0];
+    assert_eq!(
+        secrets.resource_names.as_ref().unwrap(),
+        &["bronze-writer", "s3-reader"],
+        "the ends' credentials, and no KEK Secret"
+    );
+    let ps = o.pod.spec.as_ref().unwrap();
+    let token = projected_token(ps, "vault-token");
+    assert_eq!(token.audience.as_deref(), Some("vault"));
+    let egress = serde_json::to_string(&o.network_policy.spec.as_ref().unwrap().egress).unwrap();
+    assert!(egress.contains("8200"), "{egress}");
+}

@@ -262,6 +262,23 @@ async fn vault_credentials_without_a_vault_are_rejected() {
     assert!(message.contains("vault:secret/acme/s3-reader"), "{message}");
 }
 
+/// A Connector whose KEK is a Transit key, on a platform without Vault.
+#[tokio::test]
+async fn a_transit_kek_without_a_vault_is_rejected() {
+    let w = World::new(namespace(Some("eu-west-1"), None)).await;
+    let run = rejected(
+        &w,
+        &CONNECTOR.replace(
+            "encryption: {keyRef: {secretRef: {name: acme-kek}}}",
+            "encryption: {kms: {vaultTransit: {key: acme}}}",
+        ),
+    )
+    .await;
+    assert_eq!(reason(&run), "SecretStoreNotConfigured");
+    let message = run.status.as_ref().unwrap().message.clone().unwrap();
+    assert!(message.contains("vault-transit:transit/acme"), "{message}");
+}
+
 /// Attack: the tenant names the namespace's ServiceAccount token Secret (even
 /// one labelled for Ferry): a run must never read Kubernetes' own credentials.
 #[tokio::test]

@@ -18,8 +18,10 @@ use super::BoxError;
 #[derive(clap::Args)]
 pub struct DecryptArgs {
     /// KEK files (raw, base64 or hex); give older keys too after a rotation.
-    #[arg(long = "kek", required = true)]
+    #[arg(long = "kek", required_unless_present = "kms")]
     keks: Vec<PathBuf>,
+    #[command(flatten)]
+    kms: KmsArgs,
     /// A destination folder written by Ferry: verified against its manifest, then decrypted.
     #[arg(long, conflicts_with_all = ["file", "connector"])]
     dir: Option<PathBuf>,
@@ -48,8 +50,10 @@ pub struct DecryptArgs {
 pub struct VerifyArgs {
     /// KEK files (raw, base64 or hex): check the MACs (and, with --deep, the
     /// plaintexts).
-    #[arg(long = "kek", required_unless_present = "public_keys")]
+    #[arg(long = "kek", required_unless_present_any = ["public_keys", "kms"])]
     keks: Vec<PathBuf>,
+    #[command(flatten)]
+    kms: KmsArgs,
     /// Public key files of the manifest signing key (PEM, or base64 of 32
     /// bytes): check the signatures, without the KEK. Give older keys too
     /// after a rotation.
@@ -80,10 +84,43 @@ pub struct VerifyArgs {
     anchor: Option<Anchor>,
 }
 
+/// A KEK held by Vault's Transit engine, for reading what runs wrote under it.
+#[derive(clap::Args)]
+pub struct KmsArgs {
+    /// The Transit key that wrapped the run keys, as the Connector names it:
+    /// `vault-transit:<mount>/<key>`. Objects and manifests wrapped by any
+    /// other key are refused. The Vault token is read from VAULT_TOKEN and
+    /// needs only `update` on `<mount>/decrypt/<key>`.
+    #[arg(long)]
+    kms: Option<String>,
+    /// The Vault (or OpenBao) address for --kms.
+    #[arg(long, env = "VAULT_ADDR")]
+    kms_addr: Option<String>,
+}
+
+/// The KEKs of the key files and, with `--kms`, run keys unwrapped by the KMS
+/// as they are met (one call per run).
+fn key_ring(keks: &[PathBuf], kms: &KmsArgs) -> Result<KeyRing, BoxError> {
+    let ring = load_keys(keks)?;
+    let Some(name) = &kms.kms else {
+        return Ok(ring);
+    };
+    let addr = kms
+        .kms_addr
+        .as_deref()
+        .ok_or("--kms needs the Vault address: --kms-addr or VAULT_ADDR")?;
+    let token = zeroize::Zeroizing::new(
+        std::env::var("VAULT_TOKEN")
+            .map_err(|_| "--kms needs a Vault token with decrypt rights in VAULT_TOKEN")?,
+    );
+    let transit = crate::vault::VaultTransit::with_token(addr, &token, name)?;
+    Ok(ring.with_kms(Arc::new(transit)))
+}
+
 /// `job-runner decrypt`: one object, or a whole destination checked against
 /// its manifest.
 pub async fn decrypt(args: DecryptArgs, platform: &config::Platform) -> Result<(), BoxError> {
-    let keys = Arc::new(load_keys(&args.keks)?);
+    let keys = Arc::new(key_ring(&args.keks, &args.kms)?);
     match (args.file, args.object_key) {
         (Some(file), Some(object_key)) => decrypt_file(keys, file, object_key, args.out).await,
         (None, _) => {
@@ -112,8 +149,8 @@ pub async fn decrypt(args: DecryptArgs, platform: &config::Platform) -> Result<(
 /// `job-runner verify`: a destination against its signed manifest.
 pub async fn verify(args: VerifyArgs, platform: &config::Platform) -> Result<(), BoxError> {
     let trust = Trust {
-        keys: (!args.keks.is_empty())
-            .then(|| load_keys(&args.keks))
+        keys: (!args.keks.is_empty() || args.kms.kms.is_some())
+            .then(|| key_ring(&args.keks, &args.kms))
             .transpose()?
             .map(Arc::new),
         public_keys: load_public_keys(&args.public_keys)?,

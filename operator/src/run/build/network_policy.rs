@@ -70,7 +70,7 @@ fn egress_ports(run: &ValidatedRun<'_>) -> Vec<i32> {
         tcp.push(url_port(url));
     }
     if let Some(vault) = &config.vault
-        && !ferry_crds::vault_secrets(run.input.spec).is_empty()
+        && ferry_crds::uses_vault(run.input.spec)
     {
         tcp.push(url_port(&vault.addr));
     }

@@ -160,7 +160,7 @@ pub fn volumes(spec: &ConnectorSpec, config: &Config) -> Files {
         files.azure_token = Some(paths::AZURE_TOKEN_FILE);
     }
     if let Some(vault) = &config.vault
-        && !ferry_crds::vault_secrets(spec).is_empty()
+        && ferry_crds::uses_vault(spec)
     {
         files.volumes.push(projected(
             "vault-token",
