@@ -20,6 +20,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -44,7 +45,46 @@ pub struct VaultSettings {
     pub role: String,
     /// The run's projected ServiceAccount token for Vault's audience.
     pub token_file: PathBuf,
+    /// The run's login, made once when first needed and shared by the reads
+    /// of secrets and the Transit calls.
+    pub session: Session,
 }
+
+impl VaultSettings {
+    /// Settings of a run that has not logged in yet.
+    pub fn new(addr: String, auth_mount: String, role: String, token_file: PathBuf) -> Self {
+        Self {
+            addr,
+            auth_mount,
+            role,
+            token_file,
+            session: Session::default(),
+        }
+    }
+}
+
+/// A run's Vault login, shared by clones of its settings.
+#[derive(Clone, Default)]
+pub struct Session(Arc<tokio::sync::OnceCell<Arc<VaultClient>>>);
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.initialized() {
+            "Session(logged in)"
+        } else {
+            "Session(not logged in)"
+        })
+    }
+}
+
+impl PartialEq for Session {
+    /// Settings are compared for what they name, not whether they logged in.
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Session {}
 
 /// Why Vault did not give a run its credentials. Never holds a value.
 #[derive(Debug, thiserror::Error)]
@@ -146,8 +186,19 @@ fn unreachable(settings: &VaultSettings, e: impl std::fmt::Display) -> VaultErro
     }
 }
 
-/// A client logged in as the run: its token kept by the client only.
-async fn login(settings: &VaultSettings) -> Result<VaultClient, VaultError> {
+/// The client logged in as the run: the first call logs in, later ones share
+/// the login (one login per run, whatever it reads).
+async fn login(settings: &VaultSettings) -> Result<Arc<VaultClient>, VaultError> {
+    settings
+        .session
+        .0
+        .get_or_try_init(|| async { new_login(settings).await.map(Arc::new) })
+        .await
+        .cloned()
+}
+
+/// A new login as the run: its token kept by the client only.
+async fn new_login(settings: &VaultSettings) -> Result<VaultClient, VaultError> {
     let jwt = Zeroizing::new(
         std::fs::read_to_string(&settings.token_file)
             .map_err(|e| VaultError::Token {
@@ -266,7 +317,7 @@ fn describe(e: &dyn std::error::Error) -> String {
 /// A KEK in Vault's Transit engine, used with a logged-in client: the run's
 /// own login, or a reader's token (decrypt rights are enough to read).
 pub struct VaultTransit {
-    client: VaultClient,
+    client: Arc<VaultClient>,
     addr: String,
     key: VaultTransitKey,
     name: String,
@@ -318,7 +369,7 @@ impl VaultTransit {
             reason: e.to_string(),
         })?;
         Ok(Self {
-            client,
+            client: Arc::new(client),
             addr: addr.to_string(),
             key: VaultTransitKey {
                 mount: mount.to_string(),
@@ -409,7 +460,7 @@ impl Kms for VaultTransit {
     fn data_key(&self) -> KmsFuture<'_, (DataKey, String)> {
         Box::pin(async move {
             let answer = vaultrs::transit::generate::data_key(
-                &self.client,
+                self.client.as_ref(),
                 &self.key.mount,
                 &self.key.key,
                 DataKeyType::Plaintext,
@@ -438,7 +489,7 @@ impl Kms for VaultTransit {
                 .and_then(|c| c.strip_prefix(':'))
                 .ok_or_else(|| self.malformed("a key wrapped by another key"))?;
             let answer = vaultrs::transit::data::decrypt(
-                &self.client,
+                self.client.as_ref(),
                 &self.key.mount,
                 &self.key.key,
                 ciphertext,

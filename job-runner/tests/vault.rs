@@ -416,12 +416,12 @@ spec:
     ))
     .unwrap();
     let platform = Platform {
-        vault: Some(ferry_runner::vault::VaultSettings {
-            addr: service_env("FERRY_BAO_ADDR"),
-            auth_mount: store.mount.clone(),
-            role: "acme".into(),
-            token_file: d.join("vault-token"),
-        }),
+        vault: Some(ferry_runner::vault::VaultSettings::new(
+            service_env("FERRY_BAO_ADDR"),
+            store.mount.clone(),
+            "acme".into(),
+            d.join("vault-token"),
+        )),
         ..Platform::default()
     };
     let lines = support::Lines::default();
@@ -619,6 +619,15 @@ fn the_kek_stays_in_transit_and_a_run_makes_one_data_key_call() {
         audit_objects(d, "kms.decrypt"),
         [format!("{}@v1", store.kms())]
     );
+    let logins = std::fs::read_to_string(service_env("FERRY_BAO_AUDIT_LOG"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|l| {
+            l["type"] == "response" && l["request"]["path"] == format!("auth/{}/login", store.mount)
+        })
+        .count();
+    assert_eq!(logins, 2, "one login per run");
     // No key material in any trail.
     for call in store.transit_calls("datakey/plaintext") {
         assert!(

@@ -529,12 +529,14 @@ def bao(method: str, path: str, body: dict | None = None) -> dict:
     return json.loads(text) if text else {}
 
 
-def test_s3_to_azure_with_the_azure_key_in_openbao(cluster: Cluster):
-    """The destination's account key lives in OpenBao KV, not in a Secret: the
-    run's pod logs in with its own projected token (minted by the test kubelet
-    for audience `vault`, signed by the cluster's issuer key that OpenBao's JWT
-    auth method trusts) as the role of its namespace, reads the key, and moves
-    the data. OpenBao's audit log shows exactly the run's reads."""
+def test_s3_to_azure_with_the_azure_key_in_openbao_and_the_kek_in_transit(cluster: Cluster):
+    """The destination's account key lives in OpenBao KV and the KEK in OpenBao
+    Transit, neither in a Secret: the run's pod logs in once with its own
+    projected token (minted by the test kubelet for audience `vault`, signed by
+    the cluster's issuer key that OpenBao's JWT auth method trusts) as the role
+    of its namespace, reads the key, asks Transit for one data key, and moves
+    the data. OpenBao's audit log shows exactly the run's reads; a reader with
+    only Transit decrypt rights decrypts the data."""
     ns, bucket, container = "vaulted", f"vaulted-exports-{RUN_ID}", f"vaulted-bronze-{RUN_ID}"
     tenant(cluster, ns)
     data(bucket)
@@ -544,8 +546,15 @@ def test_s3_to_azure_with_the_azure_key_in_openbao(cluster: Cluster):
     bao("POST", f"sys/auth/{mount}", {"type": "jwt"})
     bao("POST", f"auth/{mount}/config", {"jwt_validation_pubkeys": [issuer],
                                          "bound_issuer": "https://kubernetes.default.svc"})
+    transit = f"transit-{ns}-{RUN_ID}"
+    bao("POST", f"sys/mounts/{transit}", {"type": "transit"})
+    bao("POST", f"{transit}/keys/sales", {})
     bao("PUT", f"sys/policies/acl/ferry-{ns}-{RUN_ID}",
-        {"policy": f'path "secret/data/{ns}-{RUN_ID}/*" {{ capabilities = ["read"] }}'})
+        {"policy": f'path "secret/data/{ns}-{RUN_ID}/*" {{ capabilities = ["read"] }}\n'
+                   f'path "{transit}/datakey/plaintext/sales" {{ capabilities = ["update"] }}\n'
+                   f'path "{transit}/decrypt/sales" {{ capabilities = ["update"] }}'})
+    bao("PUT", f"sys/policies/acl/auditor-{ns}-{RUN_ID}",
+        {"policy": f'path "{transit}/decrypt/sales" {{ capabilities = ["update"] }}'})
     bao("POST", f"auth/{mount}/role/ferry-{ns}", {
         "role_type": "jwt", "bound_audiences": ["vault"], "user_claim": "sub",
         "bound_claims_type": "glob", "bound_claims": {"sub": f"system:serviceaccount:{ns}:ferry-run-*"},
@@ -553,6 +562,7 @@ def test_s3_to_azure_with_the_azure_key_in_openbao(cluster: Cluster):
     bao("POST", f"secret/data/{ns}-{RUN_ID}/bronze-writer", {"data": {"accountKey": DEV_KEY}})
     conn = example(cluster, ns, bucket, container)
     conn["spec"]["destination"]["azureBlob"]["credentials"] = {"vault": {"path": f"{ns}-{RUN_ID}/bronze-writer"}}
+    conn["spec"]["encryption"] = {"kms": {"vaultTransit": {"mount": transit, "key": "sales"}}}
     cluster.apply_text(yaml.safe_dump(conn))
     name = manual_run(cluster, ns)
     run = wait_phase(cluster, ns, name, ("Succeeded", "Failed", "Rejected"))
@@ -566,7 +576,7 @@ def test_s3_to_azure_with_the_azure_key_in_openbao(cluster: Cluster):
     env = {e["name"]: e.get("value") for e in pods[0]["spec"]["containers"][0]["env"]}
     assert env["FERRY_VAULT_ROLE"] == f"ferry-{ns}" and env["FERRY_VAULT_AUTH_MOUNT"] == mount, env
     role = cluster.get(f"/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/roles/ferry-run-{name}")
-    assert role is None or "bronze-writer" not in json.dumps(role), role
+    assert role is None or ("bronze-writer" not in json.dumps(role) and "kek" not in json.dumps(role)), role
 
     # OpenBao's audit log: the run logged in once and read exactly its secret.
     entries = [json.loads(line) for line in pathlib.Path(os.environ["FERRY_BAO_AUDIT_LOG"]).read_text().splitlines()]
@@ -575,11 +585,35 @@ def test_s3_to_azure_with_the_azure_key_in_openbao(cluster: Cluster):
               and (e.get("auth") or {}).get("display_name", "").startswith(f"{mount}-")]
     reads = [(e["request"]["operation"], e["request"]["path"]) for e in by_run
              if not e["request"]["path"].startswith("auth/")]
-    assert reads == [("read", f"secret/data/{ns}-{RUN_ID}/bronze-writer")], reads
+    assert reads == [("read", f"secret/data/{ns}-{RUN_ID}/bronze-writer"),
+                     ("update", f"{transit}/datakey/plaintext/sales")], reads
     logins = [e for e in entries if e["type"] == "response" and e["request"]["path"] == f"auth/{mount}/login"]
     assert len(logins) == 1, logins
     assert logins[0]["auth"]["metadata"]["role"] == f"ferry-{ns}", logins[0]["auth"]
     # And Ferry's own trail names the path and version it read.
     log = (cluster.dir / "node/logs" / f"{ns}_{name}-1.log").read_text()
     assert f'"object":"vault:secret/{ns}-{RUN_ID}/bronze-writer@v1"' in log, log[-2000:]
+    assert f'"action":"kms.datakey","outcome":"success"' in log, log[-2000:]
+    assert f'"object":"vault-transit:{transit}/sales@v1"' in log, log[-2000:]
     assert DEV_KEY not in log
+
+    # An auditor with storage read access and only Transit decrypt rights
+    # verifies and decrypts the data; no KEK exists outside Transit.
+    token = bao("POST", "auth/token/create", {"policies": [f"auditor-{ns}-{RUN_ID}"],
+                                              "no_default_policy": True, "ttl": "10m"})["auth"]["client_token"]
+    conn["spec"]["destination"]["azureBlob"]["credentials"] = {"secretRef": {"name": "bronze-writer"}}
+    path, d = local_copy(cluster, conn)
+    env = {**os.environ, "VAULT_ADDR": os.environ["FERRY_BAO_ADDR"], "VAULT_TOKEN": token}
+    kms = f"vault-transit:{transit}/sales"
+    verified = subprocess.run([str(RUNNER), "verify", "--kms", kms, "--connector", str(path),
+                               "--secrets-dir", str(d / "secrets"), "--deep"], capture_output=True, text=True, env=env)
+    assert verified.returncode == 0, verified.stderr
+    decrypted = subprocess.run([str(RUNNER), "decrypt", "--kms", kms, "--connector", str(path),
+                                "--secrets-dir", str(d / "secrets"), "--out", str(d / "plain")],
+                               capture_output=True, text=True, env=env)
+    assert decrypted.returncode == 0, decrypted.stderr
+    assert (d / "plain/orders/2026-11-01.csv").read_bytes() == b"order,amount\n7,12.50\n8,3.10\n"
+    without = subprocess.run([str(RUNNER), "decrypt", "--kek", str(d / "kek"), "--connector", str(path),
+                              "--secrets-dir", str(d / "secrets"), "--out", str(d / "stolen")],
+                             capture_output=True, text=True)
+    assert without.returncode != 0 and "no KMS was given" in without.stderr, without.stderr

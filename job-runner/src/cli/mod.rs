@@ -131,12 +131,12 @@ pub fn main(cli: Cli) -> ExitCode {
         }
     };
     let vault = match (cli.vault_addr, cli.vault_role) {
-        (Some(addr), Some(role)) => Some(crate::vault::VaultSettings {
+        (Some(addr), Some(role)) => Some(crate::vault::VaultSettings::new(
             addr,
-            auth_mount: cli.vault_auth_mount,
+            cli.vault_auth_mount,
             role,
-            token_file: cli.vault_token_file,
-        }),
+            cli.vault_token_file,
+        )),
         (Some(_), None) => {
             eprintln!("job-runner: error: --vault-addr needs --vault-role");
             return ExitCode::FAILURE;
