@@ -98,8 +98,8 @@ pub struct S3Endpoint {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [{
-    "rule": "(has(self.secretRef) ? 1 : 0) + (has(self.webIdentity) ? 1 : 0) + (has(self.vault) ? 1 : 0) == 1",
-    "message": "exactly one of secretRef, vault or webIdentity must be set"
+    "rule": "(has(self.secretRef) ? 1 : 0) + (has(self.webIdentity) ? 1 : 0) + (has(self.vault) ? 1 : 0) + (has(self.awsSecretsManager) ? 1 : 0) == 1",
+    "message": "exactly one of secretRef, vault, awsSecretsManager or webIdentity must be set"
 }]))]
 pub struct S3Credentials {
     /// A Secret of this namespace with the keys `accessKeyId`, `secretAccessKey`
@@ -114,6 +114,10 @@ pub struct S3Credentials {
     /// the Secret would hold, read by the run with its own identity.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vault: Option<VaultSecret>,
+    /// A secret in AWS Secrets Manager with the same keys as the Secret would
+    /// hold (a JSON object), read by the run with its own web identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aws_secrets_manager: Option<AwsSecret>,
 }
 
 /// A secret in the platform's Vault or OpenBao KV version 2 engine, read at
@@ -159,6 +163,69 @@ impl VaultSecret {
     /// The secret's field holding Ferry's key `key`.
     pub fn field<'a>(&'a self, key: &'a str) -> &'a str {
         self.fields.get(key).map_or(key, String::as_str)
+    }
+}
+
+/// A secret in AWS Secrets Manager, read at run time by the run itself: it
+/// assumes `webIdentity.roleArn` with its own projected, expiring token (the
+/// role's trust policy names the run ServiceAccounts of its namespace). The
+/// secret's value is a JSON object of strings. The operator never reads it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AwsSecret {
+    /// The secret's name or ARN.
+    #[schemars(
+        length(min = 1, max = 2048),
+        regex(pattern = r"^[A-Za-z0-9/_+=.@:-]+$")
+    )]
+    pub secret_id: String,
+    /// Region of the secret.
+    #[schemars(length(min = 1, max = 64), regex(pattern = r"^[a-z0-9-]+$"))]
+    pub region: String,
+    /// The version stage read.
+    #[serde(default = "default_version_stage")]
+    #[schemars(length(min = 1, max = 256), regex(pattern = r"^[A-Za-z0-9_+=.@-]+$"))]
+    pub version_stage: String,
+    /// The role the run assumes to read it.
+    pub web_identity: WebIdentity,
+    /// Where the secret's field names differ from Ferry's keys: Ferry's key to
+    /// the secret's field.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 16))]
+    pub fields: BTreeMap<String, String>,
+}
+
+fn default_version_stage() -> String {
+    "AWSCURRENT".to_string()
+}
+
+/// Where a credential's values are found beside the Secrets: the Secret's
+/// name, `vault:<mount>/<path>` or `aws-secretsmanager:<region>/<id>`; `None`
+/// when none is named (workload identity); an error when more than one is
+/// (the schema refuses that).
+pub fn credential_secret_name(
+    secret_ref: Option<&SecretRef>,
+    vault: Option<&VaultSecret>,
+    aws: Option<&AwsSecret>,
+) -> Result<Option<String>, MoreThanOneCredential> {
+    match (secret_ref, vault, aws) {
+        (Some(r), None, None) => Ok(Some(r.name.clone())),
+        (None, Some(v), None) => Ok(Some(v.secret_name())),
+        (None, None, Some(a)) => Ok(Some(a.secret_name())),
+        (None, None, None) => Ok(None),
+        _ => Err(MoreThanOneCredential),
+    }
+}
+
+/// A credential naming more than one source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MoreThanOneCredential;
+
+impl AwsSecret {
+    /// The name the runner files its values under, beside the Secrets:
+    /// `aws-secretsmanager:<region>/<secretId>`.
+    pub fn secret_name(&self) -> String {
+        format!("aws-secretsmanager:{}/{}", self.region, self.secret_id)
     }
 }
 
@@ -222,8 +289,8 @@ pub struct AzureBlobEndpoint {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [{
-    "rule": "(has(self.secretRef) ? 1 : 0) + (has(self.workloadIdentity) ? 1 : 0) + (has(self.vault) ? 1 : 0) == 1",
-    "message": "exactly one of secretRef, vault or workloadIdentity must be set"
+    "rule": "(has(self.secretRef) ? 1 : 0) + (has(self.workloadIdentity) ? 1 : 0) + (has(self.vault) ? 1 : 0) + (has(self.awsSecretsManager) ? 1 : 0) == 1",
+    "message": "exactly one of secretRef, vault, awsSecretsManager or workloadIdentity must be set"
 }]))]
 pub struct AzureCredentials {
     /// A Secret of this namespace holding `accountKey`, or `sasToken`, or
@@ -238,6 +305,10 @@ pub struct AzureCredentials {
     /// the Secret would hold, read by the run with its own identity.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vault: Option<VaultSecret>,
+    /// A secret in AWS Secrets Manager with the same keys as the Secret would
+    /// hold (a JSON object), read by the run with its own web identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aws_secrets_manager: Option<AwsSecret>,
 }
 
 /// An Entra ID application with a federated credential for the run's identity.
@@ -386,13 +457,56 @@ pub struct EncryptionSpec {
 }
 
 /// A key-encryption key in a KMS.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "has(self.vaultTransit) != has(self.awsKms)",
+    "message": "exactly one of vaultTransit or awsKms must be set"
+}]))]
 pub struct KmsKey {
     /// A key of Vault's (or OpenBao's) Transit engine, used by the run with
     /// its own Vault login (the role of its namespace): the role needs
     /// `update` on `<mount>/datakey/plaintext/<key>` and `<mount>/decrypt/<key>`.
-    pub vault_transit: VaultTransitKey,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vault_transit: Option<VaultTransitKey>,
+    /// A symmetric AWS KMS key, used by the run with its own web identity:
+    /// the role needs `kms:GenerateDataKey` and `kms:Decrypt` on it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aws_kms: Option<AwsKmsKey>,
+}
+
+impl KmsKey {
+    /// How wrapped keys name the key: `vault-transit:<mount>/<key>` or
+    /// `aws-kms:<region>/<keyId>`.
+    pub fn name(&self) -> String {
+        match (&self.vault_transit, &self.aws_kms) {
+            (Some(t), _) => t.name(),
+            (None, Some(k)) => k.name(),
+            (None, None) => String::new(),
+        }
+    }
+}
+
+/// A symmetric key of AWS KMS.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AwsKmsKey {
+    /// The key's id or alias (`alias/acme-ferry`); not an ARN: the key is in
+    /// the role's account.
+    #[schemars(length(min = 1, max = 256), regex(pattern = r"^[A-Za-z0-9/_-]+$"))]
+    pub key_id: String,
+    /// Region of the key.
+    #[schemars(length(min = 1, max = 64), regex(pattern = r"^[a-z0-9-]+$"))]
+    pub region: String,
+    /// The role the run assumes to use it.
+    pub web_identity: WebIdentity,
+}
+
+impl AwsKmsKey {
+    /// How wrapped keys name it: `aws-kms:<region>/<keyId>`.
+    pub fn name(&self) -> String {
+        format!("aws-kms:{}/{}", self.region, self.key_id)
+    }
 }
 
 /// A named key of a Transit engine.

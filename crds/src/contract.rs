@@ -216,6 +216,9 @@ pub mod env {
     /// The STS endpoint the platform team configured (none: the official
     /// regional endpoint).
     pub const STS_ENDPOINT: &str = "FERRY_STS_ENDPOINT";
+    /// The endpoint of AWS Secrets Manager and KMS the platform team
+    /// configured (none: the official regional endpoints).
+    pub const AWS_ENDPOINT: &str = "FERRY_AWS_ENDPOINT";
     /// Networks (CIDRs, comma separated) the runner refuses to connect to,
     /// besides those it always refuses.
     pub const DENIED_NETWORKS: &str = "FERRY_DENIED_NETWORKS";

@@ -21,7 +21,8 @@ pub use residency::{ResidencyBreach, residency_breaches};
 pub use run::*;
 pub use secrets::{
     REFUSED_SECRET_TYPES, SECRET_OPT_IN_LABEL, SECRET_OPT_IN_VALUE, SecretNeed, SecretRefusal,
-    secret_names, secret_needs, secret_usable, uses_vault, vault_secrets,
+    aws_secrets, aws_web_identities, secret_names, secret_needs, secret_usable, uses_aws_apis,
+    uses_vault, vault_secrets,
 };
 
 /// The API group of every Ferry resource.

@@ -159,7 +159,64 @@ pub fn vault_secrets(spec: &ConnectorSpec) -> Vec<&crate::VaultSecret> {
 /// Whether the Connector's runs use the platform's Vault: secrets in its KV
 /// store, or a KEK in its Transit engine.
 pub fn uses_vault(spec: &ConnectorSpec) -> bool {
-    !vault_secrets(spec).is_empty() || spec.encryption.kms.is_some()
+    !vault_secrets(spec).is_empty()
+        || spec
+            .encryption
+            .kms
+            .as_ref()
+            .is_some_and(|k| k.vault_transit.is_some())
+}
+
+/// The secrets in AWS Secrets Manager the Connector's ends name, each once,
+/// sorted by name. The operator never reads them; the run does.
+pub fn aws_secrets(spec: &ConnectorSpec) -> Vec<&crate::AwsSecret> {
+    let mut out: Vec<&crate::AwsSecret> = [&spec.source, &spec.destination]
+        .into_iter()
+        .filter_map(|e| match e.kind()? {
+            EndpointKind::S3(s3) => s3.credentials.aws_secrets_manager.as_ref(),
+            EndpointKind::AzureBlob(az) => az.credentials.aws_secrets_manager.as_ref(),
+            EndpointKind::Sftp(_) | EndpointKind::Local(_) => None,
+        })
+        .collect();
+    out.sort_by_key(|v| v.secret_name());
+    out.dedup_by_key(|v| v.secret_name());
+    out
+}
+
+/// Every AWS role the Connector's runs assume with their projected token, and
+/// what for: S3 web identity, Secrets Manager reads, the AWS KMS key. All of
+/// them share the run's one AWS token.
+pub fn aws_web_identities(spec: &ConnectorSpec) -> Vec<(String, &crate::WebIdentity)> {
+    let mut out = Vec::new();
+    for (side, e) in [("source", &spec.source), ("destination", &spec.destination)] {
+        if let Some(EndpointKind::S3(s3)) = e.kind()
+            && let Some(w) = &s3.credentials.web_identity
+        {
+            out.push((format!("{side} S3 web identity"), w));
+        }
+    }
+    for secret in aws_secrets(spec) {
+        out.push((secret.secret_name(), &secret.web_identity));
+    }
+    if let Some(k) = spec
+        .encryption
+        .kms
+        .as_ref()
+        .and_then(|k| k.aws_kms.as_ref())
+    {
+        out.push((k.name(), &k.web_identity));
+    }
+    out
+}
+
+/// Whether the runs call AWS APIs besides S3 and STS (Secrets Manager, KMS).
+pub fn uses_aws_apis(spec: &ConnectorSpec) -> bool {
+    !aws_secrets(spec).is_empty()
+        || spec
+            .encryption
+            .kms
+            .as_ref()
+            .is_some_and(|k| k.aws_kms.is_some())
 }
 
 /// The distinct names of the Secrets a run reads, sorted.

@@ -145,13 +145,13 @@ fn credentials_are_one_of_and_only_references() {
     assert_rejected(
         &both,
         None,
-        "exactly one of secretRef, vault or webIdentity",
+        "exactly one of secretRef, vault, awsSecretsManager or webIdentity",
     );
     let neither = with(connector(), "spec.source.s3.credentials", json!({}));
     assert_rejected(
         &neither,
         None,
-        "exactly one of secretRef, vault or webIdentity",
+        "exactly one of secretRef, vault, awsSecretsManager or webIdentity",
     );
     let az_both = with(
         connector(),
@@ -161,7 +161,7 @@ fn credentials_are_one_of_and_only_references() {
     assert_rejected(
         &az_both,
         None,
-        "exactly one of secretRef, vault or workloadIdentity",
+        "exactly one of secretRef, vault, awsSecretsManager or workloadIdentity",
     );
     // A secret in the platform's Vault instead of a Secret: alone, and with a
     // path of plain segments only.
@@ -186,7 +186,7 @@ fn credentials_are_one_of_and_only_references() {
     assert_rejected(
         &vault_and_secret,
         None,
-        "exactly one of secretRef, vault or webIdentity",
+        "exactly one of secretRef, vault, awsSecretsManager or webIdentity",
     );
     for bad in ["../other-tenant/key", "/abs", "a//b", ""] {
         let path = with(
@@ -478,4 +478,54 @@ fn the_kek_is_a_secret_or_a_kms_key_and_not_both() {
         !validate(&no_key, None).is_empty(),
         "a Transit key without a name"
     );
+}
+
+#[test]
+fn a_secrets_manager_secret_and_an_aws_kms_key_are_references_with_a_role() {
+    let role = json!({"roleArn": "arn:aws:iam::123456789012:role/ferry-acme"});
+    let sm = json!({"awsSecretsManager": {"secretId": "acme/s3-reader", "region": "eu-west-1", "webIdentity": role}});
+    assert_accepted(
+        &with(connector(), "spec.source.s3.credentials", sm.clone()),
+        None,
+    );
+    assert_accepted(
+        &with(connector(), "spec.destination.azureBlob.credentials", sm),
+        None,
+    );
+    let both = with(
+        connector(),
+        "spec.source.s3.credentials.awsSecretsManager",
+        json!({"secretId": "acme/s3-reader", "region": "eu-west-1", "webIdentity": role}),
+    );
+    assert_rejected(
+        &both,
+        None,
+        "exactly one of secretRef, vault, awsSecretsManager or webIdentity",
+    );
+    let no_role = with(
+        connector(),
+        "spec.source.s3.credentials",
+        json!({"awsSecretsManager": {"secretId": "acme/s3-reader", "region": "eu-west-1"}}),
+    );
+    assert!(
+        !validate(&no_role, None).is_empty(),
+        "a secret read without a role"
+    );
+    let kms = json!({"kms": {"awsKms": {"keyId": "alias/acme-ferry", "region": "eu-west-1", "webIdentity": role}}});
+    assert_accepted(&with(connector(), "spec.encryption", kms), None);
+    let two = json!({"kms": {"awsKms": {"keyId": "k", "region": "eu-west-1", "webIdentity": role},
+                             "vaultTransit": {"key": "acme"}}});
+    assert_rejected(
+        &with(connector(), "spec.encryption", two),
+        None,
+        "exactly one of vaultTransit or awsKms",
+    );
+    for key in ["arn:aws:kms:eu-west-1:123456789012:key/k", "a:b", ""] {
+        let bad =
+            json!({"kms": {"awsKms": {"keyId": key, "region": "eu-west-1", "webIdentity": role}}});
+        assert!(
+            !validate(&with(connector(), "spec.encryption", bad), None).is_empty(),
+            "key id {key:?} accepted"
+        );
+    }
 }

@@ -138,7 +138,8 @@ fn unknown_fields(
 #[derive(Clone)]
 pub struct SecretsDir {
     source: SecretSource,
-    /// Values read from a secret store (Vault), by `vault:<mount>/<path>`.
+    /// Values read from a secret store, by `vault:<mount>/<path>` or
+    /// `aws-secretsmanager:<region>/<id>`.
     stores: BTreeMap<String, BTreeMap<String, Zeroizing<Vec<u8>>>>,
 }
 
@@ -231,7 +232,7 @@ impl SecretsDir {
 
     /// Where a Secret is looked for, for messages.
     pub fn location(&self, secret: &str) -> String {
-        if secret.starts_with("vault:") {
+        if secret.starts_with("vault:") || secret.starts_with("aws-secretsmanager:") {
             return secret.to_string();
         }
         match &self.source {

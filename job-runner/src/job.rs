@@ -13,9 +13,10 @@ use std::sync::Arc;
 use ferry_crds::{Connector, DataResidency, Reason};
 
 use crate::audit::{AuditLog, Outcome};
+use crate::aws::AwsKms;
 use crate::config::{self, SecretsDir};
 use crate::crypto::KeyRing;
-use crate::crypto::keys::{KeyError, run_key_ring};
+use crate::crypto::keys::{KeyError, Kms, run_key_ring};
 use crate::lineage::{EventType, Lineage, Sink};
 use crate::storage::{ObjectStore, StorageError};
 use crate::transfer::{self, EraseRequest, Mode, Options, Progress, Report};
@@ -157,8 +158,8 @@ pub async fn execute(
 }
 
 /// The run's keys: the KEK from its Secret or, when the Connector's KEK is a
-/// Vault Transit key, a new run key from Transit (one call, audited as
-/// `kms.datakey` with the key version) that also unwraps earlier runs' keys.
+/// key of a KMS (Vault Transit, AWS KMS), a new run key from it (one call,
+/// audited as `kms.datakey`) that also unwraps earlier runs' keys.
 async fn key_ring(
     job: &Job<'_>,
     secrets: &SecretsDir,
@@ -171,14 +172,24 @@ async fn key_ring(
         audit.record("secret.read", Outcome::Success, None, None);
         return Ok(KeyRing::new(vec![kek]));
     };
-    let transit = VaultTransit::login(
-        job.platform.vault.as_ref(),
-        &kms.vault_transit,
-        audit.clone(),
-    )
-    .await
-    .map_err(|e| refused_read(audit, e.reason(), e))?;
-    run_key_ring(Arc::new(transit)).await.map_err(|e| match e {
+    let kms: Arc<dyn Kms> = match (&kms.vault_transit, &kms.aws_kms) {
+        (Some(transit), _) => Arc::new(
+            VaultTransit::login(job.platform.vault.as_ref(), transit, audit.clone())
+                .await
+                .map_err(|e| refused_read(audit, e.reason(), e))?,
+        ),
+        (None, Some(key)) => Arc::new(
+            AwsKms::for_run(key, job.platform, audit.clone())
+                .map_err(|e| refused_read(audit, e.reason(), e))?,
+        ),
+        (None, None) => {
+            return Err(failure(
+                Reason::InvalidSpec,
+                "encryption.kms names no key: set vaultTransit or awsKms",
+            ));
+        }
+    };
+    run_key_ring(kms).await.map_err(|e| match e {
         KeyError::Kms(k) if k.unreachable => failure(Reason::SecretStoreUnreachable, k),
         KeyError::Kms(k) => failure(Reason::SecretStoreDenied, k),
         other => failure(Reason::InvalidEncryptionKey, other),
@@ -269,22 +280,29 @@ where
     outcome
 }
 
-/// `secrets` with the credentials the Connector keeps in the platform's Vault:
-/// read by the run with its own identity, each read audited with its path and
-/// version (never a value).
+/// `secrets` with the credentials the Connector keeps in the platform's Vault
+/// or in AWS Secrets Manager: read by the run with its own identity, each read
+/// audited with its name and version (never a value).
 async fn with_store_secrets(
     job: &Job<'_>,
     secrets: SecretsDir,
     audit: &AuditLog,
 ) -> Result<SecretsDir, Failure> {
-    let fetched = vault::fetch(job.platform.vault.as_ref(), &job.connector.spec)
+    let vault = vault::fetch(job.platform.vault.as_ref(), &job.connector.spec)
         .await
         .map_err(|e| refused_read(audit, e.reason(), e))?;
-    for read in &fetched.reads {
-        let what = format!("{}@v{}", read.name, read.version);
-        audit.record("secret.read", Outcome::Success, None, Some(&what));
+    let aws = crate::aws::fetch(&job.connector.spec, job.platform)
+        .await
+        .map_err(|e| refused_read(audit, e.reason(), e))?;
+    let mut secrets = secrets;
+    for fetched in [vault, aws] {
+        for read in &fetched.reads {
+            let what = format!("{}@{}", read.name, read.version);
+            audit.record("secret.read", Outcome::Success, None, Some(&what));
+        }
+        secrets = secrets.with_store_secrets(fetched.secrets);
     }
-    Ok(secrets.with_store_secrets(fetched.secrets))
+    Ok(secrets)
 }
 
 /// Runs the job; after an authentication failure reads the Secrets (and the

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod audit;
+pub mod aws;
 pub mod cli;
 pub mod cluster;
 pub mod config;

@@ -130,10 +130,10 @@ impl VaultError {
 /// One secret read: its name beside the Secrets and the version read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Read {
-    /// `vault:<mount>/<path>`.
+    /// `vault:<mount>/<path>` (or `aws-secretsmanager:<region>/<id>`).
     pub name: String,
-    /// The KV version read.
-    pub version: u64,
+    /// The version read: `v<KV version>` (or the Secrets Manager version id).
+    pub version: String,
 }
 
 /// What a run read from Vault.
@@ -172,7 +172,7 @@ pub async fn fetch(
         let (values, version) = read(&client, settings, secret).await?;
         fetched.reads.push(Read {
             name: secret.secret_name(),
-            version,
+            version: format!("v{version}"),
         });
         fetched.secrets.insert(secret.secret_name(), values);
     }

@@ -43,6 +43,9 @@ pub struct Config {
     /// The STS endpoint runners send AWS web identity tokens to; unset, the
     /// official regional endpoint. Never the Connector's S3 endpoint.
     pub sts_endpoint: Option<String>,
+    /// The endpoint of the AWS APIs runs call besides S3 and STS (Secrets
+    /// Manager, KMS); unset, the official regional endpoints.
+    pub aws_endpoint: Option<String>,
     /// What a Connector's pod settings may ask for.
     pub pod_bounds: PodBounds,
     /// Where a run's pod may connect (its NetworkPolicy and the runner's own
@@ -142,6 +145,7 @@ impl Default for Config {
                 ferry_crds::AZURE_TOKEN_AUDIENCE.into(),
             ],
             sts_endpoint: None,
+            aws_endpoint: None,
             keep_finished_runs_for: None,
             record_requesters: false,
             user_name: None,

@@ -116,6 +116,10 @@ struct Args {
     /// default: the official regional endpoint.
     #[arg(long, env = "FERRY_STS_ENDPOINT")]
     sts_endpoint: Option<String>,
+    /// The endpoint of AWS Secrets Manager and KMS for runs (https); default:
+    /// the official regional endpoints.
+    #[arg(long, env = "FERRY_AWS_ENDPOINT")]
+    aws_endpoint: Option<String>,
     /// Accept `local` endpoints (a folder of the runner pod; demos and tests only).
     #[arg(long, env = "FERRY_ALLOW_LOCAL_ENDPOINTS")]
     allow_local_endpoints: bool,
@@ -480,6 +484,7 @@ fn config(args: &Args) -> Config {
         lineage_url: args.lineage_url.clone(),
         token_audiences: args.token_audiences.clone(),
         sts_endpoint: args.sts_endpoint.clone(),
+        aws_endpoint: args.aws_endpoint.clone(),
         keep_finished_runs_for: args.keep_finished_runs_for,
         record_requesters: args.record_requesters,
         user_name: args.user_name.clone(),

@@ -144,12 +144,17 @@ pub fn check(
                 ),
             ));
         }
-        if let Some(kms) = &spec.encryption.kms {
+        if let Some(transit) = spec
+            .encryption
+            .kms
+            .as_ref()
+            .and_then(|k| k.vault_transit.as_ref())
+        {
             violations.push(Violation::new(
                 "SecretStoreNotConfigured",
                 format!(
                     "encryption.kms names {}, but this operator has no Vault configured for runs (chart value vault.address)",
-                    kms.vault_transit.name()
+                    transit.name()
                 ),
             ));
         }
@@ -179,31 +184,40 @@ fn check_token_audiences(
     settings: Settings<'_>,
     violations: &mut Vec<Violation>,
 ) {
+    let mut wanted: Vec<(String, &str)> = ferry_crds::aws_web_identities(spec)
+        .into_iter()
+        .map(|(what, w)| (what, w.audience.as_str()))
+        .collect();
     for (side, endpoint) in [("source", &spec.source), ("destination", &spec.destination)] {
-        let audience = match endpoint.kind() {
-            Some(EndpointKind::S3(s)) => s
-                .credentials
-                .web_identity
-                .as_ref()
-                .map(|w| w.audience.as_str()),
-            Some(EndpointKind::AzureBlob(a)) => a
-                .credentials
-                .workload_identity
-                .as_ref()
-                .map(|_| ferry_crds::AZURE_TOKEN_AUDIENCE),
-            _ => None,
-        };
-        if let Some(audience) = audience
-            && !settings.token_audiences.iter().any(|a| a == audience)
+        if let Some(EndpointKind::AzureBlob(a)) = endpoint.kind()
+            && a.credentials.workload_identity.is_some()
         {
+            wanted.push((side.to_string(), ferry_crds::AZURE_TOKEN_AUDIENCE));
+        }
+    }
+    for (what, audience) in &wanted {
+        if !settings.token_audiences.iter().any(|a| a == audience) {
             violations.push(Violation::new(
                 "TokenAudienceNotAllowed",
                 format!(
-                    "{side}: a token for the audience {audience:?} may not be minted; this operator allows {}",
+                    "{what}: a token for the audience {audience:?} may not be minted; this operator allows {}",
                     settings.token_audiences.join(", ")
                 ),
             ));
         }
+    }
+    // The run has one AWS token: every AWS role it assumes must take it.
+    let aws = ferry_crds::aws_web_identities(spec);
+    if let Some((first, w)) = aws.first()
+        && let Some((other, v)) = aws.iter().find(|(_, v)| v.audience != w.audience)
+    {
+        violations.push(Violation::new(
+            "TokenAudienceNotAllowed",
+            format!(
+                "{first} and {other} ask for AWS tokens of different audiences ({:?}, {:?}); a run has one",
+                w.audience, v.audience
+            ),
+        ));
     }
 }
 
@@ -680,5 +694,54 @@ encryption: {keyRef: {secretRef: {name: kek}}}
             },
         );
         assert!(v.is_empty(), "{v:?}");
+    }
+
+    /// Attack: a tenant reads its Secrets Manager secret with a role whose
+    /// token audience the platform does not allow (another service would
+    /// accept the token), or asks for two AWS audiences so that one of its
+    /// roles gets a token minted for the other.
+    #[test]
+    fn every_aws_role_of_a_run_takes_one_allowed_audience() {
+        let t = tenant(Some("eu-west-1"), None);
+        let audiences = [
+            ferry_crds::AWS_TOKEN_AUDIENCE.to_string(),
+            ferry_crds::AZURE_TOKEN_AUDIENCE.to_string(),
+        ];
+        let settings = Settings {
+            token_audiences: &audiences,
+            ..Settings::default()
+        };
+        let sm = |audience: &str| {
+            spec(&BASE.replace(
+                "credentials: {secretRef: {name: az}}",
+                &format!(
+                    "credentials: {{awsSecretsManager: {{secretId: acme/blob, region: eu-west-1, webIdentity: {{roleArn: 'arn:aws:iam::123456789012:role/r', audience: '{audience}'}}}}}}"
+                ),
+            ))
+        };
+        let run = |s: &ConnectorSpec| reasons(&check(s, &t, &all_secrets(), settings).0);
+        assert!(run(&sm(ferry_crds::AWS_TOKEN_AUDIENCE)).is_empty());
+        assert_eq!(
+            run(&sm("https://kubernetes.default.svc")),
+            ["TokenAudienceNotAllowed"]
+        );
+        let two = spec(
+            &BASE
+                .replace(
+                    "credentials: {secretRef: {name: s3}}",
+                    "credentials: {webIdentity: {roleArn: 'arn:aws:iam::123456789012:role/s3'}}",
+                )
+                .replace(
+                    "encryption: {keyRef: {secretRef: {name: kek}}}",
+                    "encryption: {kms: {awsKms: {keyId: k, region: eu-west-1, webIdentity: {roleArn: 'arn:aws:iam::123456789012:role/kms', audience: 'api://AzureADTokenExchange'}}}}",
+                ),
+        );
+        let v = check(&two, &t, &all_secrets(), settings).0;
+        assert_eq!(reasons(&v), ["TokenAudienceNotAllowed"], "{v:?}");
+        assert!(
+            v[0].message.contains("different audiences"),
+            "{}",
+            v[0].message
+        );
     }
 }

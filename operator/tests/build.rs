@@ -717,3 +717,83 @@ fn a_kek_in_transit_needs_no_kek_secret_but_a_token_for_vault() {
     let egress = serde_json::to_string(&o.network_policy.spec.as_ref().unwrap().egress).unwrap();
     assert!(egress.contains("8200"), "{egress}");
 }
+
+/// Credentials in AWS Secrets Manager and the KEK in AWS KMS: no Secret read
+/// for either, the run's AWS token projected (one, for both roles), STS and
+/// the platform's AWS endpoint reachable and named in its environment.
+#[test]
+fn aws_secrets_manager_and_kms_need_no_secret_but_the_runs_aws_token() {
+    let role = "webIdentity: {roleArn: 'arn:aws:iam::123456789012:role/ferry-acme'}";
+    let s = spec(
+        &CONNECTOR
+            .replace(
+                "credentials: {secretRef: {name: s3-reader}}",
+                &format!("credentials: {{awsSecretsManager: {{secretId: acme/s3, region: eu-west-1, {role}}}}}"),
+            )
+            .replace(
+                "encryption: {keyRef: {secretRef: {name: acme-kek}}}",
+                &format!("encryption: {{kms: {{awsKms: {{keyId: alias/acme, region: eu-west-1, {role}}}}}}}"),
+            ),
+    );
+    let config = Config {
+        sts_endpoint: Some("https://sts.platform.example:8443".into()),
+        aws_endpoint: Some("https://aws.platform.example:9443".into()),
+        ..Config::default()
+    };
+    let o = build(RunInput {
+        manifest_anchor: None,
+        run: &run(),
+        spec: &s,
+        attempt: 1,
+        tenant_region: Some("eu-west-1"),
+        config: &config,
+    })
+    .expect("builds");
+    let secrets = &o.role.rules.as_ref().unwrap()[0];
+    assert_eq!(secrets.resource_names.as_ref().unwrap(), &["bronze-writer"]);
+    let ps = o.pod.spec.as_ref().unwrap();
+    let token = projected_token(ps, "aws-token");
+    assert_eq!(
+        token.audience.as_deref(),
+        Some(ferry_crds::AWS_TOKEN_AUDIENCE)
+    );
+    let env: std::collections::BTreeMap<_, _> = ps.containers[0]
+        .env
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|e| (e.name.as_str(), e.value.clone().unwrap_or_default()))
+        .collect();
+    assert_eq!(
+        env["FERRY_AWS_ENDPOINT"],
+        "https://aws.platform.example:9443"
+    );
+    assert_eq!(
+        env["FERRY_STS_ENDPOINT"],
+        "https://sts.platform.example:8443"
+    );
+    assert_eq!(
+        env["AWS_WEB_IDENTITY_TOKEN_FILE"],
+        ferry_crds::contract::paths::AWS_TOKEN_FILE
+    );
+    let egress = serde_json::to_string(&o.network_policy.spec.as_ref().unwrap().egress).unwrap();
+    assert!(
+        egress.contains("8443") && egress.contains("9443"),
+        "{egress}"
+    );
+    // Neither variable for a Connector that calls no AWS API.
+    let plain = build(RunInput {
+        manifest_anchor: None,
+        run: &run(),
+        spec: &spec(CONNECTOR),
+        attempt: 1,
+        tenant_region: Some("eu-west-1"),
+        config: &config,
+    })
+    .unwrap();
+    let pod = serde_json::to_string(&plain.pod).unwrap();
+    assert!(
+        !pod.contains("FERRY_AWS_ENDPOINT") && !pod.contains("aws-token"),
+        "{pod}"
+    );
+}

@@ -249,6 +249,10 @@ ok("--denied-networks=10.244.0.0/16,10.96.0.0/12" in net_args and "--api-server-
 sts = render("runner.stsEndpoint=https://sts.eu-west-1.amazonaws.com")
 ok("--sts-endpoint=https://sts.eu-west-1.amazonaws.com" in next(d for d in sts if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"],
    "the STS endpoint reaches the operator")
+ok(not any(a.startswith("--aws-endpoint") for a in default_args), "the regional Secrets Manager and KMS endpoints by default")
+awsep = render("runner.awsEndpoint=https://vpce-kms.eu-west-1.example")
+ok("--aws-endpoint=https://vpce-kms.eu-west-1.example" in next(d for d in awsep if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"],
+   "the AWS endpoint reaches the operator")
 
 # Retention: the floor reaches the operator; nothing by default; hours only.
 kept = render("runs.keepFinishedFor=2160h")
@@ -264,7 +268,7 @@ ok("--lineage-url=https://lineage.example.com/api/v1/lineage" in args, f"lineage
 ok(not any(a.startswith("--lineage-url") for a in next(d for d in default if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]), "no lineage by default")
 
 # Values that break the schema fail at install.
-for bad in ["operator.replicas=0", "operator.logFormat=xml", "operatr.replicas=2", "metrics.port=80", "tenantNamespaces={Bad_NS}", "tenantNamespaces={kube-system}", "runner.tokenAudiences={}", "runner.stsEndpoint=http://sts.example.com", "runner.network.deniedCIDRs={not-a-cidr}", "lineage.url=http://lineage.example.com"]:
+for bad in ["operator.replicas=0", "operator.logFormat=xml", "operatr.replicas=2", "metrics.port=80", "tenantNamespaces={Bad_NS}", "tenantNamespaces={kube-system}", "runner.tokenAudiences={}", "runner.stsEndpoint=http://sts.example.com", "runner.awsEndpoint=http://kms.example.com", "runner.network.deniedCIDRs={not-a-cidr}", "lineage.url=http://lineage.example.com"]:
     run("helm", "template", "ferry", str(CHART), "--set", bad, expect_ok=False)
 
 # Images by digest: a digest wins over the tag, in the operator's pod and in

@@ -43,6 +43,10 @@ pub struct Cli {
     /// cluster, by the operator). Default: the official regional endpoint.
     #[arg(long, global = true, env = env::STS_ENDPOINT)]
     sts_endpoint: Option<String>,
+    /// The endpoint of AWS Secrets Manager and KMS (https; plain http only on
+    /// loopback); default: the official regional endpoints.
+    #[arg(long, global = true, env = env::AWS_ENDPOINT)]
+    aws_endpoint: Option<String>,
     /// Networks (CIDRs, comma separated) no connection may go to, besides
     /// link-local and the cloud metadata addresses, which are always denied; in
     /// a cluster, set by the operator (the cluster's pod and service ranges).
@@ -145,6 +149,8 @@ pub fn main(cli: Cli) -> ExitCode {
     };
     let platform = config::Platform {
         sts_endpoint: cli.sts_endpoint,
+        aws_endpoint: cli.aws_endpoint,
+        aws_token_file: None,
         network,
         vault,
     };

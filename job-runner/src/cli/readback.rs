@@ -84,13 +84,15 @@ pub struct VerifyArgs {
     anchor: Option<Anchor>,
 }
 
-/// A KEK held by Vault's Transit engine, for reading what runs wrote under it.
+/// A KEK held by a KMS, for reading what runs wrote under it.
 #[derive(clap::Args)]
 pub struct KmsArgs {
-    /// The Transit key that wrapped the run keys, as the Connector names it:
-    /// `vault-transit:<mount>/<key>`. Objects and manifests wrapped by any
-    /// other key are refused. The Vault token is read from VAULT_TOKEN and
-    /// needs only `update` on `<mount>/decrypt/<key>`.
+    /// The KMS key that wrapped the run keys: `vault-transit:<mount>/<key>`
+    /// (the Vault token is read from VAULT_TOKEN and needs only `update` on
+    /// `<mount>/decrypt/<key>`) or `aws-kms:<region>/<key id>` (AWS keys from
+    /// AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_SESSION_TOKEN, with
+    /// `kms:Decrypt`; --aws-endpoint for a KMS elsewhere). Objects and
+    /// manifests wrapped by any other key are refused.
     #[arg(long)]
     kms: Option<String>,
     /// The Vault (or OpenBao) address for --kms.
@@ -100,11 +102,19 @@ pub struct KmsArgs {
 
 /// The KEKs of the key files and, with `--kms`, run keys unwrapped by the KMS
 /// as they are met (one call per run).
-fn key_ring(keks: &[PathBuf], kms: &KmsArgs) -> Result<KeyRing, BoxError> {
+fn key_ring(
+    keks: &[PathBuf],
+    kms: &KmsArgs,
+    platform: &config::Platform,
+) -> Result<KeyRing, BoxError> {
     let ring = load_keys(keks)?;
     let Some(name) = &kms.kms else {
         return Ok(ring);
     };
+    if name.starts_with("aws-kms:") {
+        let key = crate::aws::AwsKms::for_reader(name, platform)?;
+        return Ok(ring.with_kms(Arc::new(key)));
+    }
     let addr = kms
         .kms_addr
         .as_deref()
@@ -120,7 +130,7 @@ fn key_ring(keks: &[PathBuf], kms: &KmsArgs) -> Result<KeyRing, BoxError> {
 /// `job-runner decrypt`: one object, or a whole destination checked against
 /// its manifest.
 pub async fn decrypt(args: DecryptArgs, platform: &config::Platform) -> Result<(), BoxError> {
-    let keys = Arc::new(key_ring(&args.keks, &args.kms)?);
+    let keys = Arc::new(key_ring(&args.keks, &args.kms, platform)?);
     match (args.file, args.object_key) {
         (Some(file), Some(object_key)) => decrypt_file(keys, file, object_key, args.out).await,
         (None, _) => {
@@ -150,7 +160,7 @@ pub async fn decrypt(args: DecryptArgs, platform: &config::Platform) -> Result<(
 pub async fn verify(args: VerifyArgs, platform: &config::Platform) -> Result<(), BoxError> {
     let trust = Trust {
         keys: (!args.keks.is_empty() || args.kms.kms.is_some())
-            .then(|| key_ring(&args.keks, &args.kms))
+            .then(|| key_ring(&args.keks, &args.kms, platform))
             .transpose()?
             .map(Arc::new),
         public_keys: load_public_keys(&args.public_keys)?,

@@ -20,10 +20,28 @@ pub struct Platform {
     /// official regional endpoint (`sts.<region>.amazonaws.com`). Never the
     /// Connector's S3 `endpoint`, which the tenant chooses.
     pub sts_endpoint: Option<String>,
+    /// The endpoint of AWS Secrets Manager and KMS. Unset: the official
+    /// regional endpoints.
+    pub aws_endpoint: Option<String>,
     /// Networks no connection of the run may go to.
     pub network: crate::net::NetworkGuard,
     /// The platform's Vault, for credentials a Connector keeps there.
     pub vault: Option<crate::vault::VaultSettings>,
+    /// The run's projected token for AWS; unset, [`token_file`] of the AWS
+    /// SDKs' variable or the operator's mount.
+    pub aws_token_file: Option<PathBuf>,
+}
+
+impl Platform {
+    /// The run's projected token for AWS web identity.
+    pub fn aws_token_file(&self) -> PathBuf {
+        self.aws_token_file.clone().unwrap_or_else(|| {
+            token_file(
+                ferry_crds::contract::env::AWS_WEB_IDENTITY_TOKEN_FILE,
+                ferry_crds::contract::paths::AWS_TOKEN_FILE,
+            )
+        })
+    }
 }
 
 /// A key a Secret does not hold. Names the Secret, the key and where it was

@@ -436,14 +436,14 @@ pub fn open(
     platform: &Platform,
 ) -> Result<AzureStore, OpenError> {
     let c = &e.credentials;
-    // A Secret, or a Vault secret read by the run (its values filed under
-    // its name beside the Secrets).
-    let secret_name = match (&c.secret_ref, &c.vault) {
-        (Some(r), None) => Some(r.name.clone()),
-        (None, Some(v)) => Some(v.secret_name()),
-        (None, None) => None,
-        (Some(_), Some(_)) => return Err(OpenError::Endpoint(side)),
-    };
+    // A Secret, or a Vault or Secrets Manager secret read by the run (its
+    // values filed under its name beside the Secrets).
+    let secret_name = ferry_crds::credential_secret_name(
+        c.secret_ref.as_ref(),
+        c.vault.as_ref(),
+        c.aws_secrets_manager.as_ref(),
+    )
+    .map_err(|_| OpenError::Endpoint(side))?;
     let auth = match (secret_name, &c.workload_identity) {
         (Some(name), None) => secret_auth(secrets, &name)?,
         (None, Some(w)) => AzureAuth::WorkloadIdentity {

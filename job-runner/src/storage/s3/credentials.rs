@@ -4,7 +4,9 @@
 use std::path::PathBuf;
 
 use aws_credential_types::Credentials;
-use aws_credential_types::provider::{ProvideCredentials, error::CredentialsError, future};
+use aws_credential_types::provider::{
+    ProvideCredentials, SharedCredentialsProvider, error::CredentialsError, future,
+};
 use zeroize::Zeroizing;
 
 /// How the runner authenticates to S3. `Debug` never shows a secret.
@@ -39,9 +41,69 @@ impl std::fmt::Debug for S3Auth {
     }
 }
 
+/// STS could not be reached: the cause of a credentials error that is worth
+/// retrying, unlike STS refusing the token.
+#[derive(Debug, thiserror::Error)]
+#[error("STS could not be reached: {0}")]
+pub struct StsUnreachable(pub String);
+
+/// Why an AWS call failed before it was sent, if its credentials did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CredentialsFailure {
+    /// STS could not be reached: worth retrying.
+    StsUnreachable(String),
+    /// No token, or STS refused it: an authentication failure.
+    Refused,
+}
+
+/// Whether `err` (an SDK error) failed for its credentials, and how: the
+/// whole chain of causes is searched, since the SDK wraps the provider's error.
+pub fn credentials_failure(err: &(dyn std::error::Error + 'static)) -> Option<CredentialsFailure> {
+    let mut found = None;
+    let mut source = Some(err);
+    while let Some(e) = source {
+        if let Some(sts) = e.downcast_ref::<StsUnreachable>() {
+            return Some(CredentialsFailure::StsUnreachable(sts.to_string()));
+        }
+        if e.downcast_ref::<CredentialsError>().is_some() {
+            found = Some(CredentialsFailure::Refused);
+        }
+        source = e.source();
+    }
+    found
+}
+
+/// Credentials for `role_arn` from the projected token in `token_file`,
+/// exchanged with STS (`sts_endpoint`, else the regional one) when needed and
+/// again before they expire; every connection checked against `network`.
+/// Plain http is accepted for a loopback STS endpoint only.
+pub fn web_identity_provider(
+    role_arn: &str,
+    token_file: PathBuf,
+    session_name: &str,
+    region: &str,
+    sts_endpoint: Option<&str>,
+    network: &crate::net::NetworkGuard,
+) -> Result<SharedCredentialsProvider, crate::storage::StorageError> {
+    let mut sts = aws_sdk_sts::Config::builder()
+        .behavior_version(aws_sdk_sts::config::BehaviorVersion::latest())
+        .http_client(crate::net::aws_http_client(network))
+        .region(aws_sdk_sts::config::Region::new(region.to_string()));
+    if let Some(url) = sts_endpoint {
+        crate::storage::check_endpoint_url("STS", url, true)?;
+        sts = sts.endpoint_url(url);
+    }
+    Ok(SharedCredentialsProvider::new(WebIdentityProvider {
+        role_arn: role_arn.to_string(),
+        token_file,
+        session_name: session_name.to_string(),
+        sts: aws_sdk_sts::Client::from_conf(sts.build()),
+    }))
+}
+
 /// A credentials provider for web identity.
 #[derive(Debug)]
-pub(super) struct WebIdentityProvider {
+struct WebIdentityProvider {
     pub role_arn: String,
     pub token_file: PathBuf,
     pub session_name: String,
@@ -68,6 +130,12 @@ impl WebIdentityProvider {
             .send()
             .await
             .map_err(|e| {
+                use aws_sdk_sts::error::SdkError;
+                if matches!(e, SdkError::DispatchFailure(_) | SdkError::TimeoutError(_)) {
+                    return CredentialsError::provider_error(StsUnreachable(
+                        aws_smithy_types::error::display::DisplayErrorContext(&e).to_string(),
+                    ));
+                }
                 let code = aws_sdk_sts::error::ProvideErrorMetadata::code(&e)
                     .unwrap_or("")
                     .to_string();

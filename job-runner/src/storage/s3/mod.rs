@@ -23,15 +23,16 @@ use futures::channel::mpsc;
 use futures::future::BoxFuture;
 
 pub use credentials::S3Auth;
-use credentials::WebIdentityProvider;
+pub use credentials::{
+    CredentialsFailure, StsUnreachable, credentials_failure, web_identity_provider,
+};
 pub use whole::ReadTuning;
 use whole::{HANDOFF_SLICE, WholeRead};
 
-use super::access::{OpenError, Platform, Secrets, token_file};
+use super::access::{OpenError, Platform, Secrets};
 use super::multipart::{self, Sizes, Uploader};
 use super::{ByteStream, ObjectMeta, ObjectStore, StorageError, check_endpoint_url, check_key};
 use ferry_crds::S3Endpoint;
-use ferry_crds::contract::{env, paths};
 
 /// Size of a multipart part (S3's minimum is 5 MiB).
 pub const PART_SIZE: usize = 8 << 20;
@@ -102,20 +103,17 @@ impl S3Store {
                 session_name,
                 sts_endpoint,
             } => {
-                let mut sts = aws_sdk_sts::Config::builder()
-                    .behavior_version(BehaviorVersion::latest())
-                    .http_client(crate::net::aws_http_client(&config.network))
-                    .region(aws_sdk_sts::config::Region::new(config.region.clone()));
                 if let Some(url) = sts_endpoint {
                     check_endpoint_url(&name, url, config.insecure_plain_http_on_loopback)?;
-                    sts = sts.endpoint_url(url);
                 }
-                SharedCredentialsProvider::new(WebIdentityProvider {
-                    role_arn: role_arn.clone(),
-                    token_file: token_file.clone(),
-                    session_name: session_name.clone(),
-                    sts: aws_sdk_sts::Client::from_conf(sts.build()),
-                })
+                web_identity_provider(
+                    role_arn,
+                    token_file.clone(),
+                    session_name,
+                    &config.region,
+                    sts_endpoint.as_deref(),
+                    &config.network,
+                )?
             }
         };
         let mut builder = aws_sdk_s3::Config::builder()
@@ -308,14 +306,15 @@ impl S3Store {
         let code = err.code().unwrap_or_default().to_string();
         // A credentials provider that failed (no token, STS refused it) is an
         // authentication failure, not a network one: never retried as transient.
-        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&err);
-        while let Some(e) = source {
-            if e.downcast_ref::<aws_credential_types::provider::error::CredentialsError>()
-                .is_some()
-            {
+        // STS that could not be reached is, like S3, worth retrying.
+        match credentials_failure(&err) {
+            Some(CredentialsFailure::StsUnreachable(reason)) => {
+                return StorageError::Unreachable { endpoint, reason };
+            }
+            Some(CredentialsFailure::Refused) => {
                 return StorageError::InvalidCredentials { endpoint };
             }
-            source = e.source();
+            None => {}
         }
         match &err {
             SdkError::DispatchFailure(_)
@@ -606,14 +605,14 @@ pub fn open(
     platform: &Platform,
 ) -> Result<S3Store, OpenError> {
     let c = &e.credentials;
-    // A Secret, or a Vault secret read by the run (its values filed under
-    // its name beside the Secrets).
-    let secret_name = match (&c.secret_ref, &c.vault) {
-        (Some(r), None) => Some(r.name.clone()),
-        (None, Some(v)) => Some(v.secret_name()),
-        (None, None) => None,
-        (Some(_), Some(_)) => return Err(OpenError::Endpoint(side)),
-    };
+    // A Secret, or a Vault or Secrets Manager secret read by the run (its
+    // values filed under its name beside the Secrets).
+    let secret_name = ferry_crds::credential_secret_name(
+        c.secret_ref.as_ref(),
+        c.vault.as_ref(),
+        c.aws_secrets_manager.as_ref(),
+    )
+    .map_err(|_| OpenError::Endpoint(side))?;
     let auth = match (secret_name, &c.web_identity) {
         (Some(name), None) => S3Auth::Static {
             access_key_id: secrets.string(&name, "accessKeyId")?,
@@ -622,7 +621,7 @@ pub fn open(
         },
         (None, Some(w)) => S3Auth::WebIdentity {
             role_arn: w.role_arn.clone(),
-            token_file: token_file(env::AWS_WEB_IDENTITY_TOKEN_FILE, paths::AWS_TOKEN_FILE),
+            token_file: platform.aws_token_file(),
             session_name: format!("ferry-{side}"),
             sts_endpoint: platform.sts_endpoint.clone(),
         },

@@ -24,10 +24,7 @@ pub(super) fn url_port(url: &str) -> i32 {
 
 /// Whether either end assumes an AWS role with the run's token.
 pub(super) fn uses_web_identity(spec: &ConnectorSpec) -> bool {
-    [&spec.source, &spec.destination].into_iter().any(|e| {
-        e.s3.as_ref()
-            .is_some_and(|s| s.credentials.web_identity.is_some())
-    })
+    !ferry_crds::aws_web_identities(spec).is_empty()
 }
 
 /// TCP ports the runner must reach for its two endpoints, sorted.
@@ -57,17 +54,18 @@ pub fn endpoint_ports(spec: &ConnectorSpec) -> Vec<i32> {
 }
 
 /// Every TCP port the runner connects to outside the cluster: the endpoints,
-/// the lineage sink and the platform's STS endpoint.
+/// the lineage sink, the platform's STS, Secrets Manager, KMS and Vault.
 fn egress_ports(run: &ValidatedRun<'_>) -> Vec<i32> {
     let config = run.input.config;
     let mut tcp: Vec<i32> = endpoint_ports(run.input.spec);
     if let Some(url) = &config.lineage_url {
         tcp.push(url_port(url));
     }
-    if let Some(url) = &config.sts_endpoint
-        && uses_web_identity(run.input.spec)
-    {
-        tcp.push(url_port(url));
+    if uses_web_identity(run.input.spec) {
+        tcp.push(config.sts_endpoint.as_deref().map_or(443, url_port));
+    }
+    if ferry_crds::uses_aws_apis(run.input.spec) {
+        tcp.push(config.aws_endpoint.as_deref().map_or(443, url_port));
     }
     if let Some(vault) = &config.vault
         && ferry_crds::uses_vault(run.input.spec)

@@ -56,6 +56,11 @@ pub fn env(run: &ValidatedRun<'_>, files: &Files) -> Vec<EnvVar> {
     {
         vars.push(var(names::STS_ENDPOINT, url.clone()));
     }
+    if let Some(url) = &config.aws_endpoint
+        && ferry_crds::uses_aws_apis(input.spec)
+    {
+        vars.push(var(names::AWS_ENDPOINT, url.clone()));
+    }
     if !config.network.denied_cidrs.is_empty() {
         vars.push(var(
             names::DENIED_NETWORKS,

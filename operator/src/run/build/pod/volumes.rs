@@ -127,10 +127,9 @@ pub fn volumes(spec: &ConnectorSpec, config: &Config) -> Files {
         ..Files::default()
     };
     let ends = [&spec.source, &spec.destination];
-    let aws_audience = ends
-        .into_iter()
-        .find_map(|e| e.s3.as_ref()?.credentials.web_identity.as_ref())
-        .map(|w| w.audience.clone());
+    let aws_audience = ferry_crds::aws_web_identities(spec)
+        .first()
+        .map(|(_, w)| w.audience.clone());
     if let Some(audience) = aws_audience {
         files.volumes.push(projected(
             "aws-token",
