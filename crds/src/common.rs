@@ -356,12 +356,26 @@ fn default_ssh_port() -> i32 {
     22
 }
 
-/// SFTP credentials: always a Secret.
+/// SFTP credentials: a Secret, or a secret in the platform's Vault or in AWS
+/// Secrets Manager with the same keys.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "(has(self.secretRef) ? 1 : 0) + (has(self.vault) ? 1 : 0) + (has(self.awsSecretsManager) ? 1 : 0) == 1",
+    "message": "exactly one of secretRef, vault or awsSecretsManager must be set"
+}]))]
 pub struct SftpCredentials {
     /// The Secret with `username` and `privateKey` [+ `passphrase`] or `password`.
-    pub secret_ref: SecretRef,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<SecretRef>,
+    /// A secret in the platform's Vault (KV version 2) with the same keys,
+    /// read by the run with its own identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vault: Option<VaultSecret>,
+    /// A secret in AWS Secrets Manager with the same keys (a JSON object),
+    /// read by the run with its own web identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aws_secrets_manager: Option<AwsSecret>,
 }
 
 /// How the SFTP server's host key is known. Exactly one of the two.

@@ -148,7 +148,8 @@ pub fn vault_secrets(spec: &ConnectorSpec) -> Vec<&crate::VaultSecret> {
         .filter_map(|e| match e.kind()? {
             EndpointKind::S3(s3) => s3.credentials.vault.as_ref(),
             EndpointKind::AzureBlob(az) => az.credentials.vault.as_ref(),
-            EndpointKind::Sftp(_) | EndpointKind::Local(_) => None,
+            EndpointKind::Sftp(sftp) => sftp.credentials.vault.as_ref(),
+            EndpointKind::Local(_) => None,
         })
         .collect();
     out.sort_by_key(|v| v.secret_name());
@@ -175,7 +176,8 @@ pub fn aws_secrets(spec: &ConnectorSpec) -> Vec<&crate::AwsSecret> {
         .filter_map(|e| match e.kind()? {
             EndpointKind::S3(s3) => s3.credentials.aws_secrets_manager.as_ref(),
             EndpointKind::AzureBlob(az) => az.credentials.aws_secrets_manager.as_ref(),
-            EndpointKind::Sftp(_) | EndpointKind::Local(_) => None,
+            EndpointKind::Sftp(sftp) => sftp.credentials.aws_secrets_manager.as_ref(),
+            EndpointKind::Local(_) => None,
         })
         .collect();
     out.sort_by_key(|v| v.secret_name());
@@ -258,11 +260,9 @@ fn endpoint_needs(side: &str, endpoint: &Endpoint, needs: &mut Vec<SecretNeed>) 
             } else {
                 &[&["username", "privateKey"]]
             };
-            needs.push(SecretNeed::new(
-                &sftp.credentials.secret_ref.name,
-                purpose,
-                sets,
-            ));
+            if let Some(r) = &sftp.credentials.secret_ref {
+                needs.push(SecretNeed::new(&r.name, purpose, sets));
+            }
             if let Some(r) = &sftp.host_key.secret_ref {
                 needs.push(SecretNeed::new(
                     &r.name,

@@ -529,3 +529,29 @@ fn a_secrets_manager_secret_and_an_aws_kms_key_are_references_with_a_role() {
         );
     }
 }
+
+#[test]
+fn sftp_credentials_are_a_secret_or_a_store_secret_and_one_only() {
+    let sftp = |credentials: Value| {
+        json!({"sftp": {"host": "h", "port": 22, "path": "/", "region": "eu-west-1",
+            "credentials": credentials, "hostKey": {"fingerprint": format!("SHA256:{}", "A".repeat(43))}}})
+    };
+    for ok in [
+        json!({"secretRef": {"name": "s"}}),
+        json!({"vault": {"path": "acme/sftp"}}),
+        json!({"awsSecretsManager": {"secretId": "acme/sftp", "region": "eu-west-1",
+               "webIdentity": {"roleArn": "arn:aws:iam::123456789012:role/r"}}}),
+    ] {
+        assert_accepted(&with(connector(), "spec.source", sftp(ok)), None);
+    }
+    for bad in [
+        json!({}),
+        json!({"secretRef": {"name": "s"}, "vault": {"path": "acme/sftp"}}),
+    ] {
+        assert_rejected(
+            &with(connector(), "spec.source", sftp(bad)),
+            None,
+            "exactly one of secretRef, vault or awsSecretsManager",
+        );
+    }
+}

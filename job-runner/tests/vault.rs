@@ -861,3 +861,66 @@ fn an_unreachable_kms_is_a_transient_failure() {
     assert!(!o.status.success());
     assert!(out.contains("SecretStoreUnreachable"), "{out}");
 }
+
+/// SFTP credentials kept in Vault too: the run reads the user name and the
+/// private key from KV and reaches the test SFTP server; the key appears in
+/// no output.
+#[test]
+fn sftp_credentials_are_read_from_vault() {
+    let store = Store::new();
+    let private_key = std::fs::read_to_string(service_env("FERRY_SFTP_KEY")).unwrap();
+    let path = format!("{}/sftp", store.prefix);
+    bao(
+        "POST",
+        &format!("secret/data/{path}"),
+        Some(
+            json!({"data": {"username": service_env("FERRY_SFTP_USER"), "privateKey": private_key}}),
+        ),
+    );
+    let folder = random_name("vault-sftp");
+    let root = std::path::PathBuf::from(service_env("FERRY_SFTP_ROOT")).join(&folder);
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("a.csv"), "id\n1\n").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("secrets/kek")).unwrap();
+    std::fs::write(d.join("secrets/kek/kek"), [7u8; 32]).unwrap();
+    std::fs::create_dir_all(d.join("secrets/hostkey")).unwrap();
+    std::fs::copy(
+        service_env("FERRY_SFTP_HOST_KEY"),
+        d.join("secrets/hostkey/knownHosts"),
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("connector.yaml"),
+        format!(
+            r#"
+apiVersion: ferry.dev/v1alpha1
+kind: Connector
+metadata: {{name: sftp, namespace: acme}}
+spec:
+  source: {{sftp: {{host: "{}", port: {}, path: {folder}, region: eu-west-1, credentials: {{vault: {{path: "{path}"}}}}, hostKey: {{secretRef: {{name: hostkey}}}}}}}}
+  destination: {{local: {{path: dst}}}}
+  compliance: {{dataResidency: any}}
+  encryption: {{keyRef: {{secretRef: {{name: kek}}}}}}
+"#,
+            service_env("FERRY_SFTP_HOST"),
+            service_env("FERRY_SFTP_PORT"),
+        ),
+    )
+    .unwrap();
+    let o = run(d, &store, &service_env("FERRY_BAO_ADDR"), "acme", RUN_SA);
+    let out = text(d, &o);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("copied 1 object(s)"), "{out}");
+    assert_eq!(
+        audit_objects(d, "secret.read")
+            .into_iter()
+            .filter(|o| !o.is_empty())
+            .collect::<Vec<_>>(),
+        [format!("vault:secret/{path}@v1")]
+    );
+    let key_body = private_key.lines().nth(1).unwrap();
+    assert!(!out.contains(key_body), "the private key leaked");
+    std::fs::remove_dir_all(root).unwrap();
+}

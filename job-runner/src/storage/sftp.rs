@@ -612,7 +612,17 @@ pub fn open(
     secrets: &dyn Secrets,
     platform: &Platform,
 ) -> Result<SftpStore, OpenError> {
-    let secret = &e.credentials.secret_ref.name;
+    // A Secret, or a Vault or Secrets Manager secret read by the run (its
+    // values filed under its name beside the Secrets).
+    let c = &e.credentials;
+    let secret = &ferry_crds::credential_secret_name(
+        c.secret_ref.as_ref(),
+        c.vault.as_ref(),
+        c.aws_secrets_manager.as_ref(),
+    )
+    .ok()
+    .flatten()
+    .ok_or(OpenError::Endpoint(side))?;
     let auth = match secrets.optional_string(secret, "privateKey") {
         Some(private_key) => SftpAuth::Key {
             private_key,
