@@ -78,6 +78,19 @@ pub struct VaultConfig {
     /// The role a run logs in as: `{namespace}` is replaced by the run's
     /// namespace (a role per tenant namespace).
     pub role: String,
+    /// Where Vault runs when it is inside the cluster (its Service address
+    /// is then in the denied networks): the runs' NetworkPolicy lets them
+    /// reach exactly these pods on Vault's port, and Vault's port nowhere else.
+    pub in_cluster: Option<VaultPods>,
+}
+
+/// Vault's pods inside the cluster: their namespace and labels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VaultPods {
+    /// Their namespace.
+    pub namespace: String,
+    /// Labels every Vault pod carries (and no other pod should).
+    pub pod_labels: BTreeMap<String, String>,
 }
 
 impl VaultConfig {

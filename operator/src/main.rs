@@ -92,6 +92,20 @@ struct Args {
     /// namespace (a role per tenant namespace).
     #[arg(long, env = "FERRY_VAULT_ROLE", default_value = "ferry-{namespace}")]
     vault_role: String,
+    /// Vault's namespace when it runs inside the cluster: the runs'
+    /// NetworkPolicy lets them reach its pods (--vault-pod-labels) on Vault's
+    /// port, and that port nowhere else.
+    #[arg(long, env = "FERRY_VAULT_NAMESPACE", requires_all = ["vault_addr", "vault_pod_labels"])]
+    vault_namespace: Option<String>,
+    /// Labels of Vault's pods inside the cluster (comma separated `k=v`).
+    #[arg(
+        long,
+        env = "FERRY_VAULT_POD_LABELS",
+        value_delimiter = ',',
+        value_parser = parse_label,
+        requires = "vault_namespace"
+    )]
+    vault_pod_labels: Vec<(String, String)>,
     /// Size of the runner's memory-backed /tmp.
     #[arg(long, env = "FERRY_RUNNER_SCRATCH_SIZE", default_value = "64Mi")]
     runner_scratch_size: String,
@@ -496,6 +510,12 @@ fn config(args: &Args) -> Config {
                 auth_mount: args.vault_auth_mount.clone(),
                 audience: args.vault_audience.clone(),
                 role: args.vault_role.clone(),
+                in_cluster: args.vault_namespace.clone().map(|namespace| {
+                    ferry_operator::config::VaultPods {
+                        namespace,
+                        pod_labels: args.vault_pod_labels.iter().cloned().collect(),
+                    }
+                }),
             }),
         network: RunNetwork {
             denied_cidrs: listed(&args.denied_networks),

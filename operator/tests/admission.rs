@@ -489,6 +489,7 @@ fn a_token_for_vault_is_admitted_only_where_vault_is_configured() {
             auth_mount: "jwt".into(),
             audience: "vault".into(),
             role: "ferry-{namespace}".into(),
+            in_cluster: None,
         }),
         ..Config::default()
     };

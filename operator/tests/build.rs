@@ -11,6 +11,7 @@ use ferry_crds::{ConnectorRun, ConnectorSpec};
 use ferry_operator::config::Config;
 use ferry_operator::run::build::{RunInput, RunObjects, build};
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use support::*;
 
 fn spec(yaml: &str) -> ConnectorSpec {
@@ -625,6 +626,7 @@ fn vault_credentials_need_no_secret_read_but_a_token_for_vault() {
             auth_mount: "jwt-k8s".into(),
             audience: "vault".into(),
             role: "ferry-{namespace}".into(),
+            in_cluster: None,
         }),
         ..Config::default()
     };
@@ -693,6 +695,7 @@ fn a_kek_in_transit_needs_no_kek_secret_but_a_token_for_vault() {
             auth_mount: "jwt-k8s".into(),
             audience: "vault".into(),
             role: "ferry-{namespace}".into(),
+            in_cluster: None,
         }),
         ..Config::default()
     };
@@ -795,5 +798,92 @@ fn aws_secrets_manager_and_kms_need_no_secret_but_the_runs_aws_token() {
     assert!(
         !pod.contains("FERRY_AWS_ENDPOINT") && !pod.contains("aws-token"),
         "{pod}"
+    );
+}
+
+/// Vault inside the cluster: its Service address is in the denied networks,
+/// so the run's NetworkPolicy opens Vault's port to Vault's pods only (by
+/// namespace and labels), and nowhere else: not to any pod of the cluster
+/// that listens on that port, nor outside.
+#[test]
+fn an_in_cluster_vault_is_reached_at_its_pods_only() {
+    let s = spec(&CONNECTOR.replace(
+        "credentials: {secretRef: {name: s3-reader}}",
+        "credentials: {vault: {path: acme/s3-reader}}",
+    ));
+    let config = Config {
+        vault: Some(ferry_operator::config::VaultConfig {
+            addr: "https://vault.vault.svc:8200".into(),
+            auth_mount: "jwt".into(),
+            audience: "vault".into(),
+            role: "ferry-{namespace}".into(),
+            in_cluster: Some(ferry_operator::config::VaultPods {
+                namespace: "vault".into(),
+                pod_labels: [("app.kubernetes.io/name".to_string(), "vault".to_string())].into(),
+            }),
+        }),
+        ..Config::default()
+    };
+    let o = build(RunInput {
+        manifest_anchor: None,
+        run: &run(),
+        spec: &s,
+        attempt: 1,
+        tenant_region: Some("eu-west-1"),
+        config: &config,
+    })
+    .expect("builds");
+    let egress = o
+        .network_policy
+        .spec
+        .as_ref()
+        .unwrap()
+        .egress
+        .clone()
+        .unwrap();
+    let on_8200: Vec<_> = egress
+        .iter()
+        .filter(|r| {
+            r.ports
+                .iter()
+                .flatten()
+                .any(|p| p.port == Some(IntOrString::Int(8200)))
+        })
+        .collect();
+    assert_eq!(on_8200.len(), 1, "{egress:?}");
+    let rule = on_8200[0];
+    assert_eq!(rule.ports.as_ref().unwrap().len(), 1, "Vault's port alone");
+    let peers = rule.to.as_ref().unwrap();
+    assert_eq!(peers.len(), 1);
+    let ns = peers[0].namespace_selector.as_ref().unwrap();
+    assert_eq!(
+        ns.match_labels.as_ref().unwrap()["kubernetes.io/metadata.name"],
+        "vault"
+    );
+    assert_eq!(
+        peers[0]
+            .pod_selector
+            .as_ref()
+            .unwrap()
+            .match_labels
+            .as_ref()
+            .unwrap()["app.kubernetes.io/name"],
+        "vault"
+    );
+    assert!(peers[0].ip_block.is_none());
+    // A Connector that does not use Vault gets no such rule.
+    let plain = build(RunInput {
+        manifest_anchor: None,
+        run: &run(),
+        spec: &spec(CONNECTOR),
+        attempt: 1,
+        tenant_region: Some("eu-west-1"),
+        config: &config,
+    })
+    .unwrap();
+    assert!(
+        !serde_json::to_string(&plain.network_policy)
+            .unwrap()
+            .contains("8200")
     );
 }

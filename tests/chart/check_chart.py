@@ -249,6 +249,12 @@ ok("--denied-networks=10.244.0.0/16,10.96.0.0/12" in net_args and "--api-server-
 sts = render("runner.stsEndpoint=https://sts.eu-west-1.amazonaws.com")
 ok("--sts-endpoint=https://sts.eu-west-1.amazonaws.com" in next(d for d in sts if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"],
    "the STS endpoint reaches the operator")
+incluster = render("vault.address=https://vault.vault.svc:8200", "vault.inCluster.namespace=vault",
+                   "vault.inCluster.podLabels.app\\.kubernetes\\.io/name=vault", "vault.inCluster.podLabels.component=server")
+in_args = next(d for d in incluster if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+ok("--vault-namespace=vault" in in_args and "--vault-pod-labels=app.kubernetes.io/name=vault,component=server" in in_args,
+   f"an in-cluster Vault's pods reach the operator: {in_args}")
+ok(not any(a.startswith("--vault-namespace") for a in default_args), "no in-cluster Vault by default")
 ok(not any(a.startswith("--aws-endpoint") for a in default_args), "the regional Secrets Manager and KMS endpoints by default")
 awsep = render("runner.awsEndpoint=https://vpce-kms.eu-west-1.example")
 ok("--aws-endpoint=https://vpce-kms.eu-west-1.example" in next(d for d in awsep if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"],

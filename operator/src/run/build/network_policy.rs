@@ -69,6 +69,7 @@ fn egress_ports(run: &ValidatedRun<'_>) -> Vec<i32> {
     }
     if let Some(vault) = &config.vault
         && ferry_crds::uses_vault(run.input.spec)
+        && vault.in_cluster.is_none()
     {
         tcp.push(url_port(&vault.addr));
     }
@@ -104,30 +105,61 @@ pub fn network_policy(run: &ValidatedRun<'_>) -> NetworkPolicy {
             }),
             policy_types: Some(vec!["Ingress".into(), "Egress".into()]),
             ingress: Some(vec![]),
-            egress: Some(vec![
-                // DNS, to the cluster's DNS pods only.
-                NetworkPolicyEgressRule {
-                    ports: Some(vec![port("UDP", 53), port("TCP", 53)]),
-                    to: Some(vec![dns_peer(&config.network)]),
-                },
-                // The API server (the runner reads its run and Secrets there).
-                NetworkPolicyEgressRule {
-                    ports: Some(api_ports.into_iter().map(|p| port("TCP", p)).collect()),
-                    to: ip_blocks(&config.network.api_server_cidrs),
-                },
-                // The endpoints: anywhere but the denied networks.
-                NetworkPolicyEgressRule {
-                    ports: Some(
-                        egress_ports(run)
-                            .into_iter()
-                            .map(|p| port("TCP", p))
-                            .collect(),
-                    ),
-                    to: Some(outside_denied(&config.network)),
-                },
-            ]),
+            egress: Some(
+                vec![
+                    // DNS, to the cluster's DNS pods only.
+                    NetworkPolicyEgressRule {
+                        ports: Some(vec![port("UDP", 53), port("TCP", 53)]),
+                        to: Some(vec![dns_peer(&config.network)]),
+                    },
+                    // The API server (the runner reads its run and Secrets there).
+                    NetworkPolicyEgressRule {
+                        ports: Some(api_ports.into_iter().map(|p| port("TCP", p)).collect()),
+                        to: ip_blocks(&config.network.api_server_cidrs),
+                    },
+                    // The endpoints: anywhere but the denied networks.
+                    NetworkPolicyEgressRule {
+                        ports: Some(
+                            egress_ports(run)
+                                .into_iter()
+                                .map(|p| port("TCP", p))
+                                .collect(),
+                        ),
+                        to: Some(outside_denied(&config.network)),
+                    },
+                ]
+                .into_iter()
+                .chain(vault_in_cluster(run))
+                .collect(),
+            ),
         }),
     }
+}
+
+/// Vault inside the cluster, when the run uses it: its pods only, on its port.
+fn vault_in_cluster(run: &ValidatedRun<'_>) -> Option<NetworkPolicyEgressRule> {
+    let vault = run.input.config.vault.as_ref()?;
+    let pods = vault.in_cluster.as_ref()?;
+    if !ferry_crds::uses_vault(run.input.spec) {
+        return None;
+    }
+    Some(NetworkPolicyEgressRule {
+        ports: Some(vec![port("TCP", url_port(&vault.addr))]),
+        to: Some(vec![NetworkPolicyPeer {
+            namespace_selector: Some(LabelSelector {
+                match_labels: Some(BTreeMap::from([(
+                    "kubernetes.io/metadata.name".to_string(),
+                    pods.namespace.clone(),
+                )])),
+                match_expressions: None,
+            }),
+            pod_selector: Some(LabelSelector {
+                match_labels: Some(pods.pod_labels.clone()),
+                match_expressions: None,
+            }),
+            ip_block: None,
+        }]),
+    })
 }
 
 /// The cluster DNS pods, by namespace and labels.
