@@ -310,6 +310,8 @@ pub(crate) mod fake_kms {
                 .and_then(|i| self.keys.lock().unwrap().get(i).cloned());
             let name = self.name.clone();
             Box::pin(async move {
+                // A round trip: other reads go on meanwhile.
+                tokio::task::yield_now().await;
                 found.ok_or(KmsError {
                     key: name,
                     message: "permission denied".into(),
@@ -387,6 +389,24 @@ mod tests {
             decrypt(&no_kms, &objects[0].0, &objects[0].1).await,
             Err(EnvelopeError::Key(KeyError::NoKms(k))) if k == "vault-transit:transit/acme"
         ));
+    }
+
+    #[tokio::test]
+    async fn objects_of_one_run_read_at_once_ask_the_kms_once() {
+        let kms = Arc::new(FakeKms::new("vault-transit:transit/acme"));
+        let kek = run_key_ring(kms.clone()).await.unwrap().current().unwrap();
+        let objects: Vec<(String, Vec<u8>)> = (0..20)
+            .map(|i| (format!("{i}.csv"), encrypt(&kek, &format!("{i}.csv"), b"x")))
+            .collect();
+        let reader = Arc::new(KeyRing::default().with_kms(kms.clone()));
+        let reads = objects.iter().map(|(k, o)| {
+            let reader = reader.clone();
+            async move { decrypt(&reader, k, o).await }
+        });
+        for plain in futures::future::join_all(reads).await {
+            assert_eq!(plain.unwrap(), b"x");
+        }
+        assert_eq!(kms.calls(), 2, "one data key, one unwrap");
     }
 
     #[tokio::test]

@@ -76,11 +76,11 @@ pub struct KmsError {
 /// A boxed future of a KMS call.
 pub type KmsFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, KmsError>> + Send + 'a>>;
 
-/// A key-encryption key held by a KMS (Vault Transit): the KEK never leaves it.
-/// Wrapped keys are text, `<name>:<ciphertext>`, so that they name the KMS key
-/// that can unwrap them.
+/// A key-encryption key held by a KMS (Vault Transit, AWS KMS): the KEK never
+/// leaves it. Wrapped keys are text, `<name>:<ciphertext>`, so that they name
+/// the KMS key that can unwrap them.
 pub trait Kms: Send + Sync {
-    /// The KMS key: `vault-transit:<mount>/<key>`.
+    /// The KMS key: `vault-transit:<mount>/<key>` or `aws-kms:<region>/<key>`.
     fn name(&self) -> &str;
     /// A fresh 32-byte data key and its wrapped form: one KMS call.
     fn data_key(&self) -> KmsFuture<'_, (DataKey, String)>;
@@ -88,9 +88,9 @@ pub trait Kms: Send + Sync {
     fn unwrap<'a>(&'a self, wrapped: &'a str) -> KmsFuture<'a, DataKey>;
 }
 
-/// The KMS key a wrapped form names: everything before the last `:` that
-/// starts its ciphertext (`vault-transit:transit/acme:vault:v3:...` names
-/// `vault-transit:transit/acme`).
+/// The KMS key a wrapped form names: its first two `:`-separated parts, the
+/// provider and the key's path, which holds no colon
+/// (`vault-transit:transit/acme:vault:v3:...` names `vault-transit:transit/acme`).
 pub fn wrapped_by(wrapped: &str) -> &str {
     // The name is `<provider>:<path>`; the path holds no colon.
     let mut parts = wrapped.splitn(3, ':');
@@ -271,6 +271,9 @@ fn key_id(key: &[u8; KEY_LEN]) -> String {
 pub struct KeyRing {
     keys: RwLock<Vec<Arc<Kek>>>,
     kms: Option<Arc<dyn Kms>>,
+    /// Held while a run key is unwrapped, so that objects read at once ask
+    /// the KMS once for their run key, not once each.
+    unwrapping: futures::lock::Mutex<()>,
 }
 
 impl std::fmt::Debug for KeyRing {
@@ -288,6 +291,7 @@ impl KeyRing {
         Self {
             keys: RwLock::new(keys.into_iter().map(Arc::new).collect()),
             kms: None,
+            unwrapping: futures::lock::Mutex::new(()),
         }
     }
 
@@ -343,6 +347,10 @@ impl KeyRing {
                 wrapped_by: wrapped_by(wrapped).to_string(),
                 trusted: kms.name().to_string(),
             });
+        }
+        let _one_at_a_time = self.unwrapping.lock().await;
+        if let Ok(k) = self.get(id) {
+            return Ok(k);
         }
         let key = kms.unwrap(wrapped).await.map_err(KeyError::Kms)?;
         let kek = Arc::new(Kek::from_kms(&key, wrapped.to_string()));
