@@ -132,6 +132,17 @@ where
     let code = err.code().unwrap_or("unknown error").to_string();
     match code.as_str() {
         "ResourceNotFoundException" | "NotFoundException" => AwsError::NotFound(what.to_string()),
+        // AWS busy or failing on its side: worth another attempt.
+        "ThrottlingException"
+        | "RequestLimitExceeded"
+        | "InternalServiceError"
+        | "InternalFailure"
+        | "ServiceUnavailable"
+        | "KMSInternalException"
+        | "DependencyTimeoutException" => AwsError::Unreachable {
+            what: what.to_string(),
+            reason: code,
+        },
         _ => AwsError::Denied {
             what: what.to_string(),
             role: role.to_string(),
