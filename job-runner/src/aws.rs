@@ -32,7 +32,7 @@ use crate::crypto::keys::{DataKey, Kms, KmsError, KmsFuture};
 use crate::storage::access::Platform;
 use crate::storage::check_endpoint_url;
 use crate::storage::s3::{CredentialsFailure, credentials_failure, web_identity_provider};
-use crate::vault::{Fetched, Read};
+use crate::vault::{Fetched, Read, store_values};
 
 /// Why AWS did not give a run its credentials or its key. Never holds a value.
 #[derive(Debug, thiserror::Error)]
@@ -207,18 +207,7 @@ async fn read(
     // serde_json's errors name a line and column, never the text.
     let fields: BTreeMap<String, serde_json::Value> = serde_json::from_str(&text)
         .map_err(|e| malformed(&format!("the secret is not a JSON object of strings ({e})")))?;
-    let mut values = BTreeMap::new();
-    for (field, value) in fields {
-        let serde_json::Value::String(v) = value else {
-            return Err(malformed(&format!("field {field:?} is not a string")));
-        };
-        values.insert(field, Zeroizing::new(v.into_bytes()));
-    }
-    for (key, field) in &secret.fields {
-        if let Some(v) = values.get(field).cloned() {
-            values.insert(key.clone(), v);
-        }
-    }
+    let values = store_values(fields, &secret.fields).map_err(|e| malformed(&e))?;
     let version = out.version_id().unwrap_or("unknown").to_string();
     Ok((values, version))
 }

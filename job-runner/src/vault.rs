@@ -268,19 +268,31 @@ async fn read(
     let serde_json::Value::Object(fields) = response.data else {
         return Err(malformed("its data is not an object"));
     };
+    let values = store_values(fields, &secret.fields).map_err(|e| malformed(&e))?;
+    Ok((values, response.metadata.version))
+}
+
+/// The fields of a secret store's secret as values beside the Secrets: each
+/// under its own name and, where `mapping` says (Ferry's key to the field),
+/// under Ferry's key too. Every field must be a string; an error names the
+/// field, never a value.
+pub fn store_values(
+    fields: impl IntoIterator<Item = (String, serde_json::Value)>,
+    mapping: &BTreeMap<String, String>,
+) -> Result<BTreeMap<String, Zeroizing<Vec<u8>>>, String> {
     let mut values = BTreeMap::new();
     for (field, value) in fields {
         let serde_json::Value::String(v) = value else {
-            return Err(malformed(&format!("field {field:?} is not a string")));
+            return Err(format!("field {field:?} is not a string"));
         };
         values.insert(field, Zeroizing::new(v.into_bytes()));
     }
-    for (key, field) in &secret.fields {
+    for (key, field) in mapping {
         if let Some(v) = values.get(field).cloned() {
             values.insert(key.clone(), v);
         }
     }
-    Ok((values, response.metadata.version))
+    Ok(values)
 }
 
 /// The HTTP status of an answer Vault gave, if it gave one.

@@ -380,10 +380,7 @@ async fn rotation(
     Result<ferry_runner::transfer::Report, ferry_runner::job::Failure>,
     String,
 ) {
-    use ferry_runner::audit::AuditLog;
     use ferry_runner::config::{Platform, SecretsDir};
-    use ferry_runner::job::{self, Job};
-    use ferry_runner::transfer::{Mode, Progress};
 
     let store = Store::new();
     let path = format!("{}/blob", store.prefix);
@@ -424,28 +421,6 @@ spec:
         )),
         ..Platform::default()
     };
-    let lines = support::Lines::default();
-    let audit = AuditLog::new(
-        Box::new(lines.clone()),
-        "rotated",
-        "acme",
-        "r1",
-        "local",
-        "azure",
-    );
-    let job = Job {
-        connector: &connector,
-        mode: Mode::Sync,
-        erase: None,
-        tenant_region: None,
-        anchor: None,
-        run_id: "r1",
-        concurrency: 2,
-        base_dir: d,
-        lineage: None,
-        platform: &platform,
-    };
-    let secrets = SecretsDir::new(d.join("secrets"));
     let reread = || async {
         if let Some(key) = rotate_to {
             bao(
@@ -456,9 +431,7 @@ spec:
         }
         Ok(SecretsDir::new(d.join("secrets")))
     };
-    let progress = std::sync::Arc::new(Progress::default());
-    let outcome = job::execute_with_rotation(job, secrets, reread, &audit, progress).await;
-    (outcome, lines.text())
+    support::run_rotating(&connector, &platform, d, reread).await
 }
 
 #[tokio::test]

@@ -36,6 +36,35 @@ fn objects(spec: &ConnectorSpec, attempt: i32) -> RunObjects {
     .expect("builds")
 }
 
+/// The run's objects for `spec` under the operator's `config` (attempt 1, a
+/// tenant in eu-west-1).
+fn built(spec: &ConnectorSpec, config: &Config) -> RunObjects {
+    build(RunInput {
+        manifest_anchor: None,
+        run: &run(),
+        spec,
+        attempt: 1,
+        tenant_region: Some("eu-west-1"),
+        config,
+    })
+    .expect("builds")
+}
+
+/// An operator configured with the platform's Vault (JWT auth at `jwt-k8s`),
+/// inside the cluster when `in_cluster` says where its pods are.
+fn vault_config(in_cluster: Option<ferry_operator::config::VaultPods>) -> Config {
+    Config {
+        vault: Some(ferry_operator::config::VaultConfig {
+            addr: "https://vault.platform.example:8200".into(),
+            auth_mount: "jwt-k8s".into(),
+            audience: "vault".into(),
+            role: "ferry-{namespace}".into(),
+            in_cluster,
+        }),
+        ..Config::default()
+    }
+}
+
 /// The service-account token projected in the pod's volume `name`.
 fn projected_token<'a>(
     ps: &'a k8s_openapi::api::core::v1::PodSpec,
@@ -475,15 +504,7 @@ fn a_lineage_sink_is_passed_to_the_runner_and_let_through_the_network_policy() {
         lineage_url: Some("https://lineage.example.com:5443/api/v1/lineage".into()),
         ..Config::default()
     };
-    let o = build(RunInput {
-        manifest_anchor: None,
-        run: &run(),
-        spec: &s,
-        attempt: 1,
-        tenant_region: Some("eu-west-1"),
-        config: &config,
-    })
-    .expect("builds");
+    let o = built(&s, &config);
     let env = o.pod.spec.unwrap().containers[0].env.clone().unwrap();
     assert!(env.iter().any(|e| e.name == "FERRY_LINEAGE_URL"
         && e.value.as_deref() == Some("https://lineage.example.com:5443/api/v1/lineage")));
@@ -620,25 +641,8 @@ fn vault_credentials_need_no_secret_read_but_a_token_for_vault() {
         "credentials: {secretRef: {name: s3-reader}}",
         "credentials: {vault: {path: acme/s3-reader}}",
     ));
-    let config = Config {
-        vault: Some(ferry_operator::config::VaultConfig {
-            addr: "https://vault.platform.example:8200".into(),
-            auth_mount: "jwt-k8s".into(),
-            audience: "vault".into(),
-            role: "ferry-{namespace}".into(),
-            in_cluster: None,
-        }),
-        ..Config::default()
-    };
-    let o = build(RunInput {
-        manifest_anchor: None,
-        run: &run(),
-        spec: &s,
-        attempt: 1,
-        tenant_region: Some("eu-west-1"),
-        config: &config,
-    })
-    .expect("builds");
+    let config = vault_config(None);
+    let o = built(&s, &config);
     let secrets = &o.role.rules.as_ref().unwrap()[0];
     assert_eq!(
         secrets.resource_names.as_ref().unwrap(),
@@ -669,15 +673,7 @@ fn vault_credentials_need_no_secret_read_but_a_token_for_vault() {
     let egress = serde_json::to_string(&o.network_policy.spec.as_ref().unwrap().egress).unwrap();
     assert!(egress.contains("8200"), "{egress}");
     // No token for Vault when no end keeps its credentials there.
-    let plain = build(RunInput {
-        manifest_anchor: None,
-        run: &run(),
-        spec: &spec(CONNECTOR),
-        attempt: 1,
-        tenant_region: Some("eu-west-1"),
-        config: &config,
-    })
-    .unwrap();
+    let plain = built(&spec(CONNECTOR), &config);
     assert!(!serde_json::to_string(&plain.pod).unwrap().contains("vault"));
 }
 
@@ -689,25 +685,8 @@ fn a_kek_in_transit_needs_no_kek_secret_but_a_token_for_vault() {
         "encryption: {keyRef: {secretRef: {name: acme-kek}}}",
         "encryption: {kms: {vaultTransit: {key: acme}}}",
     ));
-    let config = Config {
-        vault: Some(ferry_operator::config::VaultConfig {
-            addr: "https://vault.platform.example:8200".into(),
-            auth_mount: "jwt-k8s".into(),
-            audience: "vault".into(),
-            role: "ferry-{namespace}".into(),
-            in_cluster: None,
-        }),
-        ..Config::default()
-    };
-    let o = build(RunInput {
-        manifest_anchor: None,
-        run: &run(),
-        spec: &s,
-        attempt: 1,
-        tenant_region: Some("eu-west-1"),
-        config: &config,
-    })
-    .expect("builds");
+    let config = vault_config(None);
+    let o = built(&s, &config);
     let secrets = &o.role.rules.as_ref().unwrap()[0];
     assert_eq!(
         secrets.resource_names.as_ref().unwrap(),
@@ -743,15 +722,7 @@ fn aws_secrets_manager_and_kms_need_no_secret_but_the_runs_aws_token() {
         aws_endpoint: Some("https://aws.platform.example:9443".into()),
         ..Config::default()
     };
-    let o = build(RunInput {
-        manifest_anchor: None,
-        run: &run(),
-        spec: &s,
-        attempt: 1,
-        tenant_region: Some("eu-west-1"),
-        config: &config,
-    })
-    .expect("builds");
+    let o = built(&s, &config);
     let secrets = &o.role.rules.as_ref().unwrap()[0];
     assert_eq!(secrets.resource_names.as_ref().unwrap(), &["bronze-writer"]);
     let ps = o.pod.spec.as_ref().unwrap();
@@ -785,15 +756,7 @@ fn aws_secrets_manager_and_kms_need_no_secret_but_the_runs_aws_token() {
         "{egress}"
     );
     // Neither variable for a Connector that calls no AWS API.
-    let plain = build(RunInput {
-        manifest_anchor: None,
-        run: &run(),
-        spec: &spec(CONNECTOR),
-        attempt: 1,
-        tenant_region: Some("eu-west-1"),
-        config: &config,
-    })
-    .unwrap();
+    let plain = built(&spec(CONNECTOR), &config);
     let pod = serde_json::to_string(&plain.pod).unwrap();
     assert!(
         !pod.contains("FERRY_AWS_ENDPOINT") && !pod.contains("aws-token"),
@@ -811,28 +774,11 @@ fn an_in_cluster_vault_is_reached_at_its_pods_only() {
         "credentials: {secretRef: {name: s3-reader}}",
         "credentials: {vault: {path: acme/s3-reader}}",
     ));
-    let config = Config {
-        vault: Some(ferry_operator::config::VaultConfig {
-            addr: "https://vault.vault.svc:8200".into(),
-            auth_mount: "jwt".into(),
-            audience: "vault".into(),
-            role: "ferry-{namespace}".into(),
-            in_cluster: Some(ferry_operator::config::VaultPods {
-                namespace: "vault".into(),
-                pod_labels: [("app.kubernetes.io/name".to_string(), "vault".to_string())].into(),
-            }),
-        }),
-        ..Config::default()
-    };
-    let o = build(RunInput {
-        manifest_anchor: None,
-        run: &run(),
-        spec: &s,
-        attempt: 1,
-        tenant_region: Some("eu-west-1"),
-        config: &config,
-    })
-    .expect("builds");
+    let config = vault_config(Some(ferry_operator::config::VaultPods {
+        namespace: "vault".into(),
+        pod_labels: [("app.kubernetes.io/name".to_string(), "vault".to_string())].into(),
+    }));
+    let o = built(&s, &config);
     let egress = o
         .network_policy
         .spec
@@ -872,15 +818,7 @@ fn an_in_cluster_vault_is_reached_at_its_pods_only() {
     );
     assert!(peers[0].ip_block.is_none());
     // A Connector that does not use Vault gets no such rule.
-    let plain = build(RunInput {
-        manifest_anchor: None,
-        run: &run(),
-        spec: &spec(CONNECTOR),
-        attempt: 1,
-        tenant_region: Some("eu-west-1"),
-        config: &config,
-    })
-    .unwrap();
+    let plain = built(&spec(CONNECTOR), &config);
     assert!(
         !serde_json::to_string(&plain.network_policy)
             .unwrap()

@@ -105,3 +105,56 @@ impl Lines {
             .collect()
     }
 }
+
+/// Runs `connector` once in local mode from `dir` (its `secrets/` beside it)
+/// with `platform`, as run `r1` with two objects at once, through the
+/// rotation path: after refused credentials, `reread` gives the Secrets again
+/// (and may rotate a secret store's secret first). The outcome and the run's
+/// audit lines.
+pub async fn run_rotating<F, Fut>(
+    connector: &ferry_crds::Connector,
+    platform: &ferry_runner::config::Platform,
+    dir: &std::path::Path,
+    reread: F,
+) -> (
+    Result<ferry_runner::transfer::Report, ferry_runner::job::Failure>,
+    String,
+)
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<
+            Output = Result<ferry_runner::config::SecretsDir, ferry_runner::job::Failure>,
+        >,
+{
+    use ferry_runner::audit::AuditLog;
+    use ferry_runner::config::SecretsDir;
+    use ferry_runner::job::{self, Job};
+    use ferry_runner::transfer::{Mode, Progress};
+
+    let lines = Lines::default();
+    let name = connector.metadata.name.as_deref().unwrap_or("connector");
+    let audit = AuditLog::new(
+        Box::new(lines.clone()),
+        name,
+        "acme",
+        "r1",
+        "local",
+        "store",
+    );
+    let job = Job {
+        connector,
+        mode: Mode::Sync,
+        erase: None,
+        tenant_region: None,
+        anchor: None,
+        run_id: "r1",
+        concurrency: 2,
+        base_dir: dir,
+        lineage: None,
+        platform,
+    };
+    let secrets = SecretsDir::new(dir.join("secrets"));
+    let progress = Arc::new(Progress::default());
+    let outcome = job::execute_with_rotation(job, secrets, reread, &audit, progress).await;
+    (outcome, lines.text())
+}
