@@ -897,3 +897,64 @@ spec:
     assert!(!out.contains(key_body), "the private key leaked");
     std::fs::remove_dir_all(root).unwrap();
 }
+
+/// An erasure under a Transit KEK: the run rewrites the manifests that list
+/// the erased key under its own run key (unwrapping the earlier run's key to
+/// read them), and a reader with decrypt rights only still verifies the whole
+/// chain.
+#[test]
+fn an_erasure_under_a_transit_kek_keeps_the_records_verifiable() {
+    let store = Store::new();
+    let dir = setup_transit(&store);
+    let d = dir.path();
+    let addr = service_env("FERRY_BAO_ADDR");
+    let o = run(d, &store, &addr, "acme", RUN_SA);
+    assert!(o.status.success(), "{}", text(d, &o));
+    std::fs::write(d.join("vault-token"), store.token(RUN_SA)).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_job-runner"))
+        .current_dir(d)
+        .args(["--vault-addr", &addr, "--vault-role", "acme"])
+        .args([
+            "--vault-auth-mount",
+            &store.mount,
+            "--vault-token-file",
+            "vault-token",
+        ])
+        .args([
+            "run",
+            "--connector",
+            "connector.yaml",
+            "--secrets-dir",
+            "secrets",
+        ])
+        .args([
+            "--mode",
+            "erase",
+            "--erase-key",
+            "a.csv",
+            "--audit-log",
+            "audit.jsonl",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(d, &o));
+    assert!(!d.join("dst/a.csv").exists());
+    assert_eq!(store.transit_calls("datakey/plaintext").len(), 2);
+    assert_eq!(
+        store.transit_calls("decrypt").len(),
+        1,
+        "the first run's key, once"
+    );
+    let token = store.decrypt_only_token();
+    let o = read_back(
+        d,
+        &token,
+        &["verify", "--kms", &store.kms(), "--dir", "dst", "--deep"],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        out.contains("1 object(s)") && out.contains("2 manifest(s) form one chain"),
+        "{out}"
+    );
+}
