@@ -21,6 +21,8 @@ use support::service_env;
 
 const REGION: &str = "eu-west-1";
 const ROLE: &str = "arn:aws:iam::123456789012:role/ferry-acme";
+/// The run's projected token as moto's STS takes it (it checks no signature).
+const RUN_TOKEN: &str = "eyJhbGciOiJub25lIn0.eyJzdWIiOiJydW4ifQ.";
 const CANARY_KEY_ID: &str = "AKIASMCANARY00000001";
 const CANARY_SECRET: &str = "CANARY-secretsmanager-secret-access-key-0123";
 
@@ -65,14 +67,9 @@ fn create_secret(name: &str, value: Value) -> String {
 /// A local source of two files and a moto S3 destination whose credentials
 /// are the Secrets Manager secret `secret_id`.
 fn setup(secret_id: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = support::work_dir(2);
     let d = dir.path();
-    std::fs::create_dir_all(d.join("src")).unwrap();
-    std::fs::write(d.join("src/a.csv"), "id\n1\n").unwrap();
-    std::fs::write(d.join("src/b.csv"), "id\n2\n").unwrap();
-    std::fs::create_dir_all(d.join("secrets/kek")).unwrap();
-    std::fs::write(d.join("secrets/kek/kek"), [7u8; 32]).unwrap();
-    std::fs::write(d.join("token"), "eyJhbGciOiJub25lIn0.eyJzdWIiOiJydW4ifQ.").unwrap();
+    std::fs::write(d.join("token"), RUN_TOKEN).unwrap();
     let endpoint = service_env("FERRY_S3_ENDPOINT");
     let bucket = random_name("sm-dst");
     let created = Command::new("curl")
@@ -253,34 +250,16 @@ async fn rotation(
     use ferry_runner::config::{Platform, SecretsDir};
 
     let id = random_name("acme/blob");
-    create_secret(
-        &id,
-        json!({"accountKey": "Q2FuYXJ5V3JvbmdBY2NvdW50S2V5Q2FuYXJ5V3JvbmdBY2NvdW50S2V5Q2FuYXJ5V3Jvbmc="}),
+    create_secret(&id, json!({"accountKey": support::WRONG_ACCOUNT_KEY}));
+    let (dir, connector) = support::to_azurite(
+        "sm-rotation",
+        &format!(
+            "{{awsSecretsManager: {{secretId: \"{id}\", region: {REGION}, webIdentity: {{roleArn: \"{ROLE}\"}}}}}}"
+        ),
     );
-    let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    std::fs::create_dir_all(d.join("src")).unwrap();
-    std::fs::write(d.join("src/a.csv"), "id\n1\n").unwrap();
-    std::fs::create_dir_all(d.join("secrets/kek")).unwrap();
-    std::fs::write(d.join("secrets/kek/kek"), [7u8; 32]).unwrap();
     let token = d.join("token");
-    std::fs::write(&token, "eyJhbGciOiJub25lIn0.eyJzdWIiOiJydW4ifQ.").unwrap();
-    let container = random_name("sm-rotation");
-    support::create_azurite_container(&container);
-    let connector: ferry_crds::Connector = serde_saphyr::from_str(&format!(
-        r#"
-apiVersion: ferry.dev/v1alpha1
-kind: Connector
-metadata: {{name: rotated, namespace: acme}}
-spec:
-  source: {{local: {{path: src}}}}
-  destination: {{azureBlob: {{account: devstoreaccount1, container: {container}, region: westeurope, endpoint: "{}", insecurePlainHttpOnLoopback: true, credentials: {{awsSecretsManager: {{secretId: "{id}", region: {REGION}, webIdentity: {{roleArn: "{ROLE}"}}}}}}}}}}
-  compliance: {{dataResidency: any}}
-  encryption: {{keyRef: {{secretRef: {{name: kek}}}}}}
-"#,
-        service_env("FERRY_AZURITE_ENDPOINT")
-    ))
-    .unwrap();
+    std::fs::write(&token, RUN_TOKEN).unwrap();
     let platform = Platform {
         sts_endpoint: Some(service_env("FERRY_S3_ENDPOINT")),
         aws_endpoint: Some(service_env("FERRY_S3_ENDPOINT")),
@@ -343,13 +322,10 @@ fn setup_kms() -> (tempfile::TempDir, String) {
         .as_str()
         .unwrap()
         .to_string();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = support::work_dir(2);
     let d = dir.path();
-    std::fs::create_dir_all(d.join("src")).unwrap();
-    std::fs::write(d.join("src/a.csv"), "id\n1\n").unwrap();
-    std::fs::write(d.join("src/b.csv"), "id\n2\n").unwrap();
-    std::fs::create_dir_all(d.join("secrets")).unwrap();
-    std::fs::write(d.join("token"), "eyJhbGciOiJub25lIn0.eyJzdWIiOiJydW4ifQ.").unwrap();
+    std::fs::remove_dir_all(d.join("secrets/kek")).unwrap();
+    std::fs::write(d.join("token"), RUN_TOKEN).unwrap();
     std::fs::write(
         d.join("connector.yaml"),
         format!(
@@ -404,12 +380,7 @@ fn a_kek_in_aws_kms_costs_one_data_key_per_run_and_reads_back_with_decrypt_right
         &["decrypt", "--kms", &name, "--dir", "dst", "--out", "plain"],
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    for (f, v) in [("a", 1), ("b", 2), ("c", 3)] {
-        assert_eq!(
-            std::fs::read_to_string(d.join(format!("plain/{f}.csv"))).unwrap(),
-            format!("id\n{v}\n")
-        );
-    }
+    support::assert_plain(&d.join("plain"), 3);
     // Another KMS key is not trusted in its place.
     let other = aws("kms", "TrentService.CreateKey", json!({}))["KeyMetadata"]["KeyId"]
         .as_str()

@@ -164,13 +164,8 @@ impl Store {
 /// A local source of two files and the moto S3 destination, with S3
 /// credentials in Vault at `path`.
 fn setup(path: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = support::work_dir(2);
     let d = dir.path();
-    std::fs::create_dir_all(d.join("src")).unwrap();
-    std::fs::write(d.join("src/a.csv"), "id\n1\n").unwrap();
-    std::fs::write(d.join("src/b.csv"), "id\n2\n").unwrap();
-    std::fs::create_dir_all(d.join("secrets/kek")).unwrap();
-    std::fs::write(d.join("secrets/kek/kek"), [7u8; 32]).unwrap();
     let endpoint = service_env("FERRY_S3_ENDPOINT");
     let bucket = random_name("vault-dst");
     let created = Command::new("curl")
@@ -367,9 +362,6 @@ fn an_unreachable_store_is_a_transient_failure_with_a_clear_reason() {
     assert!(ferry_crds::Reason::SecretStoreUnreachable.retryable());
 }
 
-const WRONG_ACCOUNT_KEY: &str =
-    "Q2FuYXJ5V3JvbmdBY2NvdW50S2V5Q2FuYXJ5V3JvbmdBY2NvdW50S2V5Q2FuYXJ5V3Jvbmc=";
-
 /// An Azure destination on Azurite whose account key is in Vault at
 /// `secret/<prefix>/blob`, first a wrong one; the platform team rotates it
 /// while the first try fails (`rotate`): the run reads Vault once more and,
@@ -387,31 +379,14 @@ async fn rotation(
     bao(
         "POST",
         &format!("secret/data/{path}"),
-        Some(json!({"data": {"accountKey": WRONG_ACCOUNT_KEY}})),
+        Some(json!({"data": {"accountKey": support::WRONG_ACCOUNT_KEY}})),
     );
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, connector) = support::to_azurite(
+        "vault-rotation",
+        &format!("{{vault: {{path: \"{path}\"}}}}"),
+    );
     let d = dir.path();
-    std::fs::create_dir_all(d.join("src")).unwrap();
-    std::fs::write(d.join("src/a.csv"), "id\n1\n").unwrap();
-    std::fs::create_dir_all(d.join("secrets/kek")).unwrap();
-    std::fs::write(d.join("secrets/kek/kek"), [7u8; 32]).unwrap();
     std::fs::write(d.join("vault-token"), store.token(RUN_SA)).unwrap();
-    let container = random_name("vault-rotation");
-    support::create_azurite_container(&container);
-    let connector: ferry_crds::Connector = serde_saphyr::from_str(&format!(
-        r#"
-apiVersion: ferry.dev/v1alpha1
-kind: Connector
-metadata: {{name: rotated, namespace: acme}}
-spec:
-  source: {{local: {{path: src, region: westeurope}}}}
-  destination: {{azureBlob: {{account: devstoreaccount1, container: {container}, region: westeurope, endpoint: "{}", insecurePlainHttpOnLoopback: true, credentials: {{vault: {{path: "{path}"}}}}}}}}
-  compliance: {{dataResidency: any}}
-  encryption: {{keyRef: {{secretRef: {{name: kek}}}}}}
-"#,
-        service_env("FERRY_AZURITE_ENDPOINT")
-    ))
-    .unwrap();
     let platform = Platform {
         vault: Some(ferry_runner::vault::VaultSettings::new(
             service_env("FERRY_BAO_ADDR"),
@@ -455,7 +430,9 @@ async fn a_secret_rotated_in_vault_is_read_again_once() {
         .collect();
     assert_eq!(reads, ["v1", "v2"], "{audit}");
     assert!(audit.contains(r#""action":"secret.reread""#), "{audit}");
-    assert!(!audit.contains(support::AZURITE_DEV_KEY) && !audit.contains(WRONG_ACCOUNT_KEY));
+    assert!(
+        !audit.contains(support::AZURITE_DEV_KEY) && !audit.contains(support::WRONG_ACCOUNT_KEY)
+    );
 }
 
 #[tokio::test]
@@ -476,11 +453,9 @@ async fn a_secret_still_wrong_after_the_re_read_fails_with_invalid_credentials()
 /// A Connector from a local folder to a local folder whose KEK is the
 /// Transit key `acme` of the store, with a namespace Secret that is not a key.
 fn setup_transit(store: &Store) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = support::work_dir(2);
     let d = dir.path();
-    std::fs::create_dir_all(d.join("src")).unwrap();
-    std::fs::write(d.join("src/a.csv"), "id\n1\n").unwrap();
-    std::fs::write(d.join("src/b.csv"), "id\n2\n").unwrap();
+    std::fs::remove_dir_all(d.join("secrets/kek")).unwrap();
     std::fs::create_dir_all(d.join("secrets/sftp")).unwrap();
     std::fs::write(d.join("secrets/sftp/password"), "not-a-key").unwrap();
     // An account key: 32 bytes of base64, a KEK in form.
@@ -550,6 +525,17 @@ fn read_back(d: &Path, token: &str, args: &[&str]) -> Output {
         .env("VAULT_TOKEN", token)
         .output()
         .unwrap()
+}
+
+/// `job-runner decrypt --kms` of `dst` into `plain` with a Vault token, which
+/// must succeed.
+fn decrypt_plain(d: &Path, token: &str, kms: &str) {
+    let o = read_back(
+        d,
+        token,
+        &["decrypt", "--kms", kms, "--dir", "dst", "--out", "plain"],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
 
 fn audit_objects(d: &Path, action: &str) -> Vec<String> {
@@ -724,28 +710,8 @@ fn a_reader_with_only_transit_decrypt_rights_verifies_and_decrypts() {
         &["verify", "--kms", &store.kms(), "--dir", "dst", "--deep"],
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let o = read_back(
-        d,
-        &token,
-        &[
-            "decrypt",
-            "--kms",
-            &store.kms(),
-            "--dir",
-            "dst",
-            "--out",
-            "plain",
-        ],
-    );
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert_eq!(
-        std::fs::read_to_string(d.join("plain/a.csv")).unwrap(),
-        "id\n1\n"
-    );
-    assert_eq!(
-        std::fs::read_to_string(d.join("plain/b.csv")).unwrap(),
-        "id\n2\n"
-    );
+    decrypt_plain(d, &token, &store.kms());
+    support::assert_plain(&d.join("plain"), 2);
     // Another Transit key is not trusted in its place.
     let other = format!("vault-transit:{}/other", store.transit());
     let o = read_back(d, &token, &["verify", "--kms", &other, "--dir", "dst"]);
@@ -775,26 +741,8 @@ fn rotating_the_transit_key_leaves_old_objects_readable() {
         [format!("{}@v1", store.kms()), format!("{}@v2", store.kms())]
     );
     let token = store.decrypt_only_token();
-    let o = read_back(
-        d,
-        &token,
-        &[
-            "decrypt",
-            "--kms",
-            &store.kms(),
-            "--dir",
-            "dst",
-            "--out",
-            "plain",
-        ],
-    );
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    for (f, v) in [("a", 1), ("b", 2), ("c", 3)] {
-        assert_eq!(
-            std::fs::read_to_string(d.join(format!("plain/{f}.csv"))).unwrap(),
-            format!("id\n{v}\n")
-        );
-    }
+    decrypt_plain(d, &token, &store.kms());
+    support::assert_plain(&d.join("plain"), 3);
 }
 
 #[test]

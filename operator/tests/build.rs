@@ -36,6 +36,17 @@ fn objects(spec: &ConnectorSpec, attempt: i32) -> RunObjects {
     .expect("builds")
 }
 
+/// The runner container's environment: name to value.
+fn env_of(ps: &k8s_openapi::api::core::v1::PodSpec) -> std::collections::BTreeMap<&str, String> {
+    ps.containers[0]
+        .env
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|e| (e.name.as_str(), e.value.clone().unwrap_or_default()))
+        .collect()
+}
+
 /// The run's objects for `spec` under the operator's `config` (attempt 1, a
 /// tenant in eu-west-1).
 fn built(spec: &ConnectorSpec, config: &Config) -> RunObjects {
@@ -653,13 +664,7 @@ fn vault_credentials_need_no_secret_read_but_a_token_for_vault() {
     let token = projected_token(ps, "vault-token");
     assert_eq!(token.audience.as_deref(), Some("vault"));
     assert!(token.expiration_seconds.unwrap() <= 3600 + 600);
-    let env: std::collections::BTreeMap<_, _> = ps.containers[0]
-        .env
-        .as_ref()
-        .unwrap()
-        .iter()
-        .map(|e| (e.name.as_str(), e.value.clone().unwrap_or_default()))
-        .collect();
+    let env = env_of(ps);
     assert_eq!(
         env["FERRY_VAULT_ADDR"],
         "https://vault.platform.example:8200"
@@ -731,13 +736,7 @@ fn aws_secrets_manager_and_kms_need_no_secret_but_the_runs_aws_token() {
         token.audience.as_deref(),
         Some(ferry_crds::AWS_TOKEN_AUDIENCE)
     );
-    let env: std::collections::BTreeMap<_, _> = ps.containers[0]
-        .env
-        .as_ref()
-        .unwrap()
-        .iter()
-        .map(|e| (e.name.as_str(), e.value.clone().unwrap_or_default()))
-        .collect();
+    let env = env_of(ps);
     assert_eq!(
         env["FERRY_AWS_ENDPOINT"],
         "https://aws.platform.example:9443"

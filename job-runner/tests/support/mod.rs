@@ -158,3 +158,61 @@ where
     let outcome = job::execute_with_rotation(job, secrets, reread, &audit, progress).await;
     (outcome, lines.text())
 }
+
+/// An Azure account key that Azurite refuses (well formed, wrong).
+pub const WRONG_ACCOUNT_KEY: &str =
+    "Q2FuYXJ5V3JvbmdBY2NvdW50S2V5Q2FuYXJ5V3JvbmdBY2NvdW50S2V5Q2FuYXJ5V3Jvbmc=";
+
+/// A work folder: `src/` holding `rows` files `a.csv`, `b.csv`, ... (`id\n1\n`,
+/// `id\n2\n`, ...) and `secrets/kek/kek`.
+pub fn work_dir(rows: u8) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("src")).unwrap();
+    for i in 1..=rows {
+        let name = char::from(b'a' + i - 1);
+        std::fs::write(d.join(format!("src/{name}.csv")), format!("id\n{i}\n")).unwrap();
+    }
+    std::fs::create_dir_all(d.join("secrets/kek")).unwrap();
+    std::fs::write(d.join("secrets/kek/kek"), [7u8; 32]).unwrap();
+    dir
+}
+
+/// A [`work_dir`] of one file and a Connector `rotated` copying it to a new
+/// Azurite container (named after `prefix`) whose account key is read as
+/// `credentials` (YAML) says.
+pub fn to_azurite(prefix: &str, credentials: &str) -> (tempfile::TempDir, ferry_crds::Connector) {
+    let dir = work_dir(1);
+    let mut b = [0u8; 4];
+    ferry_runner::crypto::aead::random_bytes(&mut b).unwrap();
+    let container = format!("{prefix}-{}", hex::encode(b));
+    create_azurite_container(&container);
+    let connector = serde_saphyr::from_str(&format!(
+        r#"
+apiVersion: ferry.dev/v1alpha1
+kind: Connector
+metadata: {{name: rotated, namespace: acme}}
+spec:
+  source: {{local: {{path: src}}}}
+  destination: {{azureBlob: {{account: devstoreaccount1, container: {container}, region: westeurope, endpoint: "{}", insecurePlainHttpOnLoopback: true, credentials: {credentials}}}}}
+  compliance: {{dataResidency: any}}
+  encryption: {{keyRef: {{secretRef: {{name: kek}}}}}}
+"#,
+        service_env("FERRY_AZURITE_ENDPOINT")
+    ))
+    .unwrap();
+    (dir, connector)
+}
+
+/// Asserts that `dir` holds the plaintext of [`work_dir`]'s files `a.csv`,
+/// `b.csv`, ... up to `rows`.
+pub fn assert_plain(dir: &std::path::Path, rows: u8) {
+    for i in 1..=rows {
+        let name = char::from(b'a' + i - 1);
+        assert_eq!(
+            std::fs::read_to_string(dir.join(format!("{name}.csv"))).unwrap(),
+            format!("id\n{i}\n"),
+            "{name}.csv"
+        );
+    }
+}
