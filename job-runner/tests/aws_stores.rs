@@ -284,20 +284,7 @@ async fn a_secret_rotated_in_secrets_manager_is_read_again_once() {
     let (outcome, audit) = rotation(Some(support::AZURITE_DEV_KEY)).await;
     let report = outcome.unwrap_or_else(|e| panic!("the second try succeeds: {e}\n{audit}"));
     assert_eq!(report.objects_copied, 1);
-    let versions: Vec<String> = audit
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .filter(|l| l["action"] == "secret.read" && l["object"].is_string())
-        .map(|l| {
-            l["object"]
-                .as_str()
-                .unwrap()
-                .rsplit('@')
-                .next()
-                .unwrap()
-                .to_string()
-        })
-        .collect();
+    let versions = support::versions_read(&audit);
     assert_eq!(versions.len(), 2, "{audit}");
     assert_ne!(versions[0], versions[1], "two versions read: {audit}");
     assert!(audit.contains(r#""action":"secret.reread""#), "{audit}");

@@ -414,20 +414,7 @@ async fn a_secret_rotated_in_vault_is_read_again_once() {
     let (outcome, audit) = rotation(Some(support::AZURITE_DEV_KEY)).await;
     let report = outcome.unwrap_or_else(|e| panic!("the second try succeeds: {e}\n{audit}"));
     assert_eq!(report.objects_copied, 1);
-    let reads: Vec<String> = audit
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .filter(|l| l["action"] == "secret.read" && l["object"].is_string())
-        .map(|l| {
-            l["object"]
-                .as_str()
-                .unwrap()
-                .rsplit('@')
-                .next()
-                .unwrap()
-                .to_string()
-        })
-        .collect();
+    let reads = support::versions_read(&audit);
     assert_eq!(reads, ["v1", "v2"], "{audit}");
     assert!(audit.contains(r#""action":"secret.reread""#), "{audit}");
     assert!(

@@ -216,3 +216,14 @@ pub fn assert_plain(dir: &std::path::Path, rows: u8) {
         );
     }
 }
+
+/// The versions of the secret store's secrets a run read, in order: what
+/// follows `@` in the objects of its `secret.read` audit lines.
+pub fn versions_read(audit: &str) -> Vec<String> {
+    audit
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|l| l["action"] == "secret.read" && l["object"].is_string())
+        .filter_map(|l| Some(l["object"].as_str()?.rsplit('@').next()?.to_string()))
+        .collect()
+}
