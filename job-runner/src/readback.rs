@@ -1,10 +1,10 @@
 //! Reading back what Ferry wrote: decrypt objects and verify a destination
 //! against its manifest.
 
-use std::collections::BTreeSet;
+use std::cmp::Ordering;
 use std::sync::Arc;
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use sha2::{Digest, Sha256};
 
 use crate::crypto::manifest::RECORDS_DIR;
@@ -214,15 +214,28 @@ pub async fn verify_chain(
     Ok(report)
 }
 
+/// A manifest that verified against its destination.
+#[derive(Clone, Debug)]
+pub struct Verified {
+    /// Its key.
+    pub key: String,
+    /// The manifest (for version 6, without its entries).
+    pub manifest: Manifest,
+    /// How many objects it lists.
+    pub objects: u64,
+}
+
 /// Checks every object of the manifest against the store: present, same size
 /// and ciphertext digest, and (with `deep`) decrypting to the recorded plaintext
-/// digest; and that the store holds no object the manifest does not list.
+/// digest; and that the store holds no object the manifest does not list. The
+/// manifest's entries and the store's listing are merged in key order as they
+/// come, a segment and a page at a time.
 pub async fn verify(
     store: &dyn ObjectStore,
     trust: impl Into<Trust>,
     manifest_key: Option<&str>,
     deep: bool,
-) -> Result<(String, Manifest), ReadbackError> {
+) -> Result<Verified, ReadbackError> {
     let trust = trust.into();
     let keys = if deep {
         Some(trust.keys("--deep")?)
@@ -230,29 +243,57 @@ pub async fn verify(
         None
     };
     let (mkey, manifest) = manifest(store, &trust, manifest_key).await?;
-    let stored: BTreeSet<String> = store.list().await?.into_iter().map(|o| o.key).collect();
-    let present: BTreeSet<&String> = stored
-        .iter()
-        .filter(|k| !k.starts_with(RECORDS_DIR))
-        .collect();
     let mut findings = Vec::new();
-    let listed: BTreeSet<&str> = manifest.objects.iter().map(|e| e.key.as_str()).collect();
-    // The objects, and Ferry's own records the manifest lists (the run's
-    // audit lines), each checked the same way.
-    for e in manifest.objects.iter().chain(&manifest.records) {
-        if !stored.contains(&e.key) {
-            findings.push(Finding::Missing(e.key.clone()));
-            continue;
+    // Ferry's own records the manifest lists (the run's audit lines).
+    for e in &manifest.records {
+        match check_entry(store, keys.clone(), e).await {
+            Err(ReadbackError::Storage(StorageError::NotFound { .. })) => {
+                findings.push(Finding::Missing(e.key.clone()));
+            }
+            found => findings.extend(found?),
         }
-        findings.extend(check_entry(store, keys.clone(), e).await?);
     }
-    for k in present {
-        if !listed.contains(k.as_str()) {
-            findings.push(Finding::Extra(k.clone()));
+    // The objects, merged with the listing; Ferry's records are not objects.
+    let mut listed = store
+        .list_from("")
+        .try_filter(|o| futures::future::ready(!o.key.starts_with(RECORDS_DIR)));
+    let mut entries = transfer::entries(store, &manifest);
+    let mut next_listed = listed.try_next().await?;
+    let mut next_entry = entries.try_next().await?;
+    let mut objects = 0;
+    loop {
+        let order = match (&next_listed, &next_entry) {
+            (None, None) => break,
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (Some(l), Some(e)) => l.key.cmp(&e.key),
+        };
+        if order != Ordering::Greater
+            && let Some(l) = next_listed.take()
+        {
+            if order == Ordering::Less {
+                findings.push(Finding::Extra(l.key));
+            }
+            next_listed = listed.try_next().await?;
+        }
+        if order != Ordering::Less
+            && let Some(e) = next_entry.take()
+        {
+            objects += 1;
+            if order == Ordering::Greater {
+                findings.push(Finding::Missing(e.key));
+            } else {
+                findings.extend(check_entry(store, keys.clone(), &e).await?);
+            }
+            next_entry = entries.try_next().await?;
         }
     }
     if findings.is_empty() {
-        Ok((mkey, manifest))
+        Ok(Verified {
+            key: mkey,
+            manifest,
+            objects,
+        })
     } else {
         findings.sort();
         Err(ReadbackError::Findings(findings))
@@ -306,10 +347,11 @@ pub async fn decrypt_all(
     trust: impl Into<Trust>,
     manifest_key: Option<&str>,
     out: &dyn ObjectStore,
-) -> Result<(Manifest, u64), ReadbackError> {
+) -> Result<(Verified, u64), ReadbackError> {
     let trust = trust.into();
     let keys = trust.keys("decryption")?;
-    let (_, manifest) = verify(store, trust, manifest_key, false).await?;
+    let verified = verify(store, trust, manifest_key, false).await?;
+    let manifest = &verified.manifest;
     let mut bytes = 0;
     // The run's audit lines come out too, under the same keys (the bytes
     // counted are the objects').
@@ -320,14 +362,16 @@ pub async fn decrypt_all(
         );
         out.put(&e.key, plain).await.map_err(from_stream)?;
     }
-    for e in &manifest.objects {
+    let mut entries = transfer::entries(store, manifest);
+    while let Some(e) = entries.try_next().await? {
         let plain = checked(
             decrypt_stream(store.get(&e.key, None).await?, keys.clone(), e.key.clone()),
             e.clone(),
         );
         bytes += out.put(&e.key, plain).await.map_err(from_stream)?;
     }
-    Ok((manifest, bytes))
+    drop(entries);
+    Ok((verified, bytes))
 }
 
 /// Wraps a plaintext stream so it fails (and the writer discards the object) if

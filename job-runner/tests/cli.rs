@@ -683,7 +683,7 @@ fn a_kek_holder_forging_a_record_is_caught_by_the_public_key_alone() {
     // One byte of the signed record changed: caught, the manifest named.
     let newest = newest_manifest(&d.join("dst"));
     let original = std::fs::read_to_string(&newest).unwrap();
-    let altered = original.replacen("\"size\": 5,", "\"size\": 6,", 1);
+    let altered = original.replacen("\"count\": 3,", "\"count\": 4,", 1);
     assert_ne!(altered, original);
     std::fs::write(&newest, altered).unwrap();
     let o = auditor(&[]);

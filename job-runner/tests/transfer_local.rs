@@ -161,16 +161,17 @@ async fn round_trip_incremental_and_changes() {
         (r3.objects_copied, r3.objects_skipped),
         (2, files.len() as u64 - 1)
     );
-    let (key, manifest) = readback::verify(dst.as_ref(), keys(), None, true)
+    let verified = readback::verify(dst.as_ref(), keys(), None, true)
         .await
         .unwrap();
+    let key = &verified.key;
     assert!(
         key.starts_with(".ferry/manifests/2") && key.ends_with("Z-r3.json"),
         "{key}"
     );
     assert_eq!(
-        manifest.objects.len(),
-        files.len() + 1,
+        verified.objects,
+        files.len() as u64 + 1,
         "the manifest describes the whole destination"
     );
 
@@ -214,10 +215,16 @@ async fn same_size_edits_and_copies_lost_at_the_destination_are_copied_again() {
     let stored = std::fs::read(&table).unwrap();
     std::fs::write(&table, &stored[..stored.len() / 2]).unwrap();
 
-    let r2 = run_once(&spec, src.clone(), dst.clone(), "r2", Mode::Sync, &lines)
+    let second = Lines::default();
+    let r2 = run_once(&spec, src.clone(), dst.clone(), "r2", Mode::Sync, &second)
         .await
         .unwrap();
-    let mut copied: Vec<String> = r2.planned.iter().map(|p| p.key.clone()).collect();
+    let mut copied: Vec<String> = second
+        .records()
+        .into_iter()
+        .filter(|r| r["action"] == "object.copy")
+        .map(|r| r["object"].as_str().unwrap().to_string())
+        .collect();
     copied.sort();
     assert_eq!(
         copied,
@@ -452,10 +459,10 @@ async fn permanent_cut_leaves_no_partial_object_and_a_rerun_completes() {
         files.len() as u64,
         "the rerun copies everything once"
     );
-    let (_, m) = readback::verify(dst.as_ref(), keys(), None, true)
+    let verified = readback::verify(dst.as_ref(), keys(), None, true)
         .await
         .unwrap();
-    assert_eq!(m.objects.len(), files.len(), "no duplicates");
+    assert_eq!(verified.objects, files.len() as u64, "no duplicates");
 }
 
 #[tokio::test]
@@ -513,6 +520,25 @@ async fn verify_finds_changed_missing_extra_and_swapped_objects() {
     let failed = failed.expect("swapped object decrypted");
     assert!(failed.contains("other.csv"), "{failed}");
 
+    // A tampered segment of the manifest does not verify, and is named.
+    let segment = std::fs::read_dir(dst_path.join(".ferry/segments"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .next()
+        .unwrap();
+    let original = std::fs::read_to_string(&segment).unwrap();
+    let text = original.replacen("\"size\":1,", "\"size\":2,", 1);
+    assert_ne!(text, original);
+    std::fs::write(&segment, text).unwrap();
+    let err = readback::verify(dst.as_ref(), keys(), None, false)
+        .await
+        .unwrap_err();
+    let name = segment.file_name().unwrap().to_str().unwrap();
+    assert!(
+        err.to_string().contains("segment") && err.to_string().contains(name),
+        "{err}"
+    );
+    std::fs::write(&segment, original).unwrap();
     // A tampered manifest does not verify.
     let mpath = std::fs::read_dir(dst_path.join(".ferry/manifests"))
         .unwrap()
@@ -521,7 +547,7 @@ async fn verify_finds_changed_missing_extra_and_swapped_objects() {
         .unwrap();
     let text = std::fs::read_to_string(&mpath)
         .unwrap()
-        .replacen("\"size\": 1,", "\"size\": 2,", 1);
+        .replacen("\"count\": ", "\"count\": 1", 1);
     std::fs::write(&mpath, text).unwrap();
     let err = readback::verify(dst.as_ref(), keys(), None, false)
         .await

@@ -136,7 +136,7 @@ pub async fn decrypt(args: DecryptArgs, platform: &config::Platform) -> Result<(
         (None, _) => {
             let store = destination(args.dir, args.connector, args.secrets_dir, platform)?;
             let out = args.out;
-            let (m, bytes) = readback::decrypt_all(
+            let (verified, bytes) = readback::decrypt_all(
                 store.as_ref(),
                 keys,
                 args.manifest.as_deref(),
@@ -145,10 +145,10 @@ pub async fn decrypt(args: DecryptArgs, platform: &config::Platform) -> Result<(
             .await?;
             println!(
                 "decrypted {} object(s), {bytes} bytes, from {} into {} (manifest of run {} verified)",
-                m.objects.len(),
+                verified.objects,
                 store.describe(),
                 out.display(),
-                m.run
+                verified.manifest.run
             );
             Ok(())
         }
@@ -167,8 +167,9 @@ pub async fn verify(args: VerifyArgs, platform: &config::Platform) -> Result<(),
     };
     let store = destination(args.dir, args.connector, args.secrets_dir, platform)?;
     let chain = readback::verify_chain(store.as_ref(), trust.clone(), args.anchor.as_ref()).await?;
-    let (key, m) =
+    let verified =
         readback::verify(store.as_ref(), trust, args.manifest.as_deref(), args.deep).await?;
+    let (key, m) = (&verified.key, &verified.manifest);
     let signed = m
         .signature
         .as_ref()
@@ -177,7 +178,7 @@ pub async fn verify(args: VerifyArgs, platform: &config::Platform) -> Result<(),
         .unwrap_or_default();
     println!(
         "ok: {} object(s) match manifest {key} (run {}, key {}{signed}); {} manifest(s) form one chain{}",
-        m.objects.len(),
+        verified.objects,
         m.run,
         m.kek_id,
         chain.manifests,

@@ -56,15 +56,18 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
 use super::keys::{Kek, KeyError, KeyRing};
+use super::segments::{self, SegmentRef};
 use super::signing::{ManifestSigner, PublicKeys, Signature};
 
 /// What an Ed25519 signature of a manifest covers, before its canonical encoding.
 const SIGNATURE_CONTEXT: &[u8] = b"ferry-manifest-signature/v1\0";
 
 /// The format tag of manifests this code writes.
-pub const FORMAT: &str = "ferry-manifest/v5";
+pub const FORMAT: &str = "ferry-manifest/v6";
 /// Where Ferry's own records live under a destination prefix; objects never do.
 pub const RECORDS_DIR: &str = ".ferry/";
+/// The fifth format, still read: every entry in the manifest itself.
+pub const FORMAT_V5: &str = "ferry-manifest/v5";
 /// The fourth format, still read: no KMS-wrapped run key.
 pub const FORMAT_V4: &str = "ferry-manifest/v4";
 /// The third format, still read: no records.
@@ -138,8 +141,14 @@ pub struct Manifest {
     /// Version 3: the link of the manifest it was built on; none for the first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous: Option<String>,
-    /// Every object of the destination that this Connector's runs wrote, in order.
+    /// Every object of the destination that this Connector's runs wrote, in
+    /// order. Version 6 stores them in `segments`, never here: in memory,
+    /// they are the segments' entries once read.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub objects: Vec<ManifestEntry>,
+    /// Version 6: the segments holding the entries, in key order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub segments: Vec<SegmentRef>,
     /// Source keys erased on request, in order; never copied again.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub erased: Vec<Tombstone>,
@@ -171,6 +180,10 @@ pub enum ManifestError {
     Mac,
     #[error("manifest lists object {0:?} twice")]
     Duplicate(String),
+    #[error("manifest entry {key:?} comes after {after:?}: entries must be in key order")]
+    Unordered { key: String, after: String },
+    #[error("manifest segment {segment:?} does not verify: {what}")]
+    Segment { segment: String, what: &'static str },
     #[error("manifest lists record {0:?}, which is not under {RECORDS_DIR}")]
     RecordOutside(String),
     #[error("manifest {key:?} was written as {name:?}: a copy or a rename of another manifest")]
@@ -260,8 +273,8 @@ pub struct Contents {
     pub connector: String,
     /// When (RFC 3339).
     pub created: String,
-    /// Every object, in order.
-    pub objects: Vec<ManifestEntry>,
+    /// The segments holding every object, in key order ([`segments`]).
+    pub segments: Vec<SegmentRef>,
     /// Erasure tombstones, in order.
     pub erased: Vec<Tombstone>,
     /// Ferry's own records the run wrote (its audit lines), in order.
@@ -280,7 +293,8 @@ impl Manifest {
             name: place.name,
             sequence: Some(place.sequence),
             previous: place.previous,
-            objects: contents.objects,
+            objects: Vec::new(),
+            segments: contents.segments,
             erased: contents.erased,
             records: contents.records,
             kms: kek.wrapped().map(str::to_string),
@@ -313,6 +327,16 @@ impl Manifest {
         }
     }
 
+    /// Version 6, after `objects` (its entries, read from its segments) were
+    /// edited: cuts them into segments again, for [`Manifest::resign`], and
+    /// returns the segments, to store, leaving `objects` empty. Segments whose
+    /// entries did not change keep their names.
+    pub fn recut(&mut self) -> Result<Vec<segments::Segment>, ManifestError> {
+        let cut = segments::cut_all(std::mem::take(&mut self.objects))?;
+        self.segments = cut.iter().map(|s| s.reference.clone()).collect();
+        Ok(cut)
+    }
+
     fn signed_bytes(&self) -> Vec<u8> {
         let mut out = SIGNATURE_CONTEXT.to_vec();
         out.extend_from_slice(&self.canonical());
@@ -331,7 +355,12 @@ impl Manifest {
 
     /// Whether it lists Ferry's own records (version 4).
     fn has_records(&self) -> bool {
-        self.format == FORMAT || self.format == FORMAT_V4
+        self.format == FORMAT || self.format == FORMAT_V5 || self.format == FORMAT_V4
+    }
+
+    /// Whether its entries are in segments (version 6).
+    pub fn is_segmented(&self) -> bool {
+        self.format == FORMAT
     }
 
     /// The link the next manifest names as its `previous`.
@@ -352,17 +381,30 @@ impl Manifest {
         let v2 = self.format != FORMAT_V1;
         let v3 = self.is_chained();
         let v4 = self.has_records();
-        let v5 = self.format == FORMAT;
-        let mut out = Vec::with_capacity(128 + self.objects.len() * 200);
+        let v5 = self.format == FORMAT || self.format == FORMAT_V5;
+        let v6 = self.is_segmented();
+        let mut out =
+            Vec::with_capacity(128 + self.objects.len() * 200 + self.segments.len() * 200);
         out.extend_from_slice(self.format.as_bytes());
         out.push(0);
         put_str(&mut out, &self.run);
         put_str(&mut out, &self.connector);
         put_str(&mut out, &self.created);
         put_str(&mut out, &self.kek_id);
-        put_u64(&mut out, self.objects.len() as u64);
-        for e in &self.objects {
-            put_entry(&mut out, e, v2);
+        if v6 {
+            put_u64(&mut out, self.segments.len() as u64);
+            for s in &self.segments {
+                put_str(&mut out, &s.sha256);
+                put_u64(&mut out, s.size);
+                put_u64(&mut out, s.count);
+                put_str(&mut out, &s.first);
+                put_str(&mut out, &s.last);
+            }
+        } else {
+            put_u64(&mut out, self.objects.len() as u64);
+            for e in &self.objects {
+                put_entry(&mut out, e, v2);
+            }
         }
         if v2 {
             put_u64(&mut out, self.erased.len() as u64);
@@ -440,6 +482,8 @@ impl Manifest {
             || (!self.is_chained() && !unchained)
             || (self.is_chained() && self.sequence.is_none())
             || (!self.has_records() && !self.records.is_empty())
+            || (!self.is_segmented() && !self.segments.is_empty())
+            || (self.is_segmented() && !self.objects.is_empty())
         {
             return Err(ManifestError::Mac);
         }
@@ -447,6 +491,11 @@ impl Manifest {
     }
 
     fn check_unique(&self) -> Result<(), ManifestError> {
+        if self.is_segmented() {
+            // Entries in segments: ordered, non-overlapping segments hold
+            // each key once.
+            segments::check_refs(&self.segments)?;
+        }
         let mut seen = BTreeSet::new();
         for e in self.objects.iter().chain(&self.records) {
             if !seen.insert(e.key.as_str()) {
@@ -668,20 +717,34 @@ mod tests {
         }
     }
 
-    fn contents(run: &str, objects: Vec<ManifestEntry>, erased: Vec<Tombstone>) -> Contents {
-        Contents {
+    fn contents(
+        run: &str,
+        objects: Vec<ManifestEntry>,
+        erased: Vec<Tombstone>,
+    ) -> (Contents, Vec<ManifestEntry>) {
+        let c = Contents {
             run: run.into(),
             connector: "ns/c".into(),
             created: "2026-01-01T00:00:00Z".into(),
-            objects,
+            segments: vec![],
             erased,
             records: vec![],
-        }
+        };
+        (c, objects)
+    }
+
+    /// A version 5 manifest: its entries in the manifest itself.
+    fn inline(kek: &Kek, place: Place, (c, objects): (Contents, Vec<ManifestEntry>)) -> Manifest {
+        let mut m = Manifest::sign(kek, place, c);
+        m.format = FORMAT_V5.into();
+        m.objects = objects;
+        m.mac = hex::encode(m.mac_with(kek).finalize().into_bytes());
+        m
     }
 
     /// A manifest as an older release wrote it: `format`, no place.
     fn legacy(kek: &Kek, format: &str, objects: Vec<ManifestEntry>) -> Manifest {
-        let mut m = Manifest::sign(
+        let mut m = inline(
             kek,
             Place::after(None, ""),
             contents("old", objects, vec![]),
@@ -704,7 +767,7 @@ mod tests {
     fn detects_changes_reorders_and_foreign_keys() {
         let (kek, ring) = keys();
         let place = Place::after(None, "m1");
-        let m = Manifest::sign(
+        let m = inline(
             &kek,
             place.clone(),
             contents("r1", vec![entry("a", 1), entry("b", 2)], vec![]),
@@ -728,7 +791,7 @@ mod tests {
             m.verify(&other),
             Err(ManifestError::Key(KeyError::UnknownKek(_)))
         ));
-        let dup = Manifest::sign(
+        let dup = inline(
             &kek,
             place,
             contents("r", vec![entry("a", 1), entry("a", 1)], vec![]),
@@ -747,12 +810,12 @@ mod tests {
             run: "erase-1".into(),
             erased: "2026-01-02T00:00:00Z".into(),
         };
-        let m = Manifest::sign(
+        let m = inline(
             &kek,
             Place::after(None, "m"),
             contents("r", vec![projected], vec![tomb]),
         );
-        assert_eq!(m.format, FORMAT);
+        assert_eq!(m.format, FORMAT_V5);
         m.verify(&ring).unwrap();
         let mut t = m.clone();
         t.objects[0].fields.pop();
@@ -805,7 +868,7 @@ mod tests {
     #[test]
     fn a_manifest_copied_under_another_name_does_not_verify() {
         let (kek, ring) = keys();
-        let m = Manifest::sign(
+        let m = inline(
             &kek,
             Place::after(None, "m/1.json"),
             contents("r", vec![], vec![]),
@@ -838,7 +901,7 @@ mod tests {
         for i in 1..=n {
             let name = format!("m/{i}.json");
             let place = Place::after(out.last().map(|(_, m)| m), &name);
-            let m = Manifest::sign(
+            let m = inline(
                 kek,
                 place,
                 contents(&format!("r{i}"), vec![entry("a", 1)], vec![]),
@@ -947,7 +1010,7 @@ mod tests {
     fn a_signed_manifest_verifies_with_the_public_key_alone_and_fails_after_one_byte_changes() {
         let (kek, _) = keys();
         let (signer, public) = signing_key(7);
-        let mut m = Manifest::sign(
+        let mut m = inline(
             &kek,
             Place::after(None, "m/1.json"),
             contents("r", vec![entry("a", 1), entry("b", 2)], vec![]),
@@ -1008,7 +1071,7 @@ mod tests {
     fn signing_again_after_an_erasure_replaces_the_signature() {
         let (kek, ring) = keys();
         let (signer, public) = signing_key(7);
-        let mut m = Manifest::sign(
+        let mut m = inline(
             &kek,
             Place::after(None, "m/1.json"),
             contents("r", vec![entry("a", 1), entry("b", 2)], vec![]),
@@ -1030,7 +1093,7 @@ mod tests {
     #[test]
     fn version_3_test_vector() {
         let (kek, ring) = keys();
-        let mut m = Manifest::sign(
+        let mut m = inline(
             &kek,
             Place {
                 name: ".ferry/manifests/20260101T000000000000Z-r2.json".into(),
@@ -1062,11 +1125,11 @@ mod tests {
     fn version_4_test_vector() {
         let (kek, ring) = keys();
         let mut c = contents("r2", vec![entry("a.csv", 1)], vec![]);
-        c.records = vec![ManifestEntry {
+        c.0.records = vec![ManifestEntry {
             source_etag: None,
             ..entry(".ferry/audit/20260101T000000000000Z-r2.jsonl", 7)
         }];
-        let mut m = Manifest::sign(
+        let mut m = inline(
             &kek,
             Place {
                 name: ".ferry/manifests/20260101T000000000000Z-r2.json".into(),
@@ -1075,7 +1138,7 @@ mod tests {
             },
             c,
         );
-        assert_eq!(m.format, FORMAT);
+        assert_eq!(m.format, FORMAT_V5);
         m.format = FORMAT_V4.into();
         m.resign(&kek, None);
         m.verify(&ring).unwrap();
@@ -1115,11 +1178,11 @@ mod tests {
         );
         let ring = KeyRing::new(vec![Kek::from_bytes([9; 32])]);
         let mut c = contents("r2", vec![entry("a.csv", 1)], vec![]);
-        c.records = vec![ManifestEntry {
+        c.0.records = vec![ManifestEntry {
             source_etag: None,
             ..entry(".ferry/audit/20260101T000000000000Z-r2.jsonl", 7)
         }];
-        let m = Manifest::sign(
+        let m = inline(
             &kek,
             Place {
                 name: ".ferry/manifests/20260101T000000000000Z-r2.json".into(),
@@ -1128,7 +1191,7 @@ mod tests {
             },
             c,
         );
-        assert_eq!(m.format, FORMAT);
+        assert_eq!(m.format, FORMAT_V5);
         assert_eq!(m.kms.as_deref(), kek.wrapped());
         m.verify(&ring).unwrap();
         assert_eq!(m.mac, VECTOR_5_MAC);
@@ -1141,6 +1204,130 @@ mod tests {
         t.kms = None;
         assert_eq!(t.verify(&ring), Err(ManifestError::Mac));
     }
+
+    /// A version 6 manifest over the segments of `objects`, and the segments.
+    fn segmented(
+        kek: &Kek,
+        place: Place,
+        (mut c, objects): (Contents, Vec<ManifestEntry>),
+    ) -> (Manifest, Vec<segments::Segment>) {
+        let cut = segments::cut_all(objects).unwrap();
+        c.segments = cut.iter().map(|s| s.reference.clone()).collect();
+        (Manifest::sign(kek, place, c), cut)
+    }
+
+    /// The documented version 6 test vector: the version 4 one, its entry in
+    /// one segment, under the all-0x09 KEK.
+    #[test]
+    fn version_6_test_vector() {
+        let (kek, ring) = keys();
+        let mut c = contents("r2", vec![entry("a.csv", 1)], vec![]);
+        c.0.records = vec![ManifestEntry {
+            source_etag: None,
+            ..entry(".ferry/audit/20260101T000000000000Z-r2.jsonl", 7)
+        }];
+        let (m, cut) = segmented(
+            &kek,
+            Place {
+                name: ".ferry/manifests/20260101T000000000000Z-r2.json".into(),
+                sequence: 2,
+                previous: Some("11".repeat(32)),
+            },
+            c,
+        );
+        assert_eq!(m.format, FORMAT);
+        m.verify(&ring).unwrap();
+        assert_eq!(cut.len(), 1);
+        assert_eq!(
+            String::from_utf8(cut[0].bytes.clone()).unwrap(),
+            VECTOR_6_SEGMENT
+        );
+        assert_eq!(m.segments[0].sha256, VECTOR_6_SEGMENT_SHA256);
+        assert_eq!(m.mac, VECTOR_6_MAC);
+        assert_eq!(m.link(), VECTOR_LINK);
+        // What the root says of each segment is authenticated.
+        for tamper in [
+            |r: &mut SegmentRef| r.sha256 = "00".repeat(32),
+            |r: &mut SegmentRef| r.size += 1,
+            |r: &mut SegmentRef| r.count += 1,
+            |r: &mut SegmentRef| r.first = "0".into(),
+            |r: &mut SegmentRef| r.last = "b".into(),
+        ] {
+            let mut t = m.clone();
+            tamper(&mut t.segments[0]);
+            assert_eq!(t.verify(&ring), Err(ManifestError::Mac));
+        }
+        let mut t = m.clone();
+        t.segments.clear();
+        assert_eq!(t.verify(&ring), Err(ManifestError::Mac));
+        // Entries written into the root itself are not authenticated there:
+        // such a manifest is refused, not read.
+        let mut t = m.clone();
+        t.objects = vec![entry("planted", 1)];
+        assert_eq!(t.verify(&ring), Err(ManifestError::Mac));
+        // Passing it off as version 5 (its entries inline) fails.
+        let mut t = m.clone();
+        t.format = FORMAT_V5.into();
+        assert_eq!(t.verify(&ring), Err(ManifestError::Mac));
+    }
+
+    #[test]
+    fn segments_listed_out_of_order_or_overlapping_are_refused_even_when_signed() {
+        let (kek, ring) = keys();
+        let objects: Vec<ManifestEntry> =
+            (0..10_000).map(|i| entry(&format!("k{i:05}"), i)).collect();
+        let (m, _) = segmented(
+            &kek,
+            Place::after(None, "m"),
+            contents("r", objects, vec![]),
+        );
+        assert!(m.segments.len() > 1);
+        m.verify(&ring).unwrap();
+        let mut swapped = m.clone();
+        swapped.segments.swap(0, 1);
+        swapped.resign(&kek, None);
+        assert!(matches!(
+            swapped.verify(&ring),
+            Err(ManifestError::Segment { .. })
+        ));
+        let mut twice = m.clone();
+        twice.segments.insert(1, m.segments[0].clone());
+        twice.resign(&kek, None);
+        assert!(matches!(
+            twice.verify(&ring),
+            Err(ManifestError::Segment { .. })
+        ));
+    }
+
+    #[test]
+    fn editing_the_entries_of_a_segmented_manifest_recuts_only_what_changed() {
+        let (kek, ring) = keys();
+        let objects: Vec<ManifestEntry> =
+            (0..20_000).map(|i| entry(&format!("k{i:05}"), i)).collect();
+        let (mut m, before) = segmented(
+            &kek,
+            Place::after(None, "m"),
+            contents("r", objects.clone(), vec![]),
+        );
+        m.objects = objects;
+        m.objects.remove(12_345);
+        let after = m.recut().unwrap();
+        m.resign(&kek, None);
+        m.verify(&ring).unwrap();
+        assert!(m.objects.is_empty());
+        let old: BTreeSet<&str> = before.iter().map(|s| s.reference.sha256.as_str()).collect();
+        let new = after
+            .iter()
+            .filter(|s| !old.contains(s.reference.sha256.as_str()))
+            .count();
+        assert!((1..=2).contains(&new), "{new} segments changed");
+        assert_eq!(m.segments.iter().map(|s| s.count).sum::<u64>(), 19_999);
+    }
+
+    const VECTOR_6_SEGMENT: &str = r#"{"format":"ferry-manifest-segment/v1","objects":[{"key":"a.csv","size":1,"sha256":"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa","encryptedSize":101,"encryptedSha256":"bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb","sourceEtag":"e1"}]}"#;
+    const VECTOR_6_SEGMENT_SHA256: &str =
+        "9a89d25a3532081f74654b3c1b954ba7945e4c704ad58a0303f0591494983d4a";
+    const VECTOR_6_MAC: &str = "fb73a8862528b9f35388a21ee9f0263babd23563ec6fbe0a204077b04fce1890";
 
     const VECTOR_5_MAC: &str = "d306887f6e9914c9f6dba3efa7862c8ebf84d1bafa3e1e85dd2d31e59d2bf064";
 

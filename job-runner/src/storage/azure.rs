@@ -10,8 +10,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures::StreamExt;
 use futures::future::BoxFuture;
+use futures::{StreamExt, TryStreamExt};
 use object_store::azure::{MicrosoftAzure, MicrosoftAzureBuilder};
 use object_store::path::Path;
 use object_store::{
@@ -21,7 +21,9 @@ use zeroize::Zeroizing;
 
 use super::access::{OpenError, Platform, SecretKeyMissing, Secrets, token_file};
 use super::multipart::{self, Sizes, Uploader};
-use super::{ByteStream, ObjectMeta, ObjectStore, StorageError, check_endpoint_url, check_key};
+use super::{
+    ByteStream, Listing, ObjectMeta, ObjectStore, StorageError, check_endpoint_url, check_key,
+};
 use ferry_crds::AzureBlobEndpoint;
 use ferry_crds::contract::{env, paths};
 
@@ -268,31 +270,49 @@ impl ObjectStore for AzureStore {
     }
 
     async fn list(&self) -> Result<Vec<ObjectMeta>, StorageError> {
-        let prefix = (!self.prefix.is_empty()).then(|| Path::from(self.prefix.as_str()));
+        self.list_from("").try_collect().await
+    }
+
+    /// Blob Storage lists names in order, a page at a time.
+    fn list_from<'a>(&'a self, under: &'a str) -> Listing<'a> {
         let strip = if self.prefix.is_empty() {
             String::new()
         } else {
             format!("{}/", self.prefix)
         };
-        let mut listing = self.inner.list(prefix.as_ref());
-        let mut out = Vec::new();
-        while let Some(meta) = listing.next().await {
-            let meta = meta.map_err(|e| self.error(e, None))?;
-            let Some(key) = meta.location.as_ref().strip_prefix(strip.as_str()) else {
-                continue;
-            };
-            out.push(ObjectMeta {
-                key: decode_listed(key),
-                size: meta.size,
-                modified: Some(
-                    meta.last_modified
-                        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-                ),
-                etag: meta.e_tag,
-            });
-        }
-        out.sort_by(|a, b| a.key.cmp(&b.key));
-        Ok(out)
+        // object_store lists whole path segments: the folder of `under`,
+        // then filtered to `under`.
+        let folder = format!("{strip}{}", under.rfind('/').map_or("", |i| &under[..i]));
+        let folder = folder.trim_end_matches('/');
+        let prefix = (!folder.is_empty()).then(|| Path::from(folder));
+        let listing = self
+            .inner
+            .list(prefix.as_ref())
+            .filter_map(move |meta| {
+                let item = match meta {
+                    Err(e) => Some(Err(self.error(e, None))),
+                    Ok(meta) => meta
+                        .location
+                        .as_ref()
+                        .strip_prefix(strip.as_str())
+                        .map(decode_listed)
+                        .filter(|key| key.starts_with(under))
+                        .map(|key| {
+                            Ok(ObjectMeta {
+                                key,
+                                size: meta.size,
+                                modified: Some(
+                                    meta.last_modified
+                                        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                                ),
+                                etag: meta.e_tag,
+                            })
+                        }),
+                };
+                futures::future::ready(item)
+            })
+            .boxed();
+        super::in_order(self.name.clone(), listing)
     }
 
     async fn get(&self, key: &str, range: Option<Range<u64>>) -> Result<ByteStream, StorageError> {

@@ -8,10 +8,10 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use bytes::{Bytes, BytesMut};
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
-use super::{ByteStream, ObjectMeta, ObjectStore, StorageError, check_key};
+use super::{ByteStream, Listing, ObjectMeta, ObjectStore, StorageError, check_key};
 
 /// Marks Ferry's temporary files; listings skip them.
 pub const TEMP_MARKER: &str = ".ferry-tmp-";
@@ -66,36 +66,80 @@ impl LocalStore {
     }
 }
 
-fn walk(root: &Path, dir: &Path, out: &mut Vec<ObjectMeta>) -> std::io::Result<()> {
+/// Objects per page of a streamed listing.
+const PAGE: usize = 1000;
+
+/// A folder's entries to walk, sorted so the keys come out in bytewise
+/// order: a folder sorts as its name followed by `/` (`a-b` before `a/x`).
+/// Symbolic links, special files, names that are not UTF-8 and temporary
+/// files are left out.
+fn sorted_entries(dir: &Path) -> std::io::Result<Vec<(String, bool)>> {
+    let mut out = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         let ty = entry.file_type()?;
-        let path = entry.path();
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
         if ty.is_dir() {
-            walk(root, &path, out)?;
-        } else if ty.is_file() {
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else { continue };
-            if name.contains(TEMP_MARKER) {
-                continue;
-            }
-            let Ok(rel) = path.strip_prefix(root) else {
-                continue;
-            };
-            let Some(rel) = rel.to_str() else { continue };
-            let meta = entry.metadata()?;
-            let modified = meta
-                .modified()
-                .ok()
-                .and_then(|t| jiff::Timestamp::try_from(t).ok());
-            out.push(ObjectMeta {
-                key: rel.replace(std::path::MAIN_SEPARATOR, "/"),
-                size: meta.len(),
-                modified: modified.map(|t| t.to_string()),
-                etag: None,
-            });
+            out.push((format!("{name}/"), true));
+        } else if ty.is_file() && !name.contains(TEMP_MARKER) {
+            out.push((name.to_string(), false));
         }
-        // Symbolic links and special files are ignored.
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
+/// Walks the folder `start` (the key prefix `under` of `root`) in key order,
+/// handing each file to `page` a page at a time; stops when `page` returns
+/// false. Holds one sorted folder per level, never the whole tree.
+fn walk_ordered(
+    root: &Path,
+    under: &str,
+    mut page: impl FnMut(Vec<ObjectMeta>) -> bool,
+) -> std::io::Result<()> {
+    let mut stack = vec![(
+        under.to_string(),
+        sorted_entries(&root.join(under))?.into_iter(),
+    )];
+    let mut out = Vec::with_capacity(PAGE);
+    while let Some((prefix, entries)) = stack.last_mut() {
+        let Some((name, is_dir)) = entries.next() else {
+            stack.pop();
+            continue;
+        };
+        let key = format!("{prefix}{name}");
+        let path = root.join(&key);
+        if is_dir {
+            match sorted_entries(&path) {
+                Ok(inner) => stack.push((key, inner.into_iter())),
+                // Removed while it was walked.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+            continue;
+        }
+        let meta = match std::fs::symlink_metadata(&path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        let modified = meta
+            .modified()
+            .ok()
+            .and_then(|t| jiff::Timestamp::try_from(t).ok());
+        out.push(ObjectMeta {
+            key,
+            size: meta.len(),
+            modified: modified.map(|t| t.to_string()),
+            etag: None,
+        });
+        if out.len() == PAGE && !page(std::mem::replace(&mut out, Vec::with_capacity(PAGE))) {
+            return Ok(());
+        }
+    }
+    if !out.is_empty() {
+        page(out);
     }
     Ok(())
 }
@@ -107,26 +151,55 @@ impl ObjectStore for LocalStore {
     }
 
     async fn list(&self) -> Result<Vec<ObjectMeta>, StorageError> {
-        let root = self.root.clone();
-        let listed = tokio::task::spawn_blocking(move || {
-            let mut out = Vec::new();
-            walk(&root, &root, &mut out).map(|()| out)
-        })
-        .await
-        .map_err(|e| self.io("list", None, std::io::Error::other(e)))?;
-        match listed {
-            Ok(mut objects) => {
-                objects.sort_by(|a, b| a.key.cmp(&b.key));
-                Ok(objects)
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                Err(StorageError::NoSuchContainer {
-                    endpoint: self.describe(),
-                    what: "the folder".to_string(),
-                })
-            }
-            Err(e) => Err(self.io("list", None, e)),
+        self.list_from("").try_collect().await
+    }
+
+    fn list_from<'a>(&'a self, under: &'a str) -> Listing<'a> {
+        // Only whole folders are walked; a prefix inside a name is filtered.
+        let folder = under.rfind('/').map_or("", |i| &under[..=i]).to_string();
+        if !folder.is_empty()
+            && let Err(e) = check_key(&self.describe(), folder.trim_end_matches('/'))
+        {
+            return futures::stream::once(async move { Err(e) }).boxed();
         }
+        let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Vec<ObjectMeta>>>(2);
+        let root = self.root.clone();
+        tokio::task::spawn_blocking(move || {
+            let walked = walk_ordered(&root, &folder, |page| tx.blocking_send(Ok(page)).is_ok());
+            match walked {
+                // A missing folder inside an existing root is an empty listing.
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::NotFound
+                        && !folder.is_empty()
+                        && root.is_dir() => {}
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(e));
+                }
+                Ok(()) => {}
+            }
+        });
+        let pages = futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|page| (page, rx))
+        });
+        pages
+            .map(move |page| {
+                let objects: Vec<Result<ObjectMeta, StorageError>> = match page {
+                    Ok(objects) => objects.into_iter().map(Ok).collect(),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        vec![Err(StorageError::NoSuchContainer {
+                            endpoint: self.describe(),
+                            what: "the folder".to_string(),
+                        })]
+                    }
+                    Err(e) => vec![Err(self.io("list", None, e))],
+                };
+                futures::stream::iter(objects)
+            })
+            .flatten()
+            .filter(move |o| {
+                futures::future::ready(o.as_ref().map_or(true, |o| o.key.starts_with(under)))
+            })
+            .boxed()
     }
 
     async fn get(&self, key: &str, range: Option<Range<u64>>) -> Result<ByteStream, StorageError> {

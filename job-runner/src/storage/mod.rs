@@ -19,6 +19,10 @@ pub mod sftp;
 /// A stream of object bytes.
 pub type ByteStream = BoxStream<'static, Result<Bytes, StorageError>>;
 
+/// A listing, one object at a time in key order (bytewise), fetched a page at
+/// a time: what it holds is bounded by a page, not by the number of objects.
+pub type Listing<'a> = BoxStream<'a, Result<ObjectMeta, StorageError>>;
+
 /// What a listing says of one object.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectMeta {
@@ -71,6 +75,12 @@ pub enum StorageError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{endpoint}: the listing is not in key order: {key:?} came after {previous:?}")]
+    Unordered {
+        endpoint: String,
+        key: String,
+        previous: String,
+    },
     #[error("{endpoint}: failed to produce the data for {key:?}: {reason}")]
     Source {
         endpoint: String,
@@ -115,7 +125,7 @@ impl StorageError {
             StorageError::NoSpace { .. } => Reason::NoSpace,
             StorageError::ChangedDuringRead { .. } => Reason::ObjectChanged,
             StorageError::InvalidKey { .. } => Reason::InvalidKey,
-            StorageError::Io { .. } => Reason::StorageError,
+            StorageError::Io { .. } | StorageError::Unordered { .. } => Reason::StorageError,
             StorageError::Source { .. } => Reason::SourceError,
         }
     }
@@ -130,6 +140,27 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
 
     /// Every object under the prefix, sorted by key.
     async fn list(&self) -> Result<Vec<ObjectMeta>, StorageError>;
+
+    /// The objects whose key starts with `under` (`""`: all of them), in
+    /// key order, a page at a time. The default lists everything at once;
+    /// backends whose listing pages are in key order stream them.
+    fn list_from<'a>(&'a self, under: &'a str) -> Listing<'a> {
+        use futures::StreamExt;
+        futures::stream::once(self.list())
+            .map(move |listed| {
+                let objects: Vec<Result<ObjectMeta, StorageError>> = match listed {
+                    Ok(l) => l
+                        .into_iter()
+                        .filter(|o| o.key.starts_with(under))
+                        .map(Ok)
+                        .collect(),
+                    Err(e) => vec![Err(e)],
+                };
+                futures::stream::iter(objects)
+            })
+            .flatten()
+            .boxed()
+    }
 
     /// The object's bytes, or a byte range of them.
     async fn get(&self, key: &str, range: Option<Range<u64>>) -> Result<ByteStream, StorageError>;
@@ -148,6 +179,29 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
 }
 
 /// Checks a relative key: no empty segment, no `.` or `..`, no NUL, no leading `/`.
+/// `listing`, with a key out of order (or repeated) turned into an error:
+/// the merges that consume listings count on the order.
+pub fn in_order<'a>(endpoint: String, listing: Listing<'a>) -> Listing<'a> {
+    use futures::StreamExt;
+    let mut previous: Option<String> = None;
+    listing
+        .map(move |item| {
+            let obj = item?;
+            if let Some(p) = &previous
+                && obj.key.as_str() <= p.as_str()
+            {
+                return Err(StorageError::Unordered {
+                    endpoint: endpoint.clone(),
+                    key: obj.key,
+                    previous: p.clone(),
+                });
+            }
+            previous = Some(obj.key.clone());
+            Ok(obj)
+        })
+        .boxed()
+}
+
 pub fn check_key(endpoint: &str, key: &str) -> Result<(), StorageError> {
     let bad = |reason| StorageError::InvalidKey {
         endpoint: endpoint.to_string(),

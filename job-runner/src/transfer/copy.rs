@@ -1,45 +1,78 @@
-//! Copying the objects a plan chose: bounded concurrency, retries of transient
+//! Carrying out a plan: the objects it chose copied with bounded concurrency, retries of transient
 //! failures, and each object read, minimised, encrypted and written as one
 //! stream ([`crate::pipe::encrypt_stream`]).
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use ferry_crds::Reason;
 use futures::StreamExt;
+use futures::stream::BoxStream;
 
 use crate::audit::{AuditLog, Outcome};
+use crate::crypto::segments::SegmentRef;
 use crate::crypto::{Kek, ManifestEntry, ObjectEncrypter};
 use crate::pipe::{Origin, SealError, encrypt_stream};
 use crate::project::Projector;
 use crate::storage::{ObjectMeta, ObjectStore};
 
-use super::{Options, Progress, SMALL_FACTOR, SMALL_OBJECT, TransferError};
+use super::plan::{Step, Verdict};
+use super::records::SegmentWriter;
+use super::{Options, Planned, Progress, Report, SMALL_FACTOR, SMALL_OBJECT, TransferError};
 
-/// One object to copy, with the columns kept when it is minimised.
-pub(super) type Work = (ObjectMeta, Option<Vec<String>>);
+/// How many steps of a plan may be under way at once, in times the copies
+/// that may run at once: an object slower than the rest (a large one) does not
+/// stall the others until this many steps came after it.
+const WINDOW_FACTOR: usize = 4;
 
-/// Copies every object of `work`: up to `concurrency` large objects at once
-/// (they hold part and range buffers), however many small ones besides, up to
-/// [`SMALL_FACTOR`] times as many in all. One audit line per object.
+/// What became of one step of the plan.
+enum Done {
+    /// An entry of the last manifest that stands as it is.
+    Kept(ManifestEntry),
+    /// An object judged and not copied (unchanged, refused, erased), with
+    /// the entry of the last manifest for its key.
+    Judged(ObjectMeta, Verdict, Option<ManifestEntry>),
+    /// An object copied, or not.
+    Copied(ObjectMeta, Result<ManifestEntry, TransferError>),
+}
+
+/// Carries out a plan in key order: copies the objects it says to copy (up
+/// to `concurrency` large objects at once, as they hold part and range
+/// buffers, and [`SMALL_FACTOR`] times as many in all), and hands every
+/// entry of the new manifest, kept or new, to `segments` in key order. One
+/// audit line per object. Memory is bounded by the steps under way, not by
+/// the number of objects.
+#[allow(clippy::too_many_arguments)] // the two stores, the key, and what a run carries
 pub(super) async fn copy_all(
+    steps: BoxStream<'_, Result<Step, TransferError>>,
     src: Arc<dyn ObjectStore>,
     dst: Arc<dyn ObjectStore>,
     kek: &Kek,
-    work: Vec<Work>,
+    mut segments: SegmentWriter,
     opts: &Options,
     audit: &AuditLog,
     progress: Arc<Progress>,
-) -> Vec<Result<ManifestEntry, TransferError>> {
+) -> Result<(Report, Vec<SegmentRef>, u64), TransferError> {
     let concurrency = opts.concurrency.max(1);
     let large = Arc::new(tokio::sync::Semaphore::new(concurrency));
-    futures::stream::iter(work)
-        .map(|(obj, fields)| {
+    let copies = Arc::new(tokio::sync::Semaphore::new(concurrency * SMALL_FACTOR));
+    let mut done = steps
+        .map(|step| {
             let (src, dst, progress) = (src.clone(), dst.clone(), progress.clone());
-            let large = large.clone();
+            let (large, copies) = (large.clone(), copies.clone());
             async move {
-                // The semaphore is never closed, so a permit always comes.
-                let _slot = if obj.size > SMALL_OBJECT {
+                let Step { object, previous } = step?;
+                let Some((obj, verdict)) = object else {
+                    return Ok::<_, TransferError>(previous.map(Done::Kept));
+                };
+                let Verdict::Copy { fields, .. } = verdict else {
+                    return Ok(Some(Done::Judged(obj, verdict, previous)));
+                };
+                // The semaphores are never closed, so a permit always comes.
+                let _copy = copies.acquire_owned().await.ok();
+                let _large = if obj.size > SMALL_OBJECT {
                     large.acquire_owned().await.ok()
                 } else {
                     None
@@ -59,24 +92,143 @@ pub(super) async fn copy_all(
                         .bytes
                         .fetch_add(e.encrypted_size, Ordering::Relaxed);
                 }
-                (obj, r)
+                Ok(Some(Done::Copied(obj, r)))
             }
         })
-        .buffer_unordered(concurrency * SMALL_FACTOR)
-        .map(|(obj, r)| {
-            match &r {
-                Ok(_) => audit.record("object.copy", Outcome::Success, None, Some(&obj.key)),
-                Err(e) => audit.record(
+        .buffered(concurrency * SMALL_FACTOR * WINDOW_FACTOR);
+    let mut tally = Tally::default();
+    while let Some(step) = done.next().await {
+        let entry = match step? {
+            None => None,
+            Some(Done::Kept(e)) => Some(e),
+            Some(Done::Judged(obj, verdict, previous)) => {
+                tally.judged(obj, verdict, audit);
+                previous
+            }
+            Some(Done::Copied(obj, r)) => tally.copied(&obj, r, audit),
+        };
+        // A run with a failure writes no manifest: no more segments either.
+        if let Some(e) = entry
+            && tally.failed() == 0
+        {
+            segments.push(e).await?;
+        }
+    }
+    tally.settle()?;
+    let (refs, written) = segments.finish().await?;
+    Ok((tally.report, refs, written))
+}
+
+/// What a plan-only run would do: the steps counted, nothing copied.
+pub(super) async fn plan_only(
+    mut steps: BoxStream<'_, Result<Step, TransferError>>,
+    audit: &AuditLog,
+) -> Result<Report, TransferError> {
+    let mut tally = Tally::default();
+    while let Some(step) = steps.next().await {
+        if let Some((obj, verdict)) = step?.object {
+            tally.judged(obj, verdict, audit);
+        }
+    }
+    Ok(tally.report)
+}
+
+/// A run's counts as its steps are done.
+#[derive(Default)]
+struct Tally {
+    report: Report,
+    first_error: Option<TransferError>,
+    reasons: BTreeSet<Reason>,
+}
+
+impl Tally {
+    fn failed(&self) -> u64 {
+        self.report.objects_failed
+    }
+
+    /// Counts an object not copied (with an audit line when refused or
+    /// skipped as erased); one to copy is listed in the plan.
+    fn judged(&mut self, obj: ObjectMeta, verdict: Verdict, audit: &AuditLog) {
+        let report = &mut self.report;
+        match verdict {
+            Verdict::Erased => {
+                audit.record(
+                    "object.skipped",
+                    Outcome::Success,
+                    Some("ErasedOnRequest"),
+                    Some(&obj.key),
+                );
+                report.objects_tombstoned += 1;
+            }
+            Verdict::Refused(r) => {
+                audit.record(
+                    "object.refused",
+                    Outcome::Denied,
+                    Some(r.reason.as_str()),
+                    Some(&obj.key),
+                );
+                report.objects_failed += 1;
+                report.refused.push((obj.key, r.message));
+            }
+            Verdict::Unchanged => report.objects_skipped += 1,
+            Verdict::Copy { streams, .. } => report.planned.push(Planned {
+                key: obj.key,
+                size: obj.size,
+                streams,
+            }),
+        }
+    }
+
+    /// Counts a copy, with its audit line: its entry when it was made.
+    fn copied(
+        &mut self,
+        obj: &ObjectMeta,
+        r: Result<ManifestEntry, TransferError>,
+        audit: &AuditLog,
+    ) -> Option<ManifestEntry> {
+        match r {
+            Ok(e) => {
+                audit.record("object.copy", Outcome::Success, None, Some(&obj.key));
+                self.report.objects_copied += 1;
+                self.report.bytes_read += e.size;
+                self.report.bytes_written += e.encrypted_size;
+                Some(e)
+            }
+            Err(e) => {
+                audit.record(
                     "object.copy",
                     Outcome::Failure,
                     Some(e.reason().as_str()),
                     Some(&obj.key),
-                ),
+                );
+                self.report.objects_failed += 1;
+                tracing::error!(error = %e, "object failed");
+                self.reasons.insert(e.reason());
+                self.first_error.get_or_insert(e);
+                None
             }
-            r
+        }
+    }
+
+    /// A run with any failure (or refusal) fails: it never advances the
+    /// cursor, so no manifest is written; what it copied is complete and will
+    /// be recognised (or copied again) next time.
+    fn settle(&mut self) -> Result<(), TransferError> {
+        let report = &self.report;
+        if report.objects_failed == 0 {
+            return Ok(());
+        }
+        Err(match self.first_error.take() {
+            Some(e) if report.objects_failed == 1 && report.refused.is_empty() => e,
+            _ => TransferError::Incomplete {
+                failed: report.objects_failed,
+                refused: report.refused.len() as u64,
+                common: (self.reasons.len() == 1)
+                    .then(|| self.reasons.iter().next().copied())
+                    .flatten(),
+            },
         })
-        .collect()
-        .await
+    }
 }
 
 async fn copy_with_retry(

@@ -7,12 +7,14 @@ use std::sync::Arc;
 use ferry_crds::Reason;
 
 use crate::audit::{AuditLog, Outcome};
+use crate::crypto::segments::SegmentRef;
 use crate::crypto::{Kek, KeyRing, ManifestSigner, Tombstone};
-use crate::storage::{ObjectStore, check_key};
+use crate::storage::{Listing, ObjectStore, StorageError, check_key};
+use futures::TryStreamExt;
 
 use super::records::{
-    audited, is_manifest_key, list_destination, newest_manifest, put_manifest, read_manifest,
-    write_manifest,
+    SegmentWriter, audited, list_destination, load_entries, manifest_names, newest_manifest,
+    put_bytes, put_manifest, read_manifest, write_manifest,
 };
 use super::{Erased, Options, Report, TransferError};
 
@@ -39,23 +41,30 @@ pub async fn erase(
     let erased = erase_and_rewrite(&src, &dst, &keys, request, &wanted, opts, audit).await;
     let records = super::records::finish_copy(audit_copy, audit).await;
     let (mut report, previous, tombstones) = erased?;
-    // A new manifest carries the remaining entries and the tombstones forward.
-    let objects = previous
-        .iter()
-        .flat_map(|m| m.objects.iter())
-        .filter(|e| !wanted.contains(e.key.as_str()))
-        .cloned()
-        .collect();
-    let (key, anchor) = write_manifest(
+    // A new manifest carries the remaining entries and the tombstones
+    // forward; its segments are those the rewrite just stored.
+    let mut segments = SegmentWriter::new(dst.clone()).await?;
+    for e in previous.iter().flat_map(|m| m.objects.iter()) {
+        if !wanted.contains(e.key.as_str()) {
+            segments.push(e.clone()).await?;
+        }
+    }
+    let (segments, segment_bytes) = segments.finish().await?;
+    let mut previous = previous;
+    if let Some(m) = &mut previous {
+        m.objects = Vec::new();
+    }
+    let (key, anchor, root_bytes) = write_manifest(
         dst.as_ref(),
         kek,
         opts,
         previous.as_ref(),
-        objects,
+        segments,
         tombstones,
         records?,
     )
     .await?;
+    report.manifest_bytes = segment_bytes + root_bytes;
     report.manifest = Some(key);
     report.anchor = Some(anchor);
     Ok(report)
@@ -73,13 +82,16 @@ async fn erase_and_rewrite(
     audit: &AuditLog,
 ) -> Result<(Report, Option<crate::crypto::Manifest>, Vec<Tombstone>), TransferError> {
     let kek = &*keys.current()?;
-    let listed = list_destination(dst.as_ref()).await?;
-    let previous = audited(
-        newest_manifest(dst.as_ref(), &listed, keys, opts.anchor.as_ref()).await,
+    let mut previous = audited(
+        newest_manifest(dst.as_ref(), keys, opts.anchor.as_ref()).await,
         audit,
     )?;
-    let at_destination: BTreeSet<String> = listed.into_iter().map(|o| o.key).collect();
-    let at_source: BTreeSet<String> = src.list().await?.into_iter().map(|o| o.key).collect();
+    if let Some((_, m)) = &mut previous {
+        load_entries(dst.as_ref(), m).await?;
+    }
+    // Of each side's listing, only the keys asked for are kept.
+    let at_destination = wanted_in(list_destination(dst.as_ref(), ""), wanted).await?;
+    let at_source = wanted_in(src.list_from(""), wanted).await?;
     let mut report = Report::default();
     let mut tombstones = previous
         .as_ref()
@@ -112,7 +124,7 @@ async fn erase_and_rewrite(
     }
     tombstones.sort_by(|a, b| a.key.cmp(&b.key));
     let sealer = (kek, opts.signer.as_deref());
-    rewrite_manifests(dst.as_ref(), keys, sealer, &at_destination, wanted, audit).await?;
+    rewrite_manifests(dst.as_ref(), keys, sealer, wanted, audit).await?;
     if report.objects_failed > 0 {
         return Err(match first_error {
             Some(e) if report.objects_failed == 1 => e,
@@ -127,6 +139,18 @@ async fn erase_and_rewrite(
 }
 
 /// The requested keys, checked: valid keys, none of Ferry's own records.
+/// The keys of `listing` among `wanted`.
+async fn wanted_in(
+    listing: Listing<'_>,
+    wanted: &BTreeSet<&str>,
+) -> Result<BTreeSet<String>, TransferError> {
+    Ok(listing
+        .try_filter(|o| futures::future::ready(wanted.contains(o.key.as_str())))
+        .map_ok(|o| o.key)
+        .try_collect()
+        .await?)
+}
+
 fn wanted_keys(request: &EraseRequest) -> Result<BTreeSet<&str>, TransferError> {
     let wanted: BTreeSet<&str> = request.keys.iter().map(String::as_str).collect();
     for key in &wanted {
@@ -211,27 +235,54 @@ impl Sides<'_> {
 /// Every manifest that still lists an erased key is rewritten without it, and
 /// signed again: the MAC with `kek`, and the signature with the run's signing
 /// key (without one, the old signature, which no longer holds, is dropped).
+/// A version 6 manifest gets new segments for those that held the key; the
+/// old ones are deleted once no manifest lists them.
 async fn rewrite_manifests(
     dst: &dyn ObjectStore,
     keys: &KeyRing,
     (kek, signer): (&Kek, Option<&ManifestSigner>),
-    at_destination: &BTreeSet<String>,
     wanted: &BTreeSet<&str>,
     audit: &AuditLog,
 ) -> Result<(), TransferError> {
-    for mkey in at_destination.iter().filter(|k| is_manifest_key(k)) {
-        let mut m = read_manifest(dst, mkey, keys).await?;
+    let mut replaced = BTreeSet::new();
+    for mkey in manifest_names(dst).await? {
+        let mut m = read_manifest(dst, &mkey, keys).await?;
+        load_entries(dst, &mut m).await?;
         let before = m.objects.len();
         m.objects.retain(|e| !wanted.contains(e.key.as_str()));
-        if m.objects.len() != before {
-            m.resign(kek, signer);
-            put_manifest(dst, mkey, &m).await?;
-            audit.record(
-                "manifest.rewrite",
-                Outcome::Success,
-                Some("Erasure"),
-                Some(mkey),
-            );
+        if m.objects.len() == before {
+            continue;
+        }
+        if m.is_segmented() {
+            let old: BTreeSet<String> = m.segments.iter().map(SegmentRef::key).collect();
+            let cut = m.recut().map_err(|source| TransferError::Integrity {
+                key: mkey.clone(),
+                source,
+            })?;
+            for segment in cut {
+                let key = segment.reference.key();
+                if !old.contains(&key) {
+                    put_bytes(dst, &key, segment.bytes).await?;
+                }
+            }
+            let kept: BTreeSet<String> = m.segments.iter().map(SegmentRef::key).collect();
+            replaced.extend(old.difference(&kept).cloned());
+        }
+        m.resign(kek, signer);
+        put_manifest(dst, &mkey, &m).await?;
+        audit.record(
+            "manifest.rewrite",
+            Outcome::Success,
+            Some("Erasure"),
+            Some(&mkey),
+        );
+    }
+    // Each replaced segment held an erased key, so no rewritten manifest
+    // lists it, and a manifest that did not list the key never did.
+    for key in replaced {
+        match dst.delete(&key).await {
+            Ok(()) | Err(StorageError::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
         }
     }
     Ok(())

@@ -10,27 +10,26 @@ pub mod erase;
 pub mod plan;
 pub mod records;
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use ferry_crds::{ConnectorSpec, Reason};
+use ferry_crds::{ConnectorSpec, Reason, SyncMode};
+use futures::StreamExt;
+use futures::stream::BoxStream;
 
-use crate::audit::{AuditLog, Outcome};
-use crate::crypto::{
-    Anchor, ChainBreak, KeyError, KeyRing, ManifestEntry, ManifestError, ManifestSigner,
-};
+use crate::audit::AuditLog;
+use crate::crypto::{Anchor, ChainBreak, KeyError, KeyRing, ManifestError, ManifestSigner};
 use crate::project::ProjectionError;
 use crate::select::{GlobError, Selector};
-use crate::storage::{ObjectStore, StorageError};
+use crate::storage::{Listing, ObjectMeta, ObjectStore, StorageError};
 
 pub use erase::{EraseRequest, erase};
 pub use ferry_crds::MANIFEST_DIR;
-pub use plan::{Known, Verdict};
+pub use plan::{Rules, Step, Verdict};
 pub use records::{
-    is_manifest_key, latest_manifest, manifest_key, newest_manifest_key, read_manifest,
-    read_manifest_unverified, sort_key,
+    entries, is_manifest_key, latest_manifest, load_entries, manifest_key, newest_manifest_key,
+    read_manifest, read_manifest_unverified, sort_key,
 };
 /// Objects up to this size (one encryption segment) cost a few requests and
 /// little memory each: their pace is set by round trips, not bandwidth, so
@@ -164,7 +163,8 @@ pub struct Report {
     pub manifest: Option<String>,
     /// Its place in the destination's chain: the next run's anchor.
     pub anchor: Option<Anchor>,
-    /// What would be or was copied.
+    /// In plan mode, what would be copied (a sync run counts what it copies
+    /// and lists each in its audit lines, holding no list of them).
     pub planned: Vec<Planned>,
     /// Objects refused, with the reason.
     pub refused: Vec<(String, String)>,
@@ -172,6 +172,8 @@ pub struct Report {
     pub objects_tombstoned: u64,
     /// Erasure runs: what was erased, per requested key.
     pub erased: Vec<Erased>,
+    /// Bytes of manifest written: the segments that changed and the root.
+    pub manifest_bytes: u64,
 }
 
 /// What an erasure run did for one requested key.
@@ -187,6 +189,8 @@ pub struct Erased {
 /// Live counters, for progress reporting.
 #[derive(Debug, Default)]
 pub struct Progress {
+    /// Objects listed at the source so far.
+    pub listed: AtomicU64,
     pub objects: AtomicU64,
     pub bytes: AtomicU64,
 }
@@ -203,136 +207,72 @@ pub async fn run(
 ) -> Result<Report, TransferError> {
     let selector = Selector::new(spec)?;
     let kek = &*keys.current()?;
-    let listed = src.list().await?;
-    let at_destination = records::list_destination(dst.as_ref()).await?;
     let previous = records::audited(
-        records::newest_manifest(dst.as_ref(), &at_destination, &keys, opts.anchor.as_ref()).await,
+        records::newest_manifest(dst.as_ref(), &keys, opts.anchor.as_ref()).await,
         audit,
     )?;
-    let known = Known::new(
-        previous.as_ref().map(|(_, m)| m),
-        spec.sync_mode,
-        &at_destination,
-    );
-    drop(at_destination);
-    let verdicts = plan::plan(
-        listed,
-        &selector,
-        &spec.compliance.allowed_sensitivity,
-        &known,
-    );
-    let (mut report, work) = tally(verdicts, audit);
+    let last = previous.as_ref().map(|(_, m)| m);
+    let tombstones = last.map(|m| m.erased.clone()).unwrap_or_default();
+    let rules = plan::Rules::new(&selector, &spec.compliance.allowed_sensitivity, &tombstones);
+    // A full run copies everything again: it carries no entry forward.
+    let carried = match last {
+        Some(m) if spec.sync_mode == SyncMode::Incremental => records::entries(dst.as_ref(), m),
+        _ => futures::stream::empty().boxed(),
+    };
+    let listed = listing(src.list_from(""), Some(progress.clone()));
+    let stored = listing(records::list_destination(dst.as_ref(), ""), None);
+    let steps = plan::plan(listed, carried, stored, &rules).boxed();
     if opts.mode != Mode::Sync {
-        return Ok(report);
+        return copy::plan_only(steps, audit).await;
     }
     let audit_copy = records::AuditCopy::start(dst.clone(), kek, audit, opts)?;
-    let copied = copy::copy_all(src, dst.clone(), kek, work, opts, audit, progress).await;
-    let Known {
-        mut entries,
-        tombstones,
-        ..
-    } = known;
-    let settled = settle(copied, &mut report, &mut entries);
+    let copied = match records::SegmentWriter::new(dst.clone()).await {
+        Ok(segments) => {
+            copy::copy_all(
+                steps,
+                src.clone(),
+                dst.clone(),
+                kek,
+                segments,
+                opts,
+                audit,
+                progress,
+            )
+            .await
+        }
+        Err(e) => Err(e),
+    };
     // The lines of a failed run are stored too; those of a run that wrote
     // its manifest are listed in it.
     let records = records::finish_copy(audit_copy, audit).await;
-    settled?;
-    let (key, anchor) = records::write_manifest(
+    let (mut report, segments, segment_bytes) = copied?;
+    let (key, anchor, root_bytes) = records::write_manifest(
         dst.as_ref(),
         kek,
         opts,
-        previous.as_ref().map(|(_, m)| m),
-        entries.into_values().collect(),
+        last,
+        segments,
         tombstones,
         records?,
     )
     .await?;
     report.manifest = Some(key);
     report.anchor = Some(anchor);
+    report.manifest_bytes = segment_bytes + root_bytes;
     Ok(report)
 }
 
-/// Counts the verdicts into a report (with an audit line for each object
-/// refused or skipped as erased), and returns the objects to copy.
-fn tally(
-    verdicts: Vec<(crate::storage::ObjectMeta, Verdict)>,
-    audit: &AuditLog,
-) -> (Report, Vec<copy::Work>) {
-    let mut report = Report::default();
-    let mut work = Vec::new();
-    for (obj, verdict) in verdicts {
-        match verdict {
-            Verdict::Erased => {
-                audit.record(
-                    "object.skipped",
-                    Outcome::Success,
-                    Some("ErasedOnRequest"),
-                    Some(&obj.key),
-                );
-                report.objects_tombstoned += 1;
+/// A store's listing as a plan takes it, counted in `listed` as it comes.
+fn listing<'a>(
+    objects: Listing<'a>,
+    progress: Option<Arc<Progress>>,
+) -> BoxStream<'a, Result<ObjectMeta, TransferError>> {
+    objects
+        .map(move |o| {
+            if let Some(p) = &progress {
+                p.listed.fetch_add(1, Ordering::Relaxed);
             }
-            Verdict::Refused(r) => {
-                audit.record(
-                    "object.refused",
-                    Outcome::Denied,
-                    Some(r.reason.as_str()),
-                    Some(&obj.key),
-                );
-                report.objects_failed += 1;
-                report.refused.push((obj.key, r.message));
-            }
-            Verdict::Unchanged => report.objects_skipped += 1,
-            Verdict::Copy { fields, streams } => {
-                report.planned.push(Planned {
-                    key: obj.key.clone(),
-                    size: obj.size,
-                    streams,
-                });
-                work.push((obj, fields));
-            }
-        }
-    }
-    (report, work)
-}
-
-/// Adds what was copied to the report and to the manifest's entries. A run
-/// with any failure (or refusal) fails: it never advances the cursor, so no
-/// manifest is written; what it copied is complete and will be recognised (or
-/// copied again) next time.
-fn settle(
-    copied: Vec<Result<ManifestEntry, TransferError>>,
-    report: &mut Report,
-    entries: &mut BTreeMap<String, ManifestEntry>,
-) -> Result<(), TransferError> {
-    let mut first_error = None;
-    let mut reasons = BTreeSet::new();
-    for r in copied {
-        match r {
-            Ok(e) => {
-                report.objects_copied += 1;
-                report.bytes_read += e.size;
-                report.bytes_written += e.encrypted_size;
-                entries.insert(e.key.clone(), e);
-            }
-            Err(e) => {
-                report.objects_failed += 1;
-                tracing::error!(error = %e, "object failed");
-                reasons.insert(e.reason());
-                first_error.get_or_insert(e);
-            }
-        }
-    }
-    if report.objects_failed == 0 {
-        return Ok(());
-    }
-    Err(match first_error {
-        Some(e) if report.objects_failed == 1 && report.refused.is_empty() => e,
-        _ => TransferError::Incomplete {
-            failed: report.objects_failed,
-            refused: report.refused.len() as u64,
-            common: (reasons.len() == 1)
-                .then(|| reasons.into_iter().next())
-                .flatten(),
-        },
-    })
+            o.map_err(TransferError::from)
+        })
+        .boxed()
 }

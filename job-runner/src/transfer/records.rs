@@ -1,18 +1,21 @@
 //! The destination's records: finding, reading, verifying and writing the
 //! signed manifests under [`MANIFEST_DIR`].
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 
 use crate::audit::{AuditLog, Outcome};
+use crate::crypto::segments::{self, Cutter, SEGMENT_DIR, Segment, SegmentRef};
 use crate::crypto::{
     Anchor, ChainBreak, Contents, Kek, KeyError, KeyRing, Manifest, ManifestEntry, ManifestError,
     ObjectEncrypter, Place, Tombstone, check_anchor,
 };
 use crate::pipe::{Origin, encrypt_stream};
-use crate::storage::{ByteStream, ObjectMeta, ObjectStore, StorageError};
+use crate::storage::{ByteStream, Listing, ObjectStore, StorageError};
 
 use super::{MANIFEST_DIR, Options, TransferError};
 use ferry_crds::{AUDIT_DIR, Reason};
@@ -27,37 +30,45 @@ pub async fn latest_manifest(
     dst: &dyn ObjectStore,
     keys: &KeyRing,
 ) -> Result<Option<(String, Manifest)>, TransferError> {
-    let listed = list_destination(dst).await?;
-    newest_manifest(dst, &listed, keys, None).await
+    newest_manifest(dst, keys, None).await
 }
 
-/// Everything under the destination prefix; nothing when its container or
-/// folder does not exist yet.
-pub(super) async fn list_destination(
+/// Everything under `under` at the destination, in key order; nothing when
+/// its container or folder does not exist yet.
+pub(super) fn list_destination<'a>(dst: &'a dyn ObjectStore, under: &'a str) -> Listing<'a> {
+    dst.list_from(under)
+        .filter(|o| futures::future::ready(!matches!(o, Err(StorageError::NoSuchContainer { .. }))))
+        .boxed()
+}
+
+/// The names of the destination's manifests (a few per run, not per object).
+pub(super) async fn manifest_names(dst: &dyn ObjectStore) -> Result<Vec<String>, TransferError> {
+    Ok(list_destination(dst, MANIFEST_DIR)
+        .try_filter_map(|o| futures::future::ready(Ok(is_manifest_key(&o.key).then_some(o.key))))
+        .try_collect()
+        .await?)
+}
+
+/// The segments stored at the destination, by key, with their sizes.
+pub(super) async fn stored_segments(
     dst: &dyn ObjectStore,
-) -> Result<Vec<ObjectMeta>, TransferError> {
-    match dst.list().await {
-        Ok(l) => Ok(l),
-        Err(StorageError::NoSuchContainer { .. }) => Ok(Vec::new()),
-        Err(e) => Err(e.into()),
-    }
+) -> Result<BTreeMap<String, u64>, TransferError> {
+    Ok(list_destination(dst, SEGMENT_DIR)
+        .map_ok(|o| (o.key, o.size))
+        .try_collect()
+        .await?)
 }
 
-/// The newest manifest of a destination listing, verified: stored under the
-/// name it was written with, not created in the future, and, given the
-/// operator's `anchor`, the anchor's manifest or one built on it link by link.
+/// The newest manifest of the destination, verified: stored under the name
+/// it was written with, not created in the future, and, given the operator's
+/// `anchor`, the anchor's manifest or one built on it link by link.
 pub(super) async fn newest_manifest(
     dst: &dyn ObjectStore,
-    listed: &[ObjectMeta],
     keys: &KeyRing,
     anchor: Option<&Anchor>,
 ) -> Result<Option<(String, Manifest)>, TransferError> {
-    let mut names: Vec<&str> = listed
-        .iter()
-        .map(|o| o.key.as_str())
-        .filter(|k| is_manifest_key(k))
-        .collect();
-    let Some(key) = newest_manifest_key(names.iter().copied()) else {
+    let mut names = manifest_names(dst).await?;
+    let Some(key) = newest_manifest_key(names.iter().map(String::as_str)) else {
         if let Some(anchor) = anchor {
             // The operator recorded a manifest; none is left.
             return Err(ChainBreak::Rollback {
@@ -73,7 +84,7 @@ pub(super) async fn newest_manifest(
     not_in_the_future(&key, &newest)?;
     if let Some(anchor) = anchor {
         // Back from the newest to the anchor's sequence, each read and verified.
-        names.sort_by_key(|k| std::cmp::Reverse(sort_key(k)));
+        names.sort_by(|a, b| sort_key(b).cmp(&sort_key(a)));
         let mut tail = vec![(key.clone(), newest.clone())];
         for older in names.iter().filter(|k| **k != key) {
             if tail
@@ -88,6 +99,124 @@ pub(super) async fn newest_manifest(
         check_anchor(&tail, anchor)?;
     }
     Ok(Some((key, newest)))
+}
+
+/// The entries of a verified manifest, in key order, one segment read at a
+/// time (the next one fetched while this one is used); the entries of an
+/// older manifest, which holds them all, sorted.
+pub fn entries<'a>(
+    dst: &'a dyn ObjectStore,
+    manifest: &Manifest,
+) -> BoxStream<'a, Result<ManifestEntry, TransferError>> {
+    if !manifest.is_segmented() {
+        let mut objects = manifest.objects.clone();
+        objects.sort_by(|a, b| a.key.cmp(&b.key));
+        return futures::stream::iter(objects.into_iter().map(Ok)).boxed();
+    }
+    futures::stream::iter(manifest.segments.clone())
+        .map(move |r| async move { read_segment(dst, &r).await })
+        .buffered(2)
+        .map(|segment| match segment {
+            Ok(entries) => futures::stream::iter(entries.into_iter().map(Ok)).left_stream(),
+            Err(e) => futures::stream::once(async { Err(e) }).right_stream(),
+        })
+        .flatten()
+        .boxed()
+}
+
+/// Reads the segment `r` names and checks it against `r`.
+async fn read_segment(
+    dst: &dyn ObjectStore,
+    r: &SegmentRef,
+) -> Result<Vec<ManifestEntry>, TransferError> {
+    let key = r.key();
+    let mut body = dst.get(&key, None).await?;
+    let mut bytes = Vec::with_capacity(usize::try_from(r.size).unwrap_or(0));
+    while let Some(chunk) = body.next().await {
+        bytes.extend_from_slice(&chunk?);
+        if bytes.len() as u64 > r.size {
+            break; // larger than listed: refused below, unread
+        }
+    }
+    segments::open(r, &bytes).map_err(|source| TransferError::Integrity { key, source })
+}
+
+/// Reads every entry of a verified manifest into `manifest.objects` (for
+/// readers and erasure, which hold one manifest's entries).
+pub async fn load_entries(
+    dst: &dyn ObjectStore,
+    manifest: &mut Manifest,
+) -> Result<(), TransferError> {
+    if !manifest.is_segmented() {
+        return Ok(());
+    }
+    let mut objects = Vec::new();
+    for r in &manifest.segments {
+        objects.extend(read_segment(dst, r).await?);
+    }
+    manifest.objects = objects;
+    Ok(())
+}
+
+/// Stores segments as a run produces its entries in key order: a segment
+/// already at the destination (the same name and size: the same bytes) is
+/// not written again.
+pub(super) struct SegmentWriter {
+    dst: Arc<dyn ObjectStore>,
+    cutter: Cutter,
+    stored: BTreeMap<String, u64>,
+    refs: Vec<SegmentRef>,
+    /// Bytes of segments written.
+    pub written: u64,
+}
+
+impl SegmentWriter {
+    pub(super) async fn new(dst: Arc<dyn ObjectStore>) -> Result<Self, TransferError> {
+        let stored = stored_segments(dst.as_ref()).await?;
+        Ok(Self {
+            dst,
+            cutter: Cutter::default(),
+            stored,
+            refs: Vec::new(),
+            written: 0,
+        })
+    }
+
+    /// Adds the next entry (in key order).
+    pub(super) async fn push(&mut self, entry: ManifestEntry) -> Result<(), TransferError> {
+        let key = entry.key.clone();
+        let cut = self
+            .cutter
+            .push(entry)
+            .map_err(|source| TransferError::Integrity {
+                key: key.clone(),
+                source,
+            })?;
+        if let Some(segment) = cut {
+            self.store(segment).await?;
+        }
+        Ok(())
+    }
+
+    async fn store(&mut self, segment: Segment) -> Result<(), TransferError> {
+        let key = segment.reference.key();
+        if self.stored.get(&key) != Some(&segment.reference.size) {
+            let size = segment.bytes.len() as u64;
+            put_bytes(self.dst.as_ref(), &key, segment.bytes).await?;
+            self.written += size;
+            self.stored.insert(key, size);
+        }
+        self.refs.push(segment.reference);
+        Ok(())
+    }
+
+    /// Stores the last segment; the list of segments for the manifest.
+    pub(super) async fn finish(mut self) -> Result<(Vec<SegmentRef>, u64), TransferError> {
+        if let Some(last) = std::mem::take(&mut self.cutter).finish() {
+            self.store(last).await?;
+        }
+        Ok((self.refs, self.written))
+    }
 }
 
 /// Refuses a manifest created after this machine's clock (and its skew).
@@ -222,19 +351,37 @@ pub(super) fn audited<T>(
     })
 }
 
-/// Writes `manifest` at `key` (replacing what is there).
+/// Writes `manifest` at `key` (replacing what is there): a version 6
+/// manifest without the entries its segments hold.
 pub(super) async fn put_manifest(
     dst: &dyn ObjectStore,
     key: &str,
     manifest: &Manifest,
-) -> Result<(), TransferError> {
-    let body = serde_json::to_vec_pretty(manifest).map_err(|e| TransferError::Encrypt {
+) -> Result<u64, TransferError> {
+    let failed = |e: serde_json::Error| TransferError::Encrypt {
         key: key.into(),
         reason: e.to_string(),
-    })?;
+    };
+    let body = if manifest.is_segmented() && !manifest.objects.is_empty() {
+        let mut value = serde_json::to_value(manifest).map_err(failed)?;
+        if let Some(fields) = value.as_object_mut() {
+            fields.remove("objects");
+        }
+        serde_json::to_vec_pretty(&value).map_err(failed)?
+    } else {
+        serde_json::to_vec_pretty(manifest).map_err(failed)?
+    };
+    put_bytes(dst, key, body).await
+}
+
+/// Writes `body` at `key`.
+pub(super) async fn put_bytes(
+    dst: &dyn ObjectStore,
+    key: &str,
+    body: Vec<u8>,
+) -> Result<u64, TransferError> {
     let stream: ByteStream = futures::stream::once(async move { Ok(Bytes::from(body)) }).boxed();
-    dst.put(key, stream).await?;
-    Ok(())
+    Ok(dst.put(key, stream).await?)
 }
 
 /// The run's audit lines, streamed to the destination while the run goes on,
@@ -332,17 +479,19 @@ pub(super) async fn finish_copy(
     }
 }
 
-/// Signs (MAC, and signature when the run has a signing key) and writes this run's manifest, the next in the chain after
-/// `previous`; returns its key and its place as the next run's anchor.
+/// Signs (MAC, and signature when the run has a signing key) and writes this
+/// run's manifest, the next in the chain after `previous`, over `segments`
+/// (already stored); returns its key, its place as the next run's anchor,
+/// and its size.
 pub(super) async fn write_manifest(
     dst: &dyn ObjectStore,
     kek: &Kek,
     opts: &Options,
     previous: Option<&Manifest>,
-    objects: Vec<ManifestEntry>,
+    segments: Vec<SegmentRef>,
     erased: Vec<Tombstone>,
     records: Vec<ManifestEntry>,
-) -> Result<(String, Anchor), TransferError> {
+) -> Result<(String, Anchor, u64), TransferError> {
     let now = jiff::Timestamp::now();
     let key = manifest_key(&opts.run_id, now);
     let mut manifest = Manifest::sign(
@@ -352,7 +501,7 @@ pub(super) async fn write_manifest(
             run: opts.run_id.clone(),
             connector: opts.connector.clone(),
             created: now.to_string(),
-            objects,
+            segments,
             erased,
             records,
         },
@@ -360,10 +509,10 @@ pub(super) async fn write_manifest(
     if let Some(signer) = &opts.signer {
         manifest.add_signature(signer);
     }
-    put_manifest(dst, &key, &manifest).await?;
+    let written = put_manifest(dst, &key, &manifest).await?;
     let anchor = Anchor {
         sequence: manifest.sequence(),
         link: manifest.link(),
     };
-    Ok((key, anchor))
+    Ok((key, anchor, written))
 }

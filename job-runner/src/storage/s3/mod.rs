@@ -18,9 +18,9 @@ use aws_sdk_s3::operation::get_object::GetObjectOutput;
 use aws_sdk_s3::primitives::ByteStream as SdkBody;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use bytes::{Bytes, BytesMut};
-use futures::StreamExt;
 use futures::channel::mpsc;
 use futures::future::BoxFuture;
+use futures::{StreamExt, TryStreamExt};
 
 pub use credentials::S3Auth;
 pub use credentials::{
@@ -31,9 +31,16 @@ use whole::{HANDOFF_SLICE, WholeRead};
 
 use super::access::{OpenError, Platform, Secrets};
 use super::multipart::{self, Sizes, Uploader};
-use super::{ByteStream, ObjectMeta, ObjectStore, StorageError, check_endpoint_url, check_key};
+use super::{
+    ByteStream, Listing, ObjectMeta, ObjectStore, StorageError, check_endpoint_url, check_key,
+};
 use ferry_crds::S3Endpoint;
 
+/// Attempts per listing page, for transient failures (on top of the SDK's own
+/// retries of each request).
+const LIST_ATTEMPTS: u32 = 5;
+/// First delay before a listing page is tried again; doubles each time.
+const LIST_BACKOFF: std::time::Duration = std::time::Duration::from_millis(200);
 /// Size of a multipart part (S3's minimum is 5 MiB).
 pub const PART_SIZE: usize = 8 << 20;
 /// Parts uploaded at once per object.
@@ -293,6 +300,60 @@ impl S3Store {
     }
 
     /// Maps an SDK error to a storage error naming the endpoint and object.
+    /// One page of the listing under the full `prefix`, from `token`, and the
+    /// token of the next page; a transient failure is retried here, so a
+    /// long listing does not start over.
+    async fn list_page(
+        &self,
+        prefix: &str,
+        token: Option<String>,
+    ) -> Result<(Vec<ObjectMeta>, Option<String>), StorageError> {
+        let mut attempt = 0;
+        let page = loop {
+            let sent = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(prefix)
+                .set_continuation_token(token.clone())
+                .send()
+                .await;
+            match sent.map_err(|e| self.error(e, None)) {
+                Ok(page) => break page,
+                Err(e) if e.is_transient() && attempt + 1 < LIST_ATTEMPTS => {
+                    tracing::warn!(endpoint = %self.name, error = %e, "listing page failed; retrying it");
+                    tokio::time::sleep(LIST_BACKOFF * 2u32.pow(attempt)).await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        let mut out = Vec::with_capacity(page.contents().len());
+        for o in page.contents() {
+            let Some(full) = o.key() else { continue };
+            let Some(key) = full.strip_prefix(self.prefix.as_str()) else {
+                continue;
+            };
+            if key.is_empty() || key.ends_with('/') {
+                continue; // folder markers
+            }
+            out.push(ObjectMeta {
+                key: key.to_string(),
+                size: o.size().and_then(|s| u64::try_from(s).ok()).unwrap_or(0),
+                modified: o
+                    .last_modified()
+                    .and_then(|t| t.fmt(aws_smithy_types::date_time::Format::DateTime).ok()),
+                etag: o.e_tag().map(str::to_string),
+            });
+        }
+        let next = if page.is_truncated() == Some(true) {
+            page.next_continuation_token().map(str::to_string)
+        } else {
+            None
+        };
+        Ok((out, next))
+    }
+
     fn error<E>(
         &self,
         err: SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
@@ -510,36 +571,34 @@ impl ObjectStore for S3Store {
     }
 
     async fn list(&self) -> Result<Vec<ObjectMeta>, StorageError> {
-        let mut pages = self
-            .client
-            .list_objects_v2()
-            .bucket(&self.bucket)
-            .prefix(&self.prefix)
-            .into_paginator()
-            .send();
-        let mut out = Vec::new();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| self.error(e, None))?;
-            for o in page.contents() {
-                let Some(full) = o.key() else { continue };
-                let Some(key) = full.strip_prefix(self.prefix.as_str()) else {
-                    continue;
-                };
-                if key.is_empty() || key.ends_with('/') {
-                    continue; // folder markers
+        self.list_from("").try_collect().await
+    }
+
+    /// S3 lists keys in UTF-8 binary order, a page of up to 1000 at a time;
+    /// one page is fetched at a time, each retried on its own.
+    fn list_from<'a>(&'a self, under: &'a str) -> Listing<'a> {
+        let prefix = format!("{}{under}", self.prefix);
+        let pages = futures::stream::unfold(Some(None), move |token: Option<Option<String>>| {
+            let prefix = prefix.clone();
+            async move {
+                let token = token?;
+                match self.list_page(&prefix, token).await {
+                    Ok((objects, next)) => Some((Ok(objects), next.map(Some))),
+                    Err(e) => Some((Err(e), None)),
                 }
-                out.push(ObjectMeta {
-                    key: key.to_string(),
-                    size: o.size().and_then(|s| u64::try_from(s).ok()).unwrap_or(0),
-                    modified: o
-                        .last_modified()
-                        .and_then(|t| t.fmt(aws_smithy_types::date_time::Format::DateTime).ok()),
-                    etag: o.e_tag().map(str::to_string),
-                });
             }
-        }
-        out.sort_by(|a, b| a.key.cmp(&b.key));
-        Ok(out)
+        });
+        let objects = pages
+            .map(|page| {
+                let items: Vec<Result<ObjectMeta, StorageError>> = match page {
+                    Ok(objects) => objects.into_iter().map(Ok).collect(),
+                    Err(e) => vec![Err(e)],
+                };
+                futures::stream::iter(items)
+            })
+            .flatten()
+            .boxed();
+        super::in_order(self.name.clone(), objects)
     }
 
     async fn get(&self, key: &str, range: Option<Range<u64>>) -> Result<ByteStream, StorageError> {
