@@ -119,7 +119,13 @@ async fn seal(
         plain_len: 0,
         cipher_len: 0,
     };
-    let fresh = || Vec::with_capacity(WRITE_CHUNK + (1 << 16));
+    // Room for a write chunk, or for the whole of a smaller object.
+    let room = s
+        .origin
+        .size
+        .and_then(|n| usize::try_from(n).ok())
+        .map_or(WRITE_CHUNK, |n| n.min(WRITE_CHUNK));
+    let fresh = || Vec::with_capacity(room + (1 << 16));
     let (mut out, mut projected, mut read_len) = (fresh(), Vec::new(), 0u64);
     loop {
         let chunk = match input.next().await {

@@ -44,6 +44,9 @@ async fn conformance(store: Arc<dyn ObjectStore>) {
         ("empty", vec![]),
         ("dir/sub dir/ünï cödé.csv", b"x,y\n".to_vec()),
         ("dir/big.bin", big.clone()),
+        // Sorts before "dir/...": '-' comes before '/', whatever a walk of
+        // folders would find first.
+        ("dir-b.txt", b"b".to_vec()),
     ];
     for (k, v) in &objects {
         let n = s.put(k, body(v.clone(), 65536)).await.unwrap();
@@ -58,9 +61,28 @@ async fn conformance(store: Arc<dyn ObjectStore>) {
     let keys: Vec<&str> = listed.iter().map(|o| o.key.as_str()).collect();
     assert_eq!(
         keys,
-        ["a.txt", "dir/big.bin", "dir/sub dir/ünï cödé.csv", "empty"]
+        [
+            "a.txt",
+            "dir-b.txt",
+            "dir/big.bin",
+            "dir/sub dir/ünï cödé.csv",
+            "empty"
+        ]
     );
-    assert_eq!(listed[1].size, big.len() as u64);
+    assert_eq!(listed[2].size, big.len() as u64);
+    // Streamed from a folder: only what is under it, in the same order; a
+    // folder that is not there lists nothing.
+    let under = |prefix: &'static str| async move {
+        s.list_from(prefix)
+            .map(|o| o.unwrap().key)
+            .collect::<Vec<_>>()
+            .await
+    };
+    assert_eq!(
+        under("dir/").await,
+        ["dir/big.bin", "dir/sub dir/ünï cödé.csv"]
+    );
+    assert!(under(".ferry/segments/").await.is_empty());
     assert!(
         listed.iter().all(|o| o.modified.is_some()),
         "last-modified is reported"
@@ -98,7 +120,7 @@ async fn conformance(store: Arc<dyn ObjectStore>) {
         !keys.contains(&"never.bin".to_string()),
         "a failed write is visible: {keys:?}"
     );
-    assert_eq!(keys.len(), 4, "{keys:?}");
+    assert_eq!(keys.len(), 5, "{keys:?}");
     assert_eq!(read(s, "a.txt", None).await, b"A");
 
     // Errors: a missing object, invalid keys.

@@ -641,3 +641,60 @@ async fn small_objects_are_copied_more_at_once_than_large_ones() {
         .await
         .unwrap();
 }
+
+/// A destination whose newest manifest is a version 5 one (every entry in
+/// the manifest itself), as the release before segments wrote it: the next
+/// run verifies it, finds every object unchanged, and writes a version 6
+/// manifest built on it, whose segments hold the same entries.
+#[tokio::test]
+async fn a_destination_recorded_in_version_5_is_carried_into_segments_by_the_next_run() {
+    use ferry_runner::crypto::manifest::{FORMAT, FORMAT_V5};
+    let dir = tempfile::tempdir().unwrap();
+    let files = write_tree(&dir.path().join("src"));
+    let src: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir.path().join("src")));
+    let dst: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir.path().join("dst")));
+    let spec = spec("");
+    let lines = Lines::default();
+    let r1 = run_once(&spec, src.clone(), dst.clone(), "r1", Mode::Sync, &lines)
+        .await
+        .unwrap();
+    // Made version 5: the entries back in the manifest, signed again, and
+    // no segment left.
+    let key = r1.manifest.unwrap();
+    let mut m = transfer::read_manifest(dst.as_ref(), &key, &keys())
+        .await
+        .unwrap();
+    transfer::load_entries(dst.as_ref(), &mut m).await.unwrap();
+    m.format = FORMAT_V5.into();
+    m.segments.clear();
+    m.resign(&Kek::from_bytes([3; 32]), None);
+    std::fs::write(
+        dir.path().join("dst").join(&key),
+        serde_json::to_vec_pretty(&m).unwrap(),
+    )
+    .unwrap();
+    std::fs::remove_dir_all(dir.path().join("dst/.ferry/segments")).unwrap();
+    let old = readback::verify(dst.as_ref(), keys(), None, true)
+        .await
+        .unwrap();
+    assert_eq!(old.manifest.format, FORMAT_V5);
+    assert_eq!(old.objects, files.len() as u64);
+
+    let r2 = run_once(&spec, src.clone(), dst.clone(), "r2", Mode::Sync, &lines)
+        .await
+        .unwrap();
+    assert_eq!(
+        (r2.objects_copied, r2.objects_skipped),
+        (0, files.len() as u64)
+    );
+    let new = readback::verify(dst.as_ref(), keys(), None, true)
+        .await
+        .unwrap();
+    assert_eq!(new.manifest.format, FORMAT);
+    assert_eq!(new.objects, files.len() as u64);
+    assert!(!new.manifest.segments.is_empty());
+    let chain = readback::verify_chain(dst.as_ref(), keys(), r2.anchor.as_ref())
+        .await
+        .unwrap();
+    assert_eq!(chain.manifests, 2);
+}

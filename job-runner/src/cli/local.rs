@@ -157,12 +157,13 @@ pub fn print_report(mode: Mode, report: &transfer::Report) {
             );
         }
         Mode::Sync => println!(
-            "copied {} object(s) ({} bytes, {} encrypted), skipped {} unchanged; manifest {}{}",
+            "copied {} object(s) ({} bytes, {} encrypted), skipped {} unchanged; manifest {} ({} bytes written){}",
             report.objects_copied,
             report.bytes_read,
             report.bytes_written,
             report.objects_skipped,
             report.manifest.as_deref().unwrap_or("-"),
+            report.manifest_bytes,
             anchor(report)
         ),
     }

@@ -107,7 +107,8 @@ impl Encrypter {
             key: derive_key(dek, &salt, aad)?,
             prefix,
             segment: 0,
-            buf: Vec::with_capacity(SEGMENT_SIZE),
+            // Grows to a segment as data comes: a small object holds little.
+            buf: Vec::new(),
             header: Some(header),
         })
     }
@@ -192,7 +193,8 @@ impl Decrypter {
             aad: aad.to_vec(),
             state: None,
             segment: 0,
-            buf: Vec::with_capacity(SEGMENT_SIZE),
+            // Grows to a segment as data comes: a small object holds little.
+            buf: Vec::new(),
         }
     }
 

@@ -25,7 +25,10 @@ use zeroize::Zeroizing;
 
 use super::access::{OpenError, Platform, SecretKeyMissing, Secrets};
 use super::local::TEMP_MARKER;
-use super::{ByteStream, ObjectMeta, ObjectStore, StorageError, check_key};
+use super::{ByteStream, Listing, ObjectMeta, ObjectStore, StorageError, check_key};
+
+/// Objects per page of a listing.
+const LIST_PAGE: usize = 1000;
 use ferry_crds::SftpEndpoint;
 
 /// Bytes per read or write request (OpenSSH serves up to 255 KiB).
@@ -318,13 +321,14 @@ impl SftpStore {
         Ok(())
     }
 
-    async fn walk(
+    /// The entries of the folder `dir` worth listing (files and folders,
+    /// not temporary files, links or special files), sorted so keys come out
+    /// in bytewise order: a folder sorts as its name followed by `/`.
+    async fn folder(
         &self,
         sftp: &RawSftpSession,
         dir: &str,
-        rel: &str,
-        out: &mut Vec<ObjectMeta>,
-    ) -> Result<(), StorageError> {
+    ) -> Result<Vec<(String, FileAttributes)>, StorageError> {
         let handle = match sftp.opendir(dir).await {
             Ok(h) => h.handle,
             Err(e) => return Err(self.error("list", None, e)),
@@ -332,7 +336,18 @@ impl SftpStore {
         let mut entries = Vec::new();
         loop {
             match sftp.readdir(handle.as_str()).await {
-                Ok(name) => entries.extend(name.files),
+                Ok(name) => entries.extend(name.files.into_iter().filter_map(|f| {
+                    let keep = f.filename != "."
+                        && f.filename != ".."
+                        && !f.filename.contains(TEMP_MARKER)
+                        && (f.attrs.is_dir() || f.attrs.is_regular());
+                    let name = if f.attrs.is_dir() {
+                        format!("{}/", f.filename)
+                    } else {
+                        f.filename
+                    };
+                    keep.then_some((name, f.attrs))
+                })),
                 Err(e) if status_of(&e) == Some(StatusCode::Eof) => break,
                 Err(e) => {
                     let _ = sftp.close(handle.as_str()).await;
@@ -341,32 +356,44 @@ impl SftpStore {
             }
         }
         let _ = sftp.close(handle.as_str()).await;
-        for f in entries {
-            if f.filename == "." || f.filename == ".." || f.filename.contains(TEMP_MARKER) {
+        entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        Ok(entries)
+    }
+
+    /// The next page of an ordered walk: `stack` holds, per folder level, its
+    /// key prefix and its entries still to visit.
+    async fn next_page(
+        &self,
+        sftp: &RawSftpSession,
+        stack: &mut Vec<(String, std::vec::IntoIter<(String, FileAttributes)>)>,
+    ) -> Result<Vec<ObjectMeta>, StorageError> {
+        let mut page = Vec::new();
+        while page.len() < LIST_PAGE {
+            let Some((prefix, entries)) = stack.last_mut() else {
+                break;
+            };
+            let Some((name, attrs)) = entries.next() else {
+                stack.pop();
+                continue;
+            };
+            let key = format!("{prefix}{name}");
+            if attrs.is_dir() {
+                let dir = format!("{}/{}", self.root, key.trim_end_matches('/'));
+                let inner = self.folder(sftp, &dir).await?;
+                stack.push((key, inner.into_iter()));
                 continue;
             }
-            let key = if rel.is_empty() {
-                f.filename.clone()
-            } else {
-                format!("{rel}/{}", f.filename)
-            };
-            if f.attrs.is_dir() {
-                Box::pin(self.walk(sftp, &format!("{dir}/{}", f.filename), &key, out)).await?;
-            } else if f.attrs.is_regular() {
-                out.push(ObjectMeta {
-                    key,
-                    size: f.attrs.size.unwrap_or(0),
-                    modified: f
-                        .attrs
-                        .mtime
-                        .and_then(|t| jiff::Timestamp::from_second(i64::from(t)).ok())
-                        .map(|t| t.to_string()),
-                    etag: None,
-                });
-            }
-            // Symbolic links and special files are not followed.
+            page.push(ObjectMeta {
+                key,
+                size: attrs.size.unwrap_or(0),
+                modified: attrs
+                    .mtime
+                    .and_then(|t| jiff::Timestamp::from_second(i64::from(t)).ok())
+                    .map(|t| t.to_string()),
+                etag: None,
+            });
         }
-        Ok(())
+        Ok(page)
     }
 
     async fn mkdirs(&self, sftp: &RawSftpSession, remote_dir: &str) -> Result<(), StorageError> {
@@ -425,11 +452,49 @@ impl ObjectStore for SftpStore {
     }
 
     async fn list(&self) -> Result<Vec<ObjectMeta>, StorageError> {
-        let conn = self.connect().await?;
-        let mut out = Vec::new();
-        self.walk(&conn.sftp, &self.root, "", &mut out).await?;
-        out.sort_by(|a, b| a.key.cmp(&b.key));
-        Ok(out)
+        self.list_from("").try_collect().await
+    }
+
+    /// The folder walked in key order, one folder's entries per level held
+    /// at a time, a page of objects at a time.
+    fn list_from<'a>(&'a self, under: &'a str) -> Listing<'a> {
+        let folder = under.rfind('/').map_or("", |i| &under[..=i]);
+        let start = async move {
+            let conn = self.connect().await?;
+            let dir = if folder.is_empty() {
+                self.root.clone()
+            } else {
+                format!("{}/{}", self.root, folder.trim_end_matches('/'))
+            };
+            let top = match self.folder(&conn.sftp, &dir).await {
+                Ok(top) => top,
+                // A missing folder inside the endpoint's folder: nothing there.
+                Err(StorageError::NotFound { .. } | StorageError::NoSuchContainer { .. })
+                    if !folder.is_empty() =>
+                {
+                    Vec::new()
+                }
+                Err(e) => return Err(e),
+            };
+            Ok((conn, vec![(folder.to_string(), top.into_iter())]))
+        };
+        let pages = futures::stream::once(start)
+            .map_ok(move |state| {
+                futures::stream::try_unfold(state, move |(conn, mut stack)| async move {
+                    if stack.is_empty() {
+                        return Ok(None);
+                    }
+                    let page = self.next_page(&conn.sftp, &mut stack).await?;
+                    Ok(Some((page, (conn, stack))))
+                })
+            })
+            .try_flatten();
+        let objects = pages
+            .map_ok(|page| futures::stream::iter(page.into_iter().map(Ok)))
+            .try_flatten()
+            .try_filter(move |o| futures::future::ready(o.key.starts_with(under)))
+            .boxed();
+        super::in_order(self.name.clone(), objects)
     }
 
     async fn get(&self, key: &str, range: Option<Range<u64>>) -> Result<ByteStream, StorageError> {
