@@ -27,6 +27,7 @@ use crate::common::conditions_schema;
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
     printcolumn = r#"{"name":"Bytes","type":"integer","jsonPath":".status.progress.bytes"}"#,
     printcolumn = r#"{"name":"Objects","type":"integer","jsonPath":".status.progress.objects","priority":1}"#,
+    printcolumn = r#"{"name":"Listed","type":"integer","jsonPath":".status.progress.listed","priority":1}"#,
     printcolumn = r#"{"name":"Duration","type":"string","jsonPath":".status.duration"}"#,
     printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.reason","priority":1}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
@@ -268,6 +269,11 @@ impl Attribution {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RunProgress {
+    /// Objects of the source listed so far: a run lists as it copies, a page
+    /// at a time, so this moves from its start (a listing of millions of
+    /// objects takes minutes).
+    #[serde(default)]
+    pub listed: i64,
     /// Objects finished so far.
     pub objects: i64,
     /// Bytes written so far.

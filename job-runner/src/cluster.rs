@@ -165,15 +165,8 @@ impl Reporter {
     }
 
     /// Reports live progress.
-    pub async fn progress(&self, objects: u64, bytes: u64) -> Result<(), kube::Error> {
-        self.apply(
-            RunProgress {
-                objects: objects as i64,
-                bytes: bytes as i64,
-            },
-            None,
-        )
-        .await
+    pub async fn progress(&self, progress: &Progress) -> Result<(), kube::Error> {
+        self.apply(live(progress), None).await
     }
 
     /// Reports the outcome of this attempt (final progress included, so the
@@ -184,11 +177,16 @@ impl Reporter {
         progress: &Progress,
     ) -> Result<(), kube::Error> {
         let result = result_of(outcome, self.run.attempt);
-        let live = RunProgress {
-            objects: progress.objects.load(Ordering::Relaxed) as i64,
-            bytes: progress.bytes.load(Ordering::Relaxed) as i64,
-        };
-        self.apply(live, Some(result)).await
+        self.apply(live(progress), Some(result)).await
+    }
+}
+
+/// The counters of `progress` as the status shows them.
+fn live(progress: &Progress) -> RunProgress {
+    RunProgress {
+        listed: progress.listed.load(Ordering::Relaxed) as i64,
+        objects: progress.objects.load(Ordering::Relaxed) as i64,
+        bytes: progress.bytes.load(Ordering::Relaxed) as i64,
     }
 }
 
@@ -257,18 +255,15 @@ pub fn spawn_progress(
     every: Duration,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut last = (u64::MAX, u64::MAX);
+        let mut last = None;
         loop {
             tokio::time::sleep(every).await;
-            let now = (
-                progress.objects.load(Ordering::Relaxed),
-                progress.bytes.load(Ordering::Relaxed),
-            );
-            if now == last {
+            let now = live(&progress);
+            if last.as_ref() == Some(&now) {
                 continue;
             }
-            match reporter.progress(now.0, now.1).await {
-                Ok(()) => last = now,
+            match reporter.progress(&progress).await {
+                Ok(()) => last = Some(now),
                 Err(e) => tracing::warn!(error = %e, "failed to report progress"),
             }
         }

@@ -1,6 +1,7 @@
 //! Faults against the real test services: a connection cut mid-transfer (a
 //! loopback proxy in front of the S3 test server drops the first upload that
-//! passes a threshold), a server that is gone, and credentials that may read
+//! passes a threshold), a listing page refused again and again (another proxy
+//! answers 503), a server that is gone, and credentials that may read
 //! but not write (an Azurite SAS token with read and list only).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
@@ -126,6 +127,90 @@ async fn cutting_proxy(upstream: String, cut_after: usize) -> (u16, Arc<AtomicUs
     (port, cuts)
 }
 
+/// Requests a [`listing_proxy`] saw.
+#[derive(Debug, Default)]
+struct Pages {
+    /// Requests for the first page of a listing.
+    first: AtomicUsize,
+    /// Requests for a later page (with a continuation token).
+    later: AtomicUsize,
+    /// Of those, answered 503 by the proxy.
+    refused: AtomicUsize,
+}
+
+/// An HTTP proxy on loopback to `upstream`, one request to a connection (it
+/// asks the server to close after answering), that answers `503 Slow Down` to
+/// the first `refuse` requests for a second or later page of a listing.
+async fn listing_proxy(upstream: String, refuse: usize) -> (u16, Arc<Pages>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let pages = Arc::new(Pages::default());
+    let seen = pages.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut client, _)) = listener.accept().await else {
+                return;
+            };
+            let (upstream, pages) = (upstream.clone(), seen.clone());
+            tokio::spawn(async move {
+                // The request's head.
+                let mut head = Vec::new();
+                let mut buf = vec![0u8; 16 << 10];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match client.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&head).to_string();
+                let line = text.lines().next().unwrap_or_default().to_string();
+                if line.contains("list-type=2") {
+                    if line.contains("continuation-token=") {
+                        pages.later.fetch_add(1, Ordering::SeqCst);
+                        // One page is asked for at a time.
+                        if pages.refused.load(Ordering::SeqCst) < refuse {
+                            pages.refused.fetch_add(1, Ordering::SeqCst);
+                            let _ = client
+                                .write_all(
+                                    b"HTTP/1.1 503 Slow Down\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                                )
+                                .await;
+                            return;
+                        }
+                    } else {
+                        pages.first.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+                let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await else {
+                    return;
+                };
+                let end = text.find("\r\n\r\n").unwrap_or(text.len());
+                let (headers, rest) = head.split_at(end);
+                let mut forwarded: Vec<u8> = String::from_utf8_lossy(headers)
+                    .lines()
+                    .filter(|h| !h.to_ascii_lowercase().starts_with("connection:"))
+                    .flat_map(|h| [h, "\r\n"])
+                    .collect::<String>()
+                    .into_bytes();
+                forwarded.extend_from_slice(b"Connection: close\r\n");
+                forwarded.extend_from_slice(rest);
+                if server.write_all(&forwarded).await.is_err() {
+                    return;
+                }
+                let (mut cr, mut cw) = client.split();
+                let (mut sr, mut sw) = server.split();
+                tokio::select! {
+                    _ = tokio::io::copy(&mut cr, &mut sw) => {
+                        let _ = tokio::io::copy(&mut sr, &mut cw).await;
+                    },
+                    _ = tokio::io::copy(&mut sr, &mut cw) => {},
+                }
+            });
+        }
+    });
+    (port, pages)
+}
+
 fn create_bucket(bucket: &str) {
     let created = std::process::Command::new("curl")
         .args(["-sf", "-o", "/dev/null", "-X", "PUT"])
@@ -171,6 +256,45 @@ async fn a_connection_cut_mid_upload_is_retried_and_leaves_no_partial_object() {
         6,
         "three objects, the manifest, its segment and the run's audit lines: {keys_there:?}"
     );
+}
+
+/// A listing of two pages whose second page the server refuses four times in
+/// a row (more than the SDK's own three attempts): that page is asked for
+/// again, the first is not, and the run copies everything.
+#[tokio::test]
+async fn a_listing_page_the_server_keeps_refusing_is_retried_alone() {
+    let bucket = unique("pages");
+    create_bucket(&bucket);
+    let direct = s3_store(service_env("FERRY_S3_ENDPOINT"), &bucket);
+    futures::stream::iter(0..1100)
+        .map(|i| {
+            let direct = direct.clone();
+            async move {
+                let body =
+                    futures::stream::once(async move { Ok(bytes::Bytes::from(format!("{i}\n"))) })
+                        .boxed();
+                direct.put(&format!("p/{i:05}.txt"), body).await.unwrap();
+            }
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<()>>()
+        .await;
+    let upstream = service_env("FERRY_S3_ENDPOINT")
+        .trim_start_matches("http://")
+        .to_string();
+    let (port, pages) = listing_proxy(upstream, 4).await;
+    let src = s3_store(format!("http://127.0.0.1:{port}"), &bucket);
+    let dir = tempfile::tempdir().unwrap();
+    let dst: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir.path()));
+    let report = sync(src, dst, &Lines::default()).await.unwrap();
+    assert_eq!(report.objects_copied, 1100);
+    assert_eq!(
+        pages.first.load(Ordering::SeqCst),
+        1,
+        "the listing started over"
+    );
+    assert_eq!(pages.later.load(Ordering::SeqCst), 5, "{pages:?}");
+    assert_eq!(pages.refused.load(Ordering::SeqCst), 4, "{pages:?}");
 }
 
 #[tokio::test]
