@@ -101,12 +101,22 @@ async fn run_once(
     .await
 }
 
+/// The files of a tree: key and content.
+type Files = Vec<(String, Vec<u8>)>;
+
+/// The tree of [`write_tree`] in `src/` under `dir`, and the local stores of
+/// `src/` and `dst/`.
+fn ends(dir: &Path) -> (Files, Arc<dyn ObjectStore>, Arc<dyn ObjectStore>) {
+    let files = write_tree(&dir.join("src"));
+    let src: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir.join("src")));
+    let dst: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir.join("dst")));
+    (files, src, dst)
+}
+
 #[tokio::test]
 async fn round_trip_incremental_and_changes() {
     let dir = tempfile::tempdir().unwrap();
-    let files = write_tree(&dir.path().join("src"));
-    let src: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir.path().join("src")));
-    let dst: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir.path().join("dst")));
+    let (files, src, dst) = ends(dir.path());
     let lines = Lines::default();
     let spec = spec("");
 
@@ -190,9 +200,7 @@ async fn round_trip_incremental_and_changes() {
 #[tokio::test]
 async fn same_size_edits_and_copies_lost_at_the_destination_are_copied_again() {
     let dir = tempfile::tempdir().unwrap();
-    let files = write_tree(&dir.path().join("src"));
-    let src: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir.path().join("src")));
-    let dst: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir.path().join("dst")));
+    let (files, src, dst) = ends(dir.path());
     let lines = Lines::default();
     let spec = spec("");
     run_once(&spec, src.clone(), dst.clone(), "r1", Mode::Sync, &lines)
@@ -650,9 +658,7 @@ async fn small_objects_are_copied_more_at_once_than_large_ones() {
 async fn a_destination_recorded_in_version_5_is_carried_into_segments_by_the_next_run() {
     use ferry_runner::crypto::manifest::{FORMAT, FORMAT_V5};
     let dir = tempfile::tempdir().unwrap();
-    let files = write_tree(&dir.path().join("src"));
-    let src: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir.path().join("src")));
-    let dst: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir.path().join("dst")));
+    let (files, src, dst) = ends(dir.path());
     let spec = spec("");
     let lines = Lines::default();
     let r1 = run_once(&spec, src.clone(), dst.clone(), "r1", Mode::Sync, &lines)
