@@ -1,7 +1,7 @@
 //! A Connector over more objects than fit the memory it is given: this test
 //! binary's allocator refuses to hold more than a fixed amount at once (an
 //! allocation past it aborts the test), and a run, an unchanged run, a run
-//! that changes one object and a verification all stay under it.
+//! that changes one object, a verification and an erasure all stay under it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 
@@ -128,6 +128,26 @@ async fn a_connector_over_more_objects_than_its_memory_holds_runs_within_it() {
         .unwrap();
     let peak_verify = peak.end();
     assert_eq!(verified.objects, OBJECTS as u64);
+    // An erasure reads and cuts every manifest again, a segment at a time.
+    let peak = Peak::start();
+    let erased = transfer::erase(
+        src.clone(),
+        dst.clone(),
+        Arc::new(KeyRing::new(vec![Kek::from_bytes([3; 32])])),
+        &transfer::EraseRequest {
+            keys: vec!["part=017/0123.json".into()],
+            from_source: false,
+        },
+        &Options {
+            run_id: "e1".into(),
+            ..Options::default()
+        },
+        &AuditLog::new(Box::new(std::io::sink()), "c", "t", "e1", "src", "dst"),
+    )
+    .await
+    .unwrap();
+    let peak_erase = peak.end();
+    assert!(erased.erased[0].from_destination);
     ALLOCATOR.set_limit(usize::MAX).unwrap();
 
     // What each run wrote of the manifest: all of it once, then the root
@@ -140,16 +160,22 @@ async fn a_connector_over_more_objects_than_its_memory_holds_runs_within_it() {
         one.manifest_bytes,
         full.manifest_bytes
     );
+    // The erasure rewrote the segment that held the key in each manifest
+    // (one, shared by all three) and wrote a root: its new manifest reuses it.
+    assert!((erased.manifest_bytes as usize) < 2 * segment, "{erased:?}");
     let mib = |n: usize| (n.saturating_sub(base)) as f64 / f64::from(1 << 20);
     println!(
         "{OBJECTS} objects; peak above the test's own: full {:.1} MiB, unchanged {:.1} MiB, \
-         one changed {:.1} MiB, verify {:.1} MiB; manifest bytes written: {} / {} / {}",
+         one changed {:.1} MiB, verify {:.1} MiB, erase {:.1} MiB; manifest bytes written: \
+         {} / {} / {} / {}",
         mib(peak_full),
         mib(peak_unchanged),
         mib(peak_one),
         mib(peak_verify),
+        mib(peak_erase),
         full.manifest_bytes,
         unchanged.manifest_bytes,
-        one.manifest_bytes
+        one.manifest_bytes,
+        erased.manifest_bytes
     );
 }

@@ -378,6 +378,15 @@ async fn erasure_removes_copies_and_entries_and_is_not_undone_by_later_runs() {
             m.objects
         );
     }
+    // Nor does any segment left at the destination: those that held the
+    // erased keys are gone, not only unlisted.
+    for segment in std::fs::read_dir(dst.join(".ferry/segments")).unwrap() {
+        let text = std::fs::read_to_string(segment.unwrap().path()).unwrap();
+        assert!(
+            !text.contains("customers/7.csv") && !text.contains("customers/8.csv"),
+            "{text}"
+        );
+    }
     let latest = readback::verify(e.dst.as_ref(), keys(), None, true)
         .await
         .unwrap()

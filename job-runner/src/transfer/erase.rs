@@ -13,8 +13,8 @@ use crate::storage::{Listing, ObjectStore, StorageError, check_key};
 use futures::TryStreamExt;
 
 use super::records::{
-    SegmentWriter, audited, list_destination, load_entries, manifest_names, newest_manifest,
-    put_bytes, put_manifest, read_manifest, write_manifest,
+    SegmentWriter, audited, entries, list_destination, manifest_names, newest_manifest,
+    put_manifest, read_manifest, write_manifest,
 };
 use super::{Erased, Options, Report, TransferError};
 
@@ -42,18 +42,20 @@ pub async fn erase(
     let records = super::records::finish_copy(audit_copy, audit).await;
     let (mut report, previous, tombstones) = erased?;
     // A new manifest carries the remaining entries and the tombstones
-    // forward; its segments are those the rewrite just stored.
+    // forward: those of the newest manifest as the rewrite left it, a segment
+    // at a time. Its segments are those the rewrite just stored.
+    let previous = match previous {
+        Some(key) => Some(read_manifest(dst.as_ref(), &key, &keys).await?),
+        None => None,
+    };
     let mut segments = SegmentWriter::new(dst.clone()).await?;
-    for e in previous.iter().flat_map(|m| m.objects.iter()) {
-        if !wanted.contains(e.key.as_str()) {
-            segments.push(e.clone()).await?;
+    if let Some(m) = &previous {
+        let mut carried = entries(dst.as_ref(), m);
+        while let Some(e) = carried.try_next().await? {
+            segments.push(e).await?;
         }
     }
     let (segments, segment_bytes) = segments.finish().await?;
-    let mut previous = previous;
-    if let Some(m) = &mut previous {
-        m.objects = Vec::new();
-    }
     let (key, anchor, root_bytes) = write_manifest(
         dst.as_ref(),
         kek,
@@ -64,14 +66,14 @@ pub async fn erase(
         records?,
     )
     .await?;
-    report.manifest_bytes = segment_bytes + root_bytes;
+    report.manifest_bytes += segment_bytes + root_bytes;
     report.manifest = Some(key);
     report.anchor = Some(anchor);
     Ok(report)
 }
 
 /// Erases each wanted key and rewrites the manifests that list them: the
-/// report, the newest manifest before the run, and the tombstones to keep.
+/// report, the key of the newest manifest, and the tombstones to keep.
 async fn erase_and_rewrite(
     src: &Arc<dyn ObjectStore>,
     dst: &Arc<dyn ObjectStore>,
@@ -80,15 +82,12 @@ async fn erase_and_rewrite(
     wanted: &BTreeSet<&str>,
     opts: &Options,
     audit: &AuditLog,
-) -> Result<(Report, Option<crate::crypto::Manifest>, Vec<Tombstone>), TransferError> {
+) -> Result<(Report, Option<String>, Vec<Tombstone>), TransferError> {
     let kek = &*keys.current()?;
-    let mut previous = audited(
+    let previous = audited(
         newest_manifest(dst.as_ref(), keys, opts.anchor.as_ref()).await,
         audit,
     )?;
-    if let Some((_, m)) = &mut previous {
-        load_entries(dst.as_ref(), m).await?;
-    }
     // Of each side's listing, only the keys asked for are kept.
     let at_destination = wanted_in(list_destination(dst.as_ref(), ""), wanted).await?;
     let at_source = wanted_in(src.list_from(""), wanted).await?;
@@ -124,7 +123,7 @@ async fn erase_and_rewrite(
     }
     tombstones.sort_by(|a, b| a.key.cmp(&b.key));
     let sealer = (kek, opts.signer.as_deref());
-    rewrite_manifests(dst.as_ref(), keys, sealer, wanted, audit).await?;
+    report.manifest_bytes = rewrite_manifests(dst, keys, sealer, wanted, audit).await?;
     if report.objects_failed > 0 {
         return Err(match first_error {
             Some(e) if report.objects_failed == 1 => e,
@@ -135,7 +134,7 @@ async fn erase_and_rewrite(
             },
         });
     }
-    Ok((report, previous.map(|(_, m)| m), tombstones))
+    Ok((report, previous.map(|(key, _)| key), tombstones))
 }
 
 /// The requested keys, checked: valid keys, none of Ferry's own records.
@@ -235,41 +234,65 @@ impl Sides<'_> {
 /// Every manifest that still lists an erased key is rewritten without it, and
 /// signed again: the MAC with `kek`, and the signature with the run's signing
 /// key (without one, the old signature, which no longer holds, is dropped).
-/// A version 6 manifest gets new segments for those that held the key; the
-/// old ones are deleted once no manifest lists them.
+/// A version 6 manifest is read a segment at a time and cut again: the
+/// segments that held an erased key are replaced, the others come out with
+/// the same bytes and are kept; the replaced ones are deleted once no
+/// manifest lists them. Older manifests hold their entries themselves. The
+/// bytes of manifests and segments written.
 async fn rewrite_manifests(
-    dst: &dyn ObjectStore,
+    dst: &Arc<dyn ObjectStore>,
     keys: &KeyRing,
     (kek, signer): (&Kek, Option<&ManifestSigner>),
     wanted: &BTreeSet<&str>,
     audit: &AuditLog,
-) -> Result<(), TransferError> {
+) -> Result<u64, TransferError> {
     let mut replaced = BTreeSet::new();
-    for mkey in manifest_names(dst).await? {
-        let mut m = read_manifest(dst, &mkey, keys).await?;
-        load_entries(dst, &mut m).await?;
-        let before = m.objects.len();
-        m.objects.retain(|e| !wanted.contains(e.key.as_str()));
-        if m.objects.len() == before {
-            continue;
-        }
+    let mut written = 0;
+    let mut segments = SegmentWriter::new(dst.clone()).await?;
+    for mkey in manifest_names(dst.as_ref()).await? {
+        let mut m = read_manifest(dst.as_ref(), &mkey, keys).await?;
         if m.is_segmented() {
-            let old: BTreeSet<String> = m.segments.iter().map(SegmentRef::key).collect();
-            let cut = m.recut().map_err(|source| TransferError::Integrity {
-                key: mkey.clone(),
-                source,
-            })?;
-            for segment in cut {
-                let key = segment.reference.key();
-                if !old.contains(&key) {
-                    put_bytes(dst, &key, segment.bytes).await?;
+            // Only a segment whose key range holds an erased key can list it.
+            let may_list = |r: &SegmentRef| {
+                wanted
+                    .iter()
+                    .any(|k| *k >= r.first.as_str() && *k <= r.last.as_str())
+            };
+            if !m.segments.iter().any(may_list) {
+                continue;
+            }
+            let mut removed = false;
+            let mut listed = entries(dst.as_ref(), &m);
+            while let Some(e) = listed.try_next().await? {
+                if wanted.contains(e.key.as_str()) {
+                    removed = true;
+                } else {
+                    segments.push(e).await?;
                 }
             }
-            let kept: BTreeSet<String> = m.segments.iter().map(SegmentRef::key).collect();
-            replaced.extend(old.difference(&kept).cloned());
+            drop(listed);
+            let (refs, bytes) = segments.finish_cut().await?;
+            written += bytes;
+            if !removed {
+                continue;
+            }
+            let kept: BTreeSet<String> = refs.iter().map(SegmentRef::key).collect();
+            replaced.extend(
+                m.segments
+                    .iter()
+                    .map(SegmentRef::key)
+                    .filter(|k| !kept.contains(k)),
+            );
+            m.segments = refs;
+        } else {
+            let before = m.objects.len();
+            m.objects.retain(|e| !wanted.contains(e.key.as_str()));
+            if m.objects.len() == before {
+                continue;
+            }
         }
         m.resign(kek, signer);
-        put_manifest(dst, &mkey, &m).await?;
+        written += put_manifest(dst.as_ref(), &mkey, &m).await?;
         audit.record(
             "manifest.rewrite",
             Outcome::Success,
@@ -285,5 +308,5 @@ async fn rewrite_manifests(
             Err(e) => return Err(e.into()),
         }
     }
-    Ok(())
+    Ok(written)
 }

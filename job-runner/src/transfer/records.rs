@@ -212,10 +212,20 @@ impl SegmentWriter {
 
     /// Stores the last segment; the list of segments for the manifest.
     pub(super) async fn finish(mut self) -> Result<(Vec<SegmentRef>, u64), TransferError> {
+        self.finish_cut().await
+    }
+
+    /// Stores the last segment and returns the list of segments and the
+    /// bytes written, leaving the writer ready for the entries of another
+    /// manifest (it still knows which segments are stored).
+    pub(super) async fn finish_cut(&mut self) -> Result<(Vec<SegmentRef>, u64), TransferError> {
         if let Some(last) = std::mem::take(&mut self.cutter).finish() {
             self.store(last).await?;
         }
-        Ok((self.refs, self.written))
+        Ok((
+            std::mem::take(&mut self.refs),
+            std::mem::take(&mut self.written),
+        ))
     }
 }
 
