@@ -16,18 +16,24 @@
 //! with decrypt rights on the KMS key unwraps it and derives the MAC key.
 //! Older versions re-signed by an erasure under a run key carry `kms` too,
 //! unauthenticated: it only says where the key is, and the key it unwraps to
-//! must have the authenticated `kek_id`.
-//! Versions 1 to 4 still verify; the first chained manifest after versions 1
+//! must have the authenticated `kek_id`. Version 6 moves the entries out of
+//! the manifest into content-addressed segments ([`super::segments`]): the
+//! manifest is a root that lists and authenticates them, so a run rewrites
+//! only the segments that changed.
+//! Versions 1 to 5 still verify; the first chained manifest after versions 1
 //! and 2 links to the newest of them.
 //!
 //! ```text
 //! mac_input = format || 0x00 || str(run) || str(connector) || str(created)
-//!             || str(kek_id) || u64(count) || entry* || [v2: u64(erased) || tombstone*]
+//!             || str(kek_id) || body || [v2: u64(erased) || tombstone*]
 //!             || [v3: str(name) || u64(sequence) || opt(previous)]
 //!             || [v4: u64(records) || entry*] || [v5: opt(kms)]
 //! entry     = str(key) || u64(size) || str(sha256) || u64(encrypted_size)
 //!             || str(encrypted_sha256) || opt(source_modified) || opt(source_etag)
 //!             || [v2: optu64(source_size) || u64(fields) || str(field)*]
+//! body      = v1-v5: u64(count) || entry*
+//!             v6:    u64(segments) || (str(sha256) || u64(size) || u64(count)
+//!                    || str(first) || str(last))*
 //! tombstone = str(key) || str(run) || str(erased)
 //! str(s)    = u64(len(s)) || s            u64 = 8 bytes big endian
 //! opt(None) = 0x00            opt(Some(s)) = 0x01 || str(s)
