@@ -166,8 +166,8 @@ pub(super) struct SegmentWriter {
     cutter: Cutter,
     stored: BTreeMap<String, u64>,
     refs: Vec<SegmentRef>,
-    /// Bytes of segments written.
-    pub written: u64,
+    /// Bytes of segments written since the last cut was finished.
+    written: u64,
 }
 
 impl SegmentWriter {
