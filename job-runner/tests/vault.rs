@@ -198,6 +198,11 @@ spec:
 }
 
 fn run(d: &Path, store: &Store, addr: &str, role: &str, sub: &str) -> Output {
+    run_with(d, store, addr, role, sub, &[])
+}
+
+/// [`run`], with `extra` arguments for the run.
+fn run_with(d: &Path, store: &Store, addr: &str, role: &str, sub: &str, extra: &[&str]) -> Output {
     std::fs::write(d.join("vault-token"), store.token(sub)).unwrap();
     Command::new(env!("CARGO_BIN_EXE_job-runner"))
         .current_dir(d)
@@ -216,6 +221,7 @@ fn run(d: &Path, store: &Store, addr: &str, role: &str, sub: &str) -> Output {
             "secrets",
         ])
         .args(["--audit-log", "audit.jsonl"])
+        .args(extra)
         .env("RUST_LOG", "trace")
         .output()
         .unwrap()
@@ -845,33 +851,14 @@ fn an_erasure_under_a_transit_kek_keeps_the_records_verifiable() {
     let addr = service_env("FERRY_BAO_ADDR");
     let o = run(d, &store, &addr, "acme", RUN_SA);
     assert!(o.status.success(), "{}", text(d, &o));
-    std::fs::write(d.join("vault-token"), store.token(RUN_SA)).unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_job-runner"))
-        .current_dir(d)
-        .args(["--vault-addr", &addr, "--vault-role", "acme"])
-        .args([
-            "--vault-auth-mount",
-            &store.mount,
-            "--vault-token-file",
-            "vault-token",
-        ])
-        .args([
-            "run",
-            "--connector",
-            "connector.yaml",
-            "--secrets-dir",
-            "secrets",
-        ])
-        .args([
-            "--mode",
-            "erase",
-            "--erase-key",
-            "a.csv",
-            "--audit-log",
-            "audit.jsonl",
-        ])
-        .output()
-        .unwrap();
+    let o = run_with(
+        d,
+        &store,
+        &addr,
+        "acme",
+        RUN_SA,
+        &["--mode", "erase", "--erase-key", "a.csv"],
+    );
     assert!(o.status.success(), "{}", text(d, &o));
     assert!(!d.join("dst/a.csv").exists());
     assert_eq!(store.transit_calls("datakey/plaintext").len(), 2);
