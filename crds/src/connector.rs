@@ -170,6 +170,15 @@ pub struct RunTemplate {
     #[schemars(range(min = 0, max = 10))]
     pub backoff_limit: i32,
 
+    /// How many pods a sync run is spread over. Each shard copies the keys a
+    /// hash of the key gives it, in a pod of its own with the run's identity;
+    /// a failed shard is retried alone (up to `backoffLimit` times), and when
+    /// every shard has succeeded one more pod writes the run's manifest.
+    /// Plan and erase runs use one pod.
+    #[serde(default = "default_parallelism", skip_serializing_if = "is_one")]
+    #[schemars(range(min = 1, max = 32))]
+    pub parallelism: i32,
+
     /// CPU and memory requests and limits of the runner container, within the
     /// caps of the operator's configuration; what is not given comes from the
     /// operator's defaults.
@@ -214,11 +223,22 @@ fn default_backoff() -> i32 {
     2
 }
 
+fn default_parallelism() -> i32 {
+    1
+}
+
+/// Whether `n` is 1: `parallelism` left out when it is, so a spec pinned
+/// before the field existed keeps its hash.
+fn is_one(n: &i32) -> bool {
+    *n == 1
+}
+
 impl Default for RunTemplate {
     fn default() -> Self {
         Self {
             active_deadline_seconds: default_deadline(),
             backoff_limit: default_backoff(),
+            parallelism: default_parallelism(),
             resources: None,
             node_selector: BTreeMap::new(),
             tolerations: Vec::new(),

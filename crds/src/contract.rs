@@ -226,6 +226,12 @@ pub mod env {
     pub const AWS_WEB_IDENTITY_TOKEN_FILE: &str = "AWS_WEB_IDENTITY_TOKEN_FILE";
     /// The Azure federated token file (Azure workload identity's variable).
     pub const AZURE_FEDERATED_TOKEN_FILE: &str = "AZURE_FEDERATED_TOKEN_FILE";
+    /// The shard this pod is of a run spread over several (`INDEX/COUNT`,
+    /// the index from 0).
+    pub const SHARD: &str = "FERRY_SHARD";
+    /// Set on the last step of a run spread over shards: how many there
+    /// are. The pod writes the run's manifest from the shards' parts.
+    pub const SHARDS: &str = "FERRY_SHARDS";
     /// The platform's Vault (or OpenBao) address.
     pub const VAULT_ADDR: &str = "FERRY_VAULT_ADDR";
     /// The mount of its JWT auth method.

@@ -28,6 +28,7 @@ use crate::common::conditions_schema;
     printcolumn = r#"{"name":"Bytes","type":"integer","jsonPath":".status.progress.bytes"}"#,
     printcolumn = r#"{"name":"Objects","type":"integer","jsonPath":".status.progress.objects","priority":1}"#,
     printcolumn = r#"{"name":"Listed","type":"integer","jsonPath":".status.progress.listed","priority":1}"#,
+    printcolumn = r#"{"name":"Shards","type":"string","jsonPath":".status.shards","priority":1}"#,
     printcolumn = r#"{"name":"Duration","type":"string","jsonPath":".status.duration"}"#,
     printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.reason","priority":1}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
@@ -223,6 +224,62 @@ pub struct ConnectorRunStatus {
     /// by the operator when it pinned the run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attribution: Option<Attribution>,
+
+    /// A run spread over several pods: how many of its shards have succeeded,
+    /// as `SUCCEEDED/SHARDS`. The run's own `attempts` and `podName` are then
+    /// those of its last step, which writes the manifest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16))]
+    pub shards: Option<String>,
+
+    /// Each shard of a run spread over several pods, as the operator saw it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub shard_statuses: Vec<ShardStatus>,
+
+    /// What each shard's runner reports (its progress and the result of its
+    /// last attempt), by shard index. Each shard writes its own key with a
+    /// field manager of its own.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 32))]
+    pub shard_reports: std::collections::BTreeMap<String, ShardReport>,
+}
+
+/// One shard of a run, as the operator saw it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ShardStatus {
+    /// The shard's index, from 0.
+    #[schemars(range(min = 0, max = 31))]
+    pub index: i32,
+    /// Pending, Running, Succeeded or Failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<RunPhase>,
+    /// Attempts of this shard so far.
+    pub attempts: i32,
+    /// The pod of its current attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_name: Option<String>,
+    /// Why its last attempt failed, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 128))]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub message: Option<String>,
+    /// When its next attempt starts, while it backs off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt_time: Option<Time>,
+}
+
+/// What one shard's runner reports.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ShardReport {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<RunProgress>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<RunResult>,
 }
 
 /// Annotation of a ConnectorRun: the user the API server authenticated for

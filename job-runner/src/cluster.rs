@@ -21,7 +21,7 @@ use zeroize::Zeroizing;
 
 use crate::config::SecretsDir;
 use crate::job::{Failure, Job, perform, prepare};
-use crate::transfer::{Erased, Progress, Report};
+use crate::transfer::{Erased, Part, Progress, Report};
 
 /// Field manager of the runner's status writes.
 pub const FIELD_MANAGER: &str = "ferry-runner";
@@ -34,6 +34,8 @@ pub struct RunRef {
     pub attempt: i32,
     /// Hash of the spec the operator pinned, from the pod's environment.
     pub spec_hash: String,
+    /// All of the run, one shard of it, or its last step.
+    pub part: Part,
 }
 
 fn api_failure(what: &str, e: kube::Error) -> Failure {
@@ -145,10 +147,19 @@ impl Reporter {
         progress: RunProgress,
         result: Option<RunResult>,
     ) -> Result<(), kube::Error> {
-        let mut status = serde_json::json!({"progress": progress});
+        let mut report = serde_json::json!({"progress": progress});
         if let Some(r) = result {
-            status["result"] = serde_json::to_value(r).unwrap_or_default();
+            report["result"] = serde_json::to_value(r).unwrap_or_default();
         }
+        // A shard writes its own key of `shardReports`, as a manager of its
+        // own: the shards of a run never take each other's fields.
+        let (status, manager) = match self.run.part {
+            Part::Shard(s) => (
+                serde_json::json!({"shardReports": {s.index.to_string(): report}}),
+                format!("{FIELD_MANAGER}-shard-{}", s.index),
+            ),
+            _ => (report, FIELD_MANAGER.to_string()),
+        };
         let patch = serde_json::json!({
             "apiVersion": ConnectorRun::api_version(&()),
             "kind": "ConnectorRun",
@@ -157,7 +168,7 @@ impl Reporter {
         self.api
             .patch_status(
                 &self.run.name,
-                &PatchParams::apply(FIELD_MANAGER).force(),
+                &PatchParams::apply(&manager).force(),
                 &Patch::Apply(&patch),
             )
             .await
@@ -323,11 +334,11 @@ async fn attempt_inner(
 ) -> Result<Report, Failure> {
     let (cr, connector) = load(client, run).await?;
     // One OpenLineage run per attempt: the run's uid and the attempt name it.
-    let lineage_run = format!(
-        "{}/{}",
-        cr.metadata.uid.as_deref().unwrap_or(&run.name),
-        run.attempt
-    );
+    let uid = cr.metadata.uid.as_deref().unwrap_or(&run.name);
+    let lineage_run = match run.part {
+        Part::Shard(s) => format!("{uid}/shard-{}/{}", s.index, run.attempt),
+        _ => format!("{uid}/{}", run.attempt),
+    };
     let mut prepared = prepare(
         &connector,
         &run.namespace,
@@ -354,6 +365,7 @@ async fn attempt_inner(
         base_dir: &settings.base_dir,
         lineage: prepared.lineage.as_ref(),
         platform: &settings.platform,
+        part: run.part,
     };
     let ticker = spawn_progress(reporter.clone(), progress.clone(), settings.progress_every);
     let secrets = fetch_secrets(client, &run.namespace, &connector.spec);

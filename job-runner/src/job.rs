@@ -19,7 +19,7 @@ use crate::crypto::KeyRing;
 use crate::crypto::keys::{KeyError, Kms, run_key_ring};
 use crate::lineage::{EventType, Lineage, Sink};
 use crate::storage::{ObjectStore, StorageError};
-use crate::transfer::{self, EraseRequest, Mode, Options, Progress, Report};
+use crate::transfer::{self, EraseRequest, Mode, Options, Part, Progress, Report};
 use crate::vault;
 use crate::vault::VaultTransit;
 
@@ -46,6 +46,8 @@ pub struct Job<'a> {
     pub lineage: Option<&'a Lineage>,
     /// The platform team's settings (STS endpoint).
     pub platform: &'a config::Platform,
+    /// All of a sync, one shard of it, or its last step.
+    pub part: Part,
 }
 
 /// Why a run failed: a stable reason and a message naming the endpoint and
@@ -140,17 +142,24 @@ pub async fn execute(
         concurrency: job.concurrency,
         anchor: job.anchor.cloned(),
         signer,
+        shard: match job.part {
+            Part::Shard(s) => Some(s),
+            _ => None,
+        },
         ..Options::default()
     };
-    match (job.mode, job.erase) {
-        (Mode::Erase, Some(request)) => {
+    match (job.mode, job.erase, job.part) {
+        (Mode::Erase, Some(request), _) => {
             transfer::erase(src, dst, keys, request, &opts, audit).await
         }
-        (Mode::Erase, None) => {
+        (Mode::Erase, None, _) => {
             return Err(failure(
                 Reason::InvalidSpec,
                 "an erase run needs the source keys to erase",
             ));
+        }
+        (Mode::Sync, _, Part::Commit(count)) => {
+            transfer::commit(dst, keys, &opts, count, audit).await
         }
         _ => transfer::run(spec, src, dst, keys, &opts, audit, progress).await,
     }

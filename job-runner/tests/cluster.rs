@@ -129,6 +129,7 @@ async fn run_ref_of(client: &kube::Client, name: &str) -> RunRef {
         name: name.into(),
         attempt: 1,
         spec_hash: record.status.connector_spec_hash.unwrap(),
+        part: Default::default(),
     }
 }
 
@@ -415,6 +416,7 @@ async fn rotated_credentials_are_read_again_once() {
         base_dir: f.dir.path(),
         lineage: None,
         platform: &Default::default(),
+        part: Default::default(),
     };
     let secrets: Api<Secret> = Api::namespaced(f.client.clone(), NS);
     let reads = std::sync::atomic::AtomicUsize::new(0);

@@ -8,7 +8,7 @@ use ferry_crds::contract::env;
 
 use crate::cluster::{self, RunRef};
 use crate::config;
-use crate::transfer::Mode;
+use crate::transfer::{Mode, Part};
 
 use super::local::print_report;
 use super::{BoxError, LineageArgs};
@@ -44,6 +44,12 @@ pub struct ClusterArgs {
     /// Base folder of relative local paths.
     #[arg(long, env = env::BASE_DIR, default_value = ".")]
     base_dir: PathBuf,
+    /// The shard this pod is (INDEX/COUNT), when the run is spread over several.
+    #[arg(long, env = env::SHARD, conflicts_with = "shards")]
+    shard: Option<crate::transfer::Shard>,
+    /// The last step of a run spread over this many shards.
+    #[arg(long, env = env::SHARDS, value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::crypto::part::MAX_SHARDS)))]
+    shards: Option<u32>,
     #[command(flatten)]
     lineage: LineageArgs,
 }
@@ -55,6 +61,11 @@ pub async fn cluster(args: ClusterArgs, platform: &config::Platform) -> Result<(
         name: args.run,
         attempt: args.attempt,
         spec_hash: args.spec_hash,
+        part: match (args.shard, args.shards) {
+            (Some(s), _) => Part::Shard(s),
+            (None, Some(n)) => Part::Commit(n),
+            (None, None) => Part::Whole,
+        },
     };
     let client = kube::Client::try_default()
         .await

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::config::{self, SecretsDir};
 use crate::job::{self, Job};
-use crate::transfer::{self, EraseRequest, Mode, Progress};
+use crate::transfer::{self, EraseRequest, Mode, Part, Progress};
 
 use super::{BoxError, LineageArgs};
 
@@ -50,6 +50,15 @@ pub struct RunArgs {
     /// Base folder of relative local paths in the Connector.
     #[arg(long, default_value = ".")]
     base_dir: PathBuf,
+    /// Sync one shard of a run spread over several (INDEX/COUNT, the index
+    /// from 0): copy the keys it owns and store its part; needs --run-id,
+    /// the same for every shard and for --commit-shards.
+    #[arg(long, requires = "run_id", conflicts_with = "commit_shards")]
+    shard: Option<transfer::Shard>,
+    /// The last step of a run spread over COUNT shards: the run's manifest
+    /// from the shards' parts; needs --run-id.
+    #[arg(long, requires = "run_id", value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::crypto::part::MAX_SHARDS)))]
+    commit_shards: Option<u32>,
     #[command(flatten)]
     lineage: LineageArgs,
 }
@@ -69,6 +78,14 @@ pub async fn run(args: RunArgs, platform: &config::Platform) -> Result<(), BoxEr
     let sink = args.lineage.sink()?;
     if args.mode != Mode::Erase && (!args.erase_keys.is_empty() || args.erase_from_source) {
         return Err("--erase-key and --erase-from-source go with --mode erase".into());
+    }
+    let part = match (args.shard, args.commit_shards) {
+        (Some(s), _) => Part::Shard(s),
+        (None, Some(n)) => Part::Commit(n),
+        (None, None) => Part::Whole,
+    };
+    if part != Part::Whole && args.mode != Mode::Sync {
+        return Err("--shard and --commit-shards go with --mode sync".into());
     }
     let erase = EraseRequest {
         keys: args.erase_keys,
@@ -112,6 +129,7 @@ pub async fn run(args: RunArgs, platform: &config::Platform) -> Result<(), BoxEr
         base_dir: &args.base_dir,
         lineage: prepared.lineage.as_ref(),
         platform,
+        part,
     };
     let secrets = async { Ok(dir.snapshot(&connector.spec)) };
     let reread = || async { Ok(dir.snapshot(&connector.spec)) };

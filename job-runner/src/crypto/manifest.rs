@@ -190,6 +190,15 @@ pub enum ManifestError {
     Unordered { key: String, after: String },
     #[error("manifest segment {segment:?} does not verify: {what}")]
     Segment { segment: String, what: &'static str },
+    #[error("shard part lists {key:?}, which shard {shard} does not own")]
+    NotOwned { key: String, shard: String },
+    #[error(
+        "shard part was planned against manifest link {found:?}, not {expected:?}: the destination changed during the run"
+    )]
+    OtherBase {
+        found: Option<String>,
+        expected: Option<String>,
+    },
     #[error("manifest lists record {0:?}, which is not under {RECORDS_DIR}")]
     RecordOutside(String),
     #[error("manifest {key:?} was written as {name:?}: a copy or a rename of another manifest")]
@@ -206,16 +215,16 @@ pub enum ManifestError {
     Key(#[from] KeyError),
 }
 
-fn put_u64(out: &mut Vec<u8>, v: u64) {
+pub(crate) fn put_u64(out: &mut Vec<u8>, v: u64) {
     out.extend_from_slice(&v.to_be_bytes());
 }
 
-fn put_str(out: &mut Vec<u8>, s: &str) {
+pub(crate) fn put_str(out: &mut Vec<u8>, s: &str) {
     put_u64(out, s.len() as u64);
     out.extend_from_slice(s.as_bytes());
 }
 
-fn put_opt(out: &mut Vec<u8>, s: Option<&str>) {
+pub(crate) fn put_opt(out: &mut Vec<u8>, s: Option<&str>) {
     match s {
         None => out.push(0),
         Some(s) => {
@@ -225,7 +234,7 @@ fn put_opt(out: &mut Vec<u8>, s: Option<&str>) {
     }
 }
 
-fn put_entry(out: &mut Vec<u8>, e: &ManifestEntry, v2: bool) {
+pub(crate) fn put_entry(out: &mut Vec<u8>, e: &ManifestEntry, v2: bool) {
     put_str(out, &e.key);
     put_u64(out, e.size);
     put_str(out, &e.sha256);

@@ -7,6 +7,7 @@ pub mod aead;
 pub mod envelope;
 pub mod keys;
 pub mod manifest;
+pub mod part;
 pub mod segments;
 pub mod signing;
 pub mod streaming;

@@ -9,14 +9,15 @@ mod copy;
 pub mod erase;
 pub mod plan;
 pub mod records;
+pub mod shard;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use ferry_crds::{ConnectorSpec, Reason, SyncMode};
-use futures::StreamExt;
 use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
 
 use crate::audit::AuditLog;
 use crate::crypto::{Anchor, ChainBreak, KeyError, KeyRing, ManifestError, ManifestSigner};
@@ -24,6 +25,7 @@ use crate::project::ProjectionError;
 use crate::select::{GlobError, Selector};
 use crate::storage::{Listing, ObjectMeta, ObjectStore, StorageError};
 
+pub use crate::crypto::part::Shard;
 pub use erase::{EraseRequest, erase};
 pub use ferry_crds::MANIFEST_DIR;
 pub use plan::{Rules, Step, Verdict};
@@ -31,6 +33,7 @@ pub use records::{
     entries, is_manifest_key, latest_manifest, load_entries, manifest_key, newest_manifest_key,
     read_manifest, read_manifest_unverified, sort_key,
 };
+pub use shard::commit;
 /// Objects up to this size (one encryption segment) cost a few requests and
 /// little memory each: their pace is set by round trips, not bandwidth, so
 /// more of them are copied at once. On s3s-fs here, 1000 objects of 64 KiB
@@ -38,6 +41,17 @@ pub use records::{
 pub const SMALL_OBJECT: u64 = 1 << 20;
 /// How many times `Options::concurrency` small objects are copied at once.
 pub const SMALL_FACTOR: usize = 4;
+
+/// Which part of a run a pod does: all of it, one shard of it, or the last
+/// step of a run spread over shards ([`shard`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Part {
+    #[default]
+    Whole,
+    Shard(Shard),
+    /// The manifest of a run over this many shards, from their parts.
+    Commit(u32),
+}
 
 /// What a run does: the ConnectorRun's own `mode`.
 pub use ferry_crds::RunMode as Mode;
@@ -63,6 +77,20 @@ pub struct Options {
     /// Signs the manifests the run writes or rewrites, when the Connector
     /// names a signing key.
     pub signer: Option<Arc<ManifestSigner>>,
+    /// The shard of the run this one is, when the run is spread over several
+    /// ([`shard`]): it copies the keys it owns and writes a part, not a
+    /// manifest.
+    pub shard: Option<Shard>,
+}
+
+impl Options {
+    /// What names this run's (or shard's) records.
+    fn record_name(&self) -> String {
+        match self.shard {
+            Some(s) => format!("{}-shard-{}", self.run_id, s.index),
+            None => self.run_id.clone(),
+        }
+    }
 }
 
 impl Default for Options {
@@ -76,6 +104,7 @@ impl Default for Options {
             backoff: Duration::from_millis(200),
             anchor: None,
             signer: None,
+            shard: None,
         }
     }
 }
@@ -215,12 +244,15 @@ pub async fn run(
     let tombstones = last.map(|m| m.erased.clone()).unwrap_or_default();
     let rules = plan::Rules::new(&selector, &spec.compliance.allowed_sensitivity, &tombstones);
     // A full run copies everything again: it carries no entry forward.
+    let shard = opts.shard;
     let carried = match last {
-        Some(m) if spec.sync_mode == SyncMode::Incremental => records::entries(dst.as_ref(), m),
+        Some(m) if spec.sync_mode == SyncMode::Incremental => records::entries(dst.as_ref(), m)
+            .try_filter(move |e| futures::future::ready(shard.is_none_or(|s| s.owns(&e.key))))
+            .boxed(),
         _ => futures::stream::empty().boxed(),
     };
-    let listed = listing(src.list_from(""), Some(progress.clone()));
-    let stored = listing(records::list_destination(dst.as_ref(), ""), None);
+    let listed = listing(src.list_from(""), Some(progress.clone()), opts);
+    let stored = listing(records::list_destination(dst.as_ref(), ""), None, opts);
     let steps = plan::plan(listed, carried, stored, &rules).boxed();
     if opts.mode != Mode::Sync {
         return copy::plan_only(steps, audit).await;
@@ -246,6 +278,23 @@ pub async fn run(
     // its manifest are listed in it.
     let records = records::finish_copy(audit_copy, audit).await;
     let (mut report, segments, segment_bytes) = copied?;
+    if let Some(shard) = opts.shard {
+        report.manifest_bytes = segment_bytes;
+        let (key, part_bytes) = shard::write_part(
+            dst.as_ref(),
+            kek,
+            opts,
+            shard,
+            last,
+            segments,
+            records?,
+            &report,
+        )
+        .await?;
+        report.manifest = Some(key);
+        report.manifest_bytes += part_bytes;
+        return Ok(report);
+    }
     let (key, anchor, root_bytes) = records::write_manifest(
         dst.as_ref(),
         kek,
@@ -262,12 +311,22 @@ pub async fn run(
     Ok(report)
 }
 
-/// A store's listing as a plan takes it, counted in `listed` as it comes.
+/// A store's listing as a plan takes it: what this run (or shard) owns,
+/// counted in `listed` as it comes.
 fn listing<'a>(
     objects: Listing<'a>,
     progress: Option<Arc<Progress>>,
+    opts: &Options,
 ) -> BoxStream<'a, Result<ObjectMeta, TransferError>> {
+    let shard = opts.shard;
     objects
+        .filter(move |o| {
+            let keep = match o {
+                Ok(o) => shard.is_none_or(|s| s.owns(&o.key)),
+                Err(_) => true,
+            };
+            futures::future::ready(keep)
+        })
         .map(move |o| {
             if let Some(p) = &progress {
                 p.listed.fetch_add(1, Ordering::Relaxed);

@@ -113,7 +113,16 @@ pub fn entries<'a>(
         objects.sort_by(|a, b| a.key.cmp(&b.key));
         return futures::stream::iter(objects.into_iter().map(Ok)).boxed();
     }
-    futures::stream::iter(manifest.segments.clone())
+    segment_entries(dst, manifest.segments.clone())
+}
+
+/// The entries of `segments` (listed by a verified manifest or part), in
+/// order, one segment read at a time.
+pub(super) fn segment_entries(
+    dst: &dyn ObjectStore,
+    segments: Vec<SegmentRef>,
+) -> BoxStream<'_, Result<ManifestEntry, TransferError>> {
+    futures::stream::iter(segments)
         .map(move |r| async move { read_segment(dst, &r).await })
         .buffered(2)
         .map(|segment| match segment {
@@ -416,7 +425,7 @@ impl AuditCopy {
             "{AUDIT_DIR}{}{:06}Z-{}.jsonl",
             now.strftime("%Y%m%dT%H%M%S"),
             now.subsec_microsecond(),
-            opts.run_id
+            opts.record_name()
         );
         let enc = ObjectEncrypter::new(kek, &key).map_err(|e| TransferError::Encrypt {
             key: key.clone(),

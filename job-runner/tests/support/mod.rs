@@ -152,6 +152,7 @@ where
         base_dir: dir,
         lineage: None,
         platform,
+        part: Default::default(),
     };
     let secrets = SecretsDir::new(dir.join("secrets"));
     let progress = Arc::new(Progress::default());
