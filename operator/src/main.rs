@@ -187,6 +187,9 @@ struct Args {
         value_parser = parse_resource_cap
     )]
     max_resources: Vec<(String, String)>,
+    /// The most pods a Connector may spread one run over (its `parallelism`).
+    #[arg(long, env = "FERRY_MAX_PARALLELISM", default_value_t = 8, value_parser = clap::value_parser!(i32).range(1..=32))]
+    max_parallelism: i32,
     /// Accept plain http:// endpoints on a loopback address, for Connectors that
     /// set insecurePlainHttpOnLoopback (demos and tests only).
     #[arg(long, env = "FERRY_ALLOW_PLAIN_HTTP_LOOPBACK")]
@@ -494,6 +497,7 @@ fn config(args: &Args) -> Config {
                 .iter()
                 .map(|(k, v)| (k.clone(), Quantity(v.clone())))
                 .collect(),
+            max_parallelism: args.max_parallelism,
         },
         lineage_url: args.lineage_url.clone(),
         token_audiences: args.token_audiences.clone(),

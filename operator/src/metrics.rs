@@ -25,6 +25,7 @@ pub struct Metrics {
     pub policy_denials_total: IntCounterVec,
     pub missed_schedules_total: IntCounterVec,
     pub integrity_failures_total: IntCounterVec,
+    pub shard_attempts_total: IntCounterVec,
     pub reconcile_total: IntCounterVec,
     pub reconcile_errors_total: IntCounterVec,
     pub reconcile_duration_seconds: HistogramVec,
@@ -137,6 +138,12 @@ impl Metrics {
                 "ferry_integrity_failures_total",
                 "Runs that found data failing its integrity check.",
                 nc,
+            ),
+            shard_attempts_total: counter(
+                r,
+                "ferry_shard_attempts_total",
+                "Ended attempts of the shards of runs spread over several pods, by result (succeeded, failed).",
+                &["namespace", "connector", "result"],
             ),
             reconcile_total: counter(
                 r,

@@ -10,6 +10,8 @@ pub const LABEL_RUN: &str = "ferry.dev/run";
 pub const LABEL_CONNECTOR: &str = "ferry.dev/connector";
 /// Label with the attempt number of a run's pod.
 pub const LABEL_ATTEMPT: &str = "ferry.dev/attempt";
+/// Label with the shard index of a shard's pod.
+pub const LABEL_SHARD: &str = "ferry.dev/shard";
 /// Annotation on a scheduled run: the time it was scheduled for (RFC 3339).
 pub const ANNOTATION_SCHEDULED_AT: &str = "ferry.dev/scheduled-at";
 /// The standard label naming the tool managing an object.
@@ -49,6 +51,12 @@ pub fn run_identity(run: &str) -> String {
 /// Name of the pod of one attempt of a run.
 pub fn pod(run: &str, attempt: i32) -> String {
     let suffix = format!("-{attempt}");
+    format!("{}{suffix}", shorten(run, LABEL_MAX - suffix.len()))
+}
+
+/// Name of the pod of one attempt of shard `shard` (from 0) of a run.
+pub fn shard_pod(run: &str, shard: i32, attempt: i32) -> String {
+    let suffix = format!("-s{shard}-{attempt}");
     format!("{}{suffix}", shorten(run, LABEL_MAX - suffix.len()))
 }
 

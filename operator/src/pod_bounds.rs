@@ -28,6 +28,9 @@ pub struct PodBounds {
     /// `memory`, `ephemeral-storage`); a resource not named here may not be
     /// asked for at all.
     pub max_resources: BTreeMap<String, Quantity>,
+    /// The most pods a Connector may spread one run over (`parallelism`):
+    /// its resources are asked for once per shard.
+    pub max_parallelism: i32,
 }
 
 impl Default for PodBounds {
@@ -51,6 +54,7 @@ impl Default for PodBounds {
                 ("memory".to_string(), q("8Gi")),
                 ("ephemeral-storage".to_string(), q("1Gi")),
             ]),
+            max_parallelism: 8,
         }
     }
 }
@@ -117,6 +121,12 @@ pub fn breaches(run: &RunTemplate, bounds: &PodBounds) -> Vec<String> {
     toleration_breaches(run, bounds, &mut out);
     node_affinity_breaches(run, bounds, &mut out);
     resource_breaches(run, bounds, &mut out);
+    if run.parallelism > bounds.max_parallelism {
+        out.push(format!(
+            "parallelism {} is above this operator's cap of {}",
+            run.parallelism, bounds.max_parallelism
+        ));
+    }
     out
 }
 
@@ -259,6 +269,11 @@ mod tests {
                 "{resources: {requests: {nvidia.com/gpu: '1'}}}",
                 "may not be asked for",
             ),
+            // Each shard asks for the run's resources again.
+            (
+                "{parallelism: 32}",
+                "parallelism 32 is above this operator's cap of 8",
+            ),
         ] {
             let found = breaches(&run(yaml), &bounds);
             assert!(found.iter().any(|b| b.contains(words)), "{yaml}: {found:?}");
@@ -271,10 +286,11 @@ mod tests {
             annotation_keys: vec!["example.com/*".into()],
             label_keys: vec!["team".into()],
             toleration_keys: vec!["dedicated".into()],
+            max_parallelism: 16,
             ..PodBounds::default()
         };
         let ok = run(
-            "{podAnnotations: {example.com/cost-centre: '42'}, podLabels: {team: data}, tolerations: [{key: dedicated, operator: Equal, value: ferry, effect: NoSchedule}]}",
+            "{podAnnotations: {example.com/cost-centre: '42'}, podLabels: {team: data}, tolerations: [{key: dedicated, operator: Equal, value: ferry, effect: NoSchedule}], parallelism: 16}",
         );
         assert!(breaches(&ok, &bounds).is_empty());
     }

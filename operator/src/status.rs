@@ -35,6 +35,8 @@ pub const RUN_FIELDS: &[&str] = &[
     "reason",
     "message",
     "attribution",
+    "shards",
+    "shardStatuses",
 ];
 
 /// The operator's fields of a Connector's status: all of them.
@@ -141,7 +143,7 @@ mod tests {
             v
         };
         let mut run = fields::<ferry_crds::ConnectorRunStatus>();
-        run.retain(|f| f != "progress" && f != "result");
+        run.retain(|f| f != "progress" && f != "result" && f != "shardReports");
         assert_eq!(run, sorted(RUN_FIELDS));
         assert_eq!(
             fields::<ferry_crds::ConnectorStatus>(),

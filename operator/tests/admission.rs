@@ -42,6 +42,7 @@ fn objects(run_name: &str, spec: &ConnectorSpec) -> Vec<Value> {
         run: &run(run_name),
         spec,
         attempt: 1,
+        part: Default::default(),
         tenant_region: Some("eu-west-1"),
         config: &Config::default(),
     })
@@ -498,6 +499,7 @@ fn a_token_for_vault_is_admitted_only_where_vault_is_configured() {
         run: &run("sales-29923860"),
         spec: &s,
         attempt: 1,
+        part: Default::default(),
         tenant_region: Some("eu-west-1"),
         config: &config,
     })

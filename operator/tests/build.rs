@@ -30,6 +30,7 @@ fn objects(spec: &ConnectorSpec, attempt: i32) -> RunObjects {
         run: &run(),
         spec,
         attempt,
+        part: Default::default(),
         tenant_region: Some("eu-west-1"),
         config: &Config::default(),
     })
@@ -55,6 +56,7 @@ fn built(spec: &ConnectorSpec, config: &Config) -> RunObjects {
         run: &run(),
         spec,
         attempt: 1,
+        part: Default::default(),
         tenant_region: Some("eu-west-1"),
         config,
     })
@@ -333,6 +335,7 @@ fn the_sts_endpoint_comes_from_the_operators_configuration() {
         run: &run(),
         spec: &s,
         attempt: 1,
+        part: Default::default(),
         tenant_region: None,
         config: &config,
     })
@@ -354,6 +357,7 @@ fn the_sts_endpoint_comes_from_the_operators_configuration() {
         run: &run(),
         spec: &spec(CONNECTOR),
         attempt: 1,
+        part: Default::default(),
         tenant_region: None,
         config: &config,
     })
@@ -414,6 +418,7 @@ fn a_run_without_uid_cannot_be_built() {
             run: &r,
             spec: &s,
             attempt: 1,
+            part: Default::default(),
             tenant_region: None,
             config: &Config::default()
         })
@@ -476,6 +481,7 @@ fn the_network_policy_keeps_a_run_from_metadata_and_cluster_addresses() {
         run: &run(),
         spec: &spec(CONNECTOR),
         attempt: 1,
+        part: Default::default(),
         tenant_region: None,
         config: &config,
     })

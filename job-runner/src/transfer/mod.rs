@@ -280,17 +280,16 @@ pub async fn run(
     let (mut report, segments, segment_bytes) = copied?;
     if let Some(shard) = opts.shard {
         report.manifest_bytes = segment_bytes;
-        let (key, part_bytes) = shard::write_part(
-            dst.as_ref(),
-            kek,
-            opts,
+        let part = shard::PartContents {
+            run: opts.run_id.clone(),
+            connector: opts.connector.clone(),
             shard,
-            last,
+            base: last.map(crate::crypto::Manifest::link),
             segments,
-            records?,
-            &report,
-        )
-        .await?;
+            records: records?,
+            counts: shard::counts(&report),
+        };
+        let (key, part_bytes) = shard::write_part(dst.as_ref(), kek, part).await?;
         report.manifest = Some(key);
         report.manifest_bytes += part_bytes;
         return Ok(report);

@@ -18,46 +18,34 @@ use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 
 use crate::audit::{AuditLog, Outcome};
-use crate::crypto::part::{PartContents, PartCounts, Shard, ShardPart};
-use crate::crypto::segments::SegmentRef;
+pub(super) use crate::crypto::part::PartContents;
+use crate::crypto::part::{PartCounts, Shard, ShardPart};
 use crate::crypto::{Kek, KeyRing, Manifest, ManifestEntry, ManifestError};
 use crate::storage::ObjectStore;
 
 use super::records::{self, AuditCopy, SegmentWriter};
 use super::{Options, Report, TransferError};
 
-/// Stores this shard's part: what it copied (`report`), the segments of the
-/// entries it owns and its records. Returns the part's key and its size.
+/// What a shard's part records of what it did.
+pub(super) fn counts(report: &Report) -> PartCounts {
+    PartCounts {
+        copied: report.objects_copied,
+        skipped: report.objects_skipped,
+        tombstoned: report.objects_tombstoned,
+        bytes_read: report.bytes_read,
+        bytes_written: report.bytes_written,
+        manifest_bytes: report.manifest_bytes,
+    }
+}
+
+/// Signs and stores a shard's part. Returns its key and its size.
 pub(super) async fn write_part(
     dst: &dyn ObjectStore,
     kek: &Kek,
-    opts: &Options,
-    shard: Shard,
-    base: Option<&Manifest>,
-    segments: Vec<SegmentRef>,
-    records: Vec<ManifestEntry>,
-    report: &Report,
+    contents: PartContents,
 ) -> Result<(String, u64), TransferError> {
-    let part = ShardPart::sign(
-        kek,
-        PartContents {
-            run: opts.run_id.clone(),
-            connector: opts.connector.clone(),
-            shard,
-            base: base.map(Manifest::link),
-            segments,
-            records,
-            counts: PartCounts {
-                copied: report.objects_copied,
-                skipped: report.objects_skipped,
-                tombstoned: report.objects_tombstoned,
-                bytes_read: report.bytes_read,
-                bytes_written: report.bytes_written,
-                manifest_bytes: report.manifest_bytes,
-            },
-        },
-    );
-    let key = shard.part_key(&opts.run_id);
+    let key = contents.shard.part_key(&contents.run);
+    let part = ShardPart::sign(kek, contents);
     let body = serde_json::to_vec_pretty(&part).map_err(|e| TransferError::Encrypt {
         key: key.clone(),
         reason: e.to_string(),

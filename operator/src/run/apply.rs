@@ -183,9 +183,10 @@ pub async fn cleanup(
     namespace: &str,
     run: &str,
     attempts: i32,
+    shard_attempts: &[i32],
 ) -> Result<(), Error> {
     for kind in ObjectKind::ALL.into_iter().rev() {
-        for name in kind.names(run, attempts) {
+        for name in kind.names(run, attempts, shard_attempts) {
             delete_kind(ctx, namespace, kind, &name).await?;
         }
     }

@@ -6,6 +6,7 @@
 //! count), never repeats them; cleanup is idempotent and repeated for every run
 //! that has ended.
 
+use ferry_crds::ConnectorRunStatus;
 use ferry_crds::{ConnectorRun, RunPhase, RunResult};
 
 use crate::audit::Record;
@@ -37,8 +38,14 @@ pub enum Effect {
     },
     /// Delete the pod of a failed attempt.
     DeletePod(String),
-    /// Delete the run's pods and identity objects.
-    Cleanup { attempts: i32 },
+    /// `ferry_shard_attempts_total`: an attempt of a shard ended.
+    ShardAttempt { succeeded: bool },
+    /// Delete the run's pods and identity objects: the pods of `attempts`
+    /// attempts, and of each shard, as many as its attempts.
+    Cleanup {
+        attempts: i32,
+        shard_attempts: Vec<i32>,
+    },
 }
 
 /// Does `effects`, in order. Events are best effort (the recorder logs its
@@ -104,8 +111,27 @@ pub async fn perform(
                 }
             }
             Effect::DeletePod(pod) => apply::delete_pod(ctx, namespace, &pod).await?,
-            Effect::Cleanup { attempts } => apply::cleanup(ctx, namespace, name, attempts).await?,
+            Effect::ShardAttempt { succeeded } => {
+                let label = if succeeded { "succeeded" } else { "failed" };
+                m.shard_attempts_total
+                    .with_label_values(&[namespace, connector, label])
+                    .inc();
+            }
+            Effect::Cleanup {
+                attempts,
+                shard_attempts,
+            } => apply::cleanup(ctx, namespace, name, attempts, &shard_attempts).await?,
         }
     }
     Ok(())
+}
+
+impl Effect {
+    /// The cleanup of a run whose status is `status`: every pod it may have.
+    pub fn cleanup(status: &ConnectorRunStatus) -> Self {
+        Effect::Cleanup {
+            attempts: status.attempts.unwrap_or(0),
+            shard_attempts: status.shard_statuses.iter().map(|s| s.attempts).collect(),
+        }
+    }
 }

@@ -16,6 +16,7 @@ pub mod effects;
 pub mod fate;
 pub mod finalizer;
 pub mod record;
+pub mod shards;
 pub mod validate;
 
 use std::sync::Arc;
@@ -232,12 +233,7 @@ async fn deleted(
         spec,
     )
     .by(&status.attribution.clone().unwrap_or_default());
-    let effects = vec![
-        Effect::Cleanup {
-            attempts: status.attempts.unwrap_or(0),
-        },
-        Effect::Audit(line),
-    ];
+    let effects = vec![Effect::cleanup(&status), Effect::Audit(line)];
     effects::perform(ctx, run, namespace, name, effects).await?;
     finalizer::release(ctx, run).await?;
     Ok(Action::await_change())
@@ -252,7 +248,8 @@ async fn deleted(
 fn in_flight(run: &ConnectorRun) -> bool {
     record::read(run).is_ok_and(|r| {
         r.is_some_and(|r| {
-            r.status.attempts.unwrap_or(0) > 0 && !r.status.phase.is_some_and(RunPhase::is_terminal)
+            (r.status.attempts.unwrap_or(0) > 0 || !r.status.shard_statuses.is_empty())
+                && !r.status.phase.is_some_and(RunPhase::is_terminal)
         })
     })
 }
@@ -305,9 +302,7 @@ async fn decide(
         // An ended run: its status written back if someone changed it, and its
         // objects removed; nothing counted again.
         let mut decision = Decision::new(old.clone(), Action::await_change());
-        decision.effects.push(Effect::Cleanup {
-            attempts: old.attempts.unwrap_or(0),
-        });
+        decision.effects.push(Effect::cleanup(old));
         return Ok(decision);
     }
 
@@ -501,6 +496,19 @@ async fn advance(
     } = subject;
     let now = ctx.now();
     let attempts = status.attempts.unwrap_or(0);
+    if attempts == 0
+        && let Some(count) = shards::count(subject)
+    {
+        // Spread over shards: the shards first, then the last step.
+        return match shards::advance(subject, status, count, tampered).await? {
+            shards::Step::Waiting(decision) => Ok(decision),
+            shards::Step::Done(status, effects) => {
+                let mut decision = start_attempt(subject, status, 1).await?;
+                decision.effects.splice(0..0, effects);
+                Ok(decision)
+            }
+        };
+    }
     if attempts == 0 {
         return start_attempt(subject, status, 1).await;
     }
@@ -550,6 +558,30 @@ fn attempt_fate(
     attempts: i32,
 ) -> Fate {
     let pod_name = names::pod(name, attempts);
+    let result = status.result.as_ref();
+    match pod_fate(pod, result, tampered, &pod_name, attempts) {
+        Fate::Succeeded => match record::implausible(result, name, attempts) {
+            None => Fate::Succeeded,
+            Some(why) => Fate::Failed {
+                reason: "ImplausibleResult".into(),
+                message: format!("attempt {attempts}: the runner's result was refused: {why}"),
+                retryable: true,
+            },
+        },
+        other => other,
+    }
+}
+
+/// The fate of the pod `pod_name` of attempt `attempts` (of the run or of a
+/// shard), from the pod (`None`: gone), the result its runner reported and
+/// whether the status was tampered with.
+fn pod_fate(
+    pod: Option<&Pod>,
+    result: Option<&ferry_crds::RunResult>,
+    tampered: bool,
+    pod_name: &str,
+    attempts: i32,
+) -> Fate {
     match pod {
         None => Fate::Failed {
             reason: "PodDeleted".into(),
@@ -563,17 +595,7 @@ fn attempt_fate(
             ),
             retryable: true,
         },
-        Some(pod) => match fate::fate(pod, status.result.as_ref(), attempts) {
-            Fate::Succeeded => match record::implausible(status.result.as_ref(), name, attempts) {
-                None => Fate::Succeeded,
-                Some(why) => Fate::Failed {
-                    reason: "ImplausibleResult".into(),
-                    message: format!("attempt {attempts}: the runner's result was refused: {why}"),
-                    retryable: true,
-                },
-            },
-            other => other,
-        },
+        Some(pod) => fate::fate(pod, result, attempts),
     }
 }
 
@@ -674,12 +696,37 @@ fn summary(mode: RunMode, result: Option<&ferry_crds::RunResult>) -> String {
 /// Starts attempt `attempt`: `dereference -> validate -> build -> apply`, then
 /// the status that says so. Creation is idempotent: an object this run already
 /// made is kept, so an attempt whose status write failed is started again
-/// without a second pod.
+/// without a second pod. After shards, the attempt is the run's last step.
 async fn start_attempt(
     subject: Subject<'_>,
     status: ConnectorRunStatus,
     attempt: i32,
 ) -> Result<Decision, Error> {
+    let part = match status.shard_statuses.len() {
+        0 => build::Part::Whole,
+        n => build::Part::Commit { count: n as i32 },
+    };
+    match launch(subject, &status, &[(part, attempt)]).await? {
+        Launched::Started(warnings) => Ok(started(subject, status, attempt, &warnings)),
+        Launched::Rejected(violations) => Ok(reject(subject, status, &violations)),
+    }
+}
+
+/// What [`launch`] did.
+enum Launched {
+    /// The pods exist (with the run's identity), with the policy's warnings.
+    Started(Vec<Warning>),
+    /// The policy refused the run: nothing was created.
+    Rejected(Vec<Violation>),
+}
+
+/// Creates the pods `pods` (which part of the run, which attempt) and the
+/// run's identity: `dereference -> validate -> build -> apply`.
+async fn launch(
+    subject: Subject<'_>,
+    status: &ConnectorRunStatus,
+    pods: &[(build::Part, i32)],
+) -> Result<Launched, Error> {
     let Subject {
         run,
         ctx,
@@ -690,22 +737,32 @@ async fn start_attempt(
     // dereference
     let tenant = dereference::tenant(ctx, namespace);
     let secrets = dereference::secret_keys(ctx, namespace, spec).await?;
-    // validate
-    let input = build::RunInput {
-        run,
-        spec,
-        manifest_anchor: status.manifest_anchor.as_deref(),
-        attempt,
-        tenant_region: tenant.region.as_deref(),
-        config: &ctx.config,
-    };
-    let (validated, warnings) = match validate::validate(input, &tenant, &secrets)? {
-        Validation::Valid { run, warnings } => (run, warnings),
-        Validation::Rejected(violations) => return Ok(reject(subject, status, &violations)),
-    };
+    let mut objects = Vec::with_capacity(pods.len());
+    let mut warnings = Vec::new();
+    for &(part, attempt) in pods {
+        // validate
+        let input = build::RunInput {
+            run,
+            spec,
+            manifest_anchor: status.manifest_anchor.as_deref(),
+            attempt,
+            part,
+            tenant_region: tenant.region.as_deref(),
+            config: &ctx.config,
+        };
+        match validate::validate(input, &tenant, &secrets)? {
+            Validation::Valid { run, warnings: w } => {
+                objects.push(run.objects());
+                warnings = w;
+            }
+            Validation::Rejected(violations) => return Ok(Launched::Rejected(violations)),
+        }
+    }
     // build, apply
-    apply::apply(ctx, namespace, &validated.objects()).await?;
-    Ok(started(subject, status, attempt, &warnings))
+    for o in &objects {
+        apply::apply(ctx, namespace, o).await?;
+    }
+    Ok(Launched::Started(warnings))
 }
 
 /// The run breaks `violations`: it ends Rejected, each violation denied and
@@ -738,7 +795,11 @@ fn started(
     warnings: &[Warning],
 ) -> Decision {
     let pod_name = names::pod(subject.name, attempt);
-    status.phase = Some(RunPhase::Pending);
+    // After shards, the run started with them and is under way.
+    let sharded = !status.shard_statuses.is_empty();
+    if !sharded {
+        status.phase = Some(RunPhase::Pending);
+    }
     status.attempts = Some(attempt);
     status.pod_name = Some(pod_name.clone());
     status.next_attempt_time = None;
@@ -746,7 +807,23 @@ fn started(
         status.reason = None;
         status.message = None;
     }
+    let note = if sharded {
+        format!(
+            "attempt {attempt}: created pod {pod_name}, which writes the run's manifest from its shards' parts"
+        )
+    } else {
+        format!("attempt {attempt}: created pod {pod_name}")
+    };
     let mut decision = Decision::new(status, Action::requeue(RESYNC));
+    if sharded {
+        decision.effects.push(Effect::Event {
+            warning: false,
+            reason: "Started".into(),
+            action: "CreatePod",
+            note,
+        });
+        return decision;
+    }
     if attempt == 1 {
         for w in warnings {
             decision.effects.push(Effect::Event {
@@ -766,7 +843,7 @@ fn started(
         warning: false,
         reason: "Started".into(),
         action: "CreatePod",
-        note: format!("attempt {attempt}: created pod {pod_name}"),
+        note,
     });
     decision
 }
@@ -884,9 +961,7 @@ fn end_effects(
         action: "Finish",
         note: message,
     });
-    effects.push(Effect::Cleanup {
-        attempts: status.attempts.unwrap_or(0),
-    });
+    effects.push(Effect::cleanup(status));
     effects
 }
 

@@ -20,12 +20,13 @@ pub fn read(run: &ConnectorRun) -> Result<Option<RunRecord>, serde_json::Error> 
     RunRecord::of(run)
 }
 
-/// The operator's fields of a status: all but the runner's `progress` and
-/// `result`.
+/// The operator's fields of a status: all but the runners' `progress`,
+/// `result` and `shardReports`.
 pub fn operators_part(status: &ConnectorRunStatus) -> ConnectorRunStatus {
     ConnectorRunStatus {
         progress: None,
         result: None,
+        shard_reports: Default::default(),
         ..status.clone()
     }
 }
@@ -49,6 +50,7 @@ impl RunRecordExt for RunRecord {
         ConnectorRunStatus {
             progress: shown.progress.clone(),
             result: self.status.result.clone().or_else(|| shown.result.clone()),
+            shard_reports: shown.shard_reports.clone(),
             ..operators_part(&self.status)
         }
     }

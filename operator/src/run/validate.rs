@@ -11,7 +11,7 @@ use crate::run::build::{BuildError, RunInput, ValidatedRun};
 pub enum Validation<'a> {
     /// The attempt may start; `warnings` are allowed but worth an Event.
     Valid {
-        run: ValidatedRun<'a>,
+        run: Box<ValidatedRun<'a>>,
         warnings: Vec<Warning>,
     },
     /// The run breaks these rules (never empty).
@@ -32,7 +32,7 @@ pub fn validate<'a>(
         return Ok(Validation::Rejected(violations));
     }
     Ok(Validation::Valid {
-        run: ValidatedRun::new(input)?,
+        run: Box::new(ValidatedRun::new(input)?),
         warnings,
     })
 }

@@ -38,13 +38,27 @@ pub struct RunInput<'a> {
     pub spec: &'a ConnectorSpec,
     /// The manifest its destination's record must reach, pinned with the spec.
     pub manifest_anchor: Option<&'a str>,
-    /// Attempt number, from 1.
+    /// Attempt number, from 1 (of the shard, for a shard's pod).
     pub attempt: i32,
+    /// All of the run, one shard of it, or its last step.
+    pub part: Part,
     /// The tenant's region (namespace label), passed to the runner for its own
     /// residency checks.
     pub tenant_region: Option<&'a str>,
     /// The operator's configuration.
     pub config: &'a Config,
+}
+
+/// Which part of a run a pod does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Part {
+    /// All of it: a run in one pod.
+    #[default]
+    Whole,
+    /// Shard `index` (from 0) of `count`.
+    Shard { index: i32, count: i32 },
+    /// The last step of a run over `count` shards: its manifest.
+    Commit { count: i32 },
 }
 
 /// Why the objects of a run cannot be built.
@@ -150,10 +164,18 @@ impl ObjectKind {
     ];
 
     /// The names of this kind's objects for a run named `run` that made
-    /// `attempts` attempts: one pod per attempt, one of each other kind.
-    pub fn names(self, run: &str, attempts: i32) -> Vec<String> {
+    /// `attempts` attempts, and whose shards made `shard_attempts`: one pod
+    /// per attempt of the run and of each shard, one of each other kind.
+    pub fn names(self, run: &str, attempts: i32, shard_attempts: &[i32]) -> Vec<String> {
         match self {
-            ObjectKind::Pod => (1..=attempts).map(|a| names::pod(run, a)).collect(),
+            ObjectKind::Pod => {
+                (1..=attempts)
+                    .map(|a| names::pod(run, a))
+                    .chain(shard_attempts.iter().enumerate().flat_map(|(i, n)| {
+                        (1..=*n).map(move |a| names::shard_pod(run, i as i32, a))
+                    }))
+                    .collect()
+            }
             _ => vec![names::run_identity(run)],
         }
     }

@@ -7,8 +7,8 @@ use ferry_crds::contract::env as names;
 use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, ObjectFieldSelector};
 
 use super::volumes::Files;
-use crate::run::build::ValidatedRun;
 use crate::run::build::network_policy::uses_web_identity;
+use crate::run::build::{Part, ValidatedRun};
 
 fn var(name: &str, value: impl Into<String>) -> EnvVar {
     EnvVar {
@@ -42,6 +42,11 @@ pub fn env(run: &ValidatedRun<'_>, files: &Files) -> Vec<EnvVar> {
         var(names::RUST_LOG, config.runner_log.clone()),
         var(names::LOG_FORMAT, "json"),
     ];
+    match input.part {
+        Part::Whole => {}
+        Part::Shard { index, count } => vars.push(var(names::SHARD, format!("{index}/{count}"))),
+        Part::Commit { count } => vars.push(var(names::SHARDS, count.to_string())),
+    }
     if let Some(anchor) = input.manifest_anchor {
         vars.push(var(names::MANIFEST_ANCHOR, anchor));
     }

@@ -11,7 +11,7 @@ pub mod volumes;
 
 use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
 
-use super::ValidatedRun;
+use super::{Part, ValidatedRun};
 use crate::names;
 
 /// UID and GID the runner runs as (distroless `nonroot`).
@@ -23,10 +23,17 @@ pub const RUNNER_CONTAINER: &str = "runner";
 pub fn pod(run: &ValidatedRun<'_>) -> Pod {
     let input = run.input;
     let template = &input.spec.run;
-    let mut metadata = run.meta(names::pod(run.name, input.attempt));
+    let pod_name = match input.part {
+        Part::Shard { index, .. } => names::shard_pod(run.name, index, input.attempt),
+        Part::Whole | Part::Commit { .. } => names::pod(run.name, input.attempt),
+    };
+    let mut metadata = run.meta(pod_name);
     let mut labels = template.pod_labels.clone();
     labels.extend(super::run_labels(input.run));
     labels.insert(names::LABEL_ATTEMPT.into(), input.attempt.to_string());
+    if let Part::Shard { index, .. } = input.part {
+        labels.insert(names::LABEL_SHARD.into(), index.to_string());
+    }
     metadata.labels = Some(labels);
     // The tenant's annotations (allow-listed by the policy) first, Ferry's over
     // them: Ferry's keys always win.
