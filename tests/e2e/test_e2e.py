@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import hashlib
 import json
 import os
 import pathlib
@@ -32,7 +33,7 @@ RUN = "/apis/ferry.dev/v1alpha1/namespaces/{ns}/connectorruns"
 CONN = "/apis/ferry.dev/v1alpha1/namespaces/{ns}/connectors"
 # The namespaces the platform team opted in; the operator acts on no other.
 TENANTS = ["acme", "refused-sensitivity", "refused-residency", "retry", "deadline", "scheduled", "rollback",
-           "vaulted"]
+           "vaulted", "sharded"]
 
 
 @pytest.fixture(scope="module")
@@ -325,6 +326,72 @@ def test_a_runner_killed_mid_transfer_is_retried_without_duplicates(cluster: Clu
     verified = subprocess.run([str(RUNNER), "verify", "--kek", str(d / "kek"), "--connector", str(path),
                                "--secrets-dir", str(d / "secrets"), "--deep"], capture_output=True, text=True)
     assert verified.returncode == 0, verified.stderr
+
+
+def shard_of(key: str, shards: int) -> int:
+    """The shard that owns a source key (relative to the source prefix), as the runner decides."""
+    digest = hashlib.sha256(b"ferry-shard\0" + key.encode()).digest()
+    return int.from_bytes(digest[:8], "big") % shards
+
+
+def test_a_run_over_three_shards_with_one_killed_is_retried_alone_and_verifies_as_one_record(cluster: Cluster):
+    ns, bucket, container = "sharded", f"sharded-exports-{RUN_ID}", f"sharded-bronze-{RUN_ID}"
+    tenant(cluster, ns)
+    victim = 1
+    # One large object per shard, the victim's the largest, and small ones.
+    big: dict[int, str] = {}
+    i = 0
+    while len(big) < 3:
+        big.setdefault(shard_of(f"orders/big-{i}.csv", 3), f"orders/big-{i}.csv")
+        i += 1
+    extra = {f"daily/{key}": os.urandom((128 if shard == victim else 24) << 20) for shard, key in big.items()}
+    extra.update({f"daily/orders/small-{i:02}.csv": f"id\n{i}\n".encode() for i in range(30)})
+    objects = data(bucket, extra)
+    azure().create_container(container)
+    base = yaml.safe_load((ROOT / "examples/s3-to-azure/connector.yaml").read_text())["spec"]["run"]
+    conn = example(cluster, ns, bucket, container, run={**base, "parallelism": 3})
+    name = manual_run(cluster, ns)
+    pods = [f"{name}-s{s}-1" for s in range(3)]
+    pidfile = cluster.dir / "node/pids" / f"{ns}_{pods[victim]}.pid"
+
+    def phases() -> dict[str, str]:
+        return {p["metadata"]["name"]: (p.get("status") or {}).get("phase", "")
+                for p in cluster.items(f"/api/v1/namespaces/{ns}/pods")}
+
+    def shards_running():
+        now = phases()
+        return pidfile.exists() and all(now.get(p) == "Running" for p in pods)
+
+    wait_for("the three shard pods to run", shards_running, 60, every=0.05, context=cluster.logs)
+    time.sleep(1.0)  # in the middle of the victim's large object
+    assert phases().get(pods[victim]) == "Running", "the shard ended before it could be killed"
+    os.killpg(int(pidfile.read_text()), signal.SIGKILL)
+    run = wait_phase(cluster, ns, name, ("Succeeded", "Failed"), 300)
+    status = run["status"]
+    assert status["phase"] == "Succeeded", json.dumps(status, indent=1) + cluster.logs()
+    assert status["shards"] == "3/3"
+    assert [s["attempts"] for s in status["shardStatuses"]] == [2 if s == victim else 1 for s in range(3)]
+    seen = {p["metadata"]["name"] for p in cluster.watch_pods() if p["metadata"]["labels"].get("ferry.dev/run") == name}
+    assert seen == {*pods, f"{name}-s{victim}-2", f"{name}-1"}, seen
+    killed = [p for p in cluster.watch_pods() if p["metadata"]["name"] == pods[victim] and
+              (p.get("status") or {}).get("phase") == "Failed"]
+    assert killed and killed[-1]["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 137
+    assert not [p for p in cluster.items(f"/api/v1/namespaces/{ns}/pods")], "pods left behind"
+
+    # Each included object once, one manifest, no shard part left; it verifies.
+    there = blobs(container)
+    included = sorted("sales/" + k[len("daily/"):] for k in objects if k.endswith(".csv"))
+    assert sorted(k for k in there if not k.startswith("sales/.ferry/")) == included, there
+    assert len([k for k in there if k.startswith("sales/.ferry/manifests/")]) == 1, there
+    assert not [k for k in there if k.startswith("sales/.ferry/shards/")], there
+    assert status["result"]["objectsCopied"] == len(included)
+    path, d = local_copy(cluster, conn)
+    verified = subprocess.run([str(RUNNER), "verify", "--kek", str(d / "kek"), "--connector", str(path),
+                               "--secrets-dir", str(d / "secrets"), "--deep"], capture_output=True, text=True)
+    assert verified.returncode == 0, verified.stderr
+    text = cluster.scrape("operator-a")
+    assert metric(text, "ferry_shard_attempts_total", namespace=ns, result="failed") >= 1, text
+    assert metric(text, "ferry_shard_attempts_total", namespace=ns, result="succeeded") == 3, text
 
 
 def test_a_destination_rolled_back_is_refused_by_the_next_run(cluster: Cluster):
