@@ -127,6 +127,15 @@ async fn cutting_proxy(upstream: String, cut_after: usize) -> (u16, Arc<AtomicUs
     (port, cuts)
 }
 
+/// Takes one off a count of requests in flight when the request ends.
+struct Counted<'a>(&'a AtomicUsize);
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// Requests a [`listing_proxy`] saw.
 #[derive(Debug, Default)]
 struct Pages {
@@ -136,12 +145,20 @@ struct Pages {
     later: AtomicUsize,
     /// Of those, answered 503 by the proxy.
     refused: AtomicUsize,
+    /// Listing requests being held now, and the most held at once.
+    in_flight: AtomicUsize,
+    most: AtomicUsize,
 }
 
 /// An HTTP proxy on loopback to `upstream`, one request to a connection (it
 /// asks the server to close after answering), that answers `503 Slow Down` to
-/// the first `refuse` requests for a second or later page of a listing.
-async fn listing_proxy(upstream: String, refuse: usize) -> (u16, Arc<Pages>) {
+/// the first `refuse` requests for a second or later page of a listing, and
+/// holds every listing request `delay` before it passes it on.
+async fn listing_proxy(
+    upstream: String,
+    refuse: usize,
+    delay: std::time::Duration,
+) -> (u16, Arc<Pages>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let pages = Arc::new(Pages::default());
@@ -164,7 +181,16 @@ async fn listing_proxy(upstream: String, refuse: usize) -> (u16, Arc<Pages>) {
                 }
                 let text = String::from_utf8_lossy(&head).to_string();
                 let line = text.lines().next().unwrap_or_default().to_string();
-                if line.contains("list-type=2") {
+                let listing = line.contains("list-type=2");
+                if listing {
+                    let now = pages.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                    pages.most.fetch_max(now, Ordering::SeqCst);
+                }
+                if listing {
+                    // Counted while held: how many the client waits for at once.
+                    let counted = Counted(&pages.in_flight);
+                    tokio::time::sleep(delay).await;
+                    drop(counted);
                     if line.contains("continuation-token=") {
                         pages.later.fetch_add(1, Ordering::SeqCst);
                         // One page is asked for at a time.
@@ -260,7 +286,9 @@ async fn a_connection_cut_mid_upload_is_retried_and_leaves_no_partial_object() {
 
 /// A listing of two pages whose second page the server refuses four times in
 /// a row (more than the SDK's own three attempts): that page is asked for
-/// again, the first is not, and the run copies everything.
+/// again, the first ones are not, and the run copies everything. (The first
+/// level is listed once with a delimiter, then the folder `p/`: two first
+/// pages.)
 #[tokio::test]
 async fn a_listing_page_the_server_keeps_refusing_is_retried_alone() {
     let bucket = unique("pages");
@@ -282,7 +310,7 @@ async fn a_listing_page_the_server_keeps_refusing_is_retried_alone() {
     let upstream = service_env("FERRY_S3_ENDPOINT")
         .trim_start_matches("http://")
         .to_string();
-    let (port, pages) = listing_proxy(upstream, 4).await;
+    let (port, pages) = listing_proxy(upstream, 4, std::time::Duration::ZERO).await;
     let src = s3_store(format!("http://127.0.0.1:{port}"), &bucket);
     let dir = tempfile::tempdir().unwrap();
     let dst: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir.path()));
@@ -290,11 +318,51 @@ async fn a_listing_page_the_server_keeps_refusing_is_retried_alone() {
     assert_eq!(report.objects_copied, 1100);
     assert_eq!(
         pages.first.load(Ordering::SeqCst),
-        1,
+        2,
         "the listing started over"
     );
     assert_eq!(pages.later.load(Ordering::SeqCst), 5, "{pages:?}");
     assert_eq!(pages.refused.load(Ordering::SeqCst), 4, "{pages:?}");
+}
+
+/// A source of ten folders, each listing answered slowly: the folders are
+/// asked for a few at a time, never more than four, and the run copies
+/// everything in order.
+#[tokio::test]
+async fn the_folders_of_a_listing_are_asked_for_a_few_at_a_time() {
+    let bucket = unique("folders");
+    create_bucket(&bucket);
+    let direct = s3_store(service_env("FERRY_S3_ENDPOINT"), &bucket);
+    futures::stream::iter(0..50)
+        .map(|i| {
+            let direct = direct.clone();
+            async move {
+                let body =
+                    futures::stream::once(async move { Ok(bytes::Bytes::from(format!("{i}\n"))) })
+                        .boxed();
+                let key = format!("part={:02}/{i:03}.txt", i % 10);
+                direct.put(&key, body).await.unwrap();
+            }
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<()>>()
+        .await;
+    let upstream = service_env("FERRY_S3_ENDPOINT")
+        .trim_start_matches("http://")
+        .to_string();
+    let (port, pages) = listing_proxy(upstream, 0, std::time::Duration::from_millis(300)).await;
+    let src = s3_store(format!("http://127.0.0.1:{port}"), &bucket);
+    let dir = tempfile::tempdir().unwrap();
+    let dst: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir.path()));
+    let report = sync(src, dst, &Lines::default()).await.unwrap();
+    assert_eq!(report.objects_copied, 50);
+    assert_eq!(
+        pages.first.load(Ordering::SeqCst),
+        11,
+        "the first level, then each folder once"
+    );
+    let most = pages.most.load(Ordering::SeqCst);
+    assert!((2..=4).contains(&most), "{most} listing requests at once");
 }
 
 #[tokio::test]

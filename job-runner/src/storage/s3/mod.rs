@@ -39,6 +39,8 @@ use ferry_crds::S3Endpoint;
 /// Attempts per listing page, for transient failures (on top of the SDK's own
 /// retries of each request).
 const LIST_ATTEMPTS: u32 = 5;
+/// Folders of a listing's first level listed at once.
+const FOLDERS_IN_FLIGHT: usize = 4;
 /// First delay before a listing page is tried again; doubles each time.
 const LIST_BACKOFF: std::time::Duration = std::time::Duration::from_millis(200);
 /// Size of a multipart part (S3's minimum is 5 MiB).
@@ -299,15 +301,16 @@ impl S3Store {
         Ok(())
     }
 
-    /// Maps an SDK error to a storage error naming the endpoint and object.
-    /// One page of the listing under the full `prefix`, from `token`, and the
-    /// token of the next page; a transient failure is retried here, so a
-    /// long listing does not start over.
+    /// One page of the listing under the full `prefix`, from `token`: its
+    /// objects and, listed with a `delimiter`, the folders (common prefixes,
+    /// in full) it rolled up, and the token of the next page. A transient
+    /// failure is retried here, so a long listing does not start over.
     async fn list_page(
         &self,
         prefix: &str,
         token: Option<String>,
-    ) -> Result<(Vec<ObjectMeta>, Option<String>), StorageError> {
+        delimiter: Option<&str>,
+    ) -> Result<Page, StorageError> {
         let mut attempt = 0;
         let page = loop {
             let sent = self
@@ -315,6 +318,7 @@ impl S3Store {
                 .list_objects_v2()
                 .bucket(&self.bucket)
                 .prefix(prefix)
+                .set_delimiter(delimiter.map(str::to_string))
                 .set_continuation_token(token.clone())
                 .send()
                 .await;
@@ -328,7 +332,7 @@ impl S3Store {
                 Err(e) => return Err(e),
             }
         };
-        let mut out = Vec::with_capacity(page.contents().len());
+        let mut objects = Vec::with_capacity(page.contents().len());
         for o in page.contents() {
             let Some(full) = o.key() else { continue };
             let Some(key) = full.strip_prefix(self.prefix.as_str()) else {
@@ -337,7 +341,7 @@ impl S3Store {
             if key.is_empty() || key.ends_with('/') {
                 continue; // folder markers
             }
-            out.push(ObjectMeta {
+            objects.push(ObjectMeta {
                 key: key.to_string(),
                 size: o.size().and_then(|s| u64::try_from(s).ok()).unwrap_or(0),
                 modified: o
@@ -346,12 +350,54 @@ impl S3Store {
                 etag: o.e_tag().map(str::to_string),
             });
         }
+        let folders = page
+            .common_prefixes()
+            .iter()
+            .filter_map(|p| p.prefix()?.strip_prefix(self.prefix.as_str()))
+            .map(str::to_string)
+            .collect();
         let next = if page.is_truncated() == Some(true) {
             page.next_continuation_token().map(str::to_string)
         } else {
             None
         };
-        Ok((out, next))
+        Ok(Page {
+            objects,
+            folders,
+            next,
+        })
+    }
+
+    /// The objects under the full `prefix`, listed without a delimiter a
+    /// page at a time from `first`, its first page, already asked for.
+    fn flat_from(&self, prefix: String, first: Result<Page, StorageError>) -> Listing<'_> {
+        let pages = futures::stream::unfold(Some((Some(first), None::<String>)), move |state| {
+            let prefix = prefix.clone();
+            async move {
+                let (first, token) = state?;
+                let page = match first {
+                    Some(page) => page,
+                    None => self.list_page(&prefix, token, None).await,
+                };
+                match page {
+                    Ok(page) => {
+                        let next = page.next.clone().map(|t| (None, Some(t)));
+                        Some((Ok(page.objects), next))
+                    }
+                    Err(e) => Some((Err(e), None)),
+                }
+            }
+        });
+        pages
+            .map(|page| {
+                let items: Vec<Result<ObjectMeta, StorageError>> = match page {
+                    Ok(objects) => objects.into_iter().map(Ok).collect(),
+                    Err(e) => vec![Err(e)],
+                };
+                futures::stream::iter(items)
+            })
+            .flatten()
+            .boxed()
     }
 
     fn error<E>(
@@ -564,6 +610,44 @@ impl Uploader for Upload<'_> {
     }
 }
 
+/// One page of a listing.
+struct Page {
+    objects: Vec<ObjectMeta>,
+    /// Listed with a delimiter: the folders rolled up (prefixes, relative to
+    /// the store's, like object keys).
+    folders: Vec<String>,
+    next: Option<String>,
+}
+
+/// An entry of a listing's first level.
+enum Entry {
+    Object(ObjectMeta),
+    /// A folder (its prefix relative to the store's).
+    Folder(String),
+}
+
+impl Page {
+    /// Its objects and folders in one key order (S3 sends them apart).
+    fn entries(self) -> Vec<Entry> {
+        let mut objects = self.objects.into_iter().peekable();
+        let mut folders = self.folders.into_iter().peekable();
+        let mut out = Vec::new();
+        loop {
+            let next_folder = match (objects.peek(), folders.peek()) {
+                (None, None) => return out,
+                (Some(_), None) => false,
+                (None, Some(_)) => true,
+                (Some(o), Some(f)) => f.as_str() < o.key.as_str(),
+            };
+            if next_folder {
+                out.extend(folders.next().map(Entry::Folder));
+            } else {
+                out.extend(objects.next().map(Entry::Object));
+            }
+        }
+    }
+}
+
 #[async_trait::async_trait]
 impl ObjectStore for S3Store {
     fn describe(&self) -> String {
@@ -574,27 +658,45 @@ impl ObjectStore for S3Store {
         self.list_from("").try_collect().await
     }
 
-    /// S3 lists keys in UTF-8 binary order, a page of up to 1000 at a time;
-    /// one page is fetched at a time, each retried on its own.
+    /// S3 lists keys in UTF-8 binary order, a page of up to 1000 at a time.
+    /// The first level is listed with the delimiter `/`: its objects, and
+    /// its folders, each then listed without one, [`FOLDERS_IN_FLIGHT`] at a
+    /// time (the next folders' first pages are asked for while the objects
+    /// before them are used). A folder sorts where its name followed by `/`
+    /// does, which is where its keys sort: the order is the flat listing's,
+    /// with at most one request more per folder of the first level.
     fn list_from<'a>(&'a self, under: &'a str) -> Listing<'a> {
-        let prefix = format!("{}{under}", self.prefix);
-        let pages = futures::stream::unfold(Some(None), move |token: Option<Option<String>>| {
-            let prefix = prefix.clone();
+        let root = format!("{}{under}", self.prefix);
+        let top = futures::stream::unfold(Some(None::<String>), move |token| {
+            let root = root.clone();
             async move {
                 let token = token?;
-                match self.list_page(&prefix, token).await {
-                    Ok((objects, next)) => Some((Ok(objects), next.map(Some))),
+                match self.list_page(&root, token, Some("/")).await {
+                    Ok(page) => {
+                        let next = page.next.clone().map(Some);
+                        Some((Ok(page), next))
+                    }
                     Err(e) => Some((Err(e), None)),
                 }
             }
         });
-        let objects = pages
-            .map(|page| {
-                let items: Vec<Result<ObjectMeta, StorageError>> = match page {
-                    Ok(objects) => objects.into_iter().map(Ok).collect(),
-                    Err(e) => vec![Err(e)],
-                };
-                futures::stream::iter(items)
+        let objects = top
+            .map(move |page| match page {
+                Ok(page) => futures::stream::iter(page.entries())
+                    .map(move |entry| async move {
+                        match entry {
+                            Entry::Object(o) => futures::stream::once(async { Ok(o) }).boxed(),
+                            Entry::Folder(folder) => {
+                                let prefix = format!("{}{folder}", self.prefix);
+                                let first = self.list_page(&prefix, None, None).await;
+                                self.flat_from(prefix, first)
+                            }
+                        }
+                    })
+                    .buffered(FOLDERS_IN_FLIGHT)
+                    .flatten()
+                    .boxed(),
+                Err(e) => futures::stream::once(async { Err(e) }).boxed(),
             })
             .flatten()
             .boxed();
@@ -703,6 +805,31 @@ pub fn open(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_first_level_page_interleaves_objects_and_folders_in_key_order() {
+        let object = |k: &str| ObjectMeta {
+            key: k.into(),
+            size: 0,
+            modified: None,
+            etag: None,
+        };
+        let page = Page {
+            objects: vec![object("a-b"), object("a0"), object("b")],
+            folders: vec!["a/".into(), "c/".into()],
+            next: None,
+        };
+        let order: Vec<String> = page
+            .entries()
+            .into_iter()
+            .map(|e| match e {
+                Entry::Object(o) => o.key,
+                Entry::Folder(f) => f,
+            })
+            .collect();
+        // '-' < '/' < '0': a key under a/ sorts after a-b and before a0.
+        assert_eq!(order, ["a-b", "a/", "a0", "b", "c/"]);
+    }
 
     #[test]
     fn part_sizes_reach_s3s_largest_object_within_its_limits() {
