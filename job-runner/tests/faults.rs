@@ -246,6 +246,24 @@ fn create_bucket(bucket: &str) {
     assert!(created.success());
 }
 
+/// Stores a small object at each of `keys` in `bucket` on the test S3.
+async fn fill(bucket: &str, keys: impl Iterator<Item = String>) {
+    let direct = s3_store(service_env("FERRY_S3_ENDPOINT"), bucket);
+    futures::stream::iter(keys)
+        .map(|key| {
+            let direct = direct.clone();
+            async move {
+                let line = format!("{key}\n");
+                let body =
+                    futures::stream::once(async move { Ok(bytes::Bytes::from(line)) }).boxed();
+                direct.put(&key, body).await.unwrap();
+            }
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<()>>()
+        .await;
+}
+
 fn s3_store(endpoint: String, bucket: &str) -> Arc<dyn ObjectStore> {
     Arc::new(S3Store::new(moto_s3_config(endpoint, bucket, "out/", "us-east-1")).unwrap())
 }
@@ -293,20 +311,7 @@ async fn a_connection_cut_mid_upload_is_retried_and_leaves_no_partial_object() {
 async fn a_listing_page_the_server_keeps_refusing_is_retried_alone() {
     let bucket = unique("pages");
     create_bucket(&bucket);
-    let direct = s3_store(service_env("FERRY_S3_ENDPOINT"), &bucket);
-    futures::stream::iter(0..1100)
-        .map(|i| {
-            let direct = direct.clone();
-            async move {
-                let body =
-                    futures::stream::once(async move { Ok(bytes::Bytes::from(format!("{i}\n"))) })
-                        .boxed();
-                direct.put(&format!("p/{i:05}.txt"), body).await.unwrap();
-            }
-        })
-        .buffer_unordered(16)
-        .collect::<Vec<()>>()
-        .await;
+    fill(&bucket, (0..1100).map(|i| format!("p/{i:05}.txt"))).await;
     let upstream = service_env("FERRY_S3_ENDPOINT")
         .trim_start_matches("http://")
         .to_string();
@@ -332,21 +337,11 @@ async fn a_listing_page_the_server_keeps_refusing_is_retried_alone() {
 async fn the_folders_of_a_listing_are_asked_for_a_few_at_a_time() {
     let bucket = unique("folders");
     create_bucket(&bucket);
-    let direct = s3_store(service_env("FERRY_S3_ENDPOINT"), &bucket);
-    futures::stream::iter(0..50)
-        .map(|i| {
-            let direct = direct.clone();
-            async move {
-                let body =
-                    futures::stream::once(async move { Ok(bytes::Bytes::from(format!("{i}\n"))) })
-                        .boxed();
-                let key = format!("part={:02}/{i:03}.txt", i % 10);
-                direct.put(&key, body).await.unwrap();
-            }
-        })
-        .buffer_unordered(16)
-        .collect::<Vec<()>>()
-        .await;
+    fill(
+        &bucket,
+        (0..50).map(|i| format!("part={:02}/{i:03}.txt", i % 10)),
+    )
+    .await;
     let upstream = service_env("FERRY_S3_ENDPOINT")
         .trim_start_matches("http://")
         .to_string();

@@ -234,6 +234,30 @@ pub(crate) fn put_opt(out: &mut Vec<u8>, s: Option<&str>) {
     }
 }
 
+/// The segments a version 6 root (or a shard's part) lists, as its MAC
+/// covers them.
+pub(crate) fn put_segments(out: &mut Vec<u8>, segments: &[SegmentRef]) {
+    put_u64(out, segments.len() as u64);
+    for s in segments {
+        put_str(out, &s.sha256);
+        put_u64(out, s.size);
+        put_u64(out, s.count);
+        put_str(out, &s.first);
+        put_str(out, &s.last);
+    }
+}
+
+/// The HMAC-SHA256 of a record's canonical encoding under the manifest MAC
+/// key `kek` derives.
+pub(crate) fn record_mac(kek: &Kek, canonical: &[u8]) -> Hmac<Sha256> {
+    let key = kek.manifest_mac_key();
+    // HMAC takes keys of any length.
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key.as_ref())
+        .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
+    mac.update(canonical);
+    mac
+}
+
 pub(crate) fn put_entry(out: &mut Vec<u8>, e: &ManifestEntry, v2: bool) {
     put_str(out, &e.key);
     put_u64(out, e.size);
@@ -407,14 +431,7 @@ impl Manifest {
         put_str(&mut out, &self.created);
         put_str(&mut out, &self.kek_id);
         if v6 {
-            put_u64(&mut out, self.segments.len() as u64);
-            for s in &self.segments {
-                put_str(&mut out, &s.sha256);
-                put_u64(&mut out, s.size);
-                put_u64(&mut out, s.count);
-                put_str(&mut out, &s.first);
-                put_str(&mut out, &s.last);
-            }
+            put_segments(&mut out, &self.segments);
         } else {
             put_u64(&mut out, self.objects.len() as u64);
             for e in &self.objects {
@@ -447,12 +464,7 @@ impl Manifest {
     }
 
     fn mac_with(&self, kek: &Kek) -> Hmac<Sha256> {
-        let key = kek.manifest_mac_key();
-        // HMAC takes keys of any length.
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key.as_ref())
-            .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
-        mac.update(&self.canonical());
-        mac
+        record_mac(kek, &self.canonical())
     }
 
     /// Checks the format, the MAC (in constant time) and that no key repeats.

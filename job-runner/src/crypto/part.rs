@@ -19,7 +19,9 @@ use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::manifest::{ManifestEntry, ManifestError, put_entry, put_opt, put_str, put_u64};
+use super::manifest::{
+    ManifestEntry, ManifestError, put_entry, put_opt, put_segments, put_str, put_u64, record_mac,
+};
 use super::segments::{self, SegmentRef};
 use super::{Kek, KeyRing};
 
@@ -170,14 +172,7 @@ impl ShardPart {
         put_opt(&mut out, self.base.as_deref());
         put_str(&mut out, &self.kek_id);
         put_opt(&mut out, self.kms.as_deref());
-        put_u64(&mut out, self.segments.len() as u64);
-        for s in &self.segments {
-            put_str(&mut out, &s.sha256);
-            put_u64(&mut out, s.size);
-            put_u64(&mut out, s.count);
-            put_str(&mut out, &s.first);
-            put_str(&mut out, &s.last);
-        }
+        put_segments(&mut out, &self.segments);
         put_u64(&mut out, self.records.len() as u64);
         for e in &self.records {
             put_entry(&mut out, e, true);
@@ -197,11 +192,7 @@ impl ShardPart {
     }
 
     fn mac_with(&self, kek: &Kek) -> Hmac<Sha256> {
-        let key = kek.manifest_mac_key();
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key.as_ref())
-            .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
-        mac.update(&self.canonical());
-        mac
+        record_mac(kek, &self.canonical())
     }
 
     /// Checks the format, the MAC (its KEK already resolved in `keys`), that
