@@ -9,7 +9,8 @@
 # empty one measures no count of that route. SCALE_OUT=FILE writes the table
 # there instead (and leaves docs/benchmarks.md alone).
 # Each measurement runs 3 times below 100,000 objects (the median time and the
-# largest RSS are given), once at and above it.
+# largest RSS are given), once at and above it. SKIP_RCLONE=1 measures Ferry
+# alone (for counts where rclone's full run would take hours here).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 export FERRY_CACHE=${FERRY_CACHE:-$HOME/.cache/ferry}
@@ -100,6 +101,13 @@ spec:
 EOF
 }
 
+# rclone copies $2 into dst-rclone, as measurement $1 (not with SKIP_RCLONE).
+rclone_run() {
+  if [ -n "${SKIP_RCLONE:-}" ]; then t[$1]+=" -"; rss[$1]+=" -"; return; fi
+  measure rclone copy --config "$work/rclone.conf" "$2" dst-rclone
+  t[$1]+=" $S"; rss[$1]+=" $M"
+}
+
 rows=()
 # One route at one count: rclone and Ferry, full, unchanged, one changed.
 bench() { # route label, N, rclone source, ferry source, file to change
@@ -110,19 +118,16 @@ bench() { # route label, N, rclone source, ferry source, file to change
   for what in rclone-full rclone-again rclone-one ferry-full ferry-again ferry-one; do t[$what]=""; rss[$what]=""; done
   for round in $(seq 1 $reps); do
     rm -rf "$work/dst-rclone" "$work/dst-ferry"; sync
-    measure rclone copy --config "$work/rclone.conf" "$rsrc" dst-rclone
-    t[rclone-full]+=" $S"; rss[rclone-full]+=" $M"
+    rclone_run rclone-full "$rsrc"
     measure "$runner" run --connector scale.yaml --secrets-dir secrets --audit-log audit.jsonl
     t[ferry-full]+=" $S"; rss[ferry-full]+=" $M"; bytes[full]=$(manifest_bytes)
-    measure rclone copy --config "$work/rclone.conf" "$rsrc" dst-rclone
-    t[rclone-again]+=" $S"; rss[rclone-again]+=" $M"
+    rclone_run rclone-again "$rsrc"
     measure "$runner" run --connector scale.yaml --secrets-dir secrets --audit-log audit.jsonl
     t[ferry-again]+=" $S"; rss[ferry-again]+=" $M"; bytes[again]=$(manifest_bytes)
     grep -q "skipped $count unchanged" <<<"$OUT" || { echo "unchanged run copied something: $OUT" >&2; exit 1; }
     # One object changes: new bytes, a later modification time.
     eval "$change"
-    measure rclone copy --config "$work/rclone.conf" "$rsrc" dst-rclone
-    t[rclone-one]+=" $S"; rss[rclone-one]+=" $M"
+    rclone_run rclone-one "$rsrc"
     measure "$runner" run --connector scale.yaml --secrets-dir secrets --audit-log audit.jsonl
     t[ferry-one]+=" $S"; rss[ferry-one]+=" $M"; bytes[one]=$(manifest_bytes)
     grep -q "copied 1 object(s)" <<<"$OUT" || { echo "one changed object, but: $OUT" >&2; exit 1; }
