@@ -81,6 +81,7 @@ measure() {
   S=$(python3 -c "print(f'{$t1 - $t0:.2f}')")
   M=$(python3 -c "print(f'{int(open(\"$work/rss\").read().split()[-1]) / 1024:.0f}')")
   OUT=$(cat "$work/out")
+  echo "  $1 $2: ${S} s, ${M} MiB" >&2
 }
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 largest() { printf '%s\n' "$@" | sort -g | tail -1; }
