@@ -33,16 +33,7 @@ EOF
 : > "$work/rclone.conf"
 
 echo "making $COUNT objects of 200 bytes, 1000 to a folder..." >&2
-python3 - "$work/src" "$COUNT" <<'PY'
-import os, sys
-root, n = sys.argv[1], int(sys.argv[2])
-for i in range(n):
-    d = os.path.join(root, f"part={i // 1000:05}")
-    if i % 1000 == 0:
-        os.makedirs(d, exist_ok=True)
-    with open(os.path.join(d, f"{i % 1000:04}.json"), "wb") as f:
-        f.write(os.urandom(100).hex().encode())
-PY
+python3 docs/bench/tree.py "$work/src" "$COUNT"
 sync
 
 # Seconds of wall time of "$@" (run in $work, must succeed) in S; the peak RSS
