@@ -48,13 +48,15 @@ test-rust:
 test-chart:
 	bash tests/chart/run.sh
 
-## End to end: the test Kubernetes API (tests/kapi) checked by itself, then the
-## operator and runner binaries driven by kubectl over it (tests/e2e). The
-## services must be running. The binaries are built with the test profile, as
-## `cargo test` builds them, so neither build repeats the other.
+## End to end: the operator and runner binaries, installed with the chart on a
+## real Kubernetes control plane (tests/k8s, built by tests/bootstrap.sh
+## install) that each scenario starts, driven by kubectl (tests/e2e). The
+## services must be running. The binaries are the ones `cargo test` builds for
+## the integration tests (same profile, same features): after test-rust this
+## builds nothing. (`cargo build -p ... --bins` would resolve other features
+## without the dev-dependencies and compile aws-sdk-s3 and others again.)
 test-e2e:
-	cargo build -q --locked --profile test -p ferry-operator -p ferry-job-runner --bins
-	source $(FERRY_CACHE)/services/env && cd tests/kapi && "$$FERRY_PYTHON" -m pytest -q
+	cargo test -q --workspace --locked --no-run
 	source $(FERRY_CACHE)/services/env && cd tests/e2e && "$$FERRY_PYTHON" -m pytest -q -x
 
 ## The two images built from the test binaries (images/build.sh), then run

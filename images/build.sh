@@ -54,7 +54,13 @@ dir=$( [ "$profile" = test ] && echo debug || echo "$profile")
 bins="$CARGO_TARGET_DIR/$host/$dir"
 
 log "building the binaries ($profile profile, static, $host)"
-cargo build --locked --profile "$profile" -p ferry-operator -p ferry-job-runner --bins
+if [ "$profile" = test ]; then
+  # The binaries `cargo test` builds for the integration tests (the test
+  # command's own): the same features, so nothing is compiled twice.
+  cargo test -q --locked --workspace --no-run
+else
+  cargo build --locked --profile "$profile" -p ferry-operator -p ferry-job-runner --bins
+fi
 
 mkdir -p "$out"
 ctx=$(mktemp -d)

