@@ -329,11 +329,13 @@ class ControlPlane:
         return [json.loads(line) for line in self.audit_log.read_text().splitlines() if line.strip()]
 
     def stop(self) -> None:
+        # The cluster's data dies with it: no graceful drain (kube-apiserver
+        # would wait on its open watches for a long while).
         for name, proc in reversed(list(self.procs.items())):
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)
                 try:
-                    proc.wait(timeout=15)
+                    proc.wait(timeout=2)
                 except subprocess.TimeoutExpired:
                     os.killpg(proc.pid, signal.SIGKILL)
                     proc.wait()
