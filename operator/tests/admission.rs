@@ -189,11 +189,31 @@ fn the_pods_of_a_sharded_run_are_admitted() {
 
 #[test]
 fn a_tenants_own_requests_are_not_the_policys_concern() {
+    // A pod of the tenant's own (its own ServiceAccount, none of Ferry's
+    // labels): the operator's policy does not judge it (Pod Security does).
     let mut pod = pod_of(&objects("sales-29923860", &spec(CONNECTOR)));
     pod["spec"]["hostNetwork"] = json!(true);
+    pod["spec"]["serviceAccountName"] = json!("app");
+    pod["metadata"]["labels"] = json!({"app": "mine"});
+    pod["metadata"]["ownerReferences"] = json!(null);
     let mut request = create(&pod);
     request["username"] = json!("alice@example.com");
     assert_eq!(admit(&[request]), vec![Ok(())]);
+}
+
+/// A tenant's editor (or a workload of the namespace) creating a pod that is a
+/// run's in all but its creator: the run-identity policy refuses it (on the
+/// real API server: tests/e2e/test_attacks.py).
+#[test]
+fn a_tenant_creating_a_runs_pod_is_refused() {
+    let pod = pod_of(&objects("sales-29923860", &spec(CONNECTOR)));
+    let mut request = create(&pod);
+    request["username"] = json!("alice@example.com");
+    let verdict = admit(&[request]).remove(0);
+    assert!(
+        matches!(&verdict, Err(m) if m.iter().any(|m| m.contains("only Ferry's operator creates a run's pods"))),
+        "{verdict:?}"
+    );
 }
 
 #[test]
@@ -252,6 +272,57 @@ fn hijacked_operator_runs_a_privileged_pod_in_the_hosts_namespaces() {
     let mut pod = pod_of(&objects("sales-29923860", &spec(CONNECTOR)));
     pod["spec"]["containers"][0]["securityContext"]["capabilities"]["add"] = json!(["SYS_ADMIN"]);
     assert_denied(create(&pod), "restricted");
+}
+
+/// The rest of what a pod may ask of the node, the scheduler and the runtime
+/// (the tenant-boundary review found each admitted).
+#[test]
+fn hijacked_operator_runs_a_pod_with_another_command_or_placement() {
+    type Change = (&'static str, fn(&mut Value));
+    let changes: [Change; 8] = [
+        ("another command", |p| {
+            p["spec"]["containers"][0]["command"] = json!(["/bin/sh", "-c", "cat /proc/1/environ"])
+        }),
+        ("other arguments", |p| {
+            p["spec"]["containers"][0]["args"] = json!(["decrypt", "--out", "/tmp"])
+        }),
+        ("a priority class", |p| {
+            p["spec"]["priorityClassName"] = json!("system-node-critical")
+        }),
+        ("a runtime class", |p| {
+            p["spec"]["runtimeClassName"] = json!("unsandboxed")
+        }),
+        ("an unconfined AppArmor profile", |p| {
+            p["spec"]["containers"][0]["securityContext"]["appArmorProfile"] =
+                json!({"type": "Unconfined"})
+        }),
+        ("SELinux options", |p| {
+            p["spec"]["securityContext"]["seLinuxOptions"] = json!({"type": "spc_t"})
+        }),
+        ("a toleration of every taint", |p| {
+            p["spec"]["tolerations"] = json!([{"operator": "Exists"}])
+        }),
+        ("a control-plane node", |p| {
+            p["spec"]["nodeSelector"] = json!({"node-role.kubernetes.io/control-plane": ""})
+        }),
+    ];
+    for (what, change) in changes {
+        let mut pod = pod_of(&objects("sales-29923860", &spec(CONNECTOR)));
+        change(&mut pod);
+        let verdict = admit(&[create(&pod)]).remove(0);
+        assert!(
+            matches!(&verdict, Err(m) if m.iter().any(|m| m.contains("runs the runner's command"))),
+            "{what}: {verdict:?}"
+        );
+    }
+    // Control: what the API server adds itself (DefaultTolerationSeconds) and
+    // a node label the platform allows.
+    let mut pod = pod_of(&objects("sales-29923860", &spec(CONNECTOR)));
+    pod["spec"]["tolerations"] = json!([
+        {"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300},
+        {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}]);
+    pod["spec"]["nodeSelector"] = json!({"kubernetes.io/arch": "arm64"});
+    assert_eq!(admit(&[create(&pod)]), vec![Ok(())]);
 }
 
 #[test]

@@ -9,7 +9,10 @@ group, resource and operation), matchConditions, variables (in order, each able
 to use the ones before), validations with message and messageExpression, and
 failurePolicy Fail (an expression that errors denies). Not modelled: the
 runtime cost limit (the expressions here walk a handful of containers,
-volumes and rules) and namespace or object selectors (the policy uses none).
+volumes and rules), namespace or object selectors (the policy uses none), and
+the `authorizer` (the API server's authorization, which the erase rule asks):
+an expression that reaches it errors, so denies. The end-to-end suite runs
+every policy on a real API server (tests/e2e/test_attacks.py).
 
 A request is admitted when every policy that matches it admits it, as the API
 server does with several bound policies.
@@ -62,7 +65,8 @@ class Policy:
         spec = policy["spec"]
         assert spec.get("failurePolicy") == "Fail", "the policy fails closed"
         self.env = cel.NewEnv(
-            variables={name: cel.Type.DYN for name in ("object", "oldObject", "request", "variables")},
+            variables={name: cel.Type.DYN
+                       for name in ("object", "oldObject", "request", "variables", "authorizer")},
             extensions=[ext_strings.ExtStrings(), ext_optional.ExtOptional()],
         )
         self.rules = spec["matchConstraints"]["resourceRules"]

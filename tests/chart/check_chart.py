@@ -84,6 +84,8 @@ ok(
             "ValidatingAdmissionPolicyBinding/ferry-operator-run-objects",
             "ValidatingAdmissionPolicy/ferry-operator-run-identity",
             "ValidatingAdmissionPolicyBinding/ferry-operator-run-identity",
+            "ValidatingAdmissionPolicy/ferry-operator-run-rights",
+            "ValidatingAdmissionPolicyBinding/ferry-operator-run-rights",
             "ValidatingAdmissionPolicy/ferry-operator-attribution",
             "ValidatingAdmissionPolicyBinding/ferry-operator-attribution",
         ]

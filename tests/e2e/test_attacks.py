@@ -27,6 +27,8 @@ NS = "attacks"
 POLICY = "ferry-operator-run-objects"
 ATTRIBUTION = "ferry-operator-attribution"
 IDENTITY = "ferry-operator-run-identity"
+RIGHTS = "ferry-operator-run-rights"
+PRIORITY = "e2e-above-everyone"
 PATHS = {
     "ServiceAccount": "/api/v1/namespaces/{ns}/serviceaccounts",
     "Pod": "/api/v1/namespaces/{ns}/pods",
@@ -55,6 +57,9 @@ def captured(cluster: Cluster) -> dict:
     objects the operator made for it, and its pod's API token."""
     cluster.namespace(NS, labels={"ferry.dev/region": "eu-west-1"},
                       annotations={"ferry.dev/allowed-sensitivity": "pii"}, pod_security=None)
+    # A priority class that exists (the API server refuses unknown ones itself).
+    cluster.apply_text(json.dumps({"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass",
+                                   "metadata": {"name": PRIORITY}, "value": 1000000}))
     bucket, container = f"attacks-exports-{RUN_ID}", f"attacks-bronze-{RUN_ID}"
     data(bucket, {"daily/orders/big.csv": os.urandom(160 << 20)})
     azure().create_container(container)
@@ -182,7 +187,8 @@ def pod_with(finished: dict, change) -> dict:
 
 
 @pytest.mark.parametrize("attack", ["another-image", "host-path", "env-from-secret", "another-service-account",
-                                    "automounted-token"])
+                                    "automounted-token", "another-command", "a-priority-class",
+                                    "unconfined-apparmor", "a-toleration-of-every-taint", "a-control-plane-node"])
 def test_a_hijacked_operator_cannot_create_a_pod_unlike_a_runs(cluster: Cluster, finished: dict, attack: str):
     container = lambda spec: spec["containers"][0]  # noqa: E731
     changes = {
@@ -193,6 +199,13 @@ def test_a_hijacked_operator_cannot_create_a_pod_unlike_a_runs(cluster: Cluster,
             {"name": "STOLEN", "valueFrom": {"secretKeyRef": {"name": "unrelated", "key": "password"}}}),
         "another-service-account": lambda spec: spec.update(serviceAccountName="default"),
         "automounted-token": lambda spec: spec.update(automountServiceAccountToken=True),
+        "another-command": lambda spec: container(spec).update(command=["/bin/sh", "-c", "env"]),
+        "a-priority-class": lambda spec: spec.update(priorityClassName=PRIORITY),
+        "unconfined-apparmor": lambda spec: container(spec)["securityContext"].update(
+            appArmorProfile={"type": "Unconfined"}),
+        "a-toleration-of-every-taint": lambda spec: spec.setdefault("tolerations", []).append({"operator": "Exists"}),
+        "a-control-plane-node": lambda spec: spec.update(
+            nodeSelector={"node-role.kubernetes.io/control-plane": ""}),
     }
     pod = pod_with(finished, changes[attack])
     status, answer = as_operator(cluster, "POST", "Pod", pod)
@@ -254,7 +267,7 @@ def test_a_tenant_editor_cannot_rewrite_the_operators_record_of_a_run(cluster: C
     name = finished["name"]
     out = cluster.kubectl("annotate", "connectorrun", name, "-n", NS, "--overwrite",
                           'ferry.dev/run-record={"phase":"Pending"}', user=EDITOR, check=False)
-    assert out.returncode != 0 and ATTRIBUTION in out.stderr and "run-record" in out.stderr, out.stderr
+    assert out.returncode != 0 and RIGHTS in out.stderr and "run-record" in out.stderr, out.stderr
     # Control: an annotation of the editor's own is admitted.
     cluster.kubectl("annotate", "connectorrun", name, "-n", NS, "--overwrite", "example.com/ticket=OPS-1",
                     user=EDITOR)
@@ -286,7 +299,7 @@ def test_the_chart_policies_type_check_on_the_api_server(cluster: Cluster):
     field" for the kinds it is guarded against); any other error (a wrong
     type, an unknown function, a misspelt variable) fails here."""
     deadline = time.monotonic() + 60
-    for name in (POLICY, ATTRIBUTION, IDENTITY):
+    for name in (POLICY, ATTRIBUTION, IDENTITY, RIGHTS):
         while True:
             policy = cluster.get(f"/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicies/{name}")
             checked = (policy.get("status") or {}).get("typeChecking")
@@ -385,6 +398,61 @@ def test_a_tenant_still_runs_its_own_workloads(cluster: Cluster, run_account: st
         assert status == 201, (what, status, answer)
 
 
+# -- erasure is a right of its own --
+
+def erase_run(connector: str) -> str:
+    return json.dumps({"apiVersion": "ferry.dev/v1alpha1", "kind": "ConnectorRun",
+                       "metadata": {"generateName": "erase-", "namespace": NS},
+                       "spec": {"connectorRef": {"name": connector}, "mode": "erase",
+                                "erase": {"keys": ["customers/2026-11-01.csv"]}}})
+
+
+def test_a_tenant_editor_cannot_erase_without_the_erase_right(cluster: Cluster, finished: dict):
+    """Attack: the editor (who may create runs) creates an erase run, which
+    deletes data at the destination. Control: the tenant's admin, whom
+    `ferry-admin` grants the verb `erase` on Connectors, creates it."""
+    out = cluster.kubectl("create", "--dry-run=server", "-f", "-", stdin=erase_run("sales-exports"), user=EDITOR,
+                          check=False)
+    assert out.returncode != 0 and RIGHTS in out.stderr and "needs the verb erase" in out.stderr, out.stderr
+    out = cluster.kubectl("create", "--dry-run=server", "-f", "-", stdin=erase_run("sales-exports"),
+                          user=TENANT_ADMIN, check=False)
+    assert out.returncode == 0, out.stderr
+    # A copy is still the editor's to ask for.
+    out = cluster.kubectl("create", "--dry-run=server", "-f", "-", user=EDITOR, check=False,
+                          stdin=erase_run("sales-exports").replace('"erase"', '"sync"', 1).replace(
+                              ', "erase": {"keys": ["customers/2026-11-01.csv"]}', ""))
+    assert out.returncode == 0, out.stderr
+
+
+def test_the_run_record_and_finalizer_are_guarded_without_attribution(tmp_path):
+    """Attack: on a cluster whose chart turns attribution off, an editor seeds
+    a run with a forged record, and strips a run's audit finalizer. Both
+    refused all the same (run-rights, not the attribution policy). Controls:
+    a plain run, an annotation of the editor's own."""
+    ns = "no-attribution"
+    c = Cluster(tmp_path, tenants=[ns], values={"attribution": {"enabled": False}})
+    try:
+        assert c.get("/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicies/ferry-operator-attribution") \
+            is None, "attribution is off"
+        run = {"apiVersion": "ferry.dev/v1alpha1", "kind": "ConnectorRun",
+               "metadata": {"name": "seeded", "namespace": ns,
+                            "annotations": {"ferry.dev/run-record": '{"phase":"Succeeded"}'}},
+               "spec": {"connectorRef": {"name": "sales-exports"}}}
+        out = c.kubectl("create", "-f", "-", stdin=json.dumps(run), user=EDITOR, check=False)
+        assert out.returncode != 0 and RIGHTS in out.stderr and "run-record" in out.stderr, out.stderr
+        del run["metadata"]["annotations"]
+        c.kubectl("create", "-f", "-", stdin=json.dumps(run), user=EDITOR)
+        # As the operator does when it admits a run.
+        c.kubectl("patch", "connectorrun", "seeded", "-n", ns, "--type=merge",
+                  "-p", '{"metadata": {"finalizers": ["ferry.dev/audit-trail"]}}')
+        out = c.kubectl("patch", "connectorrun", "seeded", "-n", ns, "--type=json",
+                        "-p", '[{"op": "remove", "path": "/metadata/finalizers"}]', user=EDITOR, check=False)
+        assert out.returncode != 0 and RIGHTS in out.stderr and "finalizer" in out.stderr, out.stderr
+        c.kubectl("annotate", "connectorrun", "seeded", "-n", ns, "example.com/ticket=OPS-2", user=EDITOR)
+    finally:
+        c.stop()
+
+
 # Last: it deletes the captured run.
 def test_a_tenant_editor_cannot_remove_the_audit_finalizer(cluster: Cluster, finished: dict):
     """Attack: the editor removes `ferry.dev/audit-trail` so that a run goes
@@ -394,7 +462,7 @@ def test_a_tenant_editor_cannot_remove_the_audit_finalizer(cluster: Cluster, fin
     operator_running(cluster)  # it audits the deletion and lets the run go
     out = cluster.kubectl("patch", "connectorrun", name, "-n", NS, "--type=json",
                           "-p", '[{"op": "remove", "path": "/metadata/finalizers"}]', user=EDITOR, check=False)
-    assert out.returncode != 0 and ATTRIBUTION in out.stderr and "finalizer" in out.stderr, out.stderr
+    assert out.returncode != 0 and RIGHTS in out.stderr and "finalizer" in out.stderr, out.stderr
     cluster.kubectl("delete", "connectorrun", name, "-n", NS, "--wait=false", user=EDITOR)
     wait_for("the run to go", lambda: cluster.get(f"{RUN.format(ns=NS)}/{name}") is None, 60, context=cluster.logs)
     lines = [json.loads(line) for line in (cluster.dir / "operator-a.audit").read_text().splitlines()]
