@@ -200,7 +200,8 @@ def test_a_hijacked_operator_cannot_create_a_pod_unlike_a_runs(cluster: Cluster,
         "another-service-account": lambda spec: spec.update(serviceAccountName="default"),
         "automounted-token": lambda spec: spec.update(automountServiceAccountToken=True),
         "another-command": lambda spec: container(spec).update(command=["/bin/sh", "-c", "env"]),
-        "a-priority-class": lambda spec: spec.update(priorityClassName=PRIORITY),
+        # (`priority` is the Priority plugin's to fill from the class.)
+        "a-priority-class": lambda spec: (spec.pop("priority", None), spec.update(priorityClassName=PRIORITY)),
         "unconfined-apparmor": lambda spec: container(spec)["securityContext"].update(
             appArmorProfile={"type": "Unconfined"}),
         "a-toleration-of-every-taint": lambda spec: spec.setdefault("tolerations", []).append({"operator": "Exists"}),
