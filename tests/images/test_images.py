@@ -112,6 +112,9 @@ def test_the_operator_image_reconciles_on_the_api_server(operator, work):
     try:
         port = free_port()
         kubeconfig = c.api.write_kubeconfig("operator-image", {"token": c.operator_token()})
+        # Readable by the image's user alone, as a projected token would be.
+        uid, gid = (int(x) for x in operator.user.split(":"))
+        os.chown(kubeconfig, uid, gid)
         argv = operator.command(
             [*c.operator_args(), "--metrics-addr", f"127.0.0.1:{port}", "--no-leader-election"],
             binds={"/var/run/ferry/kubeconfig": (kubeconfig, "ro")},
