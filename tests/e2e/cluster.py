@@ -27,6 +27,7 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 import yaml
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent.parent
@@ -91,12 +92,12 @@ class Cluster:
         self.procs: dict[str, subprocess.Popen] = {}
         self.metrics: dict[str, int] = {}
         self.pods: list[dict] = []
+        self.namespaces: set[str] = set()
         self._stopping = threading.Event()
         external = os.environ.get("FERRY_E2E_KUBECONFIG")
         if external and Cluster.installed_on_external:
             # One installation of the chart at a time on a cluster of one's
             # own: its ClusterRoles and policies are cluster-wide.
-            import pytest
             pytest.skip("KUBECONFIG mode: this scenario needs a cluster of its own, and the suite's "
                         "installation is in use (docs/e2e.md)")
         self.external = bool(external)
@@ -161,6 +162,7 @@ class Cluster:
                   pod_security: str | None = "restricted") -> None:
         """A namespace as the platform team makes one: Pod Security
         `pod_security` enforced, the tenant's people given `edit` and `view`."""
+        self.namespaces.add(ns)
         enforce = {"pod-security.kubernetes.io/enforce": pod_security,
                    "pod-security.kubernetes.io/enforce-version": "latest"} if pod_security else {}
         self.apply_text(yaml.safe_dump({"apiVersion": "v1", "kind": "Namespace", "metadata": {
@@ -292,7 +294,7 @@ class Cluster:
                 env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "HOME": str(self.dir)}
                 subprocess.run([str(HELM), "uninstall", "ferry", "--namespace", RELEASE_NAMESPACE, "--wait"],
                                capture_output=True, env=env, timeout=120)
-                for ns in [*self.tenants, RELEASE_NAMESPACE]:
+                for ns in sorted(self.namespaces):
                     # With the operator gone, nobody would release the runs'
                     # audit finalizers (and the policy guarding them is gone).
                     runs = subprocess.run([str(KUBECTL), "get", "connectorruns", "-n", ns, "-o", "name"],
@@ -303,6 +305,10 @@ class Cluster:
                                        timeout=60)
                     subprocess.run([str(KUBECTL), "delete", "namespace", ns, "--ignore-not-found", "--wait=false"],
                                    capture_output=True, env=env, timeout=60)
+                # The next installation needs them gone, not terminating.
+                subprocess.run([str(KUBECTL), "wait", "--for=delete", "--timeout=180s",
+                                *[f"namespace/{ns}" for ns in sorted(self.namespaces)]],
+                               capture_output=True, env=env, timeout=200)
                 Cluster.installed_on_external = False
             self.api.stop()
 
@@ -400,7 +406,6 @@ class Cluster:
     def audit(self) -> list[dict]:
         """The API server's audit log: every request it answered."""
         if self.external:
-            import pytest
             pytest.skip("KUBECONFIG mode: the API server's audit log is not readable through the API")
         return self.api.audit()
 

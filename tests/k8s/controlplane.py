@@ -444,6 +444,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dir", required=True)
     args = parser.parse_args()
+    # Held until sigwait takes them, so that Ctrl-C or a TERM stops the
+    # processes (each in its own session) before this one goes.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     cp = ControlPlane(pathlib.Path(args.dir))
     print(json.dumps({"kubeconfig": str(cp.admin), "version": cp.version()["gitVersion"]}), flush=True)
     try:
