@@ -32,7 +32,7 @@ import yaml
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent.parent
 sys.path.insert(0, str(ROOT / "tests/k8s"))
-from controlplane import ControlPlane, External  # noqa: E402
+from controlplane import ControlPlane, External, stop_process  # noqa: E402
 
 CACHE = pathlib.Path(os.environ.get("FERRY_CACHE", pathlib.Path.home() / ".cache/ferry"))
 # Binaries are built for the host's tuple (.cargo/config.toml), as static executables.
@@ -279,14 +279,8 @@ class Cluster:
 
     def stop(self) -> None:
         self._stopping.set()
-        for name, proc in reversed(list(self.procs.items())):
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
+        for proc in reversed(list(self.procs.values())):
+            stop_process(proc, grace=15)
         if hasattr(self, "api"):
             if self.external:
                 # Leave the cluster as it was found: the release, its

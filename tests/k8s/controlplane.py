@@ -79,6 +79,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def stop_process(proc: subprocess.Popen, grace: float) -> None:
+    """Stops a process started in a session of its own, and its children:
+    TERM, then KILL after `grace` seconds."""
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 def binaries() -> pathlib.Path:
     """The folder of the built binaries (builds them the first time)."""
     out = subprocess.run(["bash", str(HERE / "build.sh")], stdout=subprocess.PIPE, text=True)
@@ -331,14 +344,8 @@ class ControlPlane:
     def stop(self) -> None:
         # The cluster's data dies with it: no graceful drain (kube-apiserver
         # would wait on its open watches for a long while).
-        for name, proc in reversed(list(self.procs.items())):
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(timeout=2)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
+        for proc in reversed(list(self.procs.values())):
+            stop_process(proc, grace=2)
 
 
 class External:
