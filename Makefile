@@ -50,7 +50,7 @@ test-chart:
 
 ## End to end: the operator and runner binaries, installed with the chart on a
 ## real Kubernetes control plane (tests/k8s, built by tests/bootstrap.sh
-## install) that each scenario starts, driven by kubectl (tests/e2e). The
+## install) that the suite starts and stops, driven by kubectl (tests/e2e). The
 ## services must be running. The binaries are the ones `cargo test` builds for
 ## the integration tests (same profile, same features): after test-rust this
 ## builds nothing. (`cargo build -p ... --bins` would resolve other features
