@@ -222,6 +222,12 @@ pub mod env {
     /// Networks (CIDRs, comma separated) the runner refuses to connect to,
     /// besides those it always refuses.
     pub const DENIED_NETWORKS: &str = "FERRY_DENIED_NETWORKS";
+    /// Private networks (CIDRs, comma separated) the runner may connect to
+    /// (private ranges are denied by default, [`crate::network`]).
+    pub const ALLOWED_NETWORKS: &str = "FERRY_ALLOWED_NETWORKS";
+    /// The pod's `activeDeadlineSeconds`: the runner's cloud sessions (STS)
+    /// end soon after the run must.
+    pub const ACTIVE_DEADLINE_SECONDS: &str = "FERRY_ACTIVE_DEADLINE_SECONDS";
     /// The AWS web identity token file (the AWS SDKs' own variable).
     pub const AWS_WEB_IDENTITY_TOKEN_FILE: &str = "AWS_WEB_IDENTITY_TOKEN_FILE";
     /// The Azure federated token file (Azure workload identity's variable).

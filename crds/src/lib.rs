@@ -4,11 +4,13 @@
 //! This crate does no I/O: it holds types, their schemas and pure helpers.
 #![forbid(unsafe_code)]
 
+pub mod chain;
 pub mod common;
 pub mod connector;
 pub mod contract;
 pub mod crdgen;
 pub mod endpoint;
+pub mod network;
 pub mod residency;
 pub mod run;
 pub mod secrets;

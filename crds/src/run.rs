@@ -202,6 +202,13 @@ pub struct ConnectorRunStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_name: Option<String>,
 
+    /// UID of the current or last pod, as the operator created it. A pod of
+    /// that name with another UID is not the run's: it is deleted, never
+    /// believed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub pod_uid: Option<String>,
+
     /// Live progress, reported by the runner.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<RunProgress>,
@@ -260,6 +267,10 @@ pub struct ShardStatus {
     /// The pod of its current attempt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_name: Option<String>,
+    /// UID of that pod, as the operator created it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub pod_uid: Option<String>,
     /// Why its last attempt failed, when it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 128))]
@@ -374,6 +385,13 @@ pub struct RunResult {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[0-9]{1,19}:[0-9a-f]{64}$"), length(max = 84))]
     pub manifest_anchor: Option<String>,
+    /// When that manifest was created (RFC 3339, as written into it): with
+    /// the run's name, its Connector and the anchor the run was pinned to, the
+    /// operator recomputes the anchor's link and refuses one that does not
+    /// match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub manifest_created: Option<String>,
     /// The attempt (pod) that reported this result.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempt: Option<i32>,

@@ -78,6 +78,7 @@ fn credentials(
         region,
         platform.sts_endpoint.as_deref(),
         &platform.network,
+        platform.run_ends,
     )
     .map_err(|e| AwsError::Malformed {
         what: what.to_string(),

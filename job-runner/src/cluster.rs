@@ -215,6 +215,7 @@ pub fn result_of(outcome: &Result<Report, Failure>, attempt: i32) -> RunResult {
             bytes_written: r.bytes_written as i64,
             manifest: r.manifest.clone(),
             manifest_anchor: r.anchor.as_ref().map(ToString::to_string),
+            manifest_created: r.manifest_created.clone(),
             attempt: Some(attempt),
             error: None,
         },

@@ -415,10 +415,15 @@ where
     Fut: Future<Output = Result<SecretsDir, Failure>>,
 {
     audit.record("run.started", Outcome::Success, None, None);
+    let vault = job.platform.vault.clone();
     let outcome = match secrets.await {
         Ok(secrets) => execute_with_rotation(job, secrets, reread, audit, progress).await,
         Err(f) => Err(f),
     };
+    // The run's Vault token ends with the run, not when its TTL runs out.
+    if let Some(vault) = vault {
+        vault.log_out().await;
+    }
     match &outcome {
         Ok(_) => audit.record("run.finished", Outcome::Success, None, None),
         Err(f) => audit.record(

@@ -1,7 +1,9 @@
 //! Where a run may connect: every address a host name resolves to is checked
-//! against the networks the platform team denies (cloud metadata and
-//! link-local addresses always, the cluster's pod and service ranges as
-//! configured), after resolution and at connect time, for every client that
+//! against the networks runs may not reach (cloud metadata and link-local
+//! addresses always, private ranges unless the platform team allows them, and
+//! the networks it denies: [`ferry_crds::network`]), after resolution and at
+//! connect time, and every endpoint given as an IP literal before its client
+//! is built, for every client that
 //! reaches a Connector's endpoints (S3 and STS, Azure, SFTP). The lineage
 //! sink's URL is the operator's, and its client is not guarded. So a Connector naming a host
 //! whose DNS answers with a metadata or cluster address is refused even on a
@@ -11,37 +13,16 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use ipnet::IpNet;
+use ferry_crds::network::Reach;
 
-/// Networks no run may reach, whatever the platform configures: link-local
-/// (which holds the clouds' metadata services, 169.254.169.254 and
-/// fd00:ec2::254 aside) and the metadata addresses themselves.
-pub const ALWAYS_DENIED: [&str; 5] = [
-    "169.254.0.0/16",
-    "fe80::/10",
-    "fd00:ec2::254/128",
-    "100.100.100.200/32",
-    "0.0.0.0/8",
-];
+pub use ferry_crds::network::BadNetwork;
 
-/// The networks a run may not connect to.
-#[derive(Debug, Clone)]
+/// The networks a run may not connect to ([`ferry_crds::network`]: metadata
+/// and link-local always, private ranges unless allowed, the platform's own).
+#[derive(Debug, Clone, Default)]
 pub struct NetworkGuard {
-    denied: Arc<Vec<IpNet>>,
+    reach: Arc<Reach>,
 }
-
-impl Default for NetworkGuard {
-    fn default() -> Self {
-        Self::new(&[]).unwrap_or_else(|_| Self {
-            denied: Arc::new(Vec::new()),
-        })
-    }
-}
-
-/// A network list that does not parse.
-#[derive(Debug, thiserror::Error)]
-#[error("{0:?} is not a network (CIDR such as 10.0.0.0/8 or fd00::/8)")]
-pub struct BadNetwork(pub String);
 
 /// A connection refused because of where it would go.
 #[derive(Debug, thiserror::Error)]
@@ -57,34 +38,41 @@ pub enum Refused {
 }
 
 impl NetworkGuard {
-    /// The always-denied networks and `extra` (CIDRs, as the operator passes them).
-    pub fn new(extra: &[String]) -> Result<Self, BadNetwork> {
-        let mut denied = Vec::new();
-        for n in ALWAYS_DENIED
-            .iter()
-            .map(|s| s.to_string())
-            .chain(extra.iter().map(|s| s.trim().to_string()))
-            .filter(|s| !s.is_empty())
-        {
-            let net = n
-                .parse::<IpNet>()
-                .or_else(|_| n.parse::<IpAddr>().map(IpNet::from))
-                .map_err(|_| BadNetwork(n.clone()))?;
-            denied.push(net);
-        }
+    /// The rule with the platform's `denied` and `allowed` networks (CIDRs,
+    /// as the operator passes them).
+    pub fn new(denied: &[String], allowed: &[String]) -> Result<Self, BadNetwork> {
         Ok(Self {
-            denied: Arc::new(denied),
+            reach: Arc::new(Reach::new(denied, allowed)?),
         })
     }
 
     /// Whether `ip` is in a denied network (IPv4-mapped IPv6 addresses are
     /// judged as the IPv4 address they carry).
     pub fn is_denied(&self, ip: IpAddr) -> bool {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-            v4 => v4,
+        self.reach.is_denied(ip)
+    }
+
+    /// Refuses a URL whose host is an IP literal in a denied network. The HTTP
+    /// clients (hyper under the AWS SDK, reqwest under object_store) connect
+    /// to a literal without asking the resolver, so the check the resolver
+    /// makes for names is made here, before a client is built, for every
+    /// endpoint URL. Names (and URLs that do not parse, which the endpoint
+    /// rule refuses) pass: the resolver judges them at connect time.
+    pub fn check_url(&self, url: &str) -> Result<(), Refused> {
+        let Ok(parsed) = ferry_crds::check_endpoint_url(url, true) else {
+            return Ok(());
         };
-        self.denied.iter().any(|n| n.contains(&ip))
+        let host = parsed.host();
+        match host.parse::<IpAddr>() {
+            Ok(ip) if self.is_denied(ip) => {
+                tracing::warn!(host, "refused to connect: denied network");
+                Err(Refused::Denied {
+                    addresses: ip.to_string(),
+                    host,
+                })
+            }
+            _ => Ok(()),
+        }
     }
 
     /// The addresses of `host` (a name or an IP literal) a run may connect to;
@@ -166,22 +154,26 @@ mod tests {
 
     #[test]
     fn metadata_link_local_and_configured_networks_are_denied() {
-        let g = NetworkGuard::new(&["10.96.0.0/12".into(), "10.244.0.0/16".into()]).unwrap();
+        let g = NetworkGuard::new(&["203.0.113.0/24".into()], &["10.1.0.0/16".into()]).unwrap();
         for ip in [
             "169.254.169.254",
             "fd00:ec2::254",
             "fe80::1",
             "10.96.0.1",
             "10.244.3.7",
+            "192.168.1.1",
+            "fd12::1",
+            "203.0.113.9",
             "::ffff:169.254.169.254",
             "0.0.0.0",
         ] {
             assert!(g.is_denied(ip.parse().unwrap()), "{ip}");
         }
-        for ip in ["52.95.110.1", "127.0.0.1", "10.0.0.5", "2600:1f18::1"] {
+        for ip in ["52.95.110.1", "127.0.0.1", "10.1.0.5", "2600:1f18::1"] {
             assert!(!g.is_denied(ip.parse().unwrap()), "{ip}");
         }
-        assert!(NetworkGuard::new(&["nonsense".into()]).is_err());
+        assert!(NetworkGuard::new(&["nonsense".into()], &[]).is_err());
+        assert!(NetworkGuard::new(&[], &["nonsense".into()]).is_err());
     }
 
     /// Attack: a Connector names a host whose DNS answers with the cloud
@@ -194,8 +186,42 @@ mod tests {
         let e = g.resolve("[fd00:ec2::254]", 80).await.unwrap_err();
         assert!(matches!(e, Refused::Denied { .. }), "{e}");
         // A name that resolves to a denied address: localhost, with loopback denied.
-        let no_loopback = NetworkGuard::new(&["127.0.0.0/8".into(), "::1/128".into()]).unwrap();
+        let no_loopback =
+            NetworkGuard::new(&["127.0.0.0/8".into(), "::1/128".into()], &[]).unwrap();
         assert!(no_loopback.resolve("localhost", 80).await.is_err());
         assert!(g.resolve("localhost", 80).await.is_ok());
+    }
+
+    /// Attack: a Connector gives its endpoint as an IP literal in a denied
+    /// network (`https://10.0.0.7`, the metadata service): the HTTP clients
+    /// connect to a literal without the resolver, so the name rule alone let
+    /// it through while `https://internal.example` resolving there was refused.
+    #[test]
+    fn an_endpoint_given_as_an_ip_literal_in_a_denied_network_is_refused() {
+        let g = NetworkGuard::default();
+        for url in [
+            "https://10.0.0.7",
+            "https://10.0.0.7:9000/bucket",
+            "https://169.254.169.254/latest",
+            "https://[fd00:ec2::254]/",
+            "https://[::ffff:10.0.0.7]/",
+            // WHATWG URL parsing reads these as IPv4 literals too.
+            "https://0x0a.0.0.7/",
+            "https://167772167/",
+        ] {
+            let e = g.check_url(url).unwrap_err();
+            assert!(matches!(e, Refused::Denied { .. }), "{url}: {e}");
+            assert!(e.to_string().contains("may not reach"), "{e}");
+        }
+        // Control: allowed literals and names (judged by the resolver) pass.
+        for url in [
+            "https://52.95.110.1",
+            "http://127.0.0.1:9000",
+            "https://[2600:1f18::1]/",
+            "https://s3.eu-west-1.amazonaws.com",
+            "https://internal.example",
+        ] {
+            assert!(g.check_url(url).is_ok(), "{url}");
+        }
     }
 }

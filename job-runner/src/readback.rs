@@ -107,11 +107,33 @@ pub async fn manifest(
             Err(StorageError::NoSuchContainer { .. }) => Vec::new(),
             listed => listed?,
         };
-        let key = transfer::newest_manifest_key(listed.iter().map(|o| o.key.as_str()))
-            .ok_or_else(|| ReadbackError::NoManifest(store.describe()))?;
-        let m = trust.read(store, &key).await?;
-        transfer::records::not_in_the_future(&key, &m)?;
-        return Ok((key, m));
+        // Newest name first; a file there that is not one of the
+        // Connector's manifests (anyone who can write the store can put one
+        // under any name) is passed over, said on stderr.
+        let mut names: Vec<&str> = listed
+            .iter()
+            .map(|o| o.key.as_str())
+            .filter(|k| transfer::is_manifest_key(k))
+            .collect();
+        names.sort_by(|a, b| transfer::records::sort_key(b).cmp(&transfer::records::sort_key(a)));
+        let mut passed_over = 0;
+        for key in names {
+            match trust.read(store, key).await {
+                Ok(m) => {
+                    transfer::records::not_in_the_future(key, &m)?;
+                    return Ok((key.to_string(), m));
+                }
+                Err(e)
+                    if transfer::records::not_a_manifest(&e)
+                        && passed_over < transfer::records::MAX_FOREIGN_MANIFESTS =>
+                {
+                    passed_over += 1;
+                    tracing::warn!(key, error = %e, "passing over a file that is not one of the Connector's manifests");
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        return Err(ReadbackError::NoManifest(store.describe()));
     };
     Ok((key.to_string(), trust.read(store, key).await?))
 }
@@ -165,6 +187,10 @@ pub struct ChainReport {
     pub unchecked: usize,
     /// The newest one's place.
     pub newest: Option<Anchor>,
+    /// Files under the manifests' folder that are not the Connector's
+    /// manifests (not JSON, or not verifying with what is trusted), passed
+    /// over: whoever can write the store can put one there.
+    pub foreign: Vec<String>,
 }
 
 /// Reads and verifies every manifest of the destination and checks that they
@@ -188,15 +214,38 @@ pub async fn verify_chain(
     let mut report = ChainReport::default();
     let last = names.len().saturating_sub(1);
     for (i, name) in names.into_iter().enumerate() {
-        let m = transfer::read_manifest_unverified(store, &name).await?;
-        // From the first signed manifest on, and for the newest, a signature
-        // is asked for: one dropped or made without the key is found.
-        let checked = trust
-            .check(&name, &m, report.signed > 0 || i == last)
-            .await?;
+        let read = match transfer::read_manifest_unverified(store, &name).await {
+            // From the first signed manifest on, and for the newest, a
+            // signature is asked for: one dropped or made without the key is
+            // found.
+            Ok(m) => trust
+                .check(&name, &m, report.signed > 0 || i == last)
+                .await
+                .map(|checked| (m, checked)),
+            Err(e) => Err(e),
+        };
+        let (m, checked) = match read {
+            Ok(read) => read,
+            Err(e)
+                if transfer::records::not_a_manifest(&e)
+                    && report.foreign.len() < transfer::records::MAX_FOREIGN_MANIFESTS =>
+            {
+                tracing::warn!(key = name, error = %e, "passing over a file that is not one of the Connector's manifests");
+                report.foreign.push(name);
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
         report.signed += usize::from(checked.signature);
         report.unchecked += usize::from(!checked.mac && !checked.signature);
         chain.push((name, m));
+    }
+    if !report.foreign.is_empty()
+        && let Some((name, m)) = chain.last()
+    {
+        // The newest of the Connector's manifests must be signed, whatever
+        // file was named after it.
+        trust.check(name, m, true).await?;
     }
     check_chain(&chain).map_err(TransferError::from)?;
     if let Some(anchor) = anchor {

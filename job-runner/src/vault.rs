@@ -51,6 +51,26 @@ pub struct VaultSettings {
 }
 
 impl VaultSettings {
+    /// Ends the run's login, if it made one: the token is revoked
+    /// (`auth/token/revoke-self`, which Vault's default policy grants) when
+    /// the run ends instead of living out its TTL. A failure is logged: the
+    /// token still dies at its TTL. Whether a token was revoked.
+    pub async fn log_out(&self) -> bool {
+        let Some(client) = self.session.0.get() else {
+            return false;
+        };
+        match vaultrs::token::revoke_self(client.as_ref()).await {
+            Ok(()) => {
+                tracing::info!(role = %self.role, "Vault token revoked at the end of the run");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(role = %self.role, error = %describe(&e), "failed to revoke the run's Vault token; it lives until its TTL");
+                false
+            }
+        }
+    }
+
     /// Settings of a run that has not logged in yet.
     pub fn new(addr: String, auth_mount: String, role: String, token_file: PathBuf) -> Self {
         Self {

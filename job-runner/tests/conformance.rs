@@ -285,6 +285,7 @@ mod s3 {
             token_file: token.clone(),
             session_name: "ferry-test".into(),
             sts_endpoint: Some(service_env("FERRY_S3_ENDPOINT")),
+            run_ends: None,
         };
         let store = S3Store::new(cfg.clone()).unwrap();
         store
@@ -292,6 +293,37 @@ mod s3 {
             .await
             .unwrap();
         assert_eq!(read(&store, "a", None).await, b"web identity");
+        // A run's session ends with it: with the run due to end in a minute,
+        // STS is asked for its shortest session (15 minutes), not an hour.
+        for (run_ends, longest) in [
+            (Some(std::time::Duration::from_secs(60)), 900 + 30),
+            (None, 3600 + 30),
+        ] {
+            let provider = ferry_runner::storage::s3::web_identity_provider(
+                "arn:aws:iam::123456789012:role/ferry-run",
+                token.clone(),
+                "ferry-test",
+                "eu-west-1",
+                Some(&service_env("FERRY_S3_ENDPOINT")),
+                &ferry_runner::net::NetworkGuard::default(),
+                run_ends.map(|d| std::time::Instant::now() + d),
+            )
+            .unwrap();
+            let creds =
+                aws_credential_types::provider::ProvideCredentials::provide_credentials(&provider)
+                    .await
+                    .unwrap();
+            let left = creds
+                .expiry()
+                .unwrap()
+                .duration_since(std::time::SystemTime::now())
+                .unwrap()
+                .as_secs();
+            assert!(
+                left <= longest && left + 120 >= longest - 30,
+                "{run_ends:?}: {left}s"
+            );
+        }
         // No token file: the failure says so, and is not an endless retry.
         std::fs::remove_file(&token).unwrap();
         let fresh = S3Store::new(cfg).unwrap();

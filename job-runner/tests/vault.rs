@@ -285,6 +285,20 @@ fn credentials_are_read_from_vault_by_the_run_itself() {
     assert_eq!(ours.len(), 1, "one read of the secret");
     assert_eq!(ours[0]["auth"]["metadata"]["role"], "acme", "{}", ours[0]);
     assert_no_canary(&bao_audit);
+    // The login that read it was revoked when the run ended: the token does
+    // not outlive the run (its TTL is only the bound should the revocation
+    // fail).
+    let accessor = &ours[0]["auth"]["accessor"];
+    let revoked = bao_audit
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .any(|l| {
+            l["type"] == "response"
+                && l["request"]["path"] == "auth/token/revoke-self"
+                && l["auth"]["accessor"] == *accessor
+                && l.get("error").is_none_or(|e| e.as_str() == Some(""))
+        });
+    assert!(revoked, "the run's Vault token was not revoked at its end");
 }
 
 #[test]

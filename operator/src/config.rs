@@ -103,11 +103,15 @@ impl VaultConfig {
 /// The network rules of every run, set by the platform team.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunNetwork {
-    /// Networks no run may reach besides link-local and the cloud metadata
-    /// addresses (always denied): the cluster's pod and service ranges.
+    /// Networks no run may reach besides those always denied (link-local and
+    /// the cloud metadata addresses) and the private ranges not allowed
+    /// ([`ferry_crds::network`]).
     pub denied_cidrs: Vec<String>,
-    /// Where the API server is (CIDRs of its endpoints); empty: anywhere on
-    /// its ports.
+    /// Private networks runs may reach (an on-premises SFTP server or S3
+    /// store); private ranges are denied otherwise.
+    pub allowed_cidrs: Vec<String>,
+    /// Where the API server is (CIDRs of its endpoints); empty: the addresses
+    /// of the `kubernetes` Service's EndpointSlices, read when an attempt starts.
     pub api_server_cidrs: Vec<String>,
     /// Namespace of the cluster DNS pods.
     pub dns_namespace: String,
@@ -115,22 +119,28 @@ pub struct RunNetwork {
     pub dns_pod_labels: BTreeMap<String, String>,
 }
 
+impl RunNetwork {
+    /// The networks runs may reach, as the runner judges them too; an error
+    /// names a setting that is not a network.
+    pub fn reach(&self) -> Result<ferry_crds::network::Reach, ferry_crds::network::BadNetwork> {
+        for cidr in &self.api_server_cidrs {
+            ferry_crds::network::parse_network(cidr)?;
+        }
+        ferry_crds::network::Reach::new(&self.denied_cidrs, &self.allowed_cidrs)
+    }
+}
+
 impl Default for RunNetwork {
     fn default() -> Self {
         Self {
             denied_cidrs: Vec::new(),
+            allowed_cidrs: Vec::new(),
             api_server_cidrs: Vec::new(),
             dns_namespace: "kube-system".into(),
             dns_pod_labels: BTreeMap::from([("k8s-app".to_string(), "kube-dns".to_string())]),
         }
     }
 }
-
-/// IPv4 networks no run may reach, whatever is configured (the runner refuses
-/// the same, and IPv4-mapped forms of them).
-pub const ALWAYS_DENIED_V4: [&str; 3] = ["169.254.0.0/16", "100.100.100.200/32", "0.0.0.0/8"];
-/// IPv6 networks no run may reach, whatever is configured.
-pub const ALWAYS_DENIED_V6: [&str; 2] = ["fe80::/10", "fd00:ec2::254/128"];
 
 impl Default for Config {
     fn default() -> Self {

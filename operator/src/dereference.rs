@@ -8,7 +8,9 @@ use ferry_crds::{
     secret_usable,
 };
 use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
+use kube::api::ListParams;
 use kube::runtime::reflector::ObjectRef;
 
 use crate::context::Context;
@@ -25,6 +27,47 @@ pub async fn connector(
     api.get_opt(name)
         .await
         .map_err(|e| Error::kube(Step::Read, "get", "Connector", name, e))
+}
+
+/// Where runs reach the API server: the platform's CIDRs when set, else the
+/// addresses of the `kubernetes` Service's EndpointSlices (namespace
+/// `default`, kept by the API servers themselves), each as a single-address
+/// network, sorted. None found is an error: a run's NetworkPolicy never opens
+/// the API server's ports to anywhere.
+pub async fn api_server_cidrs(ctx: &Context) -> Result<Vec<String>, Error> {
+    let configured = &ctx.config.network.api_server_cidrs;
+    if !configured.is_empty() {
+        return Ok(configured.clone());
+    }
+    let api: Api<EndpointSlice> = Api::namespaced(ctx.client.clone(), "default");
+    let slices = api
+        .list(&ListParams::default().labels("kubernetes.io/service-name=kubernetes"))
+        .await
+        .map_err(|e| Error::kube(Step::Read, "list", "EndpointSlice", "kubernetes", e))?;
+    let cidrs = api_server_addresses(&slices.items);
+    if cidrs.is_empty() {
+        return Err(Error::ApiServerUnknown);
+    }
+    Ok(cidrs)
+}
+
+/// The addresses of the API server's endpoints in `slices` (those not marked
+/// unready), as single-address CIDRs, sorted and without repeats.
+pub fn api_server_addresses(slices: &[EndpointSlice]) -> Vec<String> {
+    let mut cidrs: Vec<String> = slices
+        .iter()
+        .filter(|s| matches!(s.address_type.as_str(), "IPv4" | "IPv6"))
+        .flat_map(|s| &s.endpoints)
+        .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) != Some(false))
+        .flat_map(|e| &e.addresses)
+        .filter_map(|a| a.parse::<std::net::IpAddr>().ok())
+        .map(|ip| ferry_crds::network::parse_network(&ip.to_string()))
+        .filter_map(Result::ok)
+        .map(|n| n.to_string())
+        .collect();
+    cidrs.sort();
+    cidrs.dedup();
+    cidrs
 }
 
 /// The tenant rules set on the namespace, from the operator's watched index of
@@ -73,4 +116,41 @@ pub async fn secret_keys(
         out.insert(name, facts);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod api_server_tests {
+    use super::*;
+
+    fn slice(value: serde_json::Value) -> EndpointSlice {
+        serde_json::from_value(value).unwrap()
+    }
+
+    #[test]
+    fn the_api_servers_ready_addresses_are_read_from_its_slices() {
+        let slices = [
+            slice(serde_json::json!({
+                "metadata": {"name": "kubernetes"}, "addressType": "IPv4",
+                "endpoints": [
+                    {"addresses": ["192.0.2.11"]},
+                    {"addresses": ["192.0.2.10"], "conditions": {"ready": true}},
+                    {"addresses": ["192.0.2.12"], "conditions": {"ready": false}},
+                    {"addresses": ["192.0.2.10"]},
+                ],
+            })),
+            slice(serde_json::json!({
+                "metadata": {"name": "kubernetes-v6"}, "addressType": "IPv6",
+                "endpoints": [{"addresses": ["2001:db8::10"]}],
+            })),
+            slice(serde_json::json!({
+                "metadata": {"name": "odd"}, "addressType": "FQDN",
+                "endpoints": [{"addresses": ["api.example.com"]}],
+            })),
+        ];
+        assert_eq!(
+            api_server_addresses(&slices),
+            ["192.0.2.10/32", "192.0.2.11/32", "2001:db8::10/128"]
+        );
+        assert!(api_server_addresses(&[]).is_empty());
+    }
 }

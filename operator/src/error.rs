@@ -61,8 +61,16 @@ pub enum Error {
         "failed to create {kind} {name:?}: an object of that name exists that this run does not own"
     )]
     Foreign { kind: &'static str, name: String },
+    #[error(
+        "pod {name:?} claimed to be the run's but was not created by the operator: it was deleted"
+    )]
+    ForeignPod { name: String },
     #[error(transparent)]
     NotFilled(#[from] crate::run_cache::NotFilled),
+    #[error(
+        "no address of the API server is known: set runner.network.apiServerCIDRs, or let the operator read the kubernetes Service's EndpointSlices in namespace default"
+    )]
+    ApiServerUnknown,
     #[error("{kind} has no {field}")]
     MissingMetadata {
         kind: &'static str,
@@ -101,7 +109,9 @@ impl Error {
             Error::Encode { .. } => "encode",
             Error::MissingMetadata { .. } => "invalid",
             Error::Foreign { .. } => "conflict",
+            Error::ForeignPod { .. } => "tampered",
             Error::NotFilled(_) => "cache",
+            Error::ApiServerUnknown => "config",
         }
     }
 }
@@ -112,8 +122,10 @@ impl Error {
         match self {
             Error::Kube { step, .. } => *step,
             Error::Build(_) => Step::Build,
-            Error::Foreign { .. } => Step::Act,
-            Error::MissingMetadata { .. } | Error::NotFilled(_) => Step::Read,
+            Error::Foreign { .. } | Error::ForeignPod { .. } => Step::Act,
+            Error::MissingMetadata { .. } | Error::NotFilled(_) | Error::ApiServerUnknown => {
+                Step::Read
+            }
             Error::Encode { .. } => Step::Status,
         }
     }

@@ -10,6 +10,7 @@ pub mod context;
 pub mod dereference;
 pub mod error;
 pub mod guard;
+pub mod logging;
 pub mod metrics;
 pub mod names;
 pub mod pod_bounds;

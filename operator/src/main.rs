@@ -137,12 +137,18 @@ struct Args {
     /// Accept `local` endpoints (a folder of the runner pod; demos and tests only).
     #[arg(long, env = "FERRY_ALLOW_LOCAL_ENDPOINTS")]
     allow_local_endpoints: bool,
-    /// Networks (CIDRs) no run may reach besides link-local and the cloud
-    /// metadata addresses: the cluster's pod and service ranges.
+    /// Networks (CIDRs) no run may reach besides link-local, the cloud
+    /// metadata addresses and the private ranges not allowed.
     #[arg(long, env = "FERRY_DENIED_NETWORKS", value_delimiter = ',')]
     denied_networks: Vec<String>,
+    /// Private networks (CIDRs inside RFC 1918, CGNAT or IPv6 unique-local
+    /// ranges) runs may reach, e.g. an on-premises SFTP server; every other
+    /// private address is denied.
+    #[arg(long, env = "FERRY_ALLOWED_NETWORKS", value_delimiter = ',')]
+    allowed_networks: Vec<String>,
     /// CIDRs of the API server's endpoints; runs reach the API server ports
-    /// only there (anywhere when unset).
+    /// only there. Unset: the addresses of the `kubernetes` Service's
+    /// EndpointSlices (namespace `default`), read when an attempt starts.
     #[arg(long, env = "FERRY_API_SERVER_CIDRS", value_delimiter = ',')]
     api_server_cidrs: Vec<String>,
     /// Namespace of the cluster DNS pods (runs' DNS egress).
@@ -272,8 +278,7 @@ async fn main() {
 }
 
 fn init_logging(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
+    let filter = ferry_operator::logging::filter();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -353,6 +358,10 @@ async fn run_operator(args: Args) -> Result<(), BoxError> {
     metrics.init_controllers(&[connector::CONTROLLER, run::CONTROLLER]);
     let audit = audit_log(&args)?;
     let config = config(&args);
+    config
+        .network
+        .reach()
+        .map_err(|e| format!("--denied-networks / --allowed-networks / --api-server-cidrs: {e}"))?;
     let lifecycle = Lifecycle::start(args.metrics_addr, metrics.clone());
 
     // Leader election: only the holder of the Lease reconciles.
@@ -523,6 +532,7 @@ fn config(args: &Args) -> Config {
             }),
         network: RunNetwork {
             denied_cidrs: listed(&args.denied_networks),
+            allowed_cidrs: listed(&args.allowed_networks),
             api_server_cidrs: listed(&args.api_server_cidrs),
             dns_namespace: args.dns_namespace.clone(),
             dns_pod_labels: args.dns_pod_labels.iter().cloned().collect(),

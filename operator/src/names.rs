@@ -54,9 +54,13 @@ pub fn pod(run: &str, attempt: i32) -> String {
     format!("{}{suffix}", shorten(run, LABEL_MAX - suffix.len()))
 }
 
-/// Name of the pod of one attempt of shard `shard` (from 0) of a run.
+/// Name of the pod of one attempt of shard `shard` (from 0) of a run:
+/// `<run>-<attempt>-s<shard>`. A run's own pods end in `-<attempt>` (digits
+/// only), a shard's in `-s<shard>` (never digits only), and the attempt comes
+/// right before it, so no two runs' pods can share a name: with the shard
+/// before the attempt, run `x`'s shard 0 and run `x-s0` both had `x-s0-1`.
 pub fn shard_pod(run: &str, shard: i32, attempt: i32) -> String {
-    let suffix = format!("-s{shard}-{attempt}");
+    let suffix = format!("-{attempt}-s{shard}");
     format!("{}{suffix}", shorten(run, LABEL_MAX - suffix.len()))
 }
 
@@ -70,6 +74,31 @@ pub fn scheduled_run(connector: &str, unix_seconds: i64) -> String {
 
 #[cfg(test)]
 mod tests {
+    /// Attack: a tenant names a run so that its pod takes the name of another
+    /// run's pod (run `x-s0`'s first pod was `x-s0-1`, the name of run `x`'s
+    /// shard 0): the operator, finding the name taken, could never start the
+    /// other run's pod. Every run, attempt and shard has a name of its own.
+    #[test]
+    fn two_runs_never_share_a_pod_name() {
+        let runs = [
+            "x", "x-1", "x-s0", "x-s0-1", "x-1-s0", "x-2", "x-s1", "x-11", "x-1-1", "s0", "x-s",
+        ];
+        let mut seen = std::collections::HashMap::new();
+        for run in runs {
+            for attempt in 1..=12 {
+                let mut pods = vec![(pod(run, attempt), None)];
+                for shard in 0..12 {
+                    pods.push((shard_pod(run, shard, attempt), Some(shard)));
+                }
+                for (name, shard) in pods {
+                    if let Some(other) = seen.insert(name.clone(), (run, attempt, shard)) {
+                        panic!("{name}: {other:?} and {:?}", (run, attempt, shard));
+                    }
+                }
+            }
+        }
+    }
+
     use super::*;
 
     #[test]

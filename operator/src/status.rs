@@ -32,6 +32,7 @@ pub const RUN_FIELDS: &[&str] = &[
     "duration",
     "attempts",
     "podName",
+    "podUid",
     "reason",
     "message",
     "attribution",

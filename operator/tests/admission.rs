@@ -157,7 +157,7 @@ fn every_object_a_run_needs_is_admitted_on_create_and_delete() {
     }
 }
 
-/// A run spread over shards: each shard's pod (`<run>-s<i>-<attempt>`) and
+/// A run spread over shards: each shard's pod (`<run>-<attempt>-s<i>`) and
 /// the last step's, short and long run names alike.
 #[test]
 fn the_pods_of_a_sharded_run_are_admitted() {
@@ -180,7 +180,7 @@ fn the_pods_of_a_sharded_run_are_admitted() {
         &spec(CONNECTOR),
         Part::Shard { index: 1, count: 3 },
     ));
-    pod["metadata"]["name"] = json!("sales-29923860-s2-1");
+    pod["metadata"]["name"] = json!("sales-29923860-1-s2");
     assert!(
         admit(&[create(&pod)])[0].is_err(),
         "a pod named after another shard was admitted"
@@ -279,7 +279,7 @@ fn hijacked_operator_runs_a_privileged_pod_in_the_hosts_namespaces() {
 #[test]
 fn hijacked_operator_runs_a_pod_with_another_command_or_placement() {
     type Change = (&'static str, fn(&mut Value));
-    let changes: [Change; 8] = [
+    let changes: [Change; 11] = [
         ("another command", |p| {
             p["spec"]["containers"][0]["command"] = json!(["/bin/sh", "-c", "cat /proc/1/environ"])
         }),
@@ -305,6 +305,21 @@ fn hijacked_operator_runs_a_pod_with_another_command_or_placement() {
         ("a control-plane node", |p| {
             p["spec"]["nodeSelector"] = json!({"node-role.kubernetes.io/control-plane": ""})
         }),
+        ("a control-plane node by node affinity", |p| {
+            p["spec"]["affinity"] = json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [{"matchExpressions": [
+                    {"key": "node-role.kubernetes.io/control-plane", "operator": "Exists"}]}]}}})
+        }),
+        ("a node by name (node affinity by field)", |p| {
+            p["spec"]["affinity"] = json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [{"matchFields": [
+                    {"key": "metadata.name", "operator": "In", "values": ["cp-1"]}]}]}}})
+        }),
+        ("a preferred control-plane node", |p| {
+            p["spec"]["affinity"] = json!({"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+                {"weight": 100, "preference": {"matchExpressions": [
+                    {"key": "node-role.kubernetes.io/control-plane", "operator": "Exists"}]}}]}})
+        }),
     ];
     for (what, change) in changes {
         let mut pod = pod_of(&objects("sales-29923860", &spec(CONNECTOR)));
@@ -322,6 +337,37 @@ fn hijacked_operator_runs_a_pod_with_another_command_or_placement() {
         {"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300},
         {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}]);
     pod["spec"]["nodeSelector"] = json!({"kubernetes.io/arch": "arm64"});
+    pod["spec"]["affinity"] = json!({"nodeAffinity": {
+        "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchExpressions": [
+            {"key": "topology.kubernetes.io/zone", "operator": "In", "values": ["eu-west-1a"]}]}]},
+        "preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 1, "preference": {"matchExpressions": [
+            {"key": "node.kubernetes.io/instance-type", "operator": "In", "values": ["m7g.large"]}]}}]}});
+    assert_eq!(admit(&[create(&pod)]), vec![Ok(())]);
+}
+
+/// Attack: a hijacked operator adds a volume with a projected token of no
+/// audience (the API server's own) beside the run's cloud tokens, mounted
+/// where its code would find it. The API server's token is the one in
+/// `kube-api-access` alone.
+#[test]
+fn hijacked_operator_projects_an_api_server_token_outside_the_api_access_volume() {
+    let s = spec(&CONNECTOR.replace("credentials: {secretRef: {name: s3-reader}}", WEB_IDENTITY));
+    let mut pod = pod_of(&objects("sales-29923860", &s));
+    let volumes = pod["spec"]["volumes"].as_array_mut().unwrap();
+    let aws = volumes
+        .iter_mut()
+        .find(|v| v["name"] == "aws-token")
+        .unwrap();
+    aws["projected"]["sources"][0]["serviceAccountToken"]
+        .as_object_mut()
+        .unwrap()
+        .remove("audience");
+    assert_denied(
+        create(&pod),
+        "the API server's token in kube-api-access alone",
+    );
+    // Control: the builders' pod, whose kube-api-access token has no audience.
+    let pod = pod_of(&objects("sales-29923860", &s));
     assert_eq!(admit(&[create(&pod)]), vec![Ok(())]);
 }
 
@@ -401,6 +447,26 @@ fn hijacked_operator_deletes_a_tenants_network_policy() {
         "spec": {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]},
     });
     assert_denied(delete(&theirs), "may only create or delete a run's objects");
+}
+
+/// The operator deletes a pod someone else made under an attempt's name,
+/// claiming the run as its owner but without Ferry's labels (the control);
+/// a hijacked operator still deletes no pod a run does not control, nor a
+/// tenant's other objects claiming a run.
+#[test]
+fn the_operator_deletes_a_pod_that_only_claims_a_run_and_nothing_else() {
+    let pod = pod_of(&objects("sales-29923860", &spec(CONNECTOR)));
+    let mut impostor = pod.clone();
+    impostor["metadata"]["labels"] = json!({"ferry.dev/run": "sales-29923860"});
+    assert_eq!(admit(&[delete(&impostor)]), vec![Ok(())]);
+    let mut theirs = pod.clone();
+    theirs["metadata"]["ownerReferences"] = json!([]);
+    theirs["metadata"]["labels"] = json!({"app": "billing"});
+    assert_denied(delete(&theirs), "may only create or delete a run's objects");
+    let o = objects("sales-29923860", &spec(CONNECTOR));
+    let mut role = o[1].clone();
+    role["metadata"]["labels"] = json!({});
+    assert_denied(delete(&role), "may only create or delete a run's objects");
 }
 
 #[test]

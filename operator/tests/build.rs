@@ -426,6 +426,11 @@ fn a_run_without_uid_cannot_be_built() {
     );
 }
 
+/// Attack (closed by default): with no network setting at all, a run's
+/// policy once let the API server's ports through to every address (the
+/// metadata service on 443 included: rules are ORed) and the endpoints'
+/// ports to the cluster's pod and service ranges. Now private ranges are
+/// excepted and, no API server address being known, its ports open nowhere.
 #[test]
 fn the_network_policy_denies_ingress_and_limits_egress() {
     let s = spec(&CONNECTOR.replace(
@@ -438,8 +443,8 @@ fn the_network_policy_denies_ingress_and_limits_egress() {
     assert_eq!(spec.ingress.unwrap().len(), 0);
     let egress = serde_json::to_value(spec.egress.unwrap()).unwrap();
     let outside = serde_json::json!([
-        {"ipBlock": {"cidr": "0.0.0.0/0", "except": ["0.0.0.0/8", "100.100.100.200/32", "169.254.0.0/16"]}},
-        {"ipBlock": {"cidr": "::/0", "except": ["fd00:ec2::254/128", "fe80::/10"]}},
+        {"ipBlock": {"cidr": "0.0.0.0/0", "except": ["0.0.0.0/8", "10.0.0.0/8", "100.100.100.200/32", "100.64.0.0/10", "169.254.0.0/16", "172.16.0.0/12", "192.168.0.0/16"]}},
+        {"ipBlock": {"cidr": "::/0", "except": ["fc00::/7", "fd00:ec2::254/128", "fe80::/10"]}},
     ]);
     assert_eq!(
         egress,
@@ -447,7 +452,8 @@ fn the_network_policy_denies_ingress_and_limits_egress() {
             {"ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
              "to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
                      "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}]},
-            {"ports": [{"protocol": "TCP", "port": 443}, {"protocol": "TCP", "port": 6443}]},
+            // No API server address known (none configured, none read): no
+            // rule for its ports at all, never one to anywhere.
             {"ports": [{"protocol": "TCP", "port": 443}, {"protocol": "TCP", "port": 8443}], "to": outside},
         ])
     );
@@ -457,20 +463,18 @@ fn the_network_policy_denies_ingress_and_limits_egress() {
     );
 }
 
-/// Attack: a Connector points at the cloud metadata service or at a pod or
-/// service of the cluster (SSRF). The run's NetworkPolicy lets it reach the
-/// endpoints' ports outside the denied networks only, the API server only
+/// Attack: a Connector points at the cloud metadata service or at a pod,
+/// service or node of the cluster (SSRF). The run's NetworkPolicy lets it
+/// reach the endpoints' ports outside link-local, metadata, private (but the
+/// ranges the platform allows) and denied networks only, the API server only
 /// where it is, DNS only at the cluster's DNS pods; the runner is told the
-/// denied networks to check every address it connects to.
+/// denied and allowed networks to check every address it connects to.
 #[test]
 fn the_network_policy_keeps_a_run_from_metadata_and_cluster_addresses() {
     let config = Config {
         network: ferry_operator::config::RunNetwork {
-            denied_cidrs: vec![
-                "10.96.0.0/12".into(),
-                "10.244.0.0/16".into(),
-                "fd10::/64".into(),
-            ],
+            denied_cidrs: vec!["203.0.113.0/24".into(), "fd10::/64".into()],
+            allowed_cidrs: vec!["10.20.0.0/24".into()],
             api_server_cidrs: vec!["192.0.2.10/32".into()],
             ..Default::default()
         },
@@ -494,8 +498,10 @@ fn the_network_policy_keeps_a_run_from_metadata_and_cluster_addresses() {
     assert_eq!(
         egress[2]["to"],
         serde_json::json!([
-            {"ipBlock": {"cidr": "0.0.0.0/0", "except": ["0.0.0.0/8", "10.244.0.0/16", "10.96.0.0/12", "100.100.100.200/32", "169.254.0.0/16"]}},
-            {"ipBlock": {"cidr": "::/0", "except": ["fd00:ec2::254/128", "fd10::/64", "fe80::/10"]}},
+            {"ipBlock": {"cidr": "0.0.0.0/0", "except": ["0.0.0.0/8", "10.0.0.0/8", "100.100.100.200/32", "100.64.0.0/10", "169.254.0.0/16", "172.16.0.0/12", "192.168.0.0/16", "203.0.113.0/24"]}},
+            {"ipBlock": {"cidr": "::/0", "except": ["fc00::/7", "fd00:ec2::254/128", "fd10::/64", "fe80::/10"]}},
+            // The private range the platform allows (an on-premises server).
+            {"ipBlock": {"cidr": "10.20.0.0/24"}},
         ])
     );
     assert!(
@@ -510,7 +516,12 @@ fn the_network_policy_keeps_a_run_from_metadata_and_cluster_addresses() {
     assert!(
         env.iter()
             .any(|e| e.name == ferry_crds::contract::env::DENIED_NETWORKS
-                && e.value.as_deref() == Some("10.96.0.0/12,10.244.0.0/16,fd10::/64"))
+                && e.value.as_deref() == Some("203.0.113.0/24,fd10::/64"))
+    );
+    assert!(
+        env.iter()
+            .any(|e| e.name == ferry_crds::contract::env::ALLOWED_NETWORKS
+                && e.value.as_deref() == Some("10.20.0.0/24"))
     );
 }
 
@@ -526,8 +537,14 @@ fn a_lineage_sink_is_passed_to_the_runner_and_let_through_the_network_policy() {
     assert!(env.iter().any(|e| e.name == "FERRY_LINEAGE_URL"
         && e.value.as_deref() == Some("https://lineage.example.com:5443/api/v1/lineage")));
     let egress = serde_json::to_value(o.network_policy.spec.unwrap().egress.unwrap()).unwrap();
+    let endpoints = egress
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["to"][0]["ipBlock"]["cidr"] == "0.0.0.0/0")
+        .unwrap();
     assert!(
-        egress[2]["ports"]
+        endpoints["ports"]
             .as_array()
             .unwrap()
             .contains(&serde_json::json!({"protocol": "TCP", "port": 5443}))

@@ -67,7 +67,7 @@ async fn a_failed_shard_is_retried_alone_and_the_last_step_writes_the_manifest()
     assert_eq!(s.shard_statuses.len(), 3);
     assert_eq!(s.attempts, None, "the last step has not started");
     for i in 0..3 {
-        let pod: Pod = w.get(&format!("r1-s{i}-1")).await;
+        let pod: Pod = w.get(&format!("r1-1-s{i}")).await;
         assert_eq!(env(&pod, "FERRY_SHARD"), Some(format!("{i}/3")));
         assert_eq!(env(&pod, "FERRY_RUN_ATTEMPT").as_deref(), Some("1"));
         let labels = pod.metadata.labels.unwrap();
@@ -81,7 +81,7 @@ async fn a_failed_shard_is_retried_alone_and_the_last_step_writes_the_manifest()
     assert!(!w.exists::<Pod>("r1-1").await);
 
     for i in 0..3 {
-        w.set_pod_status(&format!("r1-s{i}-1"), json!({"phase": "Running"}))
+        w.set_pod_status(&format!("r1-1-s{i}"), json!({"phase": "Running"}))
             .await;
     }
     let s = status(&w.reconcile_run("r1").await);
@@ -90,10 +90,10 @@ async fn a_failed_shard_is_retried_alone_and_the_last_step_writes_the_manifest()
     // Shards 0 and 2 succeed; shard 1's pod is killed.
     for i in [0, 2] {
         shard_reports(&w, "r1", i, json!({"attempt": 1, "objectsCopied": 5, "objectsSkipped": 0, "bytesRead": 50, "bytesWritten": 90, "manifest": ".ferry/shards/r1/0-of-3.json"})).await;
-        w.set_pod_status(&format!("r1-s{i}-1"), json!({"phase": "Succeeded"}))
+        w.set_pod_status(&format!("r1-1-s{i}"), json!({"phase": "Succeeded"}))
             .await;
     }
-    w.set_pod_status("r1-s1-1", failed_pod()).await;
+    w.set_pod_status("r1-1-s1", failed_pod()).await;
     let s = status(&w.reconcile_run("r1").await);
     assert_eq!(s.shards.as_deref(), Some("2/3"));
     assert_eq!(s.phase, Some(RunPhase::Running));
@@ -102,23 +102,23 @@ async fn a_failed_shard_is_retried_alone_and_the_last_step_writes_the_manifest()
     assert_eq!(one.reason.as_deref(), Some("RunnerFailed"));
     assert!(one.next_attempt_time.is_some());
     assert!(
-        !w.exists::<Pod>("r1-s1-1").await,
+        !w.exists::<Pod>("r1-1-s1").await,
         "the failed pod is deleted"
     );
 
     w.advance(60);
     let s = status(&w.reconcile_run("r1").await);
     assert_eq!(s.shard_statuses[1].attempts, 2);
-    assert!(w.exists::<Pod>("r1-s1-2").await, "shard 1 runs again");
-    for other in ["r1-s0-2", "r1-s2-2"] {
+    assert!(w.exists::<Pod>("r1-2-s1").await, "shard 1 runs again");
+    for other in ["r1-2-s0", "r1-2-s2"] {
         assert!(!w.exists::<Pod>(other).await, "{other}: the others are not");
     }
-    let pod: Pod = w.get("r1-s1-2").await;
+    let pod: Pod = w.get("r1-2-s1").await;
     assert_eq!(env(&pod, "FERRY_RUN_ATTEMPT").as_deref(), Some("2"));
 
     // A report of the first attempt does not stand for the second.
     shard_reports(&w, "r1", 1, json!({"attempt": 1, "objectsCopied": 0, "objectsSkipped": 0, "bytesRead": 0, "bytesWritten": 0, "error": {"reason": "InvalidCredentials", "message": "old", "retryable": false}})).await;
-    w.set_pod_status("r1-s1-2", json!({"phase": "Running"}))
+    w.set_pod_status("r1-2-s1", json!({"phase": "Running"}))
         .await;
     let s = status(&w.reconcile_run("r1").await);
     assert_eq!(s.shard_statuses[1].phase, Some(RunPhase::Running), "{s:?}");
@@ -126,7 +126,7 @@ async fn a_failed_shard_is_retried_alone_and_the_last_step_writes_the_manifest()
     // (`error: null`: the fake API merges an apply into what the manager
     // applied before, where a real one would drop the fields left out.)
     shard_reports(&w, "r1", 1, json!({"attempt": 2, "objectsCopied": 4, "objectsSkipped": 0, "bytesRead": 40, "bytesWritten": 80, "error": null})).await;
-    w.set_pod_status("r1-s1-2", json!({"phase": "Succeeded"}))
+    w.set_pod_status("r1-2-s1", json!({"phase": "Succeeded"}))
         .await;
     let s = status(&w.reconcile_run("r1").await);
     assert_eq!(s.shards.as_deref(), Some("3/3"), "{s:#?}");
@@ -147,7 +147,7 @@ async fn a_failed_shard_is_retried_alone_and_the_last_step_writes_the_manifest()
     let s = status(&w.reconcile_run("r1").await);
     assert_eq!(s.phase, Some(RunPhase::Succeeded), "{s:?}");
     assert_eq!(s.result.unwrap().objects_copied, 14);
-    for pod in ["r1-s0-1", "r1-s1-1", "r1-s1-2", "r1-s2-1", "r1-1"] {
+    for pod in ["r1-1-s0", "r1-1-s1", "r1-2-s1", "r1-1-s2", "r1-1"] {
         assert!(!w.exists::<Pod>(pod).await, "{pod} left behind");
     }
     assert!(
@@ -177,14 +177,14 @@ async fn a_shard_that_fails_for_good_fails_the_run_and_every_shard_pod_goes() {
     w.create_run("r2", "sales").await;
     w.reconcile_run("r2").await;
     shard_reports(&w, "r2", 2, json!({"attempt": 1, "objectsCopied": 0, "objectsSkipped": 0, "bytesRead": 0, "bytesWritten": 0, "error": {"reason": "InvalidCredentials", "message": "the destination refused the account key", "retryable": false}})).await;
-    w.set_pod_status("r2-s2-1", json!({"phase": "Failed"}))
+    w.set_pod_status("r2-1-s2", json!({"phase": "Failed"}))
         .await;
     let s = status(&w.reconcile_run("r2").await);
     assert_eq!(s.phase, Some(RunPhase::Failed), "{s:?}");
     assert_eq!(s.reason.as_deref(), Some("InvalidCredentials"));
     assert!(s.message.unwrap().starts_with("shard 2: "));
     for i in 0..3 {
-        assert!(!w.exists::<Pod>(&format!("r2-s{i}-1")).await);
+        assert!(!w.exists::<Pod>(&format!("r2-1-s{i}")).await);
     }
     assert!(!w.exists::<Pod>("r2-1").await, "no last step");
 }

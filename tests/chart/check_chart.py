@@ -78,6 +78,8 @@ ok(
             "PodDisruptionBudget/ferry-operator",
             "Role/ferry-operator-leader",
             "RoleBinding/ferry-operator-leader",
+            "Role/ferry-operator-api-server-endpoints",
+            "RoleBinding/ferry-operator-api-server-endpoints",
             "Service/ferry-operator-metrics",
             "ServiceAccount/ferry-operator",
             "ValidatingAdmissionPolicy/ferry-operator-run-objects",
@@ -156,8 +158,12 @@ def hijacked_operator_cannot_reach_other_namespaces(docs, tenants):
     rights = hijacked_operator_rights(docs)
     wide = {r for r in rights if r[0] == "*" and r[2] not in ("namespaces",)}
     ok(not wide, f"no cluster-wide right but reading namespaces: {sorted(wide)}")
-    ok({r[0] for r in rights} - {"*", "ferry-system"} == set(tenants),
+    ok({r[0] for r in rights} - {"*", "ferry-system", "default"} == set(tenants),
        f"rights only in the tenant namespaces {tenants}: {sorted({r[0] for r in rights})}")
+    # In namespace default (unless it is a tenant): where the API server is.
+    in_default = {r[1:] for r in rights if r[0] == "default"}
+    ok("default" in tenants or in_default <= {("discovery.k8s.io", "endpointslices", "list")},
+       f"in namespace default, listing EndpointSlices alone: {sorted(in_default)}")
     ok(not any(r[2] == "secrets" and r[3] != "get" for r in rights), "Secrets: get only")
 
 
@@ -251,10 +257,16 @@ ok(not any(a.startswith("--sts-endpoint") for a in default_args), "the regional 
 ok("--allow-plain-http-loopback" not in default_args, "plain http is off by default")
 ok("--dns-pod-labels=k8s-app=kube-dns" in default_args and "--dns-namespace=kube-system" in default_args,
    f"runs query the cluster DNS pods only: {default_args}")
-net = render("runner.network.deniedCIDRs={10.244.0.0/16,10.96.0.0/12}", "runner.network.apiServerCIDRs={192.0.2.10/32}")
+net = render("runner.network.deniedCIDRs={203.0.113.0/24}", "runner.network.allowedCIDRs={10.20.0.0/24}",
+             "runner.network.apiServerCIDRs={192.0.2.10/32}")
 net_args = next(d for d in net if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
-ok("--denied-networks=10.244.0.0/16,10.96.0.0/12" in net_args and "--api-server-cidrs=192.0.2.10/32" in net_args,
-   f"the cluster's ranges reach the operator: {net_args}")
+ok("--denied-networks=203.0.113.0/24" in net_args and "--allowed-networks=10.20.0.0/24" in net_args
+   and "--api-server-cidrs=192.0.2.10/32" in net_args, f"the network settings reach the operator: {net_args}")
+ok("Role/ferry-operator-api-server-endpoints" not in kinds(net),
+   "with the API server's addresses given, the operator reads no EndpointSlice")
+ok("Role/ferry-operator-api-server-endpoints" in kinds(default)
+   and next(d for d in default if d["kind"] == "Role" and d["metadata"]["name"] == "ferry-operator-api-server-endpoints")
+   ["metadata"]["namespace"] == "default", "by default the operator finds the API server in its EndpointSlices")
 sts = render("runner.stsEndpoint=https://sts.eu-west-1.amazonaws.com")
 ok("--sts-endpoint=https://sts.eu-west-1.amazonaws.com" in next(d for d in sts if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"],
    "the STS endpoint reaches the operator")

@@ -12,7 +12,7 @@ from cluster import Cluster
 
 # The namespaces the platform team opted in; the operator acts on no other.
 TENANTS = ["acme", "refused-sensitivity", "refused-residency", "retry", "deadline", "scheduled", "rollback",
-           "vaulted", "sharded", "attacks"]
+           "vaulted", "sharded", "attacks", "impostors"]
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,7 @@ pass through authorization and admission as a real write does."""
 from __future__ import annotations
 
 import copy
+import ipaddress
 import json
 import os
 import signal
@@ -312,6 +313,65 @@ def test_the_chart_policies_type_check_on_the_api_server(cluster: Cluster):
                   if "ERROR:" in line]
         other = [e for e in errors if "undefined field" not in e]
         assert not other, f"{name}: {other}"
+
+
+# -- where a run may connect --
+
+def lets_through(policy: dict, address: str, port: int) -> bool:
+    """Whether the NetworkPolicy `policy` lets its pods open a TCP connection
+    to `address`:`port` outside the cluster's pods (NetworkPolicy's rules and
+    peers are ORed; an ipBlock lets through its CIDR but its exceptions; a
+    rule with no peers lets through every address, one with no ports every
+    port). Namespace and pod selectors match pods, not such addresses."""
+    ip = ipaddress.ip_address(address)
+    for rule in policy["spec"].get("egress") or []:
+        ports = rule.get("ports")
+        if ports and not any(p.get("protocol", "TCP") == "TCP" and p.get("port") == port for p in ports):
+            continue
+        peers = rule.get("to")
+        if not peers:
+            return True
+        for peer in peers:
+            block = peer.get("ipBlock")
+            if not block:
+                continue
+            cidr = ipaddress.ip_network(block["cidr"])
+            if ip.version == cidr.version and ip in cidr and not any(
+                    ip in ipaddress.ip_network(e) for e in block.get("except") or []
+                    if ipaddress.ip_network(e).version == ip.version):
+                return True
+    return False
+
+
+def test_a_run_cannot_reach_metadata_or_cluster_addresses_under_the_default_chart(cluster: Cluster, captured: dict):
+    """Attack: a Connector names the cloud metadata service, a service or pod
+    of the cluster, or a node, on one of the ports its run may use (the
+    API server's, its endpoints'). Under the default chart (no network
+    setting at all) a run's NetworkPolicy, as the real API server keeps it,
+    lets none of it through: private, CGNAT, link-local, ULA and metadata
+    addresses are closed, and the API server's ports are open at the API
+    server's own address (read from the `kubernetes` EndpointSlice) only."""
+    policy = captured["objects"]["NetworkPolicy"]
+    slices = cluster.items("/apis/discovery.k8s.io/v1/namespaces/default/endpointslices"
+                           "?labelSelector=kubernetes.io/service-name%3Dkubernetes")
+    api_server = [a for s in slices for e in s.get("endpoints") or [] for a in e["addresses"]]
+    assert api_server, "the kubernetes Service has no EndpointSlice"
+    api_ports = (443, 6443)
+    endpoint_ports = (5000, 10000)  # moto's and Azurite's, the run's endpoints
+    for address in ("169.254.169.254", "fd00:ec2::254", "100.100.100.200", "10.96.0.1", "10.244.1.7",
+                    "172.17.0.1", "192.168.1.1", "100.64.0.1", "fd12::1"):
+        for port in api_ports + endpoint_ports:
+            assert not lets_through(policy, address, port), (address, port, policy["spec"]["egress"])
+    # Control: the API server where it is, and the endpoints' ports on any
+    # public address (loopback included, a pod's own), are let through.
+    for address in api_server:
+        assert lets_through(policy, address, 6443) or lets_through(policy, address, 443), address
+    for address in ("52.95.110.1", "2600:1f18::1", "127.0.0.1"):
+        for port in endpoint_ports:
+            assert lets_through(policy, address, port), (address, port)
+    assert not lets_through(policy, "52.95.110.1", 22), "a port no endpoint uses"
+    assert not any(lets_through(policy, "198.51.100.7", port) for port in api_ports), \
+        "the API server's ports elsewhere than at the API server"
 
 
 # -- a tenant passing for a run --

@@ -336,7 +336,7 @@ def test_a_run_over_three_shards_with_one_killed_is_retried_alone_and_verifies_a
     base = yaml.safe_load((ROOT / "examples/s3-to-azure/connector.yaml").read_text())["spec"]["run"]
     conn = example(cluster, ns, bucket, container, run={**base, "parallelism": 3})
     name = manual_run(cluster, ns)
-    pods = [f"{name}-s{s}-1" for s in range(3)]
+    pods = [f"{name}-1-s{s}" for s in range(3)]
     pidfile = cluster.dir / "node/pids" / f"{ns}_{pods[victim]}.pid"
 
     def phases() -> dict[str, str]:
@@ -357,7 +357,7 @@ def test_a_run_over_three_shards_with_one_killed_is_retried_alone_and_verifies_a
     assert status["shards"] == "3/3"
     assert [s["attempts"] for s in status["shardStatuses"]] == [2 if s == victim else 1 for s in range(3)]
     seen = {p["metadata"]["name"] for p in cluster.watch_pods() if p["metadata"]["labels"].get("ferry.dev/run") == name}
-    assert seen == {*pods, f"{name}-s{victim}-2", f"{name}-1"}, seen
+    assert seen == {*pods, f"{name}-2-s{victim}", f"{name}-1"}, seen
     killed = [p for p in cluster.watch_pods() if p["metadata"]["name"] == pods[victim] and
               (p.get("status") or {}).get("phase") == "Failed"]
     assert killed and killed[-1]["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 137

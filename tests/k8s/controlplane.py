@@ -49,6 +49,13 @@ HERE = pathlib.Path(__file__).resolve().parent
 # The issuer of the cluster's ServiceAccount tokens, and so their `iss`.
 ISSUER = "https://kubernetes.default.svc"
 SERVICE_RANGE = "10.96.0.0/16"
+# The address the `kubernetes` Service's EndpointSlice names. This API server
+# listens on loopback alone, which an endpoint may not name, so its endpoint
+# reconciler is off and the slice is written here with an address of the
+# documentation range (RFC 5737), as a routable API server would advertise
+# its own: what the operator reads to open a run's NetworkPolicy to the API
+# server and nowhere else. Nothing dials it.
+API_SERVER_ADDRESS = "192.0.2.10"
 # What the API server adds to its default admission plugins (which include
 # NamespaceLifecycle, ServiceAccount, PodSecurity, ValidatingAdmissionPolicy).
 ADMISSION_PLUGINS = "NodeRestriction,MutatingAdmissionPolicy"
@@ -280,8 +287,8 @@ class ControlPlane:
             "--service-account-key-file", str(self.pki / "sa.pub"),
             "--service-account-signing-key-file", str(self.pki / "sa.key"),
             "--service-cluster-ip-range", SERVICE_RANGE,
-            # The `kubernetes` Service gets no endpoints: an address on
-            # loopback is not a valid endpoint, and nothing here dials it.
+            # The `kubernetes` Service's endpoints are written below: an
+            # address on loopback is not a valid endpoint.
             "--endpoint-reconciler-type", "none",
             "--authorization-mode", "Node,RBAC",
             "--enable-admission-plugins", ADMISSION_PLUGINS,
@@ -302,6 +309,7 @@ class ControlPlane:
                 return False
 
         wait_for("kube-apiserver to be ready", ready, 180, lambda: self.log("kube-apiserver"))
+        self._api_server_endpoints(ctx)
 
         kcm = self.kubeconfig("system:kube-controller-manager", name="kube-controller-manager")
         self._run("kube-controller-manager", [
@@ -328,6 +336,21 @@ class ControlPlane:
 
         wait_for("the controller manager to publish the cluster CA", ca_published, 120,
                  lambda: self.log("kube-controller-manager"))
+
+    def _api_server_endpoints(self, ctx: ssl.SSLContext) -> None:
+        """The `kubernetes` Service's EndpointSlice, as the endpoint reconciler
+        of an API server with a routable address keeps it."""
+        body = {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                "metadata": {"name": "kubernetes", "namespace": "default",
+                             "labels": {"kubernetes.io/service-name": "kubernetes"}},
+                "addressType": "IPv4",
+                "endpoints": [{"addresses": [API_SERVER_ADDRESS], "conditions": {"ready": True}}],
+                "ports": [{"name": "https", "port": self.port, "protocol": "TCP"}]}
+        request = urllib.request.Request(
+            f"{self.url}/apis/discovery.k8s.io/v1/namespaces/default/endpointslices",
+            data=json.dumps(body).encode(), method="POST", headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10, context=ctx) as r:
+            assert r.status == 201, r.status
 
     def version(self) -> dict:
         with urllib.request.urlopen(f"{self.url}/version", timeout=5,

@@ -48,10 +48,20 @@ pub struct Cli {
     #[arg(long, global = true, env = env::AWS_ENDPOINT)]
     aws_endpoint: Option<String>,
     /// Networks (CIDRs, comma separated) no connection may go to, besides
-    /// link-local and the cloud metadata addresses, which are always denied; in
-    /// a cluster, set by the operator (the cluster's pod and service ranges).
+    /// link-local and the cloud metadata addresses, which are always denied,
+    /// and private ranges, denied unless allowed; in a cluster, set by the
+    /// operator.
     #[arg(long, global = true, env = env::DENIED_NETWORKS, value_delimiter = ',')]
     denied_networks: Vec<String>,
+    /// How long the run may last (the pod's `activeDeadlineSeconds`; in a
+    /// cluster, set by the operator): STS sessions end soon after.
+    #[arg(long, global = true, env = env::ACTIVE_DEADLINE_SECONDS)]
+    active_deadline_seconds: Option<u64>,
+    /// Private networks (CIDRs, comma separated: RFC 1918, CGNAT, IPv6
+    /// unique-local) connections may go to, e.g. an on-premises SFTP server;
+    /// in a cluster, set by the operator.
+    #[arg(long, global = true, env = env::ALLOWED_NETWORKS, value_delimiter = ',')]
+    allowed_networks: Vec<String>,
     /// The platform's Vault or OpenBao, for credentials a Connector keeps
     /// there (`credentials.vault`); in a cluster, set by the operator.
     #[arg(long, global = true, env = env::VAULT_ADDR)]
@@ -127,10 +137,10 @@ pub fn main(cli: Cli) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let network = match crate::net::NetworkGuard::new(&cli.denied_networks) {
+    let network = match crate::net::NetworkGuard::new(&cli.denied_networks, &cli.allowed_networks) {
         Ok(n) => n,
         Err(e) => {
-            eprintln!("job-runner: error: --denied-networks: {e}");
+            eprintln!("job-runner: error: --denied-networks / --allowed-networks: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -153,6 +163,9 @@ pub fn main(cli: Cli) -> ExitCode {
         aws_token_file: None,
         network,
         vault,
+        run_ends: cli
+            .active_deadline_seconds
+            .map(|s| std::time::Instant::now() + std::time::Duration::from_secs(s)),
     };
     match runtime.block_on(dispatch(cli.command, &platform)) {
         Ok(()) => ExitCode::SUCCESS,

@@ -187,6 +187,13 @@ pub async fn verify(args: VerifyArgs, platform: &config::Platform) -> Result<(),
             .map(|a| format!(", newest {a}"))
             .unwrap_or_default()
     );
+    if !chain.foreign.is_empty() {
+        println!(
+            "warning: {} file(s) under the manifests' folder are not this Connector's manifests and were passed over: {}",
+            chain.foreign.len(),
+            chain.foreign.join(", ")
+        );
+    }
     if !args.public_keys.is_empty() {
         println!(
             "{} manifest(s) signed; {} older unsigned manifest(s) not checked{}",

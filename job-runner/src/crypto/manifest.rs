@@ -404,16 +404,14 @@ impl Manifest {
 
     /// The link the next manifest names as its `previous`.
     pub fn link(&self) -> String {
-        use sha2::Digest;
-        let mut out = Vec::with_capacity(256);
-        out.extend_from_slice(b"ferry-manifest-link\0");
-        put_str(&mut out, &self.name);
-        put_u64(&mut out, self.sequence());
-        put_opt(&mut out, self.previous.as_deref());
-        put_str(&mut out, &self.run);
-        put_str(&mut out, &self.connector);
-        put_str(&mut out, &self.created);
-        hex::encode(Sha256::digest(&out))
+        ferry_crds::chain::manifest_link(ferry_crds::chain::LinkInput {
+            name: &self.name,
+            sequence: self.sequence(),
+            previous: self.previous.as_deref(),
+            run: &self.run,
+            connector: &self.connector,
+            created: &self.created,
+        })
     }
 
     fn canonical(&self) -> Vec<u8> {

@@ -30,6 +30,9 @@ pub struct Platform {
     /// The run's projected token for AWS; unset, [`token_file`] of the AWS
     /// SDKs' variable or the operator's mount.
     pub aws_token_file: Option<PathBuf>,
+    /// When the run must end (its pod's deadline), if it has one: the cloud
+    /// sessions it gets end soon after.
+    pub run_ends: Option<std::time::Instant>,
 }
 
 impl Platform {

@@ -22,7 +22,7 @@ use zeroize::Zeroizing;
 use super::access::{OpenError, Platform, SecretKeyMissing, Secrets, token_file};
 use super::multipart::{self, Sizes, Uploader};
 use super::{
-    ByteStream, Listing, ObjectMeta, ObjectStore, StorageError, check_endpoint_url, check_key,
+    ByteStream, Listing, ObjectMeta, ObjectStore, StorageError, check_connector_url, check_key,
 };
 use ferry_crds::AzureBlobEndpoint;
 use ferry_crds::contract::{env, paths};
@@ -155,7 +155,12 @@ impl AzureStore {
         let mut options =
             object_store::ClientOptions::new().with_dns_resolver(Arc::new(config.network.clone()));
         if let Some(url) = &config.endpoint {
-            check_endpoint_url(&name, url, config.insecure_plain_http_on_loopback)?;
+            check_connector_url(
+                &name,
+                url,
+                config.insecure_plain_http_on_loopback,
+                &config.network,
+            )?;
             b = b.with_endpoint(url.trim_end_matches('/').to_string());
             options = options.with_allow_http(url.starts_with("http://"));
         }

@@ -240,6 +240,24 @@ pub fn check_endpoint_url(
         })
 }
 
+/// [`check_endpoint_url`] for a Connector's endpoint, and its host, when an
+/// IP literal, outside the networks runs may not reach (the resolver checks
+/// names; the clients never ask it about literals).
+pub fn check_connector_url(
+    endpoint: &str,
+    url: &str,
+    allow_plain_loopback: bool,
+    network: &crate::net::NetworkGuard,
+) -> Result<(), StorageError> {
+    check_endpoint_url(endpoint, url, allow_plain_loopback)?;
+    network
+        .check_url(url)
+        .map_err(|refused| StorageError::Unreachable {
+            endpoint: endpoint.to_string(),
+            reason: refused.to_string(),
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,11 +16,14 @@ use crate::crypto::segments::SegmentRef;
 use crate::crypto::{Kek, ManifestEntry, ObjectEncrypter};
 use crate::pipe::{Origin, SealError, encrypt_stream};
 use crate::project::Projector;
-use crate::storage::{ObjectMeta, ObjectStore};
+use crate::storage::{ObjectMeta, ObjectStore, StorageError};
 
 use super::plan::{Step, Verdict};
 use super::records::SegmentWriter;
 use super::{Options, Planned, Progress, Report, SMALL_FACTOR, SMALL_OBJECT, TransferError};
+
+/// Audit reason of a source key under `.ferry/`, set apart and not copied.
+pub const RESERVED: &str = "FerryRecords";
 
 /// How many steps of a plan may be under way at once, in times the copies
 /// that may run at once: an object slower than the rest (a large one) does not
@@ -170,6 +173,17 @@ impl Tally {
                 report.objects_failed += 1;
                 report.refused.push((obj.key, r.message));
             }
+            Verdict::Reserved => {
+                // A source's own `.ferry/` (another Ferry destination used as
+                // a source, or a file dropped there to pass for a record).
+                audit.record(
+                    "object.skipped",
+                    Outcome::Denied,
+                    Some(RESERVED),
+                    Some(&obj.key),
+                );
+                report.objects_skipped += 1;
+            }
             Verdict::Unchanged => report.objects_skipped += 1,
             Verdict::Copy { streams, .. } => report.planned.push(Planned {
                 key: obj.key,
@@ -277,6 +291,15 @@ async fn copy_one(
         key: obj.key.clone(),
         reason,
     };
+    if obj.key.starts_with(crate::crypto::manifest::RECORDS_DIR) {
+        // Never reached (the plan sets such keys apart): a data object never
+        // lands among the destination's own records.
+        return Err(TransferError::Storage(StorageError::InvalidKey {
+            endpoint: dst.describe(),
+            key: obj.key.clone(),
+            reason: "under .ferry/, where Ferry keeps its own records",
+        }));
+    }
     let projector = fields.map(|f| Projector::new(&obj.key, f)).transpose()?;
     let input = src.get(&obj.key, None).await?;
     let enc = ObjectEncrypter::new(kek, &obj.key).map_err(|e| encrypt_error(e.to_string()))?;

@@ -56,7 +56,7 @@ pub async fn erase(
         }
     }
     let (segments, segment_bytes) = segments.finish().await?;
-    let (key, anchor, root_bytes) = write_manifest(
+    let written = write_manifest(
         dst.as_ref(),
         kek,
         opts,
@@ -66,9 +66,7 @@ pub async fn erase(
         records?,
     )
     .await?;
-    report.manifest_bytes += segment_bytes + root_bytes;
-    report.manifest = Some(key);
-    report.anchor = Some(anchor);
+    report.manifest_bytes += segment_bytes + written.report(&mut report);
     Ok(report)
 }
 
@@ -85,7 +83,7 @@ async fn erase_and_rewrite(
 ) -> Result<(Report, Option<String>, Vec<Tombstone>), TransferError> {
     let kek = &*keys.current()?;
     let previous = audited(
-        newest_manifest(dst.as_ref(), keys, opts.anchor.as_ref()).await,
+        newest_manifest(dst.as_ref(), keys, opts.anchor.as_ref(), Some(audit)).await,
         audit,
     )?;
     // Of each side's listing, only the keys asked for are kept.

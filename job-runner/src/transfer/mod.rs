@@ -130,6 +130,8 @@ pub enum TransferError {
     Projection(#[from] ProjectionError),
     #[error("invalid erasure request: {0}")]
     Erase(String),
+    #[error("the record {key:?} is larger than any Ferry writes ({limit} bytes): not read further")]
+    RecordTooLarge { key: String, limit: u64 },
     #[error(
         "{failed} object(s) failed or were refused ({refused} refused by policy{}); the manifest was not written and the cursor did not move",
         common.map(|r| format!(", all {r}")).unwrap_or_default()
@@ -150,6 +152,7 @@ impl TransferError {
             TransferError::Storage(e) => e.reason(),
             TransferError::Integrity { .. }
             | TransferError::ManifestParse { .. }
+            | TransferError::RecordTooLarge { .. }
             | TransferError::Chain(_) => Reason::IntegrityFailure,
             TransferError::Encrypt { .. } => Reason::EncryptionFailure,
             TransferError::Key(KeyError::Kms(e)) if e.unreachable => Reason::SecretStoreUnreachable,
@@ -192,6 +195,8 @@ pub struct Report {
     pub manifest: Option<String>,
     /// Its place in the destination's chain: the next run's anchor.
     pub anchor: Option<Anchor>,
+    /// When it was created, as written into it.
+    pub manifest_created: Option<String>,
     /// In plan mode, what would be copied (a sync run counts what it copies
     /// and lists each in its audit lines, holding no list of them).
     pub planned: Vec<Planned>,
@@ -237,7 +242,7 @@ pub async fn run(
     let selector = Selector::new(spec)?;
     let kek = &*keys.current()?;
     let previous = records::audited(
-        records::newest_manifest(dst.as_ref(), &keys, opts.anchor.as_ref()).await,
+        records::newest_manifest(dst.as_ref(), &keys, opts.anchor.as_ref(), Some(audit)).await,
         audit,
     )?;
     let last = previous.as_ref().map(|(_, m)| m);
@@ -294,7 +299,7 @@ pub async fn run(
         report.manifest_bytes += part_bytes;
         return Ok(report);
     }
-    let (key, anchor, root_bytes) = records::write_manifest(
+    let written = records::write_manifest(
         dst.as_ref(),
         kek,
         opts,
@@ -304,9 +309,7 @@ pub async fn run(
         records?,
     )
     .await?;
-    report.manifest = Some(key);
-    report.anchor = Some(anchor);
-    report.manifest_bytes = segment_bytes + root_bytes;
+    report.manifest_bytes = segment_bytes + written.report(&mut report);
     Ok(report)
 }
 

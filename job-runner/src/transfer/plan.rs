@@ -12,6 +12,7 @@ use futures::{Stream, StreamExt};
 
 use ferry_crds::{Reason, Sensitivity};
 
+use crate::crypto::manifest::RECORDS_DIR;
 use crate::crypto::{ManifestEntry, Tombstone};
 use crate::project::{Format, ProjectionError};
 use crate::select::{Selection, Selector, StreamMatch};
@@ -54,6 +55,9 @@ impl<'a> Rules<'a> {
             Selection::Skip => return None,
             Selection::Take(s) => s,
         };
+        if obj.key.starts_with(RECORDS_DIR) {
+            return Some(Verdict::Reserved);
+        }
         if self.erased.contains(&obj.key) {
             return Some(Verdict::Erased);
         }
@@ -225,6 +229,10 @@ pub enum Verdict {
     Erased,
     /// Not read at all.
     Refused(Refusal),
+    /// Under `.ferry/`, where the destination keeps Ferry's own records: a
+    /// source's key there is never copied (it would land among them), only
+    /// audited. A Ferry destination read as a source has its records there.
+    Reserved,
 }
 
 /// Whether an object may be read, and which columns are kept: refused when a

@@ -30,7 +30,7 @@ pub async fn latest_manifest(
     dst: &dyn ObjectStore,
     keys: &KeyRing,
 ) -> Result<Option<(String, Manifest)>, TransferError> {
-    newest_manifest(dst, keys, None).await
+    newest_manifest(dst, keys, None, None).await
 }
 
 /// Everything under `under` at the destination, in key order; nothing when
@@ -59,46 +59,138 @@ pub(super) async fn stored_segments(
         .await?)
 }
 
+/// The most files under the manifests' folder that are not Ferry's manifests
+/// (not JSON, not verifying with the Connector's key, stored under another
+/// name than the one written into them) a search for the newest manifest
+/// passes over before it gives up.
+pub const MAX_FOREIGN_MANIFESTS: usize = 64;
+
+/// Whether `e`, met reading a file under the manifests' folder, says the file
+/// is no manifest of that name at all: not JSON, too large, or a manifest
+/// written under another name (an older one copied there). A manifest stored
+/// under its own name that does not verify is not such a file: it was
+/// altered, and that is reported.
+pub fn not_a_manifest(e: &TransferError) -> bool {
+    matches!(
+        e,
+        TransferError::ManifestParse { .. }
+            | TransferError::RecordTooLarge { .. }
+            | TransferError::Integrity {
+                source: ManifestError::Misplaced { .. },
+                ..
+            }
+    )
+}
+
+/// Whether `e`, met reading a file under the manifests' folder, says the file
+/// is none of the Connector's manifests: [`not_a_manifest`], or one that does
+/// not verify with its key. With an anchor, such a file is passed over: the
+/// chain from the anchor says whether a manifest of it is missing.
+fn not_the_connectors(e: &TransferError) -> bool {
+    not_a_manifest(e) || matches!(e, TransferError::Integrity { .. })
+}
+
 /// The newest manifest of the destination, verified: stored under the name
 /// it was written with, not created in the future, and, given the operator's
-/// `anchor`, the anchor's manifest or one built on it link by link.
+/// `anchor`, the anchor's manifest or one built on it link by link: the end
+/// of the chain that starts at the anchor, whatever other names sort after
+/// it. A file under the manifests' folder that is not one of the Connector's
+/// manifests (whoever can write the destination, or a source copied into it,
+/// can put one there under any name) is passed over, said in the log and
+/// the audit trail ([`MAX_FOREIGN_MANIFESTS`] at most); it never stops the
+/// Connector's runs. A manifest of the chain that is missing or altered still
+/// fails the run: the chain no longer reaches the anchor. Without an anchor
+/// (a first run, a local one) only files that are no manifest of their name
+/// ([`not_a_manifest`]) are passed over: an altered newest manifest fails.
 pub(super) async fn newest_manifest(
     dst: &dyn ObjectStore,
     keys: &KeyRing,
     anchor: Option<&Anchor>,
+    audit: Option<&AuditLog>,
 ) -> Result<Option<(String, Manifest)>, TransferError> {
     let mut names = manifest_names(dst).await?;
-    let Some(key) = newest_manifest_key(names.iter().map(String::as_str)) else {
-        if let Some(anchor) = anchor {
-            // The operator recorded a manifest; none is left.
-            return Err(ChainBreak::Rollback {
-                key: MANIFEST_DIR.to_string(),
-                found: 0,
-                anchor: anchor.sequence,
-            }
-            .into());
-        }
-        return Ok(None);
-    };
-    let newest = read_manifest(dst, &key, keys).await?;
-    not_in_the_future(&key, &newest)?;
-    if let Some(anchor) = anchor {
-        // Back from the newest to the anchor's sequence, each read and verified.
-        names.sort_by(|a, b| sort_key(b).cmp(&sort_key(a)));
-        let mut tail = vec![(key.clone(), newest.clone())];
-        for older in names.iter().filter(|k| **k != key) {
-            if tail
+    // Newest name first.
+    names.sort_by(|a, b| sort_key(b).cmp(&sort_key(a)));
+    let mut foreign = 0usize;
+    // The Connector's manifests, newest name first, down to the anchor's
+    // sequence (without an anchor, the first one).
+    let mut found: Vec<(String, Manifest)> = Vec::new();
+    for key in &names {
+        let enough = match anchor {
+            Some(anchor) => found
                 .last()
-                .is_some_and(|(_, m)| m.sequence() <= anchor.sequence)
-            {
-                break;
-            }
-            tail.push((older.to_string(), read_manifest(dst, older, keys).await?));
+                .is_some_and(|(_, m)| m.sequence() <= anchor.sequence),
+            None => !found.is_empty(),
+        };
+        if enough {
+            break;
         }
-        tail.reverse();
-        check_anchor(&tail, anchor)?;
+        match read_manifest(dst, key, keys).await {
+            Ok(m) => {
+                not_in_the_future(key, &m)?;
+                found.push((key.clone(), m));
+            }
+            Err(e) if anchor.map_or(not_a_manifest(&e), |_| not_the_connectors(&e)) => {
+                foreign += 1;
+                tracing::warn!(key, error = %e, "passing over a file under the manifests' folder that is not one of the Connector's manifests");
+                if let Some(audit) = audit {
+                    audit.record(
+                        "manifest.foreign",
+                        Outcome::Denied,
+                        Some(Reason::IntegrityFailure.as_str()),
+                        Some(key),
+                    );
+                }
+                if foreign > MAX_FOREIGN_MANIFESTS {
+                    return Err(e);
+                }
+            }
+            Err(e) => return Err(e),
+        }
     }
-    Ok(Some((key, newest)))
+    let Some(anchor) = anchor else {
+        return Ok(found.into_iter().next());
+    };
+    if found.is_empty() {
+        // The operator recorded a manifest; none is left.
+        return Err(ChainBreak::Rollback {
+            key: MANIFEST_DIR.to_string(),
+            found: 0,
+            anchor: anchor.sequence,
+        }
+        .into());
+    }
+    found.reverse();
+    let tail = chain_from(found, anchor)?;
+    Ok(tail.into_iter().last())
+}
+
+/// Of the Connector's manifests `found` (verified, oldest name first, the
+/// oldest at or before the anchor's sequence), the chain from the anchor's
+/// manifest to the newest built on it, link by link. The chain's end is the
+/// newest manifest; a manifest off it (two runs built on the same one, an
+/// older one put back) breaks the chain, as does an anchor not found.
+fn chain_from(
+    found: Vec<(String, Manifest)>,
+    anchor: &Anchor,
+) -> Result<Vec<(String, Manifest)>, TransferError> {
+    let Some(start) = found
+        .iter()
+        .position(|(_, m)| m.sequence() == anchor.sequence && m.link() == anchor.link)
+    else {
+        // As before: the newest one says how (a rollback, another manifest
+        // with the anchor's sequence).
+        check_anchor(&found, anchor)?;
+        return Err(ChainBreak::NotAnchor {
+            key: found[0].0.clone(),
+            sequence: anchor.sequence,
+        }
+        .into());
+    };
+    let mut tail = found;
+    tail.drain(..start);
+    check_anchor(&tail, anchor)?;
+    Ok(tail)
 }
 
 /// The entries of a verified manifest, in key order, one segment read at a
@@ -332,19 +424,51 @@ pub async fn resolve_key(
     }
 }
 
+/// The most a manifest or a shard's part may weigh. Ferry's own are small
+/// (entries live in segments, each at most [`segments::MAX_SEGMENT_BYTES`]);
+/// a manifest of the formats before segments held its entries inline, a
+/// million of them in about 300 MB. Whoever can write the destination could
+/// put a file of any size at a record's key: reading stops at the cap, with
+/// an error naming the record, before memory runs out.
+pub const MAX_RECORD_BYTES: u64 = 512 << 20;
+
+/// The bytes of the record at `key`, at most `limit` of them: a larger one is
+/// [`TransferError::RecordTooLarge`], read no further.
+pub async fn read_capped(
+    dst: &dyn ObjectStore,
+    key: &str,
+    limit: u64,
+) -> Result<Vec<u8>, TransferError> {
+    let mut body = dst.get(key, None).await?;
+    let mut bytes = Vec::new();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk?;
+        if (bytes.len() + chunk.len()) as u64 > limit {
+            return Err(TransferError::RecordTooLarge {
+                key: key.to_string(),
+                limit,
+            });
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(bytes)
+}
+
 /// Reads the manifest at `key` without verifying it: the caller does.
 pub async fn read_manifest_unverified(
     dst: &dyn ObjectStore,
     key: &str,
 ) -> Result<Manifest, TransferError> {
-    let bytes: Vec<u8> = dst
-        .get(key, None)
-        .await?
-        .try_fold(Vec::new(), |mut acc, b| async move {
-            acc.extend_from_slice(&b);
-            Ok(acc)
-        })
-        .await?;
+    read_manifest_capped(dst, key, MAX_RECORD_BYTES).await
+}
+
+/// [`read_manifest_unverified`] with the cap `limit`.
+pub async fn read_manifest_capped(
+    dst: &dyn ObjectStore,
+    key: &str,
+    limit: u64,
+) -> Result<Manifest, TransferError> {
+    let bytes = read_capped(dst, key, limit).await?;
     let manifest: Manifest =
         serde_json::from_slice(&bytes).map_err(|e| TransferError::ManifestParse {
             key: key.to_string(),
@@ -510,7 +634,7 @@ pub(super) async fn write_manifest(
     segments: Vec<SegmentRef>,
     erased: Vec<Tombstone>,
     records: Vec<ManifestEntry>,
-) -> Result<(String, Anchor, u64), TransferError> {
+) -> Result<Written, TransferError> {
     let now = jiff::Timestamp::now();
     let key = manifest_key(&opts.run_id, now);
     let mut manifest = Manifest::sign(
@@ -528,10 +652,68 @@ pub(super) async fn write_manifest(
     if let Some(signer) = &opts.signer {
         manifest.add_signature(signer);
     }
-    let written = put_manifest(dst, &key, &manifest).await?;
+    let bytes = put_manifest(dst, &key, &manifest).await?;
     let anchor = Anchor {
         sequence: manifest.sequence(),
         link: manifest.link(),
     };
-    Ok((key, anchor, written))
+    Ok(Written {
+        key,
+        anchor,
+        created: manifest.created,
+        bytes,
+    })
+}
+
+/// A manifest a run wrote.
+pub(super) struct Written {
+    pub key: String,
+    pub anchor: Anchor,
+    /// When it was created, as written into it (its link covers it).
+    pub created: String,
+    pub bytes: u64,
+}
+
+impl Written {
+    /// Puts the manifest's key, place and creation into `report`; its size.
+    pub fn report(self, report: &mut super::Report) -> u64 {
+        report.manifest = Some(self.key);
+        report.anchor = Some(self.anchor);
+        report.manifest_created = Some(self.created);
+        self.bytes
+    }
+}
+
+#[cfg(test)]
+mod capped_tests {
+    use super::*;
+    use crate::storage::local::LocalStore;
+
+    /// Attack: whoever can write the destination puts a file of gigabytes at
+    /// a manifest's (or a shard part's) key; every later run and `verify`
+    /// read it whole into memory. Reading stops at the cap, with an error that
+    /// names the record; a record within the cap reads as before (control).
+    #[tokio::test]
+    async fn a_huge_file_at_a_record_key_is_refused_without_reading_it_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = ".ferry/manifests/20261207T000000Z-huge.json";
+        std::fs::create_dir_all(dir.path().join(".ferry/manifests")).unwrap();
+        std::fs::write(dir.path().join(key), vec![b' '; 256 << 10]).unwrap();
+        let store = LocalStore::new(dir.path());
+        let e = read_manifest_capped(&store, key, 64 << 10)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, TransferError::RecordTooLarge { key: k, limit } if k == key && *limit == 64 << 10),
+            "{e}"
+        );
+        assert!(e.to_string().contains(key), "{e}");
+        assert_eq!(e.reason(), ferry_crds::Reason::IntegrityFailure);
+        // Within the cap: read, and refused for what it is (not a manifest).
+        let e = read_manifest_capped(&store, key, 1 << 20)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, TransferError::ManifestParse { .. }), "{e}");
+        assert!(read_capped(&store, key, 256 << 10).await.is_ok());
+    }
 }

@@ -66,14 +66,7 @@ async fn read_part(
         key: key.clone(),
         source,
     };
-    let bytes: Vec<u8> = dst
-        .get(&key, None)
-        .await?
-        .try_fold(Vec::new(), |mut acc, b| async move {
-            acc.extend_from_slice(&b);
-            Ok(acc)
-        })
-        .await?;
+    let bytes = super::records::read_capped(dst, &key, super::records::MAX_RECORD_BYTES).await?;
     let part: ShardPart =
         serde_json::from_slice(&bytes).map_err(|e| TransferError::ManifestParse {
             key: key.clone(),
@@ -160,7 +153,7 @@ pub async fn commit(
 ) -> Result<Report, TransferError> {
     let kek = &*keys.current()?;
     let previous = records::audited(
-        records::newest_manifest(dst.as_ref(), &keys, opts.anchor.as_ref()).await,
+        records::newest_manifest(dst.as_ref(), &keys, opts.anchor.as_ref(), Some(audit)).await,
         audit,
     )?;
     let last = previous.as_ref().map(|(_, m)| m);
@@ -212,7 +205,7 @@ pub async fn commit(
     all_records.extend(own_records?);
     all_records.sort_by(|a, b| a.key.cmp(&b.key));
     let tombstones = last.map(|m| m.erased.clone()).unwrap_or_default();
-    let (key, anchor, root_bytes) = records::write_manifest(
+    let written = records::write_manifest(
         dst.as_ref(),
         kek,
         opts,
@@ -222,12 +215,8 @@ pub async fn commit(
         all_records,
     )
     .await?;
-    let mut report = Report {
-        manifest: Some(key),
-        anchor: Some(anchor),
-        manifest_bytes: segment_bytes + root_bytes,
-        ..Report::default()
-    };
+    let mut report = Report::default();
+    report.manifest_bytes = segment_bytes + written.report(&mut report);
     for p in &parts {
         let c = &p.counts;
         report.objects_copied += c.copied;

@@ -94,7 +94,33 @@ fn served(value: Option<&serde_json::Value>) -> Option<serde_json::Value> {
     }
 }
 
-async fn create_one<K>(ctx: &Context, namespace: &str, obj: &K) -> Result<(), Error>
+/// The controller owner's UID of `obj`, if any.
+fn owner_uid<K: Resource<DynamicType = ()>>(obj: &K) -> Option<String> {
+    obj.meta()
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true))
+        .map(|o| o.uid.clone())
+}
+
+/// The ServiceAccount a pod runs as.
+fn service_account<K: Serialize>(obj: &K) -> Option<String> {
+    let v = serde_json::to_value(obj).ok()?;
+    v.pointer("/spec/serviceAccountName")?
+        .as_str()
+        .map(str::to_string)
+}
+
+/// Creates `obj`, or keeps the object of its name that stands for it; the
+/// UID of the object that now stands for it. An existing pod is kept only
+/// when it carries Ferry's labels and runs as the run's ServiceAccount, which
+/// the chart's run-identity policy leaves to the operator alone (a create of
+/// this process or of an earlier one whose status write did not get
+/// through). A pod someone else made under the name, claiming the run as its
+/// owner (the run's UID is readable), is deleted and reported as
+/// [`Error::ForeignPod`], never taken for the run's.
+async fn create_one<K>(ctx: &Context, namespace: &str, obj: &K) -> Result<Option<String>, Error>
 where
     K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
         + Serialize
@@ -112,7 +138,7 @@ where
     // Two tries: the second follows the deletion of a drifted object.
     for _ in 0..2 {
         match api.create(&params, obj).await {
-            Ok(_) => return Ok(()),
+            Ok(made) => return Ok(made.meta().uid.clone()),
             Err(e) if is_already_exists(&e) => {}
             Err(e) => return Err(Error::kube(Step::Act, "create", kind, &name, e)),
         }
@@ -121,11 +147,32 @@ where
             .await
             .map_err(|e| Error::kube(Step::Act, "get", kind, &name, e))?;
         match existing {
+            // A pod: the operator made it (a reconcile whose status write did
+            // not get through), or it is not the run's.
+            Some(existing) if kind == "Pod" => {
+                if stands_for(obj, &existing)
+                    && service_account(&existing).is_some()
+                    && service_account(&existing) == service_account(obj)
+                {
+                    return Ok(existing.meta().uid.clone());
+                }
+                if owner_uid(&existing).is_some() && owner_uid(&existing) == owner_uid(obj) {
+                    // It claims to be the run's: someone else made it.
+                    tracing::warn!(
+                        namespace,
+                        name,
+                        "deleting a pod that claims to be the run's but was not made by the operator"
+                    );
+                    delete_one::<K>(ctx, namespace, &name).await?;
+                    return Err(Error::ForeignPod { name });
+                }
+                // Another run's pod, or a pod that is not a run's: never
+                // taken over, never deleted.
+                return Err(Error::Foreign { kind, name });
+            }
             // Created by an earlier reconcile of this run (one whose status
             // write did not get through).
-            Some(existing) if stands_for(obj, &existing) => return Ok(()),
-            // Another run's pod, or a pod that is not a run's: never taken over.
-            Some(_) if kind == "Pod" => return Err(Error::Foreign { kind, name }),
+            Some(existing) if stands_for(obj, &existing) => return Ok(existing.meta().uid.clone()),
             Some(_) => {
                 tracing::warn!(
                     namespace,
@@ -143,8 +190,9 @@ where
 
 /// Creates every object of an attempt, in [`ObjectKind::ALL`]'s order: the
 /// identity first, the pod last, so the pod never starts without its
-/// ServiceAccount, Role and NetworkPolicy.
-pub async fn apply(ctx: &Context, namespace: &str, objects: &RunObjects) -> Result<(), Error> {
+/// ServiceAccount, Role and NetworkPolicy; the UID of the attempt's pod.
+pub async fn apply(ctx: &Context, namespace: &str, objects: &RunObjects) -> Result<String, Error> {
+    let mut pod_uid = None;
     for kind in ObjectKind::ALL {
         match kind {
             ObjectKind::ServiceAccount => {
@@ -153,10 +201,16 @@ pub async fn apply(ctx: &Context, namespace: &str, objects: &RunObjects) -> Resu
             ObjectKind::Role => create_one(ctx, namespace, &objects.role).await,
             ObjectKind::RoleBinding => create_one(ctx, namespace, &objects.role_binding).await,
             ObjectKind::NetworkPolicy => create_one(ctx, namespace, &objects.network_policy).await,
-            ObjectKind::Pod => create_one(ctx, namespace, &objects.pod).await,
+            ObjectKind::Pod => {
+                pod_uid = create_one(ctx, namespace, &objects.pod).await?;
+                Ok(None)
+            }
         }?;
     }
-    Ok(())
+    pod_uid.ok_or(Error::MissingMetadata {
+        kind: "Pod",
+        field: "metadata.uid",
+    })
 }
 
 async fn delete_one<K>(ctx: &Context, namespace: &str, name: &str) -> Result<(), Error>

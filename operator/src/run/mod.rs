@@ -533,7 +533,24 @@ async fn advance(
         }
         return Ok(decision);
     }
-    let fate = attempt_fate(pod.as_ref(), &status, tampered, name, attempts);
+    if let Some(p) = &pod
+        && !made_by_operator(p, status.pod_uid.as_deref())
+    {
+        // Ferry's pod was deleted and another made under its name: its exit
+        // and whatever was reported while it ran are not the run's.
+        let message = format!(
+            "attempt {attempts}: pod {pod_name} is not the one the operator created (another UID): deleted, nothing it reported is believed"
+        );
+        let mut decision = failed(subject, status, true, FOREIGN_POD.into(), message, true);
+        decision.effects.extend(pod_tampering(
+            subject,
+            &pod_name,
+            "deleted, the attempt failed",
+        ));
+        return Ok(decision);
+    }
+    let connector = format!("{namespace}/{}", run.spec.connector_ref.name);
+    let fate = attempt_fate(pod.as_ref(), &status, tampered, name, &connector, attempts);
     Ok(match fate {
         Fate::Waiting { running, message } => waiting(status, running, message, now),
         Fate::Succeeded => {
@@ -548,6 +565,22 @@ async fn advance(
     })
 }
 
+/// Whether `pod` is the one the operator created for the attempt, whose UID
+/// it recorded as `recorded`. An attempt started by an operator from before
+/// UIDs were recorded has none: its pod is taken when it carries Ferry's
+/// labels, which the chart's run-identity policy leaves to the operator alone.
+pub fn made_by_operator(pod: &Pod, recorded: Option<&str>) -> bool {
+    match recorded {
+        Some(uid) => pod.metadata.uid.as_deref() == Some(uid),
+        None => pod
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(names::LABEL_MANAGED_BY))
+            .is_some_and(|v| v == names::MANAGED_BY),
+    }
+}
+
 /// The fate of attempt `attempts` (no client required), from its pod (`None`:
 /// gone), the runner's result and whether the status was tampered with.
 fn attempt_fate(
@@ -555,12 +588,21 @@ fn attempt_fate(
     status: &ConnectorRunStatus,
     tampered: bool,
     name: &str,
+    connector: &str,
     attempts: i32,
 ) -> Fate {
     let pod_name = names::pod(name, attempts);
     let result = status.result.as_ref();
     match pod_fate(pod, result, tampered, &pod_name, attempts) {
-        Fate::Succeeded => match record::implausible(result, name, attempts) {
+        Fate::Succeeded => match record::implausible(result, name, attempts).or_else(|| {
+            record::misplaced(
+                result,
+                name,
+                connector,
+                status.manifest_anchor.as_deref(),
+                attempts,
+            )
+        }) {
             None => Fate::Succeeded,
             Some(why) => Fate::Failed {
                 reason: "ImplausibleResult".into(),
@@ -707,17 +749,69 @@ async fn start_attempt(
         n => build::Part::Commit { count: n as i32 },
     };
     match launch(subject, &status, &[(part, attempt)]).await? {
-        Launched::Started(warnings) => Ok(started(subject, status, attempt, &warnings)),
+        Launched::Started { warnings, pod_uids } => {
+            let mut status = status;
+            status.pod_uid = pod_uids.into_iter().next();
+            Ok(started(subject, status, attempt, &warnings))
+        }
         Launched::Rejected(violations) => Ok(reject(subject, status, &violations)),
+        Launched::Foreign(pod) => Ok(foreign_pod(subject, status, &pod)),
     }
 }
 
 /// What [`launch`] did.
 enum Launched {
-    /// The pods exist (with the run's identity), with the policy's warnings.
-    Started(Vec<Warning>),
+    /// The pods exist (with the run's identity), with the policy's warnings
+    /// and the UIDs of the pods, in the order they were asked for.
+    Started {
+        warnings: Vec<Warning>,
+        pod_uids: Vec<String>,
+    },
     /// The policy refused the run: nothing was created.
     Rejected(Vec<Violation>),
+    /// A pod of the attempt's name claimed to be the run's and was not the
+    /// operator's: deleted; the attempt starts again once it is gone.
+    Foreign(String),
+}
+
+/// How long after deleting a pod someone else made under an attempt's name
+/// the operator tries to create the attempt's own.
+const FOREIGN_POD_RETRY: Duration = Duration::from_secs(5);
+
+/// A pod someone else made under the name of the attempt about to start
+/// (owner reference and labels copied from the run) was found and deleted:
+/// nothing of it is believed; the status stands, the attempt starts when the
+/// name is free; audited and said as tampering.
+fn foreign_pod(subject: Subject<'_>, status: ConnectorRunStatus, pod: &str) -> Decision {
+    let mut decision = Decision::new(status, Action::requeue(FOREIGN_POD_RETRY));
+    decision.effects = pod_tampering(subject, pod, "deleted before the attempt started");
+    decision
+}
+
+/// Reason of a pod that claimed to be a run's and was not the operator's.
+pub const FOREIGN_POD: &str = "ForeignPod";
+
+/// The Warning Event, audit line and denial metric of a pod that passed for
+/// one of the run's and was not made by the operator.
+fn pod_tampering(subject: Subject<'_>, pod: &str, what: &str) -> Vec<Effect> {
+    tracing::warn!(
+        namespace = subject.namespace,
+        run = subject.name,
+        pod,
+        "a pod that the operator did not create passed for the run's"
+    );
+    vec![
+        Effect::Denial(FOREIGN_POD.into()),
+        Effect::Audit(subject.record("run.tampered", Outcome::Denied, Some(FOREIGN_POD))),
+        Effect::Event {
+            warning: true,
+            reason: FOREIGN_POD.into(),
+            action: "Verify",
+            note: format!(
+                "pod {pod} claims to be this run's but the operator did not create it: {what}; nothing it reports is believed"
+            ),
+        },
+    ]
 }
 
 /// Creates the pods `pods` (which part of the run, which attempt) and the
@@ -737,6 +831,15 @@ async fn launch(
     // dereference
     let tenant = dereference::tenant(ctx, namespace);
     let secrets = dereference::secret_keys(ctx, namespace, spec).await?;
+    let discovered;
+    let config = if ctx.config.network.api_server_cidrs.is_empty() {
+        let mut c = ctx.config.clone();
+        c.network.api_server_cidrs = dereference::api_server_cidrs(ctx).await?;
+        discovered = c;
+        &discovered
+    } else {
+        &ctx.config
+    };
     let mut objects = Vec::with_capacity(pods.len());
     let mut warnings = Vec::new();
     for &(part, attempt) in pods {
@@ -748,7 +851,7 @@ async fn launch(
             attempt,
             part,
             tenant_region: tenant.region.as_deref(),
-            config: &ctx.config,
+            config,
         };
         match validate::validate(input, &tenant, &secrets)? {
             Validation::Valid { run, warnings: w } => {
@@ -759,10 +862,15 @@ async fn launch(
         }
     }
     // build, apply
+    let mut pod_uids = Vec::with_capacity(objects.len());
     for o in &objects {
-        apply::apply(ctx, namespace, o).await?;
+        match apply::apply(ctx, namespace, o).await {
+            Ok(uid) => pod_uids.push(uid),
+            Err(Error::ForeignPod { name }) => return Ok(Launched::Foreign(name)),
+            Err(e) => return Err(e),
+        }
     }
-    Ok(Launched::Started(warnings))
+    Ok(Launched::Started { warnings, pod_uids })
 }
 
 /// The run breaks `violations`: it ends Rejected, each violation denied and
@@ -978,4 +1086,37 @@ pub fn error_policy_guarded(
     _ctx: Arc<Context>,
 ) -> Action {
     error.policy(CONTROLLER, &run.name_any())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(uid: &str, managed: bool) -> Pod {
+        let mut p = Pod::default();
+        p.metadata.uid = Some(uid.into());
+        if managed {
+            p.metadata.labels = Some(
+                [(
+                    names::LABEL_MANAGED_BY.to_string(),
+                    names::MANAGED_BY.to_string(),
+                )]
+                .into(),
+            );
+        }
+        p
+    }
+
+    /// The pod judged is the one the operator created: another under its
+    /// name (Ferry's labels copied or not) is not; an attempt from before
+    /// UIDs were recorded takes the pod the run-identity policy leaves to the
+    /// operator (Ferry's labels).
+    #[test]
+    fn only_the_pod_the_operator_created_stands_for_the_attempt() {
+        assert!(made_by_operator(&pod("u1", true), Some("u1")));
+        assert!(!made_by_operator(&pod("u2", true), Some("u1")));
+        assert!(!made_by_operator(&pod("u2", false), Some("u1")));
+        assert!(made_by_operator(&pod("u1", true), None));
+        assert!(!made_by_operator(&pod("u1", false), None));
+    }
 }

@@ -142,6 +142,78 @@ pub fn implausible(result: Option<&RunResult>, run: &str, attempt: i32) -> Optio
     None
 }
 
+/// Why the place in the destination's chain that the runner of a successful
+/// attempt reported (the next run's anchor) cannot be taken, or `None` when
+/// it can. What the operator knows is checked: the place parses; it comes
+/// after the anchor the run was `pinned` to (never at or before it); and when
+/// it is the very next one, with the manifest's creation time the runner
+/// reports, its link is the one a manifest of this run (`run`, of Connector
+/// `connector`, `namespace/name`) under the key it reported, built on the
+/// pinned manifest, has. A runner could otherwise move the cursor back to an
+/// older manifest (a later rollback to it unseen) or to a link of its
+/// choosing. A place further on is taken (another run of the Connector, or an
+/// earlier attempt of this one, may have written in between); what the
+/// operator cannot check (that the manifest was written at all) the next run
+/// checks: it refuses an anchor its chain does not reach.
+pub fn misplaced(
+    result: Option<&RunResult>,
+    run: &str,
+    connector: &str,
+    pinned: Option<&str>,
+    attempt: i32,
+) -> Option<String> {
+    use ferry_crds::chain::{LinkInput, Place, manifest_link};
+    let r = result.filter(|r| r.attempt == Some(attempt))?;
+    let reported = r.manifest_anchor.as_deref()?;
+    let place: Place = match reported.parse() {
+        Ok(p) => p,
+        Err(e) => return Some(format!("its manifest's place {e}")),
+    };
+    let pinned: Option<Place> = match pinned.map(str::parse).transpose() {
+        Ok(p) => p,
+        // The operator's own record: a bad one is not the runner's doing.
+        Err(_) => return None,
+    };
+    if let Some(pinned) = &pinned
+        && place.sequence <= pinned.sequence
+    {
+        return Some(format!(
+            "its manifest has sequence {} in the destination's chain, at or before the {} the run was pinned to",
+            place.sequence, pinned.sequence
+        ));
+    }
+    if place.sequence == 0 {
+        return Some("its manifest has sequence 0: chains start at 1".into());
+    }
+    // The link, where the operator knows everything it covers: the manifest
+    // builds on the pinned one (or on none, as the first of its chain).
+    let known_previous = match &pinned {
+        Some(p) if place.sequence == p.sequence + 1 => Some(Some(p.link.as_str())),
+        None if place.sequence == 1 => Some(None),
+        _ => None,
+    };
+    if let (Some(previous), Some(created), Some(name)) = (
+        known_previous,
+        r.manifest_created.as_deref(),
+        r.manifest.as_deref(),
+    ) {
+        let link = manifest_link(LinkInput {
+            name,
+            sequence: place.sequence,
+            previous,
+            run,
+            connector,
+            created,
+        });
+        if link != place.link {
+            return Some(format!(
+                "its manifest's link is not the one of manifest {name:?} of this run built on the pinned anchor"
+            ));
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,6 +256,86 @@ mod tests {
         assert!(
             implausible(Some(&r), "sales-1", 2).is_none(),
             "another attempt's: not judged, and never accepted"
+        );
+    }
+
+    /// Attack: a compromised runner reports, for its successful attempt, the
+    /// place of an older manifest (so that a later rollback to it goes
+    /// unseen) or a link of its choosing; the operator took any anchor as the
+    /// Connector's cursor. Now the place must come after the pinned anchor,
+    /// and the very next one must carry the link of this run's manifest built
+    /// on it; a further one is taken (control: a retried attempt, or another
+    /// run in between, wrote one before), as is the right one.
+    #[test]
+    fn a_runner_cannot_move_the_cursor_back_or_to_a_link_of_its_choosing() {
+        use ferry_crds::chain::{LinkInput, manifest_link};
+        let pinned_link = "ab".repeat(32);
+        let pinned = format!("4:{pinned_link}");
+        let name = ".ferry/manifests/20261204T101010123456Z-sales-1.json";
+        let created = "2026-12-04T10:10:10.123456Z";
+        let link = |sequence, previous: Option<&str>, run: &str| {
+            manifest_link(LinkInput {
+                name,
+                sequence,
+                previous,
+                run,
+                connector: "acme/sales",
+                created,
+            })
+        };
+        let reported = |place: String| RunResult {
+            manifest: Some(name.into()),
+            manifest_anchor: Some(place),
+            manifest_created: Some(created.into()),
+            attempt: Some(1),
+            ..RunResult::default()
+        };
+        let judge = |r: RunResult, pinned: Option<&str>| {
+            misplaced(Some(&r), "sales-1", "acme/sales", pinned, 1)
+        };
+        // Control: the manifest this run wrote on the pinned one.
+        let right = reported(format!("5:{}", link(5, Some(&pinned_link), "sales-1")));
+        assert_eq!(judge(right, Some(&pinned)), None);
+        // Back to the pinned manifest's place, or before it.
+        for back in [format!("4:{pinned_link}"), format!("2:{}", "cd".repeat(32))] {
+            assert!(
+                judge(reported(back.clone()), Some(&pinned)).is_some(),
+                "{back}"
+            );
+        }
+        // The next place with a link that is not this run's manifest's.
+        for wrong in [
+            format!("5:{}", "ef".repeat(32)),
+            format!("5:{}", link(5, Some(&pinned_link), "other-run")),
+            format!("5:{}", link(5, None, "sales-1")),
+        ] {
+            assert!(
+                judge(reported(wrong.clone()), Some(&pinned)).is_some(),
+                "{wrong}"
+            );
+        }
+        assert!(judge(reported("5:nothex".into()), Some(&pinned)).is_some());
+        // The first manifest of a chain builds on none.
+        assert_eq!(
+            judge(reported(format!("1:{}", link(1, None, "sales-1"))), None),
+            None
+        );
+        assert!(judge(reported(format!("1:{}", "ef".repeat(32))), None).is_some());
+        // Further on: written after another manifest the operator has not seen.
+        assert_eq!(
+            judge(reported(format!("7:{}", "ef".repeat(32))), Some(&pinned)),
+            None
+        );
+        // Another attempt's result is not judged here.
+        assert_eq!(
+            misplaced(
+                Some(&reported(format!("4:{pinned_link}"))),
+                "sales-1",
+                "acme/sales",
+                Some(&pinned),
+                2
+            ),
+            None
         );
     }
 

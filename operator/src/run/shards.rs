@@ -4,7 +4,7 @@
 //!
 //! - Every shard is a pod of its own with the run's identity (one
 //!   ServiceAccount, Role, RoleBinding and NetworkPolicy for all of them),
-//!   named `<run>-s<shard>-<attempt>`, labelled `ferry.dev/shard`.
+//!   named `<run>-<attempt>-s<shard>`, labelled `ferry.dev/shard`.
 //! - Each shard has its own attempts, backoff and `backoffLimit`: a shard that
 //!   fails is retried alone, the others keep what they did.
 //! - A shard that fails for good (not retryable, or out of attempts) fails
@@ -75,6 +75,34 @@ pub(super) async fn advance(
             continue;
         }
         let pod = shard_pod(subject, shard).await?;
+        if let Some(p) = &pod
+            && !super::made_by_operator(p, shard.pod_uid.as_deref())
+        {
+            let pod_name = pod_name(subject, shard);
+            effects.extend(super::pod_tampering(
+                subject,
+                &pod_name,
+                "deleted, the shard's attempt failed",
+            ));
+            let fate = Fate::Failed {
+                reason: super::FOREIGN_POD.into(),
+                message: format!(
+                    "attempt {}: pod {pod_name} is not the one the operator created (another UID): deleted, nothing it reported is believed",
+                    shard.attempts
+                ),
+                retryable: true,
+            };
+            let shard = &mut status.shard_statuses[i];
+            if let Some(failure) = judge(subject, shard, fate, true, now, &mut effects) {
+                end = Some(failure);
+                break;
+            }
+            if let Some(at) = &shard.next_attempt_time {
+                let wait = (at.0.as_second() - now.as_second()).max(1) as u64;
+                wake = wake.min(Duration::from_secs(wait));
+            }
+            continue;
+        }
         let fate = {
             let result = status
                 .shard_reports
@@ -209,16 +237,19 @@ async fn start(
     let pods: Vec<_> = (0..count)
         .map(|index| (build::Part::Shard { index, count }, 1))
         .collect();
-    let warnings = match launch(subject, &status, &pods).await? {
-        Launched::Started(w) => w,
+    let (warnings, pod_uids) = match launch(subject, &status, &pods).await? {
+        Launched::Started { warnings, pod_uids } => (warnings, pod_uids),
         Launched::Rejected(violations) => return Ok(reject(subject, status, &violations)),
+        Launched::Foreign(pod) => return Ok(super::foreign_pod(subject, status, &pod)),
     };
     status.shard_statuses = (0..count)
-        .map(|index| ShardStatus {
+        .zip(pod_uids)
+        .map(|(index, uid)| ShardStatus {
             index,
             phase: Some(RunPhase::Pending),
             attempts: 1,
             pod_name: Some(names::shard_pod(subject.name, index, 1)),
+            pod_uid: Some(uid),
             ..ShardStatus::default()
         })
         .collect();
@@ -245,7 +276,7 @@ async fn start(
         reason: "Started".into(),
         action: "CreatePod",
         note: format!(
-            "created {count} shard pods, {}-s0-1 to {}-s{}-1",
+            "created {count} shard pods, {}-1-s0 to {}-1-s{}",
             subject.name,
             subject.name,
             count - 1
@@ -276,11 +307,22 @@ async fn retry(
             )
         })
         .collect();
-    if let Launched::Rejected(violations) = launch(subject, status, &pods).await? {
-        return Ok(Some(violations));
-    }
-    for &i in due {
+    let pod_uids = match launch(subject, status, &pods).await? {
+        Launched::Started { pod_uids, .. } => pod_uids,
+        Launched::Rejected(violations) => return Ok(Some(violations)),
+        Launched::Foreign(pod) => {
+            // Deleted; these shards start when the name is free again.
+            effects.extend(super::pod_tampering(
+                subject,
+                &pod,
+                "deleted before the attempt started",
+            ));
+            return Ok(None);
+        }
+    };
+    for (&i, uid) in due.iter().zip(pod_uids) {
         let shard = &mut status.shard_statuses[i];
+        shard.pod_uid = Some(uid);
         shard.attempts += 1;
         shard.next_attempt_time = None;
         shard.phase = Some(RunPhase::Pending);

@@ -142,6 +142,20 @@ pub struct World {
     pub runs_feed: Mutex<RunFeed>,
 }
 
+/// The `kubernetes` Service's EndpointSlice, as the API server keeps it.
+pub fn api_server_slice() -> k8s_openapi::api::discovery::v1::EndpointSlice {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {"name": "kubernetes", "namespace": "default",
+                     "labels": {"kubernetes.io/service-name": "kubernetes"}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": ["192.0.2.10"]}],
+        "ports": [{"name": "https", "port": 6443, "protocol": "TCP"}],
+    }))
+    .expect("an EndpointSlice")
+}
+
 impl World {
     pub async fn new(ns: Namespace) -> Self {
         Self::with_config(ns, Config::default()).await
@@ -157,6 +171,9 @@ impl World {
         for s in secrets() {
             builder = builder.with_object(s);
         }
+        // The API server's own EndpointSlice, where runs' NetworkPolicies
+        // take its address from.
+        builder = builder.with_object(api_server_slice());
         let client = builder.build().await.expect("fake client");
         let (audit_log, audit) = AuditLog::memory();
         let now = Arc::new(Mutex::new(

@@ -2,6 +2,7 @@
 //! service-account token exchanged with STS for short-lived keys).
 
 use std::path::PathBuf;
+use std::time::Instant;
 
 use aws_credential_types::Credentials;
 use aws_credential_types::provider::{
@@ -26,7 +27,21 @@ pub enum S3Auth {
         session_name: String,
         /// STS endpoint override (S3-compatible stores, tests); AWS's regional STS otherwise.
         sts_endpoint: Option<String>,
+        /// When the run must end (its pod's deadline): the sessions STS grants
+        /// end soon after ([`session_seconds`]).
+        run_ends: Option<Instant>,
     },
+}
+
+/// How long to ask STS for a session that ends with the run: the time left
+/// until `run_ends` and a minute, within STS's bounds (15 minutes at least;
+/// an hour at most, which every role accepts and the SDK renews). `None`
+/// (STS's default, an hour) when the run has no deadline (local runs).
+pub fn session_seconds(run_ends: Option<Instant>) -> Option<i32> {
+    let left = run_ends?
+        .saturating_duration_since(Instant::now())
+        .as_secs();
+    Some(i32::try_from(left.saturating_add(60).clamp(900, 3600)).unwrap_or(3600))
 }
 
 impl std::fmt::Debug for S3Auth {
@@ -84,13 +99,14 @@ pub fn web_identity_provider(
     region: &str,
     sts_endpoint: Option<&str>,
     network: &crate::net::NetworkGuard,
+    run_ends: Option<Instant>,
 ) -> Result<SharedCredentialsProvider, crate::storage::StorageError> {
     let mut sts = aws_sdk_sts::Config::builder()
         .behavior_version(aws_sdk_sts::config::BehaviorVersion::latest())
         .http_client(crate::net::aws_http_client(network))
         .region(aws_sdk_sts::config::Region::new(region.to_string()));
     if let Some(url) = sts_endpoint {
-        crate::storage::check_endpoint_url("STS", url, true)?;
+        crate::storage::check_connector_url("STS", url, true, network)?;
         sts = sts.endpoint_url(url);
     }
     Ok(SharedCredentialsProvider::new(WebIdentityProvider {
@@ -98,6 +114,7 @@ pub fn web_identity_provider(
         token_file,
         session_name: session_name.to_string(),
         sts: aws_sdk_sts::Client::from_conf(sts.build()),
+        run_ends,
     }))
 }
 
@@ -108,6 +125,7 @@ struct WebIdentityProvider {
     pub token_file: PathBuf,
     pub session_name: String,
     pub sts: aws_sdk_sts::Client,
+    pub run_ends: Option<Instant>,
 }
 
 impl WebIdentityProvider {
@@ -126,6 +144,7 @@ impl WebIdentityProvider {
             .assume_role_with_web_identity()
             .role_arn(&self.role_arn)
             .role_session_name(&self.session_name)
+            .set_duration_seconds(session_seconds(self.run_ends))
             .web_identity_token(token.trim())
             .send()
             .await

@@ -24,7 +24,7 @@ use futures::{StreamExt, TryStreamExt};
 
 pub use credentials::S3Auth;
 pub use credentials::{
-    CredentialsFailure, StsUnreachable, credentials_failure, web_identity_provider,
+    CredentialsFailure, StsUnreachable, credentials_failure, session_seconds, web_identity_provider,
 };
 pub use whole::ReadTuning;
 use whole::{HANDOFF_SLICE, WholeRead};
@@ -32,7 +32,7 @@ use whole::{HANDOFF_SLICE, WholeRead};
 use super::access::{OpenError, Platform, Secrets};
 use super::multipart::{self, Sizes, Uploader};
 use super::{
-    ByteStream, Listing, ObjectMeta, ObjectStore, StorageError, check_endpoint_url, check_key,
+    ByteStream, Listing, ObjectMeta, ObjectStore, StorageError, check_connector_url, check_key,
 };
 use ferry_crds::S3Endpoint;
 
@@ -92,7 +92,12 @@ impl S3Store {
     pub fn new(config: S3Config) -> Result<Self, StorageError> {
         let name = format!("s3://{}/{}", config.bucket, config.prefix);
         if let Some(url) = &config.endpoint {
-            check_endpoint_url(&name, url, config.insecure_plain_http_on_loopback)?;
+            check_connector_url(
+                &name,
+                url,
+                config.insecure_plain_http_on_loopback,
+                &config.network,
+            )?;
         }
         let credentials = match &config.auth {
             S3Auth::Static {
@@ -111,9 +116,15 @@ impl S3Store {
                 token_file,
                 session_name,
                 sts_endpoint,
+                run_ends,
             } => {
                 if let Some(url) = sts_endpoint {
-                    check_endpoint_url(&name, url, config.insecure_plain_http_on_loopback)?;
+                    check_connector_url(
+                        &name,
+                        url,
+                        config.insecure_plain_http_on_loopback,
+                        &config.network,
+                    )?;
                 }
                 web_identity_provider(
                     role_arn,
@@ -122,6 +133,7 @@ impl S3Store {
                     &config.region,
                     sts_endpoint.as_deref(),
                     &config.network,
+                    *run_ends,
                 )?
             }
         };
@@ -785,6 +797,7 @@ pub fn open(
             token_file: platform.aws_token_file(),
             session_name: format!("ferry-{side}"),
             sts_endpoint: platform.sts_endpoint.clone(),
+            run_ends: platform.run_ends,
         },
         _ => return Err(OpenError::Endpoint(side)),
     };

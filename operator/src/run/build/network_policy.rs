@@ -1,6 +1,6 @@
 //! The run's NetworkPolicy: no ingress at all; egress only to the cluster's
-//! DNS, the API server, and the endpoints' ports anywhere but the denied
-//! networks.
+//! DNS, the API server at its own addresses, and the endpoints' ports
+//! anywhere but the denied and (unless allowed) private networks.
 
 use std::collections::BTreeMap;
 
@@ -13,7 +13,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::ValidatedRun;
-use crate::config::{ALWAYS_DENIED_V4, ALWAYS_DENIED_V6, RunNetwork};
+use crate::config::RunNetwork;
 use crate::names;
 
 /// TCP port of an endpoint URL (already checked by the policy), or the
@@ -106,19 +106,20 @@ pub fn network_policy(run: &ValidatedRun<'_>) -> NetworkPolicy {
             policy_types: Some(vec!["Ingress".into(), "Egress".into()]),
             ingress: Some(vec![]),
             egress: Some(
-                vec![
+                [
                     // DNS, to the cluster's DNS pods only.
-                    NetworkPolicyEgressRule {
+                    Some(NetworkPolicyEgressRule {
                         ports: Some(vec![port("UDP", 53), port("TCP", 53)]),
                         to: Some(vec![dns_peer(&config.network)]),
-                    },
-                    // The API server (the runner reads its run and Secrets there).
-                    NetworkPolicyEgressRule {
+                    }),
+                    // The API server (the runner reads its run and Secrets
+                    // there), at its own addresses only: none known, none.
+                    ip_blocks(&config.network.api_server_cidrs).map(|to| NetworkPolicyEgressRule {
                         ports: Some(api_ports.into_iter().map(|p| port("TCP", p)).collect()),
-                        to: ip_blocks(&config.network.api_server_cidrs),
-                    },
-                    // The endpoints: anywhere but the denied networks.
-                    NetworkPolicyEgressRule {
+                        to: Some(to),
+                    }),
+                    // The endpoints: anywhere a run may reach.
+                    Some(NetworkPolicyEgressRule {
                         ports: Some(
                             egress_ports(run)
                                 .into_iter()
@@ -126,9 +127,10 @@ pub fn network_policy(run: &ValidatedRun<'_>) -> NetworkPolicy {
                                 .collect(),
                         ),
                         to: Some(outside_denied(&config.network)),
-                    },
+                    }),
                 ]
                 .into_iter()
+                .flatten()
                 .chain(vault_in_cluster(run))
                 .collect(),
             ),
@@ -180,7 +182,8 @@ fn dns_peer(network: &RunNetwork) -> NetworkPolicyPeer {
     }
 }
 
-/// Peers for exactly these CIDRs; `None` (anywhere) when there are none.
+/// Peers for exactly these CIDRs; `None` when there are none (an egress rule
+/// with no peers would let a run anywhere).
 fn ip_blocks(cidrs: &[String]) -> Option<Vec<NetworkPolicyPeer>> {
     (!cidrs.is_empty()).then(|| {
         cidrs
@@ -196,28 +199,25 @@ fn ip_blocks(cidrs: &[String]) -> Option<Vec<NetworkPolicyPeer>> {
     })
 }
 
-/// Every IPv4 and IPv6 address but the denied networks (link-local, cloud
-/// metadata, and the configured cluster ranges).
+/// Every address a run may reach ([`ferry_crds::network::Reach::blocks`]):
+/// everywhere but link-local, the cloud metadata addresses, the private ranges
+/// and the denied networks; then each allowed private range but the denied
+/// networks inside it. Settings that do not parse were refused when the
+/// operator started ([`RunNetwork::reach`]).
 fn outside_denied(network: &RunNetwork) -> Vec<NetworkPolicyPeer> {
-    let (v6, v4): (Vec<&String>, Vec<&String>) =
-        network.denied_cidrs.iter().partition(|c| c.contains(':'));
-    let block = |cidr: &str, always: &[&str], extra: Vec<&String>| {
-        let mut except: Vec<String> = always.iter().map(|s| s.to_string()).collect();
-        except.extend(extra.into_iter().cloned());
-        except.sort();
-        except.dedup();
-        NetworkPolicyPeer {
+    network
+        .reach()
+        .unwrap_or_default()
+        .blocks()
+        .into_iter()
+        .map(|b| NetworkPolicyPeer {
             ip_block: Some(IPBlock {
-                cidr: cidr.to_string(),
-                except: Some(except),
+                cidr: b.cidr,
+                except: (!b.except.is_empty()).then_some(b.except),
             }),
             ..Default::default()
-        }
-    };
-    vec![
-        block("0.0.0.0/0", &ALWAYS_DENIED_V4, v4),
-        block("::/0", &ALWAYS_DENIED_V6, v6),
-    ]
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -72,6 +72,16 @@ pub fn env(run: &ValidatedRun<'_>, files: &Files) -> Vec<EnvVar> {
             config.network.denied_cidrs.join(","),
         ));
     }
+    vars.push(var(
+        names::ACTIVE_DEADLINE_SECONDS,
+        input.spec.run.active_deadline_seconds.to_string(),
+    ));
+    if !config.network.allowed_cidrs.is_empty() {
+        vars.push(var(
+            names::ALLOWED_NETWORKS,
+            config.network.allowed_cidrs.join(","),
+        ));
+    }
     if let Some(file) = files.aws_token {
         vars.push(var(names::AWS_WEB_IDENTITY_TOKEN_FILE, file));
     }
