@@ -369,6 +369,12 @@ pub struct RunResult {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 1000))]
     pub erased: Vec<ErasedObject>,
+    /// Erase mode: what of the erasure the destination did not let the run
+    /// carry out, said plainly (earlier versions an object lock or legal hold
+    /// keeps, or that the store cannot list); absent when nothing was left.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096))]
+    pub erase_incomplete: Option<String>,
     /// Whether `erased` was cut short.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub erased_truncated: bool,

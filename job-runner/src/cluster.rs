@@ -211,6 +211,7 @@ pub fn result_of(outcome: &Result<Report, Failure>, attempt: i32) -> RunResult {
             objects_erased: r.erased.len() as i64,
             erased: erased_list(&r.erased).0,
             erased_truncated: erased_list(&r.erased).1,
+            erase_incomplete: r.erase_incomplete.as_deref().map(|m| truncate(m, 4096)),
             bytes_read: r.bytes_read as i64,
             bytes_written: r.bytes_written as i64,
             manifest: r.manifest.clone(),

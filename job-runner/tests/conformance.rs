@@ -335,6 +335,218 @@ mod s3 {
         assert!(!err.is_transient(), "{err}");
     }
 
+    fn sync_spec() -> ferry_crds::ConnectorSpec {
+        serde_saphyr::from_str(
+            "source: {local: {path: src}}\ndestination: {local: {path: dst}}\nencryption: {keyRef: {secretRef: {name: k}}}\ncompliance: {dataResidency: any}\n",
+        )
+        .unwrap()
+    }
+
+    /// Copies `src` to `dst` (sync), or erases `erase` there, as run `run`;
+    /// the report and the audit lines.
+    async fn step(
+        src: &std::path::Path,
+        dst: &S3Store,
+        run: &str,
+        erase: Option<&str>,
+    ) -> (ferry_runner::transfer::Report, Vec<serde_json::Value>) {
+        use ferry_runner::transfer::{self, Mode, Options, Progress};
+        let lines = support::Lines::default();
+        let audit = ferry_runner::audit::AuditLog::new(
+            Box::new(lines.clone()),
+            "c",
+            "t",
+            run,
+            "local:src",
+            "s3:dst",
+        );
+        let keys = Arc::new(ferry_runner::crypto::KeyRing::new(vec![
+            ferry_runner::crypto::Kek::from_bytes([5; 32]),
+        ]));
+        let src: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(src));
+        let dst: Arc<dyn ObjectStore> = Arc::new(dst.clone());
+        let mut opts = Options {
+            mode: Mode::Sync,
+            run_id: run.into(),
+            ..Options::default()
+        };
+        let report = match erase {
+            None => transfer::run(
+                &sync_spec(),
+                src,
+                dst,
+                keys,
+                &opts,
+                &audit,
+                Arc::new(Progress::default()),
+            )
+            .await
+            .unwrap(),
+            Some(key) => {
+                opts.mode = Mode::Erase;
+                let request = transfer::EraseRequest {
+                    keys: vec![key.into()],
+                    from_source: false,
+                };
+                transfer::erase(src, dst, keys, &request, &opts, &audit)
+                    .await
+                    .unwrap()
+            }
+        };
+        (report, lines.records())
+    }
+
+    /// The versions of `key` (and its delete markers) the bucket keeps.
+    async fn versions_of(bucket: &str, key: &str) -> (usize, usize) {
+        let out = client("eu-west-1")
+            .list_object_versions()
+            .bucket(bucket)
+            .prefix(key)
+            .send()
+            .await
+            .unwrap();
+        (
+            out.versions()
+                .iter()
+                .filter(|v| v.key() == Some(key))
+                .count(),
+            out.delete_markers()
+                .iter()
+                .filter(|m| m.key() == Some(key))
+                .count(),
+        )
+    }
+
+    /// Attack (on the record): a versioned destination, as the docs
+    /// recommend, keeps every earlier version. An erasure deleted the current
+    /// object and rewrote the manifests, and both copies of the erased file
+    /// and the manifests listing it stayed one `GetObject?versionId=` away.
+    /// Now the erasure deletes the earlier versions of what it erases and
+    /// rewrites; where the bucket refuses (object lock), the result and the
+    /// audit trail say so.
+    #[tokio::test]
+    async fn an_erasure_leaves_no_earlier_version_on_a_versioned_bucket() {
+        use aws_sdk_s3::types::{BucketVersioningStatus, VersioningConfiguration};
+        let bucket = bucket("eu-west-1").await;
+        client("eu-west-1")
+            .put_bucket_versioning()
+            .bucket(&bucket)
+            .versioning_configuration(
+                VersioningConfiguration::builder()
+                    .status(BucketVersioningStatus::Enabled)
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap();
+        let dst = S3Store::new(config(&bucket, "dst/", "eu-west-1")).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(src.join("a.csv"), b"id,email\n1,a@example.com\n").unwrap();
+        std::fs::write(src.join("b.csv"), b"id\n2\n").unwrap();
+        step(&src, &dst, "r1", None).await;
+        // A second copy of a.csv: two versions of its ciphertext.
+        std::fs::write(src.join("a.csv"), b"id,email\n1,a2@example.com\n").unwrap();
+        step(&src, &dst, "r2", None).await;
+        assert_eq!(versions_of(&bucket, "dst/a.csv").await, (2, 0));
+        let (report, lines) = step(&src, &dst, "e1", Some("a.csv")).await;
+        assert_eq!(report.erase_incomplete, None, "{report:?}");
+        assert!(report.versions_deleted >= 2, "{report:?}");
+        // Nothing of a.csv is left but the delete marker.
+        assert_eq!(versions_of(&bucket, "dst/a.csv").await, (0, 1));
+        // Each rewritten manifest and replaced segment is left as it is now,
+        // with no earlier version listing the erased key.
+        let records = client("eu-west-1")
+            .list_object_versions()
+            .bucket(&bucket)
+            .prefix("dst/.ferry/")
+            .send()
+            .await
+            .unwrap();
+        let mut per_key = std::collections::BTreeMap::<String, usize>::new();
+        for v in records.versions() {
+            *per_key.entry(v.key().unwrap().to_string()).or_default() += 1;
+        }
+        assert!(per_key.values().all(|n| *n == 1), "{per_key:?}");
+        let earlier: Vec<_> = lines
+            .iter()
+            .filter(|l| l["action"] == "object.erase" && l["reason"] == "EarlierVersions")
+            .map(|l| l["object"].as_str().unwrap().to_string())
+            .collect();
+        assert!(earlier.contains(&"a.csv".to_string()), "{earlier:?}");
+        assert!(
+            earlier.iter().any(|k| k.starts_with(".ferry/manifests/")),
+            "{earlier:?}"
+        );
+        // Control: b.csv, not erased, keeps its one version.
+        assert_eq!(versions_of(&bucket, "dst/b.csv").await, (1, 0));
+    }
+
+    /// Where the bucket keeps versions under object lock, the erasure cannot
+    /// delete them: it says so in its result and its audit trail, naming the
+    /// objects, instead of reporting a complete erasure.
+    #[tokio::test]
+    async fn an_erasure_says_what_an_object_lock_kept() {
+        use aws_sdk_s3::types::{
+            DefaultRetention, ObjectLockConfiguration, ObjectLockEnabled, ObjectLockRetentionMode,
+            ObjectLockRule,
+        };
+        let c = client("eu-west-1");
+        let bucket = unique("ferry-locked");
+        c.create_bucket()
+            .bucket(&bucket)
+            .object_lock_enabled_for_bucket(true)
+            .create_bucket_configuration(
+                CreateBucketConfiguration::builder()
+                    .location_constraint(BucketLocationConstraint::from("eu-west-1"))
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap();
+        c.put_object_lock_configuration()
+            .bucket(&bucket)
+            .object_lock_configuration(
+                ObjectLockConfiguration::builder()
+                    .object_lock_enabled(ObjectLockEnabled::Enabled)
+                    .rule(
+                        ObjectLockRule::builder()
+                            .default_retention(
+                                DefaultRetention::builder()
+                                    .mode(ObjectLockRetentionMode::Compliance)
+                                    .days(1)
+                                    .build(),
+                            )
+                            .build(),
+                    )
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap();
+        let dst = S3Store::new(config(&bucket, "dst/", "eu-west-1")).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(src.join("a.csv"), b"id,email\n1,a@example.com\n").unwrap();
+        step(&src, &dst, "r1", None).await;
+        let (report, lines) = step(&src, &dst, "e1", Some("a.csv")).await;
+        let left = report
+            .erase_incomplete
+            .expect("an incomplete erasure is said");
+        assert!(
+            left.contains("a.csv") && left.contains("object lock"),
+            "{left}"
+        );
+        let kept: Vec<_> = lines
+            .iter()
+            .filter(|l| l["action"] == "object.erase" && l["reason"] == "VersionsKept")
+            .map(|l| l["object"].as_str().unwrap().to_string())
+            .collect();
+        assert!(kept.contains(&"a.csv".to_string()), "{kept:?}");
+    }
+
     #[tokio::test]
     async fn s3_errors_name_the_endpoint() {
         let missing = S3Store::new(config("no-such-bucket-ferry", "", "eu-west-1")).unwrap();

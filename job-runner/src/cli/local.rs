@@ -157,6 +157,15 @@ pub fn print_report(mode: Mode, report: &transfer::Report) {
                 };
                 println!("erased {}: {sides}", e.key);
             }
+            if report.versions_deleted > 0 {
+                println!(
+                    "erased {} earlier version(s) the destination kept",
+                    report.versions_deleted
+                );
+            }
+            if let Some(left) = &report.erase_incomplete {
+                println!("warning: {left}");
+            }
             println!(
                 "erase: {} key(s) erased; manifest {}{}",
                 report.erased.len(),

@@ -22,7 +22,8 @@ use zeroize::Zeroizing;
 use super::access::{OpenError, Platform, SecretKeyMissing, Secrets, token_file};
 use super::multipart::{self, Sizes, Uploader};
 use super::{
-    ByteStream, Listing, ObjectMeta, ObjectStore, StorageError, check_connector_url, check_key,
+    ByteStream, Listing, ObjectMeta, ObjectStore, StorageError, Versions, check_connector_url,
+    check_key,
 };
 use ferry_crds::AzureBlobEndpoint;
 use ferry_crds::contract::{env, paths};
@@ -377,6 +378,12 @@ impl ObjectStore for AzureStore {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(self.error(e, Some(key))),
         }
+    }
+
+    async fn delete_versions(&self, _key: &str) -> Result<Versions, StorageError> {
+        // object_store lists no blob versions: with versioning or soft
+        // delete on the account, earlier versions may remain.
+        Ok(Versions::Unknown)
     }
 
     async fn region(&self) -> Result<Option<String>, StorageError> {

@@ -131,6 +131,19 @@ impl StorageError {
     }
 }
 
+/// What [`ObjectStore::delete_versions`] found of a key's earlier versions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Versions {
+    /// The store keeps no earlier versions (a folder, an SFTP server).
+    NotKept,
+    /// Earlier versions were listed: `deleted` of them deleted, `kept`
+    /// refused (object lock, a legal hold, or no right to delete versions).
+    Listed { deleted: u64, kept: u64 },
+    /// The store may keep versions this client cannot list (Azure Blob with
+    /// versioning or soft delete on): nothing is known of them.
+    Unknown,
+}
+
 /// An object store confined to one prefix.
 #[async_trait::async_trait]
 pub trait ObjectStore: Send + Sync + std::fmt::Debug {
@@ -172,6 +185,15 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
 
     /// Deletes an object; deleting a missing object succeeds.
     async fn delete(&self, key: &str) -> Result<(), StorageError>;
+
+    /// Deletes the earlier versions of `key` that a versioned store keeps
+    /// beside its current one (or beside the delete marker a deletion left):
+    /// an erasure must not leave the erased bytes, nor the records as they
+    /// were before, one request away. What became of them.
+    async fn delete_versions(&self, key: &str) -> Result<Versions, StorageError> {
+        let _ = key;
+        Ok(Versions::NotKept)
+    }
 
     /// The region the store reports for this endpoint, if it can tell
     /// (S3 bucket location, Azure account location); `None` otherwise.

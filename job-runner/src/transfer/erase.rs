@@ -9,7 +9,7 @@ use ferry_crds::Reason;
 use crate::audit::{AuditLog, Outcome};
 use crate::crypto::segments::SegmentRef;
 use crate::crypto::{Kek, KeyRing, ManifestSigner, Tombstone};
-use crate::storage::{Listing, ObjectStore, StorageError, check_key};
+use crate::storage::{Listing, ObjectStore, StorageError, Versions, check_key};
 use futures::TryStreamExt;
 
 use super::records::{
@@ -104,12 +104,16 @@ async fn erase_and_rewrite(
         from_source: request.from_source,
         audit,
     };
+    let mut versions = EarlierVersions::default();
     for key in wanted {
         let Some((done, source_remains)) =
             sides.erase_one(key, &mut report, &mut first_error).await
         else {
             continue;
         };
+        // On a versioned destination the erased bytes stay as earlier
+        // versions (an erasure run again finds them too).
+        versions.purge(dst.as_ref(), key, audit).await?;
         if source_remains && !tombstones.iter().any(|t| t.key == *key) {
             tombstones.push(Tombstone {
                 key: key.to_string(),
@@ -121,7 +125,10 @@ async fn erase_and_rewrite(
     }
     tombstones.sort_by(|a, b| a.key.cmp(&b.key));
     let sealer = (kek, opts.signer.as_deref());
-    report.manifest_bytes = rewrite_manifests(dst, keys, sealer, wanted, audit).await?;
+    report.manifest_bytes =
+        rewrite_manifests(dst, keys, sealer, wanted, audit, &mut versions).await?;
+    report.erase_incomplete = versions.incomplete();
+    report.versions_deleted = versions.deleted;
     if report.objects_failed > 0 {
         return Err(match first_error {
             Some(e) if report.objects_failed == 1 => e,
@@ -243,6 +250,7 @@ async fn rewrite_manifests(
     (kek, signer): (&Kek, Option<&ManifestSigner>),
     wanted: &BTreeSet<&str>,
     audit: &AuditLog,
+    versions: &mut EarlierVersions,
 ) -> Result<u64, TransferError> {
     let mut replaced = BTreeSet::new();
     let mut written = 0;
@@ -297,6 +305,9 @@ async fn rewrite_manifests(
             Some("Erasure"),
             Some(&mkey),
         );
+        // The manifest as it was, listing the erased keys, is not kept as an
+        // earlier version either.
+        versions.purge(dst.as_ref(), &mkey, audit).await?;
     }
     // Each replaced segment held an erased key, so no rewritten manifest
     // lists it, and a manifest that did not list the key never did.
@@ -305,6 +316,86 @@ async fn rewrite_manifests(
             Ok(()) | Err(StorageError::NotFound { .. }) => {}
             Err(e) => return Err(e.into()),
         }
+        versions.purge(dst.as_ref(), &key, audit).await?;
     }
     Ok(written)
+}
+
+/// What an erasure found of the earlier versions a versioned destination
+/// keeps: of the erased copies, of the manifests as they were before they
+/// were rewritten, of the segments replaced.
+#[derive(Debug, Default)]
+pub(super) struct EarlierVersions {
+    /// Earlier versions deleted.
+    pub deleted: u64,
+    /// Keys with earlier versions the store refused to delete (object lock,
+    /// a legal hold, no right to delete versions).
+    pub kept: Vec<String>,
+    /// The store may keep versions this client cannot list (said once).
+    pub unknown: bool,
+}
+
+impl EarlierVersions {
+    /// Deletes the earlier versions of `key` (`dst`), each outcome audited
+    /// (`object.erase`: `EarlierVersions`, `VersionsKept`, or once
+    /// `VersionsNotChecked`).
+    pub(super) async fn purge(
+        &mut self,
+        dst: &dyn ObjectStore,
+        key: &str,
+        audit: &AuditLog,
+    ) -> Result<(), TransferError> {
+        match dst.delete_versions(key).await? {
+            Versions::NotKept => {}
+            Versions::Listed { deleted, kept } => {
+                self.deleted += deleted;
+                if deleted > 0 {
+                    audit.record(
+                        "object.erase",
+                        Outcome::Success,
+                        Some("EarlierVersions"),
+                        Some(key),
+                    );
+                }
+                if kept > 0 {
+                    audit.record(
+                        "object.erase",
+                        Outcome::Denied,
+                        Some("VersionsKept"),
+                        Some(key),
+                    );
+                    self.kept.push(key.to_string());
+                }
+            }
+            Versions::Unknown if !self.unknown => {
+                self.unknown = true;
+                audit.record(
+                    "object.erase",
+                    Outcome::Failure,
+                    Some("VersionsNotChecked"),
+                    None,
+                );
+            }
+            Versions::Unknown => {}
+        }
+        Ok(())
+    }
+
+    /// What the result says of them when not everything could be deleted.
+    pub(super) fn incomplete(&self) -> Option<String> {
+        let mut said = Vec::new();
+        if !self.kept.is_empty() {
+            said.push(format!(
+                "the destination refused to delete earlier versions of {} object(s) (object lock, a legal hold, or no right to delete versions): {}",
+                self.kept.len(),
+                self.kept.join(", ")
+            ));
+        }
+        if self.unknown {
+            said.push(
+                "the destination may keep earlier versions or soft-deleted copies this client cannot list (Azure Blob): check its versioning and soft delete settings".to_string(),
+            );
+        }
+        (!said.is_empty()).then(|| said.join("; "))
+    }
 }

@@ -197,6 +197,11 @@ pub struct Report {
     pub anchor: Option<Anchor>,
     /// When it was created, as written into it.
     pub manifest_created: Option<String>,
+    /// Erase mode: earlier versions a versioned destination kept, deleted.
+    pub versions_deleted: u64,
+    /// Erase mode: what of the erasure the destination did not let the run
+    /// carry out (earlier versions kept), said plainly; `None` when complete.
+    pub erase_incomplete: Option<String>,
     /// In plan mode, what would be copied (a sync run counts what it copies
     /// and lists each in its audit lines, holding no list of them).
     pub planned: Vec<Planned>,

@@ -731,7 +731,10 @@ fn summary(mode: RunMode, result: Option<&ferry_crds::RunResult>) -> String {
             "plan: {} objects would be copied, {} unchanged",
             r.objects_copied, r.objects_skipped
         ),
-        RunMode::Erase => format!("erased {} objects", r.objects_erased),
+        RunMode::Erase => match &r.erase_incomplete {
+            None => format!("erased {} objects", r.objects_erased),
+            Some(left) => format!("erased {} objects, but {left}", r.objects_erased),
+        },
     }
 }
 

@@ -32,7 +32,8 @@ use whole::{HANDOFF_SLICE, WholeRead};
 use super::access::{OpenError, Platform, Secrets};
 use super::multipart::{self, Sizes, Uploader};
 use super::{
-    ByteStream, Listing, ObjectMeta, ObjectStore, StorageError, check_connector_url, check_key,
+    ByteStream, Listing, ObjectMeta, ObjectStore, StorageError, Versions, check_connector_url,
+    check_key,
 };
 use ferry_crds::S3Endpoint;
 
@@ -749,6 +750,68 @@ impl ObjectStore for S3Store {
             .await
             .map_err(|e| self.error(e, Some(key)))?;
         Ok(())
+    }
+
+    async fn delete_versions(&self, key: &str) -> Result<Versions, StorageError> {
+        let full = self.full_key(key)?;
+        let (mut deleted, mut kept) = (0, 0);
+        let (mut key_marker, mut version_marker) = (None::<String>, None::<String>);
+        loop {
+            let page = self
+                .client
+                .list_object_versions()
+                .bucket(&self.bucket)
+                .prefix(&full)
+                .set_key_marker(key_marker.take())
+                .set_version_id_marker(version_marker.take())
+                .send()
+                .await
+                .map_err(|e| self.error(e, Some(key)))?;
+            // Every version but the current one (for an erased key, its
+            // delete marker), and every earlier delete marker.
+            let earlier = page
+                .versions()
+                .iter()
+                .filter(|v| v.key() == Some(full.as_str()) && v.is_latest() != Some(true))
+                .filter_map(|v| v.version_id())
+                .chain(
+                    page.delete_markers()
+                        .iter()
+                        .filter(|m| m.key() == Some(full.as_str()) && m.is_latest() != Some(true))
+                        .filter_map(|m| m.version_id()),
+                )
+                .filter(|id| *id != "null")
+                .map(str::to_string)
+                .collect::<Vec<_>>();
+            for id in earlier {
+                match self
+                    .client
+                    .delete_object()
+                    .bucket(&self.bucket)
+                    .key(&full)
+                    .version_id(&id)
+                    .send()
+                    .await
+                {
+                    Ok(_) => deleted += 1,
+                    Err(e) => match self.error(e, Some(key)) {
+                        // Object lock, a legal hold, or no right to delete
+                        // versions: kept, and said.
+                        StorageError::AccessDenied { .. } => kept += 1,
+                        e => return Err(e),
+                    },
+                }
+            }
+            if page.is_truncated() != Some(true) {
+                break;
+            }
+            key_marker = page.next_key_marker().map(str::to_string);
+            version_marker = page.next_version_id_marker().map(str::to_string);
+            if key_marker.is_none() && version_marker.is_none() {
+                break;
+            }
+        }
+        Ok(Versions::Listed { deleted, kept })
     }
 
     async fn region(&self) -> Result<Option<String>, StorageError> {
