@@ -411,9 +411,10 @@ async fn run_operator(args: Args) -> Result<(), BoxError> {
         _ = lost(leader.as_ref()) => Err("lost the leader Lease".into()),
     };
     stop.notify_waiters();
-    for task in tasks {
-        let _ = tokio::time::timeout(Duration::from_secs(20), task).await;
-    }
+    // The controllers finish their reconciles in flight, all within one
+    // deadline (the pod has 30 s by default before it is killed): one per
+    // controller, waited in turn, added up to minutes with many tenants.
+    let _ = tokio::time::timeout(Duration::from_secs(20), futures::future::join_all(tasks)).await;
     gauge.abort();
     ns_task.abort();
     lifecycle.stop(leader).await?;

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 
 from cluster import EDITOR, Cluster, wait_for
 from test_e2e import RUN, RUN_ID, azure, data, example, manual_run, wait_phase
@@ -73,7 +72,7 @@ def test_a_tenant_editors_pod_is_never_taken_for_a_runs_attempt(cluster: Cluster
              every=0.05, context=cluster.logs)
     recorded = run_status()["podUid"]
     for name_ in operators(cluster):
-        cluster.kill(name_, signal.SIGTERM)
+        cluster.kill(name_)
     try:
         # The runner finishes and reports; then the editor swaps the pod.
         wait_for("the run's pod to end", lambda: ((cluster.get(f"{PODS}/{pod}") or {}).get("status") or {})
