@@ -140,7 +140,8 @@ pub enum Versions {
     /// refused (object lock, a legal hold, or no right to delete versions).
     Listed { deleted: u64, kept: u64 },
     /// The store may keep versions this client cannot list (Azure Blob with
-    /// versioning or soft delete on): nothing is known of them.
+    /// versioning or soft delete on, an S3 role without
+    /// `s3:ListBucketVersions`): nothing is known of them.
     Unknown,
 }
 

@@ -393,7 +393,7 @@ impl EarlierVersions {
         }
         if self.unknown {
             said.push(
-                "the destination may keep earlier versions or soft-deleted copies this client cannot list (Azure Blob): check its versioning and soft delete settings".to_string(),
+                "the destination may keep earlier versions or soft-deleted copies the run could not list (Azure Blob, or an S3 role without s3:ListBucketVersions): check its versioning and soft delete settings".to_string(),
             );
         }
         (!said.is_empty()).then(|| said.join("; "))

@@ -757,7 +757,7 @@ impl ObjectStore for S3Store {
         let (mut deleted, mut kept) = (0, 0);
         let (mut key_marker, mut version_marker) = (None::<String>, None::<String>);
         loop {
-            let page = self
+            let page = match self
                 .client
                 .list_object_versions()
                 .bucket(&self.bucket)
@@ -766,7 +766,14 @@ impl ObjectStore for S3Store {
                 .set_version_id_marker(version_marker.take())
                 .send()
                 .await
-                .map_err(|e| self.error(e, Some(key)))?;
+                .map_err(|e| self.error(e, Some(key)))
+            {
+                Ok(page) => page,
+                // A role without s3:ListBucketVersions: the erasure goes on,
+                // and says it could not look.
+                Err(StorageError::AccessDenied { .. }) => return Ok(Versions::Unknown),
+                Err(e) => return Err(e),
+            };
             // Every version but the current one (for an erased key, its
             // delete marker), and every earlier delete marker.
             let earlier = page
