@@ -581,20 +581,13 @@ pub struct Anchor {
 impl std::str::FromStr for Anchor {
     type Err = String;
 
-    /// `SEQUENCE:LINK`, as the operator passes it.
+    /// `SEQUENCE:LINK`, as the operator passes it (the rule the operator
+    /// checks a reported place with: [`ferry_crds::chain::Place`]).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (sequence, link) = s
-            .split_once(':')
-            .ok_or_else(|| format!("{s:?} is not SEQUENCE:LINK"))?;
-        let sequence = sequence
-            .parse()
-            .map_err(|_| format!("{sequence:?} is not a sequence number"))?;
-        if link.len() != 64 || !link.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(format!("{link:?} is not a manifest link (64 hex digits)"));
-        }
+        let place: ferry_crds::chain::Place = s.parse()?;
         Ok(Self {
-            sequence,
-            link: link.to_ascii_lowercase(),
+            sequence: place.sequence,
+            link: place.link,
         })
     }
 }
